@@ -1,0 +1,6 @@
+//! s3sync: placeholder entry point; replaced by the real binary.
+
+fn main() {
+    eprintln!("not built yet");
+    std::process::exit(1);
+}

