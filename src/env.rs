@@ -61,10 +61,7 @@ impl Env {
         V: Into<String>,
     {
         Env {
-            vars: pairs
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
+            vars: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
             problems: Vec::new(),
         }
     }
@@ -110,12 +107,7 @@ impl Env {
 
     /// A value parsed by `parse`, or `default` when unset. A parse error is recorded
     /// together with the offending value.
-    pub fn parse_with<T>(
-        &mut self,
-        var: &str,
-        default: T,
-        parse: impl FnOnce(&str) -> Result<T, String>,
-    ) -> T {
+    pub fn parse_with<T>(&mut self, var: &str, default: T, parse: impl FnOnce(&str) -> Result<T, String>) -> T {
         match self.optional(var) {
             None => default,
             Some(raw) => match parse(&raw) {
@@ -202,9 +194,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         }
         let n: u64 = rest[..digits].parse().map_err(|_| WHY)?;
         rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let part = match &rest[..unit_len] {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),

@@ -89,10 +89,7 @@ pub fn level_name(level: Level) -> &'static str {
 pub fn render(time: &str, record: &Record<'_>) -> String {
     let mut object = Map::new();
     object.insert("time".into(), Json::String(time.to_string()));
-    object.insert(
-        "level".into(),
-        Json::String(level_name(record.level()).into()),
-    );
+    object.insert("level".into(), Json::String(level_name(record.level()).into()));
     object.insert("msg".into(), Json::String(record.args().to_string()));
     let mut fields = Fields(&mut object);
     // Visiting cannot fail: the visitor never returns an error.
@@ -124,12 +121,7 @@ impl<'kvs> VisitSource<'kvs> for Fields<'_> {
 mod tests {
     use super::*;
 
-    fn line(
-        level: Level,
-        target: &str,
-        kvs: &[(&str, Value<'_>)],
-        msg: std::fmt::Arguments<'_>,
-    ) -> Json {
+    fn line(level: Level, target: &str, kvs: &[(&str, Value<'_>)], msg: std::fmt::Arguments<'_>) -> Json {
         let record = Record::builder()
             .level(level)
             .target(target)
@@ -146,12 +138,7 @@ mod tests {
             ("bucket", Value::from("a\"b\n")),
             ("ok", Value::from(true)),
         ];
-        let v = line(
-            Level::Info,
-            "s3sync::run",
-            &kvs,
-            format_args!("synced {}", 2),
-        );
+        let v = line(Level::Info, "s3sync::run", &kvs, format_args!("synced {}", 2));
         assert_eq!(v["time"], "2026-01-02T03:04:05.678Z");
         assert_eq!(v["level"], "info");
         assert_eq!(v["msg"], "synced 2");
@@ -182,8 +169,6 @@ mod tests {
     fn level_names_parse() {
         assert_eq!(parse_level("DEBUG").unwrap(), LevelFilter::Debug);
         assert_eq!(parse_level(" warn ").unwrap(), LevelFilter::Warn);
-        assert!(parse_level("verbose")
-            .unwrap_err()
-            .contains("expected one of"));
+        assert!(parse_level("verbose").unwrap_err().contains("expected one of"));
     }
 }

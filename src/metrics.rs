@@ -11,8 +11,7 @@ use std::sync::{Arc, Mutex};
 
 /// Latency buckets in seconds, from 100 µs to 60 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-    30.0, 60.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -152,8 +151,18 @@ impl Registry {
                     let le = number(*bound);
                     let _ = writeln!(out, "{name}_bucket{} {cumulative}", render_labels(labels, Some(&le)));
                 }
-                let _ = writeln!(out, "{name}_bucket{} {}", render_labels(labels, Some("+Inf")), series.count);
-                let _ = writeln!(out, "{name}_sum{} {}", render_labels(labels, None), number(series.value));
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{} {}",
+                    render_labels(labels, Some("+Inf")),
+                    series.count
+                );
+                let _ = writeln!(
+                    out,
+                    "{name}_sum{} {}",
+                    render_labels(labels, None),
+                    number(series.value)
+                );
                 let _ = writeln!(out, "{name}_count{} {}", render_labels(labels, None), series.count);
             }
         }

@@ -5,6 +5,7 @@
 //! It runs on its own thread and never carries secrets or admission traffic.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -20,6 +21,7 @@ pub struct OpsServer {
     addr: SocketAddr,
     thread: Option<JoinHandle<()>>,
     server: Arc<tiny_http::Server>,
+    stop: Arc<AtomicBool>,
 }
 
 impl OpsServer {
@@ -32,14 +34,17 @@ impl OpsServer {
             .to_ip()
             .ok_or_else(|| format!("{addr} is not an IP address"))?;
         let worker = Arc::clone(&server);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("ops-http".into())
-            .spawn(move || serve(&worker, &metrics, &ready, &shutdown))
+            .spawn(move || serve(&worker, &metrics, &ready, &shutdown, &stopped))
             .map_err(|e| format!("cannot start the ops thread: {e}"))?;
         Ok(OpsServer {
             addr: bound,
             thread: Some(thread),
             server,
+            stop,
         })
     }
 
@@ -51,6 +56,7 @@ impl OpsServer {
 
 impl Drop for OpsServer {
     fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
         self.server.unblock();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -58,9 +64,9 @@ impl Drop for OpsServer {
     }
 }
 
-fn serve(server: &tiny_http::Server, metrics: &Registry, ready: &ReadyCheck, shutdown: &Shutdown) {
+fn serve(server: &tiny_http::Server, metrics: &Registry, ready: &ReadyCheck, shutdown: &Shutdown, stop: &AtomicBool) {
     loop {
-        if shutdown.requested().is_some() {
+        if shutdown.requested().is_some() || stop.load(Ordering::SeqCst) {
             return;
         }
         let request = match server.recv_timeout(Duration::from_millis(200)) {
@@ -128,7 +134,10 @@ mod tests {
         assert!(get(ops.addr(), "/metrics").contains("t_total 1"));
         assert!(get(ops.addr(), "/healthz").starts_with("HTTP/1.1 200"));
         let not_ready = get(ops.addr(), "/readyz");
-        assert!(not_ready.starts_with("HTTP/1.1 503") && not_ready.contains("api unreachable"), "{not_ready}");
+        assert!(
+            not_ready.starts_with("HTTP/1.1 503") && not_ready.contains("api unreachable"),
+            "{not_ready}"
+        );
         flag.store(true, Ordering::SeqCst);
         assert!(get(ops.addr(), "/ready?x=1").starts_with("HTTP/1.1 200"));
         assert!(get(ops.addr(), "/nope").starts_with("HTTP/1.1 404"));

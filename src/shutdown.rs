@@ -27,13 +27,11 @@ impl Shutdown {
         let shutdown = Shutdown::new();
         let mut signals = Signals::new([SIGTERM, SIGINT])?;
         let handle = shutdown.clone();
-        std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                for signal in signals.forever() {
-                    handle.trigger(signal);
-                }
-            })?;
+        std::thread::Builder::new().name("signals".into()).spawn(move || {
+            for signal in signals.forever() {
+                handle.trigger(signal);
+            }
+        })?;
         Ok(shutdown)
     }
 

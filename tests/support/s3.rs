@@ -71,7 +71,8 @@ impl S3Server {
         format!("http://{}", self.addr)
     }
 
-    /// Creates a bucket (an empty directory for rclone; a PUT for moto).
+    /// Creates a bucket (an empty directory for rclone; a PUT for moto). Names must be 3 to 63
+    /// characters: `rclone serve s3` rejects shorter ones.
     pub fn create_bucket(&self, bucket: &str) {
         match self.flavor {
             Flavor::Rclone => {
