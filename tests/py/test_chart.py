@@ -102,7 +102,7 @@ SCENARIOS = {
         "hook": {"enabled": False},
         "etcdsnap": {
             "enabled": True, "driverName": "etcd.example.com", "metadataNamespace": "etcdsnap-meta",
-            "snapshotStorageClass": "fast", "namespaces": ["etcd-a", "etcd-b"], "clusterLabel": "example.com/etcd",
+            "snapshotStorageClass": "fast", "etcdImage": "registry.k8s.io/etcd:3.5.21-0", "namespaces": ["etcd-a", "etcd-b"], "clusterLabel": "example.com/etcd",
             "handles": [{"cluster": "a", "namespace": "etcd-a",
                          "annotations": {"etcdsnap.example.com/client-secret": "etcd-a-client"}}],
             "volumeSnapshotClass": {"isDefault": True, "deletionPolicy": "Retain", "name": "etcd"},
@@ -479,7 +479,11 @@ def test_hook_webhook_reaches_the_pods_over_the_service(helm):
     (mount,) = [m for m in container["volumeMounts"] if m["name"] == "tls"]
     for name in ("TLS_CERT_FILE", "TLS_KEY_FILE"):
         assert env[name]["value"].startswith(mount["mountPath"].rstrip("/") + "/")
-    assert env["CONFIG_WRITER_IMAGE"]["value"] == container["image"]
+    assert env["HOOK_IMAGE"]["value"] == container["image"]
+    # the root filesystem is read-only: the hook's private socket goes to an emptyDir
+    writable = {v["name"] for v in pod["spec"]["volumes"] if "emptyDir" in v}
+    assert any(m["mountPath"] == env["SOCKET_DIR"]["value"] and m["name"] in writable
+               for m in container["volumeMounts"])
     assert deployment["spec"]["replicas"] == 2
     pdb = one(objects, "PodDisruptionBudget", "hook")
     assert pdb["spec"]["minAvailable"] == 1
@@ -590,7 +594,7 @@ def test_etcdsnap_sidecar_speaks_group_snapshots_over_a_shared_socket(helm):
     assert env["CSI_ENDPOINT"]["value"] == "unix:///csi/csi.sock"
     assert env["METADATA_NAMESPACE"]["value"] == NAMESPACE
     assert env["CLUSTER_LABEL"]["value"] == "etcd.io/cluster"
-    assert "SNAPSHOT_STORAGE_CLASS" not in env
+    assert "STORAGE_CLASS" not in env and "ETCD_IMAGE" not in env
     assert driver["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert pod["automountServiceAccountToken"] is True
 
@@ -602,7 +606,7 @@ def test_etcdsnap_driver_name_is_the_same_everywhere_and_handles_are_bound(helm)
         snap = values["etcdsnap"]
         _, driver, _ = _snapshotter(objects)
         name = env_of(driver)["DRIVER_NAME"]["value"]
-        assert name == snap.get("driverName", "etcdsnap.lifeboat.kaidotio.github.io")
+        assert name == snap.get("driverName", "etcdsnap.lifeboat.dev")
         csidrivers = by_kind(objects, "CSIDriver")
         if snap.get("csiDriver", {}).get("create", True):
             assert [d["metadata"]["name"] for d in csidrivers] == [name]
@@ -642,7 +646,8 @@ def test_etcdsnap_options_reach_the_objects(helm):
     _, driver, sidecar = _snapshotter(objects)
     env = env_of(driver)
     assert env["METADATA_NAMESPACE"]["value"] == "etcdsnap-meta"
-    assert env["SNAPSHOT_STORAGE_CLASS"]["value"] == "fast"
+    assert env["STORAGE_CLASS"]["value"] == "fast"
+    assert env["ETCD_IMAGE"]["value"] == "registry.k8s.io/etcd:3.5.21-0"
     assert env["CLUSTER_LABEL"]["value"] == "example.com/etcd"
     assert "--worker-threads=4" in sidecar["args"]
     vsc = one(objects, "VolumeSnapshotClass")
