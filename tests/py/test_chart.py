@@ -348,6 +348,13 @@ def test_schema_rejects_mistakes_with_a_message_naming_them(helm, values, compla
             chart.render(values, name=RELEASE, namespace=NAMESPACE)
 
 
+def test_hook_pdb_must_leave_room_for_a_drain(helm):
+    with pytest.raises(helm.HelmRenderError, match="hook.pdb.minAvailable"):
+        render(helm, {"hook": {"replicas": 1}})
+    # a single replica is allowed without a PDB
+    assert not by_kind(render(helm, {"hook": {"replicas": 1, "pdb": {"enabled": False}}}), "PodDisruptionBudget")
+
+
 def test_extra_env_cannot_override_chart_managed_variables(helm):
     with pytest.raises(helm.HelmRenderError, match="s3sync.extraEnv.MAX_DELETE"):
         render(helm, {"s3sync": {**S3_ON, "extraEnv": {"MAX_DELETE": "0"}}})
@@ -655,6 +662,24 @@ def test_etcdsnap_options_reach_the_objects(helm):
     assert vsc["metadata"]["annotations"] == {"snapshot.storage.kubernetes.io/is-default-class": "true"}
     vgsc = one(objects, "VolumeGroupSnapshotClass")
     assert vgsc["metadata"]["annotations"] == {"groupsnapshot.storage.kubernetes.io/is-default-class": "true"}
+
+
+def test_etcdsnap_notes_example_snapshots_the_first_handle(helm):
+    values = SCENARIOS["etcdsnap-only"]
+    notes = render_raw(helm, values)["lifeboat/templates/NOTES.txt"]
+    lines = notes.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "kubectl apply -f - <<EOT")
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].strip() == "EOT")
+    body = lines[start + 1:end]
+    indent = min(len(line) - len(line.lstrip()) for line in body if line.strip())
+    vgs = yaml.safe_load("\n".join(line[indent:] for line in body))
+    objects = render(helm, values)
+    vgsc = one(objects, "VolumeGroupSnapshotClass")
+    assert vgs["apiVersion"] == vgsc["apiVersion"] and vgs["kind"] == "VolumeGroupSnapshot"
+    assert vgs["spec"]["volumeGroupSnapshotClassName"] == vgsc["metadata"]["name"]
+    (pvc,) = by_kind(objects, "PersistentVolumeClaim")
+    assert vgs["metadata"]["namespace"] == pvc["metadata"]["namespace"]
+    assert selector_matches(vgs["spec"]["source"]["selector"], pvc["metadata"]["labels"])
 
 
 def _rules_by_role(objects):
