@@ -35,7 +35,7 @@ import kube_api as api
 from kube_api import ApiError, Resource
 from pki import make_ca
 
-__all__ = ["KubeStandin", "ApiError"]
+__all__ = ["KubeStandin", "KubeClient", "ApiError", "schema_check"]
 
 K8S_VERSION = "1.33"
 
@@ -251,6 +251,10 @@ class KubeStandin:
         shutil.copy(self.ca_path, self.serviceaccount_dir / "ca.crt")
         (self.serviceaccount_dir / "namespace").write_text("kube-system")
 
+    def client(self, token: str | None = "") -> "KubeClient":
+        """A keep-alive HTTPS client trusting the stand-in's CA, with the token ("" = the right one)."""
+        return KubeClient(self, token)
+
     def in_cluster_env(self) -> dict:
         """KUBERNETES_SERVICE_HOST/PORT as a pod sees them (token and CA: `serviceaccount_dir`)."""
         return {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(self.port)}
@@ -282,7 +286,7 @@ class KubeStandin:
         obj = copy.deepcopy(obj)
         res = api.resource_for(obj["kind"])
         problem = schema_check(obj)
-        causes = api.validate_semantics(res, obj)
+        causes = [] if problem else api.validate_semantics(res, obj)
         if problem or causes:
             raise ValueError(f"seed object {obj['kind']}/{obj.get('metadata', {}).get('name')} is invalid: "
                              f"{problem or ''} {causes or ''}")
@@ -887,3 +891,50 @@ class KubeStandin:
         if tail:
             text = "".join(text.splitlines(keepends=True)[-int(tail):])
         return 200, text, {}
+
+
+class KubeClient:
+    """A minimal HTTPS client for the stand-in (one keep-alive connection), for tests."""
+
+    def __init__(self, standin: KubeStandin, token: str | None = "", verify: bool = True):
+        import http.client
+
+        self.standin = standin
+        self.token = standin.token if token == "" else token
+        ctx = ssl.create_default_context(cafile=str(standin.ca_path)) if verify else ssl.create_default_context()
+        self.conn = http.client.HTTPSConnection("127.0.0.1", standin.port, context=ctx, timeout=30)
+
+    def request(self, method: str, path: str, body=None, content_type: str = "application/json",
+                headers: dict | None = None):
+        """Returns (status, parsed body (JSON or text), response headers)."""
+        h = dict(headers or {})
+        if self.token is not None:
+            h["Authorization"] = f"Bearer {self.token}"
+        data = None
+        if body is not None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            h["Content-Type"] = content_type
+        self.conn.request(method, path, body=data, headers=h)
+        resp = self.conn.getresponse()
+        raw = resp.read()
+        ctype = resp.getheader("Content-Type", "")
+        parsed = json.loads(raw) if ctype.startswith("application/json") and raw else raw.decode(errors="replace")
+        return resp.status, parsed, dict(resp.getheaders())
+
+    def get(self, path):
+        return self.request("GET", path)
+
+    def post(self, path, body):
+        return self.request("POST", path, body)
+
+    def put(self, path, body):
+        return self.request("PUT", path, body)
+
+    def patch(self, path, body, content_type="application/merge-patch+json"):
+        return self.request("PATCH", path, body, content_type)
+
+    def delete(self, path, body=None):
+        return self.request("DELETE", path, body)
+
+    def close(self):
+        self.conn.close()
