@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import copy
 import datetime
+import functools
 import http.server
 import json
 import os
@@ -48,16 +49,37 @@ def _gen_suffix(n: int = 5) -> str:
     return "".join(random.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(n))
 
 
+@functools.lru_cache(maxsize=None)
+def _validator(kind: str, api_version: str):
+    """kubernetes_validate's strict validator for one kind, built once (its `validate` re-reads the
+    1.4 MB definitions file on every call)."""
+    import jsonschema
+    from kubernetes_validate import utils
+    from referencing import Registry, Resource as RefResource
+
+    version = [v for v in utils.all_versions() if utils.major_minor(v) == K8S_VERSION][-1]
+    schema_dir = f"v{version}-local-strict"
+    group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    schema = utils.schema_contents(f"kubernetes-json-schema/{schema_dir}/{kind.lower()}-{group_version}.json",
+                                   K8S_VERSION)
+    defs = utils.schema_contents(f"kubernetes-json-schema/{schema_dir}/_definitions.json", K8S_VERSION)
+    registry = RefResource.from_contents(defs) @ (RefResource.from_contents(schema) @ Registry())
+    return jsonschema.validators.Draft202012Validator(schema, registry=registry)
+
+
 def schema_check(obj: dict) -> str | None:
-    """Strict validation against the real Kubernetes 1.33 schema: None, or what is wrong."""
+    """Strict validation against the real Kubernetes 1.33 schema (kubernetes_validate's strict
+    schemas: unknown fields are errors): None, or what is wrong."""
     try:
-        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        validator = _validator(str(obj.get("kind")), str(obj.get("apiVersion")))
+    except (FileNotFoundError, IndexError, kubernetes_validate.utils.VersionNotSupportedError):
+        return f"no schema for kind {obj.get('kind')!r} apiVersion {obj.get('apiVersion')!r} in Kubernetes {K8S_VERSION}"
+    errors = sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
+    if not errors:
         return None
-    except kubernetes_validate.ValidationError as e:
-        path = ".".join(str(p) for p in e.absolute_path)
-        return f"{path}: {e.message}" if path else e.message
-    except kubernetes_validate.SchemaNotFoundError as e:
-        return e.message
+    e = errors[0]
+    path = ".".join(str(p) for p in e.absolute_path)
+    return f"{path}: {e.message}" if path else e.message
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -110,9 +132,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache, private")
         for k, v in (headers or {}).items():
             self.send_header(k, v)
-        self.end_headers()
+        # headers and body in one write: no Nagle/delayed-ACK stall between them
+        self._headers_buffer.append(b"\r\n")
         if self.command != "HEAD":
-            self.wfile.write(data)
+            self._headers_buffer.append(data)
+        self.wfile.write(b"".join(self._headers_buffer))
+        self._headers_buffer = []
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -129,6 +154,7 @@ class _Server(http.server.ThreadingHTTPServer):
     def finish_request(self, request, client_address):
         # The TLS handshake runs on the connection's own thread, not in the accept loop.
         request.settimeout(30)
+        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             tls = self.ctx.wrap_socket(request, server_side=True)
         except (ssl.SSLError, OSError):
