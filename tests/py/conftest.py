@@ -67,3 +67,4 @@ def kube(tmp_path, tools_bin):
     finally:
         standin.stop()
     assert standin.schema_failures == [], f"objects sent to the API failed schema validation: {standin.schema_failures}"
+    assert standin.job_problems == [], f"Jobs the stand-in could not run as a real cluster would: {standin.job_problems}"

@@ -3,8 +3,8 @@
 Containers (initContainers, then containers, in order) run their argv only (the image is
 ignored; etcd images have no shell): the program is looked up by basename in the tools dir,
 then in the built-binaries dir. Volume mounts are rewritten to local directories (PVC ->
-its bound dir, Secret/ConfigMap -> files, emptyDir -> temp dir); other absolute paths land in
-the pod's own scratch root, like a container's ephemeral filesystem. Pods, Job status and
+its bound dir, Secret/ConfigMap -> files, emptyDir -> temp dir); other absolute paths are left alone
+(they may be etcd keys), and the working directory is the pod's own scratch dir. Pods, Job status and
 conditions follow the real Job controller; activeDeadlineSeconds and backoffLimit are enforced.
 """
 
@@ -419,10 +419,11 @@ class JobController:
         log_path = pod_dir / f"{c['name']}.log"
         with self._mu:
             self._logs.setdefault((ns, job["metadata"]["name"]), []).append((pod_name, c["name"], log_path))
+        # etcd images have no ENTRYPOINT: without `command`, `args` is the argv (args[0] the program)
         argv = list(c.get("command") or []) + list(c.get("args") or [])
-        if not c.get("command"):
-            self._problem(f"pod {ns}/{pod_name} container {c['name']}: no command; the stand-in runs argv only "
-                          "(an image's entrypoint is unknown here)")
+        if not argv:
+            self._problem(f"pod {ns}/{pod_name} container {c['name']}: no command or args; the stand-in runs argv "
+                          "only (an image's default command is unknown here)")
             return 128, "StartError", "no command", started_at
         base = os.path.basename(argv[0])
         if base in SHELLS:
@@ -536,16 +537,14 @@ def _expand(s: str, env: dict) -> str:
 
 
 def _rewrite(s: str, pairs: list[tuple[str, str]], rootfs: Path) -> str:
-    """Map container paths in an argument (whole, or after `=`, `,` or `:`) to local directories."""
+    """Map container paths under a volume mount in an argument (whole, or after `--flag=`) to local dirs."""
     def one(path: str) -> str:
         if not path.startswith("/"):
             return path
         for mount, local in pairs:
             if path == mount or path.startswith(mount + "/") or mount == "/":
                 return local + path[len(mount):]
-        local = rootfs / path.lstrip("/")
-        local.parent.mkdir(parents=True, exist_ok=True)
-        return str(local)
+        return path  # not on a volume (may be an etcd key like /registry/x): left alone
 
     if s.startswith("/"):
         return one(s)
