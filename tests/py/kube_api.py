@@ -435,6 +435,7 @@ def validate_semantics(res: Resource, obj: dict, old: dict | None = None) -> lis
             for s in (o, n):
                 (s.get("resources") or {}).pop("requests", None)
                 s.pop("volumeName", None)
+                s.pop("volumeMode", None)  # defaulted by the apiserver
             if o != n:
                 causes.append(_cause("spec", "Forbidden: spec is immutable after creation except "
                                      "resources.requests and volumeAttributesClassName for bound claims",
