@@ -387,3 +387,17 @@ def test_stop_closes_the_server(tmp_path):
 
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_pvc_update_rules_and_delete_collection(kube, c):
+    created = c.post(PVCS, pvc("grow", size="1Mi", labels={"etcd.io/snapshot": "a"}))[1]
+    created["spec"]["resources"]["requests"]["storage"] = "2Mi"
+    st, body, _ = c.put(f"{PVCS}/grow", created)
+    assert st == 200 and body["spec"]["resources"]["requests"]["storage"] == "2Mi"
+    body["spec"]["accessModes"] = ["ReadWriteMany"]
+    st, err, _ = c.put(f"{PVCS}/grow", body)
+    assert st == 422 and "immutable" in err["message"]
+    c.post(PVCS, pvc("other", labels={"etcd.io/snapshot": "b"}))
+    st, listed, _ = c.delete(f"{PVCS}?labelSelector=etcd.io%2Fsnapshot%3Da")
+    assert st == 200 and [i["metadata"]["name"] for i in listed["items"]] == ["grow"]
+    assert [o["metadata"]["name"] for o in kube.objects("PersistentVolumeClaim", "default")] == ["other"]

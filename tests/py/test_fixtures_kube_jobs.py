@@ -246,3 +246,49 @@ def test_env_from_secret_and_configmap_and_var_expansion(kube, etcd_cluster):
     assert done["status"].get("succeeded") == 1, kube.job_logs(NS, "envjob")
     assert kube.job_logs(NS, "envjob").splitlines()[-1] == "from-env"
     c.close()
+
+
+def test_args_only_container_status_subresource_and_log_tail(kube, etcd_cluster):
+    c = kube.client()
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "argsonly"},
+           "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never", "containers": [{
+               "name": "v", "image": "registry.k8s.io/etcd:3.5.21-0", "args": ["etcdutl", "version"]}]}}}}
+    assert c.post(JOBS, job)[0] == 201
+    done = kube.wait_job(NS, "argsonly", 20)
+    assert done["status"]["succeeded"] == 1
+    st, status_view, _ = c.get(f"{JOBS}/argsonly/status")
+    assert st == 200 and status_view["status"]["succeeded"] == 1
+    # a PUT of the main resource cannot change status
+    done["status"]["succeeded"] = 0
+    done["metadata"]["labels"]["seen"] = "yes"
+    st, updated, _ = c.put(f"{JOBS}/argsonly", done)
+    assert st == 200 and updated["status"]["succeeded"] == 1 and updated["metadata"]["labels"]["seen"] == "yes"
+    pod = kube.objects("pods", NS)[0]["metadata"]["name"]
+    st, log, _ = c.get(f"/api/v1/namespaces/{NS}/pods/{pod}/log?tailLines=1")
+    assert st == 200 and log.startswith("API version:")
+    assert c.get(f"/api/v1/namespaces/{NS}/pods/{pod}/log?container=nope")[0] == 400
+    c.close()
+
+
+def test_stopping_the_standin_kills_running_containers(tmp_path, tools_bin, etcd_cluster):
+    from kube_standin import KubeStandin
+
+    marker = f"lifeboat-stop-{os.getpid()}"
+    k = KubeStandin(tmp_path / "k", tools_bin).start()
+    seed_tls(k, etcd_cluster)
+    c = k.client()
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "forever"},
+           "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never", "containers": [{
+               "name": "w", "image": "registry.k8s.io/etcd:3.5.21-0",
+               "command": ["etcdctl", "watch", f"/{marker}", f"--endpoints={etcd_cluster.client_urls[0]}",
+                           "--cacert=/tls/ca.crt", "--cert=/tls/tls.crt", "--key=/tls/tls.key"],
+               "volumeMounts": [{"name": "tls", "mountPath": "/tls"}]}],
+               "volumes": [{"name": "tls", "secret": {"secretName": "etcd-client-tls"}}]}}}}
+    assert c.post(JOBS, job)[0] == 201
+    wait_for(lambda: any(marker in _cmdline(p) for p in os.listdir("/proc") if p.isdigit()), 10,
+             "the container process to start")
+    c.close()
+    k.stop()
+    wait_for(lambda: not any(marker in _cmdline(p) for p in os.listdir("/proc") if p.isdigit()), 5,
+             "the container process to be killed by stop()")
+    assert k.job_problems == [] and k.schema_failures == []
