@@ -55,12 +55,12 @@ def etcd_cluster(tmp_path_factory, tools_bin):
 
 
 @pytest.fixture
-def kube(tmp_path, tools_bin):
+def kube(tmp_path, tools_bin, bin_dir):
     """The strict Kubernetes API stand-in; fails the test at teardown if any object it received
     did not validate against the real schema."""
     from kube_standin import KubeStandin
 
-    standin = KubeStandin(tmp_path / "kube", tools_bin)
+    standin = KubeStandin(tmp_path / "kube", tools_bin, bin_dir=bin_dir)
     standin.start()
     try:
         yield standin

@@ -13,6 +13,7 @@ import base64
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -196,15 +197,29 @@ class EtcdCluster:
             _LIVE.add(m.proc.pid)
 
     def start(self) -> "EtcdCluster":
-        """Start every member and wait (bounded) until each one reports healthy."""
-        try:
-            for m in self.members:
-                self._spawn(m)
-            self._wait_healthy(self.members)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        """Start every member and wait (bounded) until each one reports healthy.
+
+        A port taken by someone else between picking and binding (other tests run in parallel)
+        makes a fresh cluster retry on new ports, at most 3 times."""
+        fresh = not any(m.data_dir.exists() for m in self.members)
+        for attempt in range(3):
+            try:
+                for m in self.members:
+                    self._spawn(m)
+                self._wait_healthy(self.members)
+                return self
+            except EtcdError as e:
+                self.stop()
+                if not (fresh and attempt < 2 and "address already in use" in str(e)):
+                    raise
+                ports = free_ports(2 * len(self.members))
+                for m in self.members:
+                    shutil.rmtree(m.data_dir, ignore_errors=True)
+                    m.client_port, m.peer_port = ports[2 * m.index], ports[2 * m.index + 1]
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         for m in self.members:

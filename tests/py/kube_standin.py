@@ -327,6 +327,16 @@ class KubeStandin:
             stored = self._insert(res, ns, obj)
         return copy.deepcopy(stored)
 
+    def put_etcd_tls_secret(self, cluster, ns: str, name: str) -> dict:
+        """Seed a Secret with an EtcdCluster's client TLS material: ca.crt, tls.crt, tls.key."""
+        return self.put_object({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": name, "namespace": ns},
+            "data": {"ca.crt": base64.b64encode(Path(cluster.ca_path).read_bytes()).decode(),
+                     "tls.crt": base64.b64encode(Path(cluster.client_cert_path).read_bytes()).decode(),
+                     "tls.key": base64.b64encode(Path(cluster.client_key_path).read_bytes()).decode()},
+        })
+
     def pvc_dir(self, ns: str, name: str) -> Path:
         """The local directory that backs a bound PVC."""
         with self.lock:
@@ -380,7 +390,6 @@ class KubeStandin:
     def _insert(self, res: Resource, ns: str | None, obj: dict) -> dict:
         meta = obj.setdefault("metadata", {})
         obj["apiVersion"], obj["kind"] = res.api_version, res.kind
-        meta.pop("generateName", None) if meta.get("name") else None
         if res.namespaced:
             meta["namespace"] = ns
         meta["uid"] = str(uuid.uuid4())

@@ -256,3 +256,18 @@ def test_start_failure_is_reported_and_cleaned_up(tmp_path):
     with pytest.raises(EtcdError, match="exited"):
         c.start()
     assert c.running_members() == []
+
+
+def test_a_port_stolen_before_start_is_replaced(tmp_path):
+    import socket
+
+    c = EtcdCluster(tmp_path, members=1)
+    thief = socket.socket()
+    thief.bind(("127.0.0.1", c.members[0].client_port))
+    thief.listen(1)
+    try:
+        with c:
+            assert c.members[0].client_port != thief.getsockname()[1]
+            assert c.status(0)["version"] == "3.5.1"
+    finally:
+        thief.close()

@@ -20,13 +20,8 @@ JOBS = f"/apis/batch/v1/namespaces/{NS}/jobs"
 
 
 def seed_tls(kube, cluster, name="etcd-client-tls"):
-    kube.put_object({
-        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-        "metadata": {"name": name, "namespace": NS},
-        "data": {"ca.crt": base64.b64encode(cluster.ca_path.read_bytes()).decode(),
-                 "tls.crt": base64.b64encode(cluster.client_cert_path.read_bytes()).decode(),
-                 "tls.key": base64.b64encode(cluster.client_key_path.read_bytes()).decode()},
-    })
+    secret = kube.put_etcd_tls_secret(cluster, NS, name)
+    assert base64.b64decode(secret["data"]["tls.key"]) == cluster.client_key_path.read_bytes()
 
 
 def seed_pvc(kube, name):
