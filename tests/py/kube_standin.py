@@ -726,6 +726,9 @@ class KubeStandin:
             raise api.invalid(res, name, [{"reason": "FieldValueInvalid", "message": problem, "field": ""}])
         causes = api.validate_semantics(res, obj, old)
         if causes:
+            with self.lock:  # the apiserver's own checks: just as much a bug in what we sent
+                self.schema_failures.append({"verb": verb, "kind": res.kind, "name": name, "error": causes,
+                                             "object": copy.deepcopy(obj)})
             raise api.invalid(res, name, causes)
 
     def _create(self, res: Resource, ns, body, headers, dry_run):
