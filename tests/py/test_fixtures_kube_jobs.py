@@ -287,3 +287,15 @@ def test_stopping_the_standin_kills_running_containers(tmp_path, tools_bin, etcd
     wait_for(lambda: not any(marker in _cmdline(p) for p in os.listdir("/proc") if p.isdigit()), 5,
              "the container process to be killed by stop()")
     assert k.job_problems == [] and k.schema_failures == []
+
+
+def test_ttl_after_finished_deletes_the_job_and_its_pods(kube, etcd_cluster):
+    c = kube.client()
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "ttl"},
+           "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": 0, "template": {"spec": {
+               "restartPolicy": "Never", "containers": [{"name": "v", "image": "registry.k8s.io/etcd:3.5.21-0",
+                                                         "command": ["etcdctl", "version"]}]}}}}
+    assert c.post(JOBS, job)[0] == 201
+    wait_for(lambda: c.get(f"{JOBS}/ttl")[0] == 404, 20, "the finished Job to be deleted by its TTL")
+    assert kube.objects("pods", NS) == []
+    c.close()
