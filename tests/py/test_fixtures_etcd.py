@@ -172,6 +172,13 @@ def test_one_member_stopped_keeps_quorum_and_leader(etcd_cluster, tmp_path):
         assert st == 200 and body["health"] == "true"
         with pytest.raises(OSError):
             c.http(leader, "GET", "/health", timeout=2)
+        c.start_member(leader)  # same data dir: it rejoins and catches up
+        assert c.running_members() == [0, 1, 2]
+        out = c.etcdctl("get", "/quorum/one-down", "--print-value-only", "--consistency=s",
+                        endpoints=[c.client_urls[leader]], check=True)
+        assert wait_for(lambda: c.etcdctl("get", "/quorum/one-down", "--print-value-only", "--consistency=s",
+                                          endpoints=[c.client_urls[leader]]).stdout.strip() == b"ok", 10,
+                        "the restarted member to catch up") and out.returncode == 0
     finally:
         c.heal()
     assert c.running_members() == [0, 1, 2]
