@@ -10,7 +10,6 @@ import os
 import subprocess
 import time
 
-
 from kube_standin import schema_check
 from waiting import wait_for
 
