@@ -278,3 +278,17 @@ def test_a_port_stolen_before_start_is_replaced(tmp_path):
             assert c.status(0)["version"] == "3.5.1"
     finally:
         thief.close()
+
+
+def test_restore_from_a_snapshot_serves_the_same_keys(etcd_cluster, tmp_path):
+    c = etcd_cluster
+    for i in range(20):
+        c.put(f"/restore/{i:02d}", f"value-{i}")
+    snap = tmp_path / "snap.db"
+    c.etcdctl("snapshot", "save", str(snap), endpoints=[c.client_urls[0]], check=True)
+    with EtcdCluster(tmp_path / "restored", members=1).restore_from(snap) as fresh:
+        assert fresh.get_all() == c.get_all()
+        assert len(fresh.get_all("/restore/")) == 20
+        fresh.put("/restore/new", "x")  # a working, writable cluster
+    with pytest.raises(EtcdError, match="restore"):
+        EtcdCluster(tmp_path / "bad", members=1).restore_from(tmp_path / "missing.db")
