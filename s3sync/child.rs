@@ -68,14 +68,15 @@ pub fn run(mut cmd: Command, shutdown: &Shutdown, redactor: &Redactor) -> io::Re
     let alive = Arc::new(Mutex::new(true));
     let done = Arc::new(AtomicBool::new(false));
     let forwarded = Arc::new(Mutex::new(None));
-    let forwarder = {
+    {
         let (alive, done, forwarded, shutdown) = (alive.clone(), done.clone(), forwarded.clone(), shutdown.clone());
-        thread::spawn(move || forward_signals(pid, &shutdown, &alive, &done, &forwarded))
-    };
+        // Not joined: it notices `done` within 100 ms and ends by itself. Once the child is
+        // marked gone (before it is reaped) the forwarder neither signals nor records anything.
+        thread::spawn(move || forward_signals(pid, &shutdown, &alive, &done, &forwarded));
+    }
 
     let status = reap_until(pid, &alive);
     done.store(true, Ordering::SeqCst);
-    let _ = forwarder.join();
     for r in readers {
         let _ = r.join();
     }

@@ -98,12 +98,18 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
         "starting"
     );
 
+    if let Some(signal) = shutdown.requested() {
+        return stopped_before_sync(signal);
+    }
+    // Both buckets are probed at once: the pre-flight costs one rclone start, not two.
+    let results = std::thread::scope(|scope| {
+        let source = scope.spawn(|| preflight::probe(config, &config.source, &redactor));
+        let dest = preflight::probe(config, &config.dest, &redactor);
+        [source.join().expect("pre-flight thread panicked"), dest]
+    });
     let mut probes = Vec::new();
-    for bucket in [&config.source, &config.dest] {
-        if let Some(signal) = shutdown.requested() {
-            return stopped_before_sync(signal);
-        }
-        match preflight::probe(config, bucket, &redactor) {
+    for (bucket, result) in [&config.source, &config.dest].into_iter().zip(results) {
+        match result {
             Ok(probe) => {
                 log::info!(bucket = bucket.display().as_str(), side = bucket.role.word(), has_objects = probe.has_objects; "pre-flight ok");
                 probes.push(probe);
