@@ -145,6 +145,20 @@ fn sigterm_mid_sync_stops_rclone_and_logs_a_summary() {
 }
 
 #[test]
+fn max_duration_ends_the_run_with_rclone_code_10() {
+    let (src, dst) = servers();
+    src.put("src", "big.bin", &vec![1u8; 2 * 1024 * 1024]);
+    let mut env = vars(&src, "src", &dst, "dst");
+    set(&mut env, "BANDWIDTH_LIMIT", "128K");
+    set(&mut env, "MAX_DURATION", "1s");
+    let r = run(&env);
+    assert_eq!(r.code, 10, "{}", r.stderr);
+    let summary = r.summary();
+    assert_eq!(summary["outcome"], "failed");
+    assert!(summary["error"].as_str().unwrap().contains("max-duration"), "{summary}");
+}
+
+#[test]
 fn orphaned_processes_are_reaped() {
     // A wrapper in place of rclone: for `sync`, it leaves an orphan (a process whose parent
     // has exited; it is re-parented to s3sync, the child subreaper / PID 1), then waits until

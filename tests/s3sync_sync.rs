@@ -107,3 +107,35 @@ fn dry_run_changes_nothing() {
     );
     assert_eq!(contents(&dst, "dst"), before);
 }
+
+#[test]
+fn compare_modes_trade_speed_for_detection() {
+    // COMPARE=size cannot see a same-size change; checksum (the default) and modtime can.
+    let src = S3Server::start(Flavor::Rclone, AK, SK);
+    let dst = S3Server::start(Flavor::Moto, AK, SK);
+    make_bucket(&src, "src");
+    make_bucket(&dst, "dst");
+    src.put("src", "f.txt", b"version-1");
+    let mut env = vars(&src, "src", &dst, "dst");
+    assert_eq!(run(&env).code, 0);
+    src.put("src", "f.txt", b"version-2");
+
+    set(&mut env, "COMPARE", "size");
+    let r = run(&env);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.summary()["transfers"], 0);
+    assert_eq!(
+        dst.get("dst", "f.txt"),
+        b"version-1",
+        "size-only misses a same-size change"
+    );
+
+    for mode in ["modtime", "checksum"] {
+        src.put("src", "f.txt", format!("{mode:-<9}").as_bytes());
+        set(&mut env, "COMPARE", mode);
+        let r = run(&env);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(r.summary()["transfers"], 1, "{mode}");
+        assert_eq!(dst.get("dst", "f.txt"), format!("{mode:-<9}").as_bytes(), "{mode}");
+    }
+}
