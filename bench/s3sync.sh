@@ -4,7 +4,7 @@
 #   1. wrapper overhead: s3sync vs raw `rclone sync` with exactly the flags s3sync uses
 #      (initial sync, no-op re-sync, 1%-changed re-sync);
 #   2. s3sync's defaults vs rclone's defaults on the no-op and the 1%-changed re-sync.
-# Usage: bash bench/s3sync.sh   (env: SMALL=3000 LARGE=4 LARGE_MIB=32 ROUNDS=5)
+# Usage: bash bench/s3sync.sh   (env: SMALL=3000 LARGE=4 LARGE_MIB=32 ROUNDS=5 INITIAL_ROUNDS=3)
 # Needs the tools from tests/tools.sh; builds the release binary without the csi feature.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -12,6 +12,7 @@ SMALL=${SMALL:-3000}
 LARGE=${LARGE:-4}
 LARGE_MIB=${LARGE_MIB:-32}
 ROUNDS=${ROUNDS:-5}
+INITIAL_ROUNDS=${INITIAL_ROUNDS:-3}
 tools=${LIFEBOAT_TOOLS:-$PWD/.tools/bin}
 export PATH="$tools:$PATH"
 unset AWS_CA_BUNDLE
@@ -69,14 +70,14 @@ remote_env() {
   done
 }
 remote_env
-for b in s3sync raw rcdefault; do "$RCLONE" mkdir "dest:$b"; done
 
 export SOURCE_S3_ENDPOINT=http://127.0.0.1:$SRC_PORT SOURCE_ACCESS_KEY=$AK SOURCE_SECRET_KEY=$SK SOURCE_BUCKET=data
 export DEST_S3_ENDPOINT=http://127.0.0.1:$DST_PORT DEST_ACCESS_KEY=$AK DEST_SECRET_KEY=$SK RCLONE_BINARY=$RCLONE
 
 now_ms() { date +%s%3N; }
 # Each runner prints its wall time in ms; a failed run aborts the benchmark.
-run_s3sync() { local t0; t0=$(now_ms); DEST_BUCKET=s3sync "$S3SYNC" 2>"$work/s3sync.log" || { tail -5 "$work/s3sync.log" >&2; exit 1; }; echo $(($(now_ms) - t0)); }
+SUF=""  # destination bucket suffix: each initial-sync round writes into fresh buckets
+run_s3sync() { local t0; t0=$(now_ms); DEST_BUCKET=s3sync$SUF "$S3SYNC" 2>"$work/s3sync.log" || { tail -5 "$work/s3sync.log" >&2; exit 1; }; echo $(($(now_ms) - t0)); }
 # The same argv s3sync ran, taken from its own log, pointed at the `raw` bucket.
 raw_args() { python3 - "$work/s3sync.log" <<'PY'
 import json, sys
@@ -87,7 +88,7 @@ for line in open(sys.argv[1]):
 PY
 }
 run_raw() { local t0; mapfile -t args < <(raw_args); t0=$(now_ms); "$RCLONE" "${args[@]}" 2>"$work/raw.log" || { tail -5 "$work/raw.log" >&2; exit 1; }; echo $(($(now_ms) - t0)); }
-run_rcdefault() { local t0; t0=$(now_ms); "$RCLONE" sync source:data dest:rcdefault 2>"$work/rcdefault.log" || { tail -5 "$work/rcdefault.log" >&2; exit 1; }; echo $(($(now_ms) - t0)); }
+run_rcdefault() { local t0; t0=$(now_ms); "$RCLONE" sync source:data "dest:rcdefault$SUF" 2>"$work/rcdefault.log" || { tail -5 "$work/rcdefault.log" >&2; exit 1; }; echo $(($(now_ms) - t0)); }
 
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2)}'; }
 pct() { python3 -c "print(f'{($1-$2)*100/$2:+.1f}%')"; }
@@ -123,8 +124,16 @@ print(int((t["running rclone sync"] - t["starting"]).total_seconds() * 1000))
 PY
 }
 
-echo "initial sync into three empty buckets" >&2
-init_s3sync=$(run_s3sync); init_pre=$(preflight_ms); init_raw=$(run_raw); init_rcdef=$(run_rcdefault)
+echo "initial sync into three empty buckets x $INITIAL_ROUNDS" >&2
+init_s=(); init_r=(); init_d=(); init_p=()
+for round in $(seq "$INITIAL_ROUNDS" -1 1); do
+  SUF="-$round"
+  for b in s3sync raw rcdefault; do "$RCLONE" mkdir "dest:$b$SUF"; done
+  init_s+=("$(run_s3sync)"); init_p+=("$(preflight_ms)"); init_r+=("$(run_raw)"); init_d+=("$(run_rcdefault)")
+  # Round 1's buckets are kept for the re-sync rounds; the others only cost disk.
+  [ "$round" = 1 ] || for b in s3sync raw rcdefault; do "$RCLONE" purge "dest:$b$SUF"; done
+done
+init_s3sync=$(median "${init_s[@]}"); init_raw=$(median "${init_r[@]}"); init_rcdef=$(median "${init_d[@]}"); init_pre=$(median "${init_p[@]}")
 echo "no-op re-sync x $ROUNDS" >&2
 noop_s=(); noop_r=(); noop_d=(); pre=()
 for _ in $(seq "$ROUNDS"); do
@@ -137,11 +146,11 @@ for round in $(seq "$ROUNDS"); do
   chg_s+=("$(run_s3sync)"); pre_c+=("$(preflight_ms)"); chg_r+=("$(run_raw)"); chg_d+=("$(run_rcdefault)")
 done
 # The three destinations must be identical copies of the source.
-for b in s3sync raw rcdefault; do "$RCLONE" check source:data "dest:$b" --one-way 2>/dev/null || { echo "dest:$b differs" >&2; exit 1; }; done
+for b in s3sync raw rcdefault; do "$RCLONE" check source:data "dest:$b$SUF" --one-way 2>/dev/null || { echo "dest:$b differs" >&2; exit 1; }; done
 
 total=$((SMALL + LARGE))
-printf '\n%s objects (%s small, %s x %s MiB), rclone %s, medians of %s rounds (ms)\n' \
-  "$total" "$SMALL" "$LARGE" "$LARGE_MIB" "$("$RCLONE" version | head -1 | awk '{print $2}')" "$ROUNDS"
+printf '\n%s objects (%s small, %s x %s MiB), rclone %s, wall ms, medians of %s initial / %s re-sync rounds\n' \
+  "$total" "$SMALL" "$LARGE" "$LARGE_MIB" "$("$RCLONE" version | head -1 | awk '{print $2}')" "$INITIAL_ROUNDS" "$ROUNDS"
 printf '\nwrapper overhead (same rclone flags); pre-flight = the two bucket probes of s3sync (one rclone start, run in parallel)\n'
 printf '%-12s %8s %11s %9s %11s %15s\n' scenario s3sync "raw rclone" overhead pre-flight "excl. pre-flight"
 for row in "initial:$init_s3sync:$init_raw:$init_pre" \
