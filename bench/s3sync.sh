@@ -131,7 +131,8 @@ for round in $(seq "$INITIAL_ROUNDS" -1 1); do
   for b in s3sync raw rcdefault; do "$RCLONE" mkdir "dest:$b$SUF"; done
   init_s+=("$(run_s3sync)"); init_p+=("$(preflight_ms)"); init_r+=("$(run_raw)"); init_d+=("$(run_rcdefault)")
   # Round 1's buckets are kept for the re-sync rounds; the others only cost disk.
-  [ "$round" = 1 ] || for b in s3sync raw rcdefault; do "$RCLONE" purge "dest:$b$SUF"; done
+  # (removed on disk: rclone serve s3 refuses to delete buckets that held folders).
+  [ "$round" = 1 ] || for b in s3sync raw rcdefault; do rm -rf "${work:?}/dst/$b$SUF"; done
 done
 init_s3sync=$(median "${init_s[@]}"); init_raw=$(median "${init_r[@]}"); init_rcdef=$(median "${init_d[@]}"); init_pre=$(median "${init_p[@]}")
 echo "no-op re-sync x $ROUNDS" >&2

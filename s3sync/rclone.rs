@@ -68,7 +68,7 @@ fn remote_env(b: &Bucket) -> Vec<(String, String)> {
 }
 
 /// Flags every rclone run gets: JSON logs, bounded connection handling.
-fn common_args(config: &Config, log_level: &str) -> Vec<String> {
+fn common_args(config: &Config, log_level: &str, io_timeout: Duration) -> Vec<String> {
     vec![
         "--use-json-log".into(),
         "--log-level".into(),
@@ -78,9 +78,13 @@ fn common_args(config: &Config, log_level: &str) -> Vec<String> {
         "--contimeout".into(),
         go_duration(config.connect_timeout),
         "--timeout".into(),
-        go_duration(config.io_timeout),
+        go_duration(io_timeout),
     ]
 }
+
+/// The pre-flight's idle timeout: a LIST answer starts quickly or the endpoint is not
+/// healthy, so the probe does not wait the sync's full IO_TIMEOUT (5 min by default).
+const PROBE_IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// rclone's log level for our `LOG_LEVEL`: rclone logs at least NOTICE (its stats and
 /// closing lines are notices); our logger then drops what LOG_LEVEL does not want.
@@ -102,14 +106,14 @@ pub fn probe_args(config: &Config, bucket: &Bucket) -> Vec<String> {
     } else {
         "NOTICE"
     };
-    args.extend(common_args(config, level));
+    args.extend(common_args(config, level, config.io_timeout.min(PROBE_IO_TIMEOUT)));
     args
 }
 
 /// The arguments of the sync itself.
 pub fn sync_args(config: &Config) -> Vec<String> {
     let mut args = vec!["sync".into(), config.source.rclone_path(), config.dest.rclone_path()];
-    args.extend(common_args(config, log_level_for(config.log_level)));
+    args.extend(common_args(config, log_level_for(config.log_level), config.io_timeout));
     args.extend([
         "--stats".into(),
         go_duration(config.stats_interval),
