@@ -424,10 +424,12 @@ impl Engine {
                     let _g = self.locks.lock(sid, LOCK_WAIT)?;
                     self.refresh_locked(rec)?
                 }
-                None => return Err(Status::internal(format!(
+                None => {
+                    return Err(Status::internal(format!(
                     "group snapshot {}: the snapshot {sid} of volume {volume} is gone (deleted outside the driver?)",
                     group.id
-                ))),
+                )))
+                }
             };
             if rec.state == State::Failed {
                 return Err(failure_status(&rec).context(format!("group snapshot {}", group.id)));
