@@ -762,7 +762,7 @@ impl Engine {
 /// The status an RPC returns for a failed snapshot.
 fn failure_status(rec: &SnapshotRecord) -> Status {
     let reason = rec.reason.clone().unwrap_or_else(|| "failed".to_string());
-    let code = if reason.starts_with("timed out") || reason.contains("DeadlineExceeded") {
+    let code = if reason.starts_with("timed out") || reason.contains(" failed: DeadlineExceeded") {
         Code::DeadlineExceeded
     } else {
         Code::Internal

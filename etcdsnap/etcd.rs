@@ -224,18 +224,29 @@ impl EtcdClient {
         });
         let mut healthy: Vec<(&Member, MemberStatus)> = Vec::new();
         let mut failures = Vec::new();
+        let mut reachable = 0;
         for (m, r) in results {
             let label = member_label(m);
             match r {
-                Ok(st) if !st.errors.is_empty() => failures.push(format!("{label}: {}", st.errors.join(", "))),
-                Ok(st) => healthy.push((m, st)),
+                Ok(st) => {
+                    reachable += 1;
+                    // Active alarms are listed in every member's errors; they are judged below
+                    // from the alarm list, and do not make a member unhealthy for quorum.
+                    let errors: Vec<&String> = st.errors.iter().filter(|e| !e.contains("alarm:")).collect();
+                    if errors.is_empty() {
+                        healthy.push((m, st));
+                    } else {
+                        let list: Vec<&str> = errors.iter().map(|e| e.as_str()).collect();
+                        failures.push(format!("{label}: {}", list.join(", ")));
+                    }
+                }
                 Err(e) => failures.push(format!("{label}: {e}")),
             }
         }
         let quorum = voters.len() / 2 + 1;
         if healthy.len() < quorum {
             return Err(Status::precondition(format!(
-                "etcd cluster {cluster} has lost quorum: {} of {} voting members healthy, {quorum} needed; {}",
+                "etcd cluster {cluster} has lost quorum: {} of {} voting members healthy ({reachable} reachable), {quorum} needed; {}",
                 healthy.len(),
                 voters.len(),
                 failures.join("; ")

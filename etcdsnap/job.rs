@@ -137,13 +137,15 @@ fn small_resources() -> ResourceRequirements {
 pub fn job(plan: &Plan, cfg: &EngineConfig, pvc_uid: &str) -> Job {
     let labels = labels(&cfg.driver_name, &plan.snapshot_id, plan.group_id.as_deref());
     let timeout_secs = cfg.job_timeout.as_secs().max(10);
+    // etcdctl gives up before the Job's deadline, so a failure says what etcdctl saw.
+    let command_timeout = (timeout_secs * 4 / 5).max(5);
     let mut save_args = vec![
         "snapshot".to_string(),
         "save".to_string(),
         SNAPSHOT_FILE.to_string(),
         format!("--endpoints={}", plan.member_url),
         "--dial-timeout=10s".to_string(),
-        format!("--command-timeout={timeout_secs}s"),
+        format!("--command-timeout={command_timeout}s"),
     ];
     save_args.extend(tls_args());
     let snapshot_mount = |read_only: bool| VolumeMount {
@@ -330,8 +332,24 @@ pub fn container_failures(pods: &[Pod]) -> Vec<String> {
     out
 }
 
+/// The last `n` non-empty lines, each shortened; etcd's JSON log lines become `msg: error`.
 fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let Ok(serde_json::Value::Object(o)) = serde_json::from_str::<serde_json::Value>(l) else {
+                return crate::status::truncate(l, 300);
+            };
+            let msg = o.get("msg").and_then(|v| v.as_str()).unwrap_or("");
+            let line = match o.get("error").and_then(|v| v.as_str()) {
+                Some(e) => format!("{msg}: {e}"),
+                None => msg.to_string(),
+            };
+            crate::status::truncate(&line, 300)
+        })
+        .collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
@@ -479,6 +497,11 @@ mod tests {
         assert_eq!(
             f,
             ["container save exited with code 1 (Error): a | b | context deadline exceeded"]
+        );
+        let json_log = "{\"level\":\"error\",\"msg\":\"streamer failed\",\"error\":\"connection refused\",\"stacktrace\":\"long\"}\nError: context deadline exceeded";
+        assert_eq!(
+            last_lines(json_log, 3),
+            "streamer failed: connection refused | Error: context deadline exceeded"
         );
     }
 
