@@ -155,7 +155,8 @@ def test_bad_configuration_is_reported_at_once(tmp_path, kube, bin_dir, stubs):
 
 def test_stale_socket_replaced_and_sigterm_finishes_in_flight_rpc(tmp_path, kube, bin_dir, stubs, etcd_like_blackhole):
     pb2, _ = stubs
-    d = Driver(bin_dir, tmp_path / "driver", kube.kubeconfig_path, *stubs, ETCD_TIMEOUT="3s")
+    # One completion queue: a handler that blocked it would also block the Probes below.
+    d = Driver(bin_dir, tmp_path / "driver", kube.kubeconfig_path, *stubs, ETCD_TIMEOUT="5s", GRPC_THREADS=1)
     # A socket file left behind by a killed driver.
     d.socket.parent.mkdir(parents=True)
     stale = socket.socket(socket.AF_UNIX)
@@ -182,6 +183,11 @@ def test_stale_socket_replaced_and_sigterm_finishes_in_flight_rpc(tmp_path, kube
     t = threading.Thread(target=create)
     t.start()
     wait_for(lambda: d.metric("etcdsnap_rpc_in_flight") == 1, 10, "the Create to be in flight")
+    # Identity keeps answering while the Create waits on etcd.
+    for _ in range(20):
+        assert d.identity.Probe(pb2.ProbeRequest(), timeout=10).ready.value is True
+        assert d.identity.GetPluginInfo(pb2.GetPluginInfoRequest(), timeout=10).name
+    assert t.is_alive() and "code" not in result, "the Create finished before the Probes"
     d.proc.send_signal(15)
     t.join(30)
     assert not t.is_alive()
