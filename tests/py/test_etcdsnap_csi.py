@@ -216,3 +216,35 @@ def etcd_like_blackhole(pki, tmp_path):
         yield {"url": f"https://127.0.0.1:{lsock.getsockname()[1]}", "secret_data": data}
     finally:
         lsock.close()
+
+
+def test_token_file_is_reread_and_a_wrong_token_is_unauthenticated(tmp_path, kube, bin_dir, stubs):
+    """A JSON kubeconfig with a CA file and a tokenFile (the rotating service-account form): the
+    token is read per request, a wrong one gives UNAUTHENTICATED and not-ready, a fixed one heals.
+    The token never appears in the driver's logs."""
+    import json
+
+    pb2, _ = stubs
+    token_file = tmp_path / "token"
+    token_file.write_text(kube.token + "\n")
+    kubeconfig = tmp_path / "kubeconfig.json"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "standin", "cluster": {"server": kube.url, "certificate-authority": str(kube.ca_path)}}],
+        "users": [{"name": "sa", "user": {"tokenFile": str(token_file)}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "standin", "user": "sa"}}],
+    }))
+    d = Driver(bin_dir, tmp_path / "driver", kubeconfig, *stubs).start()
+    try:
+        missing = pb2.CreateVolumeGroupSnapshotRequest(name="t-1", source_volume_ids=["default/nothing"])
+        assert code_of(lambda: d.group.CreateVolumeGroupSnapshot(missing))[0] == grpc.StatusCode.NOT_FOUND
+        token_file.write_text("not-the-token")
+        code, details = code_of(lambda: d.group.CreateVolumeGroupSnapshot(missing))
+        assert code == grpc.StatusCode.UNAUTHENTICATED and "401" in details, details
+        wait_for(lambda: d.http("/ready")[0] == 503, 10, "not ready with a wrong token")
+        token_file.write_text(kube.token)
+        wait_for(lambda: d.http("/ready")[0] == 200, 10, "ready again")
+        assert code_of(lambda: d.group.CreateVolumeGroupSnapshot(missing))[0] == grpc.StatusCode.NOT_FOUND
+    finally:
+        assert d.stop() == 0
+    assert kube.token not in d.logs()

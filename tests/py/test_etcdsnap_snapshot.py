@@ -359,6 +359,8 @@ def test_restore_round_trip(driver, kube, etcd_cluster, volume, stubs, tools_bin
                          env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "restored snapshot" in run.stdout
+    # The finished restore Job is removed; only the snapshot's own Job remains.
+    assert [j["metadata"]["name"] for j in kube.objects("jobs", NS)] == ["etcdsnap-" + snap.snapshot_id]
     data_dir = kube.pvc_dir(NS, "data-r0") / "data"
     assert (data_dir / "member").is_dir()
     # A fresh etcd on the restored data: the keys are exactly those at snapshot time.
