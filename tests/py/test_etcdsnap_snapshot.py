@@ -416,3 +416,22 @@ def test_interrupted_group_create_recovers(driver, kube, etcd_cluster, volume, s
     assert list(get_group(driver, pb2, gid).snapshots) == []
     driver.group.DeleteVolumeGroupSnapshot(pb2.DeleteVolumeGroupSnapshotRequest(group_snapshot_id=gid))
     assert records(kube) == {} and kube.objects("jobs", NS) == []
+
+
+def test_job_that_never_runs_times_out(tmp_path, kube, etcd_cluster, volume, stubs, bin_dir):
+    """A Job the cluster never starts (held by the stand-in, as with a broken Job controller):
+    30 s after JOB_TIMEOUT the driver fails it with DEADLINE_EXCEEDED and removes Job and PVC."""
+    pb2, _ = stubs
+    d = Driver(bin_dir, tmp_path / "driver", kube.kubeconfig_path, *stubs, JOB_TIMEOUT="10s").start()
+    try:
+        kube.hold_jobs()
+        g = create_group(d, pb2, "never-runs", [volume])
+        obj = "etcdsnap-" + g.snapshots[0].snapshot_id
+        assert not get_group(d, pb2, g.group_snapshot_id).ready_to_use
+        wait_for(lambda: kube.get_object("jobs", NS, obj) is None, 90, "the driver to give up on the Job")
+        assert kube.get_object("persistentvolumeclaims", NS, obj) is None
+        code, details = code_of(lambda: get_group(d, pb2, g.group_snapshot_id))
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "timed out" in details and "JOB_TIMEOUT 10s" in details
+        kube.release_jobs()
+    finally:
+        assert d.stop() == 0
