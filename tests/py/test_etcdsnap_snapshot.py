@@ -293,6 +293,13 @@ def test_api_errors_leave_nothing_behind(driver, kube, etcd_cluster, volume, stu
     code, _ = code_of(lambda: create_group(driver, pb2, "api-403", [volume]))
     assert code == grpc.StatusCode.PERMISSION_DENIED
     assert kube.objects("jobs", NS) == [] and records(kube) == {}
+    # Record updates lost to a concurrent writer (409 Conflict on a stale resourceVersion) are
+    # re-read and re-applied: the Create goes through and the record says "running".
+    kube.fail_next("PUT", r"/api/v1/namespaces/kube-system/configmaps/etcdsnap-s-", 409, times=3, reason="Conflict")
+    g = create_group(driver, pb2, "api-409", [volume])
+    obj = "etcdsnap-" + g.snapshots[0].snapshot_id
+    assert records(kube)[obj]["metadata"]["labels"]["etcdsnap.lifeboat.dev/state"] in ("running", "ready")
+    assert len([r for r in kube.requests if r[0] == "PUT" and "configmaps/" + obj in r[1]]) >= 4
 
 
 def test_concurrent_creates_make_one_snapshot(driver, kube, etcd_cluster, volume, stubs):
