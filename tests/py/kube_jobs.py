@@ -99,6 +99,7 @@ class JobController:
     def _run_guarded(self, ns, name):
         try:
             self._run(ns, name)
+            self._ttl(ns, name)
         except _Gone:
             pass
         except Exception as e:  # noqa: BLE001 - a stand-in bug must show up in the test
@@ -107,6 +108,22 @@ class JobController:
             traceback.print_exc()
             with self.s.lock:
                 self.s.job_problems.append(f"job {ns}/{name}: stand-in error {e!r}")
+
+    def _ttl(self, ns, name):
+        """The TTL-after-finished controller: delete a finished Job (Background) after its TTL."""
+        with self.s.lock:
+            job = self.s._store.get(("jobs", ns, name))
+            if job is None or job["spec"].get("ttlSecondsAfterFinished") is None:
+                return
+            uid, ttl = job["metadata"]["uid"], job["spec"]["ttlSecondsAfterFinished"]
+        end = time.monotonic() + ttl
+        while time.monotonic() < end:
+            with self.s.lock:
+                self._job(ns, name, uid)
+            time.sleep(min(0.05, max(0.0, end - time.monotonic())))
+        with self.s.lock:
+            self._job(ns, name, uid)
+            self.s._remove("jobs", ns, name, "Background")
 
     def _job(self, ns, name, uid):
         job = self.s._store.get(("jobs", ns, name))

@@ -441,8 +441,24 @@ class KubeStandin:
             d = self.dir / "pvcs" / ns / f"{name}-{obj['metadata']['uid'][:8]}"
             d.mkdir(parents=True, exist_ok=True)
             self._pvc_dirs[(ns, name)] = d
-            pv_name = f"pvc-{obj['metadata']['uid']}"
-            spec["volumeName"] = pv_name
+            if spec.get("volumeName"):
+                # static binding to a named PV: Bound if that PV exists, else Pending (as for real)
+                pv = self._store.get(("persistentvolumes", None, spec["volumeName"]))
+                if pv is None:
+                    obj["status"] = {"phase": "Pending"}
+                    return
+                pv["spec"].setdefault("claimRef", {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                                                   "name": name, "namespace": ns,
+                                                   "uid": obj["metadata"]["uid"]})
+                pv["status"] = {"phase": "Bound"}
+                self._set("persistentvolumes", None, spec["volumeName"], pv)
+                capacity = (pv["spec"].get("capacity") or {}).get("storage") or \
+                    spec["resources"]["requests"]["storage"]
+                obj["status"] = {"phase": "Bound", "accessModes": list(pv["spec"].get("accessModes") or []),
+                                 "capacity": {"storage": capacity}}
+                obj["metadata"].setdefault("annotations", {})["pv.kubernetes.io/bind-completed"] = "yes"
+                return
+            spec["volumeName"] = f"pvc-{obj['metadata']['uid']}"
             obj["status"] = {"phase": "Bound", "accessModes": list(spec.get("accessModes") or []),
                              "capacity": {"storage": spec["resources"]["requests"]["storage"]}}
             obj["metadata"].setdefault("annotations", {}).update(
@@ -451,7 +467,8 @@ class KubeStandin:
             obj.setdefault("status", {"phase": "Pending"})
 
     def _after_create(self, res: Resource, obj: dict) -> None:
-        if res.plural == "persistentvolumeclaims":
+        if res.plural == "persistentvolumeclaims" and obj["status"]["phase"] == "Bound" and \
+                ("persistentvolumes", None, obj["spec"].get("volumeName")) not in self._store:
             meta, spec = obj["metadata"], obj["spec"]
             pv = {
                 "apiVersion": "v1", "kind": "PersistentVolume",
@@ -485,9 +502,15 @@ class KubeStandin:
         uid = obj["metadata"]["uid"]
         if plural == "persistentvolumeclaims":
             d = self._pvc_dirs.pop((ns, name), None)
-            pv = (obj.get("spec") or {}).get("volumeName")
-            if pv:
-                self._store.pop(("persistentvolumes", None, pv), None)
+            pv_name = (obj.get("spec") or {}).get("volumeName")
+            pv = self._store.get(("persistentvolumes", None, pv_name)) if pv_name else None
+            if pv is not None and ((pv["spec"].get("claimRef") or {}).get("uid") == uid):
+                if (pv["metadata"].get("annotations") or {}).get("pv.kubernetes.io/provisioned-by") == "standin.local":
+                    self._store.pop(("persistentvolumes", None, pv_name), None)  # reclaim policy Delete
+                else:
+                    pv = copy.deepcopy(pv)
+                    pv["status"] = {"phase": "Released"}
+                    self._set("persistentvolumes", None, pv_name, pv)
             if d is not None:
                 shutil.rmtree(d, ignore_errors=True)
         if plural == "jobs" and self._jobs is not None:
@@ -726,6 +749,9 @@ class KubeStandin:
             raise api.invalid(res, name, [{"reason": "FieldValueInvalid", "message": problem, "field": ""}])
         causes = api.validate_semantics(res, obj, old)
         if causes:
+            with self.lock:  # the apiserver's own checks: just as much a bug in what we sent
+                self.schema_failures.append({"verb": verb, "kind": res.kind, "name": name, "error": causes,
+                                             "object": copy.deepcopy(obj)})
             raise api.invalid(res, name, causes)
 
     def _create(self, res: Resource, ns, body, headers, dry_run):

@@ -163,6 +163,8 @@ def test_apiserver_validation_beyond_the_schema(c):
     nostorage = pvc("nostorage")
     nostorage["spec"]["resources"] = {}
     assert c.post(PVCS, nostorage)[0] == 422
+    assert len(c.standin.schema_failures) == 7  # recorded like schema failures
+    c.standin.schema_failures.clear()
 
 
 def test_schema_accepts_good_job_pvc_configmap_secret(kube, c):
@@ -397,7 +399,29 @@ def test_pvc_update_rules_and_delete_collection(kube, c):
     body["spec"]["accessModes"] = ["ReadWriteMany"]
     st, err, _ = c.put(f"{PVCS}/grow", body)
     assert st == 422 and "immutable" in err["message"]
+    kube.schema_failures.clear()
     c.post(PVCS, pvc("other", labels={"etcd.io/snapshot": "b"}))
     st, listed, _ = c.delete(f"{PVCS}?labelSelector=etcd.io%2Fsnapshot%3Da")
     assert st == 200 and [i["metadata"]["name"] for i in listed["items"]] == ["grow"]
     assert [o["metadata"]["name"] for o in kube.objects("PersistentVolumeClaim", "default")] == ["other"]
+
+
+def test_pvc_with_volume_name_binds_statically(kube, c):
+    st, body, _ = c.post(PVCS, pvc("static") | {"spec": {
+        "accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Mi"}}, "volumeName": "handle-pv",
+        "storageClassName": "etcdsnap-handle"}})
+    assert st == 201 and body["status"]["phase"] == "Pending" and body["spec"]["volumeName"] == "handle-pv"
+    assert c.get("/api/v1/persistentvolumes/handle-pv")[0] == 404
+    kube.put_object({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "handle-pv2"},
+                     "spec": {"accessModes": ["ReadOnlyMany"], "capacity": {"storage": "1Mi"},
+                              "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "etcdsnap-handle",
+                              "csi": {"driver": "etcdsnap.lifeboat.dev", "volumeHandle": "default/static2"}}})
+    st, body, _ = c.post(PVCS, {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                                "metadata": {"name": "static2"},
+                                "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Mi"}},
+                                         "volumeName": "handle-pv2", "storageClassName": "etcdsnap-handle"}})
+    assert st == 201 and body["status"]["phase"] == "Bound" and body["spec"]["volumeName"] == "handle-pv2"
+    pv = c.get("/api/v1/persistentvolumes/handle-pv2")[1]
+    assert pv["spec"]["claimRef"]["uid"] == body["metadata"]["uid"] and pv["status"]["phase"] == "Bound"
+    assert c.delete(f"{PVCS}/static2")[0] == 200
+    assert c.get("/api/v1/persistentvolumes/handle-pv2")[1]["status"]["phase"] == "Released"  # Retain

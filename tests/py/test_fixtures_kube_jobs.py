@@ -10,8 +10,6 @@ import os
 import subprocess
 import time
 
-import pytest
-
 from kube_standin import schema_check
 from waiting import wait_for
 
@@ -287,3 +285,51 @@ def test_stopping_the_standin_kills_running_containers(tmp_path, tools_bin, etcd
     wait_for(lambda: not any(marker in _cmdline(p) for p in os.listdir("/proc") if p.isdigit()), 5,
              "the container process to be killed by stop()")
     assert k.job_problems == [] and k.schema_failures == []
+
+
+def test_ttl_after_finished_deletes_the_job_and_its_pods(kube, etcd_cluster):
+    c = kube.client()
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "ttl"},
+           "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": 0, "template": {"spec": {
+               "restartPolicy": "Never", "containers": [{"name": "v", "image": "registry.k8s.io/etcd:3.5.21-0",
+                                                         "command": ["etcdctl", "version"]}]}}}}
+    assert c.post(JOBS, job)[0] == 201
+    wait_for(lambda: c.get(f"{JOBS}/ttl")[0] == 404, 20, "the finished Job to be deleted by its TTL")
+    assert kube.objects("pods", NS) == []
+    c.close()
+
+
+def test_concurrent_jobs_lists_and_deletes(kube):
+    import threading
+
+    errors = []
+
+    def worker(n):
+        c = kube.client()
+        try:
+            for i in range(3):
+                name = f"w{n}-{i}"
+                job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+                       "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never", "containers": [
+                           {"name": "v", "image": "registry.k8s.io/etcd:3.5.21-0", "command": ["etcdutl", "version"]}]}}}}
+                assert c.post(JOBS, job)[0] == 201
+                c.get(f"/api/v1/namespaces/{NS}/pods?labelSelector=job-name%3D{name}")
+                if i == 1:  # delete one while it may still run
+                    assert c.delete(f"{JOBS}/{name}?propagationPolicy=Background")[0] == 200
+                else:
+                    assert kube.wait_job(NS, name, 30)["status"]["succeeded"] == 1
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads) and errors == []
+    names = sorted(j["metadata"]["name"] for j in kube.objects("jobs", NS))
+    assert names == sorted(f"w{n}-{i}" for n in range(4) for i in (0, 2))
+    wait_for(lambda: all(p["metadata"]["labels"]["job-name"] in names for p in kube.objects("pods", NS)), 10,
+             "pods of deleted Jobs to be collected")
