@@ -70,6 +70,8 @@ def get_group(d, pb2, gid):
 
 def test_group_snapshot_end_to_end(driver, kube, etcd_cluster, volume, stubs, tools_bin):
     pb2, _ = stubs
+    handle = kube.get_object("persistentvolumeclaims", NS, volume.split("/")[1])
+    assert handle["status"]["phase"] == "Bound"  # the README's pre-bound PV/PVC pair
     for i in range(20):
         etcd_cluster.put(f"/e2e/key-{i}", f"value-{i}")
     kube.hold_jobs()
