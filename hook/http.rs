@@ -92,7 +92,11 @@ impl Backend {
             }
             // A timeout, so that after a replacement every worker moves to the new server, and
             // a failed replacement is retried (a dead server still serves its open connections).
-            let wait = if dead { Duration::from_millis(200) } else { Duration::from_secs(1) };
+            let wait = if dead {
+                Duration::from_millis(200)
+            } else {
+                Duration::from_secs(1)
+            };
             match server.recv_timeout(wait) {
                 Ok(Some(request)) => handle(request, &app),
                 Ok(None) => {}
