@@ -388,28 +388,29 @@ impl Kube {
 
     /// POST a new object; returns what the server stored.
     pub fn create<T: Serialize + DeserializeOwned>(&self, path: &str, object: &T) -> Result<T, KubeError> {
-        let op = format!("POST {path}");
-        let body = serde_json::to_vec(object).map_err(|e| KubeError {
-            op: op.clone(),
-            status: None,
-            reason: "Encode".into(),
-            message: e.to_string(),
-        })?;
-        let (status, bytes) = self.call("POST", path, &[], Some(("application/json", body)), &op)?;
-        self.check(&op, status, &bytes)?;
-        self.decode(&op, &bytes)
+        self.send_object("POST", path, object)
     }
 
     /// PUT (replace) an object; the server refuses with 409 when its resourceVersion is stale.
     pub fn replace<T: Serialize + DeserializeOwned>(&self, path: &str, object: &T) -> Result<T, KubeError> {
-        let op = format!("PUT {path}");
+        self.send_object("PUT", path, object)
+    }
+
+    /// Sends `object` as JSON with `method` and decodes what the server stored.
+    fn send_object<T: Serialize + DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        object: &T,
+    ) -> Result<T, KubeError> {
+        let op = format!("{method} {path}");
         let body = serde_json::to_vec(object).map_err(|e| KubeError {
             op: op.clone(),
             status: None,
             reason: "Encode".into(),
             message: e.to_string(),
         })?;
-        let (status, bytes) = self.call("PUT", path, &[], Some(("application/json", body)), &op)?;
+        let (status, bytes) = self.call(method, path, &[], Some(("application/json", body)), &op)?;
         self.check(&op, status, &bytes)?;
         self.decode(&op, &bytes)
     }
