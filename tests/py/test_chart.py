@@ -21,6 +21,7 @@ import jsonschema
 import pytest
 import yaml
 
+import binary_source
 import chart_crd_schemas
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,8 +76,10 @@ SCENARIOS = {
     "defaults": None,
     "everything": {
         "s3sync": {**S3_ON, "extraEnv": {"SOURCE_PREFIX": "db/", "DEST_REGION": "", "BANDWIDTH_LIMIT": "10M"}},
-        "etcdsnap": {"enabled": True, "handles": [{"cluster": "main", "namespace": "etcd"},
-                                                  {"cluster": "events"}]},
+        "etcdsnap": {"enabled": True, "handles": [
+            {"cluster": "main", "namespace": "etcd", "clientTLSSecret": "main-client-tls",
+             "endpoints": ["https://main-0.main.etcd.svc:2379", "https://main-1.main.etcd.svc:2379"]},
+            {"cluster": "events", "service": "etcd-events-client"}]},
     },
     "s3sync-existing-secret": {
         "hook": {"enabled": False},
@@ -606,6 +609,18 @@ def test_etcdsnap_sidecar_speaks_group_snapshots_over_a_shared_socket(helm):
     assert pod["automountServiceAccountToken"] is True
 
 
+def handle_annotations(handle):
+    """The PVC annotations etcdsnap's discovery reads (etcdsnap/discovery.rs), from a handle's values."""
+    out = {}
+    if handle.get("endpoints"):
+        out["etcd.io/endpoints"] = ",".join(handle["endpoints"])
+    if handle.get("service"):
+        out["etcd.io/service"] = handle["service"]
+    if handle.get("clientTLSSecret"):
+        out["etcd.io/client-tls-secret"] = handle["clientTLSSecret"]
+    return {**out, **handle.get("annotations", {})}
+
+
 def test_etcdsnap_driver_name_is_the_same_everywhere_and_handles_are_bound(helm):
     for scenario_name in ("everything", "etcdsnap-only"):
         values = SCENARIOS[scenario_name]
@@ -633,13 +648,13 @@ def test_etcdsnap_driver_name_is_the_same_everywhere_and_handles_are_bound(helm)
             ns = handle.get("namespace", NAMESPACE)
             assert pvc["metadata"]["namespace"] == ns
             assert pvc["metadata"]["labels"][label] == handle["cluster"]
-            assert pvc["metadata"].get("annotations", {}) == handle.get("annotations", {})
+            assert pvc["metadata"].get("annotations", {}) == handle_annotations(handle)
             pv = pvs[pvc["spec"]["volumeName"]]
             assert pv["spec"]["csi"]["driver"] == name
             assert pv["spec"]["csi"]["volumeHandle"] == f"{ns}/{pvc['metadata']['name']}"
             assert pv["spec"]["claimRef"]["name"] == pvc["metadata"]["name"]
             assert pv["spec"]["claimRef"]["namespace"] == ns
-            assert pv["spec"]["storageClassName"] == pvc["spec"]["storageClassName"] == ""
+            assert pv["spec"]["storageClassName"] == pvc["spec"]["storageClassName"] == "etcdsnap-handle"
             assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Retain"
             assert pv["metadata"]["labels"][label] == handle["cluster"]
             # a VolumeGroupSnapshot selecting the cluster label picks exactly this handle
@@ -687,54 +702,101 @@ def _rules_by_role(objects):
             for o in objects if o["kind"] in ("Role", "ClusterRole")}
 
 
+# What the csi-snapshotter sidecar (v8.6.0) needs: kubernetes-csi/external-snapshotter's
+# deploy/kubernetes/csi-snapshotter/rbac-csi-snapshotter.yaml (its code is not in this repository).
+SIDECAR_CLUSTER_GRANTS = {
+    ("", "events"): {"list", "watch", "create", "update", "patch"},
+    ("snapshot.storage.k8s.io", "volumesnapshotclasses"): {"get", "list", "watch"},
+    ("snapshot.storage.k8s.io", "volumesnapshotcontents"): {"create", "get", "list", "watch", "update", "patch"},
+    ("snapshot.storage.k8s.io", "volumesnapshotcontents/status"): {"update", "patch"},
+    ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotclasses"): {"get", "list", "watch"},
+    ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents"): {"get", "list", "watch", "update", "patch"},
+    ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents/status"): {"update", "patch"},
+}
+SIDECAR_LEADER_ELECTION = {("coordination.k8s.io", "leases"): {"get", "watch", "list", "delete", "update", "create"}}
+
+
+def _grants(objects):
+    """{namespace or "*": {(apiGroup, resource): verbs}} over every Role and ClusterRole."""
+    grants = {}
+    for (kind, ns, _), rules in _rules_by_role(objects).items():
+        for rule in rules:
+            for f in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[f], f"wildcard in {rule}"
+            assert "resourceNames" not in rule and "nonResourceURLs" not in rule, rule
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    scope = grants.setdefault("*" if kind == "ClusterRole" else ns, {})
+                    scope.setdefault((group, resource), set()).update(rule["verbs"])
+    return grants
+
+
+def _driver_needs():
+    """(metadata namespace grants, etcd namespace grants) from the driver's code."""
+    calls = binary_source.kube_calls()
+    meta, etcd = {}, {}
+    for group, resource, verb in calls:
+        # the records (metadata.rs) are the only ConfigMaps; everything else is per etcd cluster
+        target = meta if (group, resource) == ("", "configmaps") else etcd
+        target.setdefault((group, resource), set()).add(verb)
+    return meta, etcd
+
+
+def test_etcdsnap_driver_api_calls_are_what_its_readme_says():
+    """The scan of the driver's code is sane: it finds the calls the README's RBAC paragraph
+    documents (so an empty or broken scan cannot make the RBAC test pass vacuously)."""
+    meta, etcd = _driver_needs()
+    assert meta == {("", "configmaps"): {"get", "list", "create", "update", "delete"}}
+    assert etcd == {
+        ("", "persistentvolumeclaims"): {"get", "create", "delete"},
+        ("batch", "jobs"): {"get", "create", "delete"},
+        ("", "pods"): {"list"},
+        ("", "pods/log"): {"get"},
+        ("", "secrets"): {"get"},
+        ("", "services"): {"get"},
+        ("", "endpoints"): {"get"},
+    }
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("<!-- etcdsnap:begin -->"):readme.index("<!-- etcdsnap:end -->")]
+    rbac = " ".join(section[section.index("**RBAC**"):].split("\n\n")[0].split())
+    assert "configmaps` get/list/create/update/delete" in rbac
+    assert "`persistentvolumeclaims`, `batch/jobs` get/create/delete, `pods` list, `pods/log` get, " \
+           "`secrets`, `services`, `endpoints` get" in rbac
+
+
 def test_etcdsnap_rbac_is_least_privilege(helm):
+    """Every grant is something a container of the etcdsnap pod calls, and every call is granted:
+    etcdsnap's from its source (binary_source.kube_calls), the sidecar's from upstream's list."""
+    meta_needs, etcd_needs = _driver_needs()
     for scenario_name, expected_ns in (("everything", {"etcd", NAMESPACE}), ("etcdsnap-only", {"etcd-a", "etcd-b"})):
         objects = render(helm, SCENARIOS[scenario_name])
-        roles = _rules_by_role(objects)
-        grants = {}  # (namespace or "*", apiGroup, resource) -> verbs
-        for (kind, ns, _), rules in roles.items():
-            for rule in rules:
-                for field in ("apiGroups", "resources", "verbs"):
-                    assert "*" not in rule[field], f"wildcard in {rule}"
-                assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
-                for group in rule["apiGroups"]:
-                    for resource in rule["resources"]:
-                        key = ("*" if kind == "ClusterRole" else ns, group, resource)
-                        grants.setdefault(key, set()).update(rule["verbs"])
-        cluster = {k: v for k, v in grants.items() if k[0] == "*"}
-        # cluster-wide: PVs read-only; everything else is what the sidecar needs
-        assert cluster[("*", "", "persistentvolumes")] == {"get", "list", "watch"}
-        assert ("*", "", "secrets") not in cluster and ("*", "", "configmaps") not in cluster
-        assert ("*", "batch", "jobs") not in cluster and ("*", "", "persistentvolumeclaims") not in cluster
-        assert {"create", "update", "patch"} <= cluster[("*", "snapshot.storage.k8s.io", "volumesnapshotcontents")]
-        assert {"update", "patch"} <= cluster[("*", "groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents")]
-        assert {"update", "patch"} <= cluster[("*", "groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents/status")]
-        assert {"get", "list", "watch"} <= cluster[("*", "groupsnapshot.storage.k8s.io", "volumegroupsnapshotclasses")]
-        assert {"create", "patch"} <= cluster[("*", "", "events")]
-        assert {g for (_, g, _) in cluster} == {"", "snapshot.storage.k8s.io", "groupsnapshot.storage.k8s.io"}
-        # namespaced: the etcd namespaces, the metadata namespace and the release namespace only
+        grants = _grants(objects)
         meta_ns = SCENARIOS[scenario_name]["etcdsnap"].get("metadataNamespace", NAMESPACE)
-        namespaces = {k[0] for k in grants if k[0] != "*"}
-        assert namespaces == expected_ns | {meta_ns, NAMESPACE}
-        for ns in expected_ns:
-            assert grants[(ns, "", "secrets")] == {"get"}
-            assert {"create", "delete", "get"} <= grants[(ns, "batch", "jobs")]
-            assert {"create", "delete", "get"} <= grants[(ns, "", "persistentvolumeclaims")]
-        assert {"get", "create", "update"} <= grants[(meta_ns, "", "configmaps")]
-        assert {"get", "update", "create"} <= grants[(NAMESPACE, "coordination.k8s.io", "leases")]
-        for (ns, _, resource) in grants:
-            if resource == "configmaps":
-                assert ns == meta_ns
-            if resource == "leases":
-                assert ns == NAMESPACE
+        # cluster-wide: the sidecar's list, nothing for etcdsnap itself (the volume handle names
+        # the PVC, so no PersistentVolume is ever read)
+        assert grants["*"] == SIDECAR_CLUSTER_GRANTS
+        # namespaced: exactly the etcd namespaces, the metadata namespace and the release namespace
+        assert set(grants) - {"*"} == expected_ns | {meta_ns, NAMESPACE}
+        for ns in expected_ns | {meta_ns, NAMESPACE}:
+            wanted = {}
+            for part in ((etcd_needs if ns in expected_ns else {}), (meta_needs if ns == meta_ns else {}),
+                         (SIDECAR_LEADER_ELECTION if ns == NAMESPACE else {})):
+                for key, verbs in part.items():
+                    wanted.setdefault(key, set()).update(verbs)
+            assert grants[ns] == wanted, f"namespace {ns}: granted {grants[ns]}, needed {wanted}"
         # every binding points at a rendered role and at the etcdsnap service account
+        roles = _rules_by_role(objects)
         sa = one(objects, "ServiceAccount", "etcdsnap")["metadata"]["name"]
         assert one(objects, "Deployment", "etcdsnap")["spec"]["template"]["spec"]["serviceAccountName"] == sa
+        bound = set()
         for binding in by_kind(objects, "RoleBinding") + by_kind(objects, "ClusterRoleBinding"):
             role_kind = binding["roleRef"]["kind"]
             role_ns = binding["metadata"].get("namespace") if role_kind == "Role" else None
+            assert role_kind == "ClusterRole" or binding["roleRef"]["kind"] == "Role"
             assert (role_kind, role_ns, binding["roleRef"]["name"]) in roles, binding["metadata"]["name"]
             assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
+            bound.add((role_kind, role_ns, binding["roleRef"]["name"]))
+        assert bound == set(roles), "a role nobody is bound to"
 
 
 def test_only_etcdsnap_gets_kubernetes_api_credentials(helm):
