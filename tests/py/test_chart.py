@@ -14,6 +14,7 @@ Nothing here is skipped: without the renderer or the validator the tests fail an
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 
@@ -75,8 +76,10 @@ S3_ON = {
 SCENARIOS = {
     "defaults": None,
     "everything": {
-        "s3sync": {**S3_ON, "extraEnv": {"SOURCE_PREFIX": "db/", "DEST_REGION": "", "BANDWIDTH_LIMIT": "10M"}},
-        "etcdsnap": {"enabled": True, "handles": [
+        "s3sync": {**S3_ON, "extraEnv": {"SOURCE_PREFIX": "db/", "DEST_REGION": "", "BANDWIDTH_LIMIT": "10M",
+                                         "MAX_DURATION": "50m", "COMPARE": "size", "HTTPS_PROXY": "http://proxy:3128"}},
+        "hook": {"extraEnv": {"NATIVE_SIDECAR": "false", "WORKERS": "8", "SHUTDOWN_TIMEOUT": "20s"}},
+        "etcdsnap": {"enabled": True, "extraEnv": {"JOB_TIMEOUT": "15m", "GRPC_THREADS": "8"}, "handles": [
             {"cluster": "main", "namespace": "etcd", "clientTLSSecret": "main-client-tls",
              "endpoints": ["https://main-0.main.etcd.svc:2379", "https://main-1.main.etcd.svc:2379"]},
             {"cluster": "events", "service": "etcd-events-client"}]},
@@ -338,6 +341,10 @@ def test_names_are_unique_per_kind_and_namespace(scenario):
     ({"s3sync": {**S3_ON, "logLevel": "verbose"}}, "logLevel"),
     ({"etcdsnap": {"enabled": True, "driverName": "has space"}}, "driverName"),
     ({"etcdsnap": {"handles": [{"namespace": "x"}]}}, "cluster"),
+    ({"etcdsnap": {"handles": [{"cluster": "a", "endpoints": ["http://a-0.a:2379"]}]}}, "http://a-0.a:2379"),
+    ({"etcdsnap": {"extraEnv": {"JOB_TIMEOUTS": "10m"}}}, "JOB_TIMEOUTS"),
+    ({"hook": {"extraEnv": {"POD_NAMESPACE": "x"}}}, "POD_NAMESPACE"),
+    ({"s3sync": {**S3_ON, "extraEnv": {"SOURCE_ENDPOINT": "https://x"}}}, "SOURCE_ENDPOINT"),
     ({"etcdsnap": {"volumeGroupSnapshotClass": {"apiVersion": "groupsnapshot.storage.k8s.io/v1alpha1"}}}, "apiVersion"),
     ({"etcdsnap": {"snapshotter": {"image": {"digest": "sha256:short"}}}}, "digest"),
 ])
@@ -423,7 +430,7 @@ def test_s3sync_cronjob_shape_and_environment(helm):
     (container,) = pod["containers"]
     env = env_of(container)
     # exactly the documented names, plus the non-empty extraEnv entries; the empty one is left out
-    assert set(env) == S3SYNC_ENV | {"SOURCE_PREFIX", "BANDWIDTH_LIMIT"}
+    assert set(env) == S3SYNC_ENV | {"SOURCE_PREFIX", "BANDWIDTH_LIMIT", "MAX_DURATION", "COMPARE", "HTTPS_PROXY"}
     assert env["SOURCE_S3_ENDPOINT"]["value"] == S3_ON["source"]["endpoint"]
     assert env["DEST_BUCKET"]["value"] == "prod-data-copy"
     assert env["DRY_RUN"]["value"] == "false" and env["MAX_DELETE"]["value"] == "1000"
@@ -858,3 +865,190 @@ def test_containerfile_targets_and_pins():
         assert re.fullmatch(r"[0-9a-f]{64}", args[f"S3SYNC_RCLONE_SHA256_{arch}"])
     assert "--require-hashes" in text
     assert not re.search(r"^ARG RCLONE_", text, re.M), "rclone reads RCLONE_* variables as flags"
+
+
+# ---------------------------------------------------------------------------------------------
+# The chart against the binaries as they are: names, formats, required variables, ports, probes,
+# arguments and the README's handle manifests, all read from the source (binary_source.py).
+
+# Variables a binary reads that the chart neither sets nor offers in extraEnv, and why.
+NOT_FOR_THE_CHART = {
+    "s3sync": {"PATH", "HOME"},  # the image's own environment, passed through to rclone
+    "hook": set(),
+    # the kubelet sets the in-cluster ones; KUBECONFIG is for running etcdsnap on a workstation
+    "etcdsnap": {"KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"},
+}
+# Containers of the chart that do not run a lifeboat binary.
+FOREIGN_CONTAINERS = {"csi-snapshotter"}
+
+
+def lifeboat_containers(objects):
+    """(component, container) of every Deployment/CronJob container running a lifeboat binary."""
+    for owner, pod in pod_specs(objects):
+        component = owner["metadata"]["labels"]["app.kubernetes.io/component"]
+        for c in containers(pod):
+            if c["name"] in FOREIGN_CONTAINERS:
+                continue
+            assert c["name"] == component, f"{owner['kind']} {owner['metadata']['name']}: container {c['name']}"
+            assert c["image"].split("@")[0].rsplit(":", 1)[0].endswith("/" + component), c["image"]
+            yield component, c
+
+
+def _duration_ok(value):
+    """lifeboat::env::parse_duration: a bare number of seconds, or number+unit parts (ms, s, m, h)."""
+    return re.fullmatch(r"\d+|(\d+(ms|s|m|h))+", value) is not None
+
+
+def _check_value(component, var, value):
+    where = f"{component} {var.name}={value!r}"
+    if "bool" in var.kinds:
+        assert value.strip().lower() in {"true", "false", "1", "0", "yes", "no", "on", "off"}, where
+    if "duration" in var.kinds:
+        assert _duration_ok(value), where
+    if "number_in" in var.kinds:
+        assert re.fullmatch(r"\d+", value) and var.bounds[0] <= int(value) <= var.bounds[1], \
+            f"{where}: not a whole number from {var.bounds[0]} to {var.bounds[1]}"
+    if var.name.endswith("_ADDR"):
+        host, _, port = value.rpartition(":")
+        assert port.isdigit() and int(port) < 65536 and host not in ("", "localhost", "127.0.0.1"), \
+            f"{where}: must listen on all interfaces of the pod"
+
+
+@pytest.mark.parametrize("scenario_name", list(SCENARIOS))
+def test_every_env_var_the_chart_sets_is_one_the_binary_reads(helm, scenario_name):
+    """The drift guard: for each container running a lifeboat binary, every variable the chart
+    sets is read by that binary (found in its source), every variable it requires is set, and
+    every literal value has the format the binary parses."""
+    objects = render(helm, SCENARIOS[scenario_name])
+    seen = set()
+    for component, c in lifeboat_containers(objects):
+        seen.add(component)
+        reads = binary_source.env_reads(component)
+        env = env_of(c)
+        unknown = set(env) - set(reads)
+        assert not unknown, f"{component}: the chart sets {sorted(unknown)}, which {component} never reads"
+        missing = binary_source.required(component) - set(env)
+        assert not missing, f"{component}: required {sorted(missing)} not set by the chart"
+        for name, entry in env.items():
+            assert name not in NOT_FOR_THE_CHART[component], f"{component}: {name} is not the chart's to set"
+            if "value" in entry and "$(" not in entry["value"]:
+                _check_value(component, reads[name], entry["value"])
+    components = {o["metadata"]["labels"]["app.kubernetes.io/component"] for o, _ in pod_specs(objects)}
+    assert seen == components
+
+
+def test_the_drift_guard_has_something_to_guard():
+    """binary_source finds what the READMEs document: the scan is not silently empty."""
+    assert binary_source.required("s3sync") == {
+        f"{side}_{name}" for side in ("SOURCE", "DEST") for name in ("S3_ENDPOINT", "ACCESS_KEY", "SECRET_KEY", "BUCKET")}
+    assert binary_source.required("hook") == {"TLS_CERT_FILE", "TLS_KEY_FILE", "HOOK_IMAGE"}
+    assert binary_source.required("etcdsnap") == set()  # every etcdsnap variable has a default
+    reads = binary_source.env_reads("etcdsnap")
+    assert {"CSI_ENDPOINT", "DRIVER_NAME", "METADATA_NAMESPACE", "CLUSTER_LABEL", "METRICS_ADDR"} <= set(reads)
+    assert "POD_NAMESPACE" not in reads
+    assert reads["GRPC_THREADS"].bounds == (1, 64) and "duration" in reads["JOB_TIMEOUT"].kinds
+    assert binary_source.env_reads("hook")["MAX_BODY_BYTES"].bounds == (4096, 256 * 1024 * 1024)
+    for component in ("s3sync", "hook", "etcdsnap"):
+        assert "LOG_LEVEL" in binary_source.env_reads(component)
+    # a name in a README configuration table is one the scan finds (and the other way round)
+    readme = (ROOT / "README.md").read_text()
+    for component in ("s3sync", "hook", "etcdsnap"):
+        section = readme[readme.index(f"<!-- {component}:begin -->"):readme.index(f"<!-- {component}:end -->")]
+        table = section[section.index("| variable | default |"):]
+        table = table[:table.index("\n\n")]
+        first_column = " ".join(re.findall(r"^\| ([^|]*) \|", table, re.M))
+        documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", first_column))
+        reads = set(binary_source.env_reads(component))
+        assert documented <= reads, f"{component}: documented but not read: {documented - reads}"
+        undocumented = reads - documented - NOT_FOR_THE_CHART[component] - {
+            "TMPDIR", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+            "http_proxy", "https_proxy", "no_proxy"}  # s3sync's pass-through list, described in prose
+        assert not undocumented, f"{component}: read but not in the README table: {undocumented}"
+
+
+@pytest.mark.parametrize("component", ["s3sync", "hook", "etcdsnap"])
+def test_extra_env_offers_exactly_the_variables_the_binary_reads(helm, component):
+    """values.schema.json's extraEnv names = what the binary reads, less what is not the chart's."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    offered = set(schema["properties"][component]["properties"]["extraEnv"]["propertyNames"]["enum"])
+    assert offered == set(binary_source.env_reads(component)) - NOT_FOR_THE_CHART[component]
+    # values.yaml's extraEnv examples are among them
+    text = (CHART / "values.yaml").read_text()
+    block = text[text.index(f"\n{component}:\n") + 1:]
+    end = re.search(r"^[a-z#]", block[len(component) + 2:], re.M)  # the next top-level key or section
+    block = block[:end.start() + len(component) + 2] if end else block
+    lines = block[:block.index("\n  extraEnv:")].splitlines()
+    comment = []
+    while lines and lines[-1].startswith("  #"):
+        comment.insert(0, lines.pop())
+    named = set(re.findall(r"\b([A-Z][A-Z0-9_]{3,})\b", " ".join(comment)))
+    assert named and named <= offered, (component, comment, named - offered)
+
+
+def test_ports_probes_and_arguments_match_the_binaries(helm):
+    objects = render(helm, SCENARIOS["everything"])
+    ops = binary_source.code("src/ops_http.rs")
+    served = set(re.findall(r'\(tiny_http::Method::Get, "(/[a-z]+)"', ops))
+    served |= set(re.findall(r'"(/[a-z]+)" \| "(/[a-z]+)"', ops)[0])
+    assert {"/healthz", "/readyz", "/ready"} <= served, served
+    for component, c in lifeboat_containers(objects):
+        if component == "s3sync":
+            assert "ports" not in c and "args" not in c and "command" not in c
+            continue
+        env = env_of(c)
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert int(env["METRICS_ADDR"]["value"].rsplit(":", 1)[1]) == ports["metrics"] == 8080
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            get = c[probe]["httpGet"]
+            assert get["port"] == "metrics" and get["path"] in served, (component, probe, get)
+        assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        if component == "hook":
+            assert int(env["LISTEN_ADDR"]["value"].rsplit(":", 1)[1]) == ports["webhook"] == 9443
+            assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+            assert "args" not in c and "command" not in c  # `hook` alone serves
+        if component == "etcdsnap":
+            assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
+            assert "command" not in c  # the image's ENTRYPOINT
+            # etcdsnap/main.rs parse_args accepts `--endpoint VALUE`, `--endpoint=VALUE`, nothing else
+            main = binary_source.code("etcdsnap/main.rs")
+            flags = set(re.findall(r'"(--[a-z-]+)=?"', main[main.index("fn parse_args"):]))
+            assert flags == {"--endpoint", "--help"}, flags
+            (arg,) = c["args"]
+            flag, _, value = arg.partition("=")
+            assert flag == "--endpoint"
+            # Kubernetes expands $(VAR) from the container's env
+            value = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)]["value"], value)
+            assert re.fullmatch(r"unix:///[^/].*", value), value
+            sock = value[len("unix://"):]
+            mount = next(m["mountPath"] for m in c["volumeMounts"] if m["name"] == "socket-dir")
+            assert sock.startswith(mount.rstrip("/") + "/")
+            sidecar = next(x for x in containers(one(objects, "Deployment", "etcdsnap")["spec"]["template"])
+                           if x["name"] == "csi-snapshotter")
+            assert f"--csi-address={sock}" in sidecar["args"]
+
+
+def test_etcdsnap_handles_match_the_readme_manifests(helm):
+    """The chart's handle pair for the README's example is the README's pair (which
+    test_etcdsnap_docs.py validates), with the chart's labels on top."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("<!-- etcdsnap:begin -->"):readme.index("<!-- etcdsnap:end -->")]
+    docs = [o for b in re.findall(r"```yaml\n(.*?)```", section, re.S) for o in yaml.safe_load_all(b) if o]
+    want = {o["kind"]: o for o in docs}
+    want_pvc = want["PersistentVolumeClaim"]
+    annotations = want_pvc["metadata"]["annotations"]
+    handle = {"cluster": want_pvc["metadata"]["labels"]["etcd.io/cluster"],
+              "namespace": want_pvc["metadata"]["namespace"],
+              "endpoints": annotations["etcd.io/endpoints"].split(","),
+              "clientTLSSecret": annotations["etcd.io/client-tls-secret"]}
+    objects = render(helm, {"hook": {"enabled": False}, "etcdsnap": {"enabled": True, "handles": [handle]}})
+    got = {o["kind"]: strip(o) for o in objects if o["kind"] in ("PersistentVolume", "PersistentVolumeClaim")}
+    for kind in ("PersistentVolume", "PersistentVolumeClaim"):
+        g, w = got[kind], want[kind]
+        assert g["metadata"]["name"] == w["metadata"]["name"], kind
+        assert g["metadata"].get("namespace") == w["metadata"].get("namespace"), kind
+        assert g["spec"] == w["spec"], kind
+        assert w["metadata"].get("labels", {}).items() <= g["metadata"]["labels"].items(), kind
+        assert g["metadata"].get("annotations") == w["metadata"].get("annotations"), kind
+    # the annotation keys are the ones etcdsnap's discovery reads
+    read = set(re.findall(r'pub const ANNOTATION_\w+: &str = "([^"]+)"', binary_source.code("etcdsnap/discovery.rs")))
+    assert set(handle_annotations({"endpoints": ["https://a:2379"], "service": "s", "clientTLSSecret": "t"})) == read
