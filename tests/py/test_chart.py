@@ -981,7 +981,8 @@ def test_extra_env_offers_exactly_the_variables_the_binary_reads(helm, component
     comment = []
     while lines and lines[-1].startswith("  #"):
         comment.insert(0, lines.pop())
-    named = set(re.findall(r"\b([A-Z][A-Z0-9_]{3,})\b", " ".join(comment)))
+    examples = re.findall(r"\{([^}]*)\}", " ".join(comment))  # e.g. {JOB_TIMEOUT: "10m"}
+    named = {k for e in examples for k in re.findall(r"([A-Za-z_][A-Za-z0-9_]*):", e)}
     assert named and named <= offered, (component, comment, named - offered)
 
 
@@ -1052,3 +1053,23 @@ def test_etcdsnap_handles_match_the_readme_manifests(helm):
     # the annotation keys are the ones etcdsnap's discovery reads
     read = set(re.findall(r'pub const ANNOTATION_\w+: &str = "([^"]+)"', binary_source.code("etcdsnap/discovery.rs")))
     assert set(handle_annotations({"endpoints": ["https://a:2379"], "service": "s", "clientTLSSecret": "t"})) == read
+
+
+def test_images_run_the_binaries_the_way_the_chart_and_the_hook_call_them():
+    """The chart never sets `command`: each image's ENTRYPOINT is its binary. The hook injects
+    HOOK_IMAGE as an init container with args `write-config FILE` and no command, so the hook
+    image's ENTRYPOINT must be the hook binary, which accepts `write-config`."""
+    text = (ROOT / "Containerfile").read_text()
+    blocks = {m.group(1): m.group(0) for m in re.finditer(r"^FROM \S+ AS (\w+)\n(?:(?!^FROM ).*\n?)*", text, re.M)}
+    for target in ("s3sync", "hook", "etcdsnap"):
+        assert f'ENTRYPOINT ["/usr/local/bin/{target}"]' in blocks[target], target
+    inject = binary_source.code("hook/inject.rs")
+    init = inject[inject.index("image: Some(ctx.hook_image"):]
+    init = init[:init.index("}]")]
+    assert 'args: Some(vec!["write-config".into()' in init and "command:" not in init
+    main = binary_source.code("hook/main.rs")
+    assert 'Some("write-config")' in main
+    # s3sync runs "rclone" from PATH unless RCLONE_BINARY says otherwise; the image puts it in
+    # /usr/local/bin (on distroless's PATH) and the chart leaves RCLONE_BINARY unset
+    assert '.optional("RCLONE_BINARY").unwrap_or_else(|| "rclone".into())' in binary_source.code("s3sync/config.rs")
+    assert "COPY --from=rclone /rclone /usr/local/bin/rclone" in blocks["s3sync"]
