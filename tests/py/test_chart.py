@@ -1073,3 +1073,22 @@ def test_images_run_the_binaries_the_way_the_chart_and_the_hook_call_them():
     # /usr/local/bin (on distroless's PATH) and the chart leaves RCLONE_BINARY unset
     assert '.optional("RCLONE_BINARY").unwrap_or_else(|| "rclone".into())' in binary_source.code("s3sync/config.rs")
     assert "COPY --from=rclone /rclone /usr/local/bin/rclone" in blocks["s3sync"]
+
+
+def test_schema_limits_are_the_binaries_limits(helm):
+    """A value the schema accepts is one the binary accepts: numeric ranges from `number_in`,
+    the hook's VARIANT length from `check_dns_label(v, N)`, name formats of etcdsnap's settings."""
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]
+    retries = schema["s3sync"]["properties"]["retries"]
+    assert (retries["minimum"], retries["maximum"]) == binary_source.env_reads("s3sync")["RETRIES"].bounds
+    hook_main = binary_source.code("hook/main.rs")
+    longest = int(re.search(r'"VARIANT".*?check_dns_label\(v, (\d+)\)', hook_main, re.S).group(1))
+    assert schema["hook"]["properties"]["variant"]["maxLength"] == longest
+    with helm.Chart.load(str(CHART)) as chart:
+        for bad in ({"s3sync": {**S3_ON, "retries": 0}}, {"s3sync": {**S3_ON, "retries": 101}},
+                    {"hook": {"variant": "a" * (longest + 1)}},
+                    {"etcdsnap": {"metadataNamespace": "Not_A_Namespace"}},
+                    {"etcdsnap": {"snapshotStorageClass": "fast storage"}}):
+            with pytest.raises(helm.HelmValuesError):
+                chart.validate_schema(bad)
+        chart.validate_schema({"s3sync": {**S3_ON, "retries": 100}, "hook": {"variant": "a" * longest}})
