@@ -799,11 +799,18 @@ def test_etcdsnap_rbac_is_least_privilege(helm):
         for binding in by_kind(objects, "RoleBinding") + by_kind(objects, "ClusterRoleBinding"):
             role_kind = binding["roleRef"]["kind"]
             role_ns = binding["metadata"].get("namespace") if role_kind == "Role" else None
-            assert role_kind == "ClusterRole" or binding["roleRef"]["kind"] == "Role"
+            assert role_kind in ("Role", "ClusterRole")
             assert (role_kind, role_ns, binding["roleRef"]["name"]) in roles, binding["metadata"]["name"]
             assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
             bound.add((role_kind, role_ns, binding["roleRef"]["name"]))
         assert bound == set(roles), "a role nobody is bound to"
+        # the driver looks for its records where it may touch ConfigMaps (its default would be kube-system)
+        _, driver, _ = _snapshotter(objects)
+        assert [ns for ns, g in grants.items() if ("", "configmaps") in g] == [env_of(driver)["METADATA_NAMESPACE"]["value"]]
+    # a handle outside etcdsnap.namespaces would be a cluster the driver cannot read
+    with pytest.raises(helm.HelmRenderError, match="not in etcdsnap.namespaces"):
+        render(helm, {"etcdsnap": {"enabled": True, "namespaces": ["etcd-a"],
+                                   "handles": [{"cluster": "b", "namespace": "etcd-b"}]}})
 
 
 def test_only_etcdsnap_gets_kubernetes_api_credentials(helm):
