@@ -14,6 +14,7 @@ Nothing here is skipped: without the renderer or the validator the tests fail an
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import jsonschema
 import pytest
 import yaml
 
+import binary_source
 import chart_crd_schemas
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,9 +76,13 @@ S3_ON = {
 SCENARIOS = {
     "defaults": None,
     "everything": {
-        "s3sync": {**S3_ON, "extraEnv": {"SOURCE_PREFIX": "db/", "DEST_REGION": "", "BANDWIDTH_LIMIT": "10M"}},
-        "etcdsnap": {"enabled": True, "handles": [{"cluster": "main", "namespace": "etcd"},
-                                                  {"cluster": "events"}]},
+        "s3sync": {**S3_ON, "extraEnv": {"SOURCE_PREFIX": "db/", "DEST_REGION": "", "BANDWIDTH_LIMIT": "10M",
+                                         "MAX_DURATION": "50m", "COMPARE": "size", "HTTPS_PROXY": "http://proxy:3128"}},
+        "hook": {"extraEnv": {"NATIVE_SIDECAR": "false", "WORKERS": "8", "SHUTDOWN_TIMEOUT": "20s"}},
+        "etcdsnap": {"enabled": True, "extraEnv": {"JOB_TIMEOUT": "15m", "GRPC_THREADS": "8"}, "handles": [
+            {"cluster": "main", "namespace": "etcd", "clientTLSSecret": "main-client-tls",
+             "endpoints": ["https://main-0.main.etcd.svc:2379", "https://main-1.main.etcd.svc:2379"]},
+            {"cluster": "events", "service": "etcd-events-client"}]},
     },
     "s3sync-existing-secret": {
         "hook": {"enabled": False},
@@ -335,6 +341,10 @@ def test_names_are_unique_per_kind_and_namespace(scenario):
     ({"s3sync": {**S3_ON, "logLevel": "verbose"}}, "logLevel"),
     ({"etcdsnap": {"enabled": True, "driverName": "has space"}}, "driverName"),
     ({"etcdsnap": {"handles": [{"namespace": "x"}]}}, "cluster"),
+    ({"etcdsnap": {"handles": [{"cluster": "a", "endpoints": ["http://a-0.a:2379"]}]}}, "http://a-0.a:2379"),
+    ({"etcdsnap": {"extraEnv": {"JOB_TIMEOUTS": "10m"}}}, "JOB_TIMEOUTS"),
+    ({"hook": {"extraEnv": {"POD_NAMESPACE": "x"}}}, "POD_NAMESPACE"),
+    ({"s3sync": {**S3_ON, "extraEnv": {"SOURCE_ENDPOINT": "https://x"}}}, "SOURCE_ENDPOINT"),
     ({"etcdsnap": {"volumeGroupSnapshotClass": {"apiVersion": "groupsnapshot.storage.k8s.io/v1alpha1"}}}, "apiVersion"),
     ({"etcdsnap": {"snapshotter": {"image": {"digest": "sha256:short"}}}}, "digest"),
 ])
@@ -420,7 +430,7 @@ def test_s3sync_cronjob_shape_and_environment(helm):
     (container,) = pod["containers"]
     env = env_of(container)
     # exactly the documented names, plus the non-empty extraEnv entries; the empty one is left out
-    assert set(env) == S3SYNC_ENV | {"SOURCE_PREFIX", "BANDWIDTH_LIMIT"}
+    assert set(env) == S3SYNC_ENV | {"SOURCE_PREFIX", "BANDWIDTH_LIMIT", "MAX_DURATION", "COMPARE", "HTTPS_PROXY"}
     assert env["SOURCE_S3_ENDPOINT"]["value"] == S3_ON["source"]["endpoint"]
     assert env["DEST_BUCKET"]["value"] == "prod-data-copy"
     assert env["DRY_RUN"]["value"] == "false" and env["MAX_DELETE"]["value"] == "1000"
@@ -606,6 +616,18 @@ def test_etcdsnap_sidecar_speaks_group_snapshots_over_a_shared_socket(helm):
     assert pod["automountServiceAccountToken"] is True
 
 
+def handle_annotations(handle):
+    """The PVC annotations etcdsnap's discovery reads (etcdsnap/discovery.rs), from a handle's values."""
+    out = {}
+    if handle.get("endpoints"):
+        out["etcd.io/endpoints"] = ",".join(handle["endpoints"])
+    if handle.get("service"):
+        out["etcd.io/service"] = handle["service"]
+    if handle.get("clientTLSSecret"):
+        out["etcd.io/client-tls-secret"] = handle["clientTLSSecret"]
+    return {**out, **handle.get("annotations", {})}
+
+
 def test_etcdsnap_driver_name_is_the_same_everywhere_and_handles_are_bound(helm):
     for scenario_name in ("everything", "etcdsnap-only"):
         values = SCENARIOS[scenario_name]
@@ -633,13 +655,13 @@ def test_etcdsnap_driver_name_is_the_same_everywhere_and_handles_are_bound(helm)
             ns = handle.get("namespace", NAMESPACE)
             assert pvc["metadata"]["namespace"] == ns
             assert pvc["metadata"]["labels"][label] == handle["cluster"]
-            assert pvc["metadata"].get("annotations", {}) == handle.get("annotations", {})
+            assert pvc["metadata"].get("annotations", {}) == handle_annotations(handle)
             pv = pvs[pvc["spec"]["volumeName"]]
             assert pv["spec"]["csi"]["driver"] == name
             assert pv["spec"]["csi"]["volumeHandle"] == f"{ns}/{pvc['metadata']['name']}"
             assert pv["spec"]["claimRef"]["name"] == pvc["metadata"]["name"]
             assert pv["spec"]["claimRef"]["namespace"] == ns
-            assert pv["spec"]["storageClassName"] == pvc["spec"]["storageClassName"] == ""
+            assert pv["spec"]["storageClassName"] == pvc["spec"]["storageClassName"] == "etcdsnap-handle"
             assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Retain"
             assert pv["metadata"]["labels"][label] == handle["cluster"]
             # a VolumeGroupSnapshot selecting the cluster label picks exactly this handle
@@ -687,54 +709,108 @@ def _rules_by_role(objects):
             for o in objects if o["kind"] in ("Role", "ClusterRole")}
 
 
+# What the csi-snapshotter sidecar (v8.6.0) needs: kubernetes-csi/external-snapshotter's
+# deploy/kubernetes/csi-snapshotter/rbac-csi-snapshotter.yaml (its code is not in this repository).
+SIDECAR_CLUSTER_GRANTS = {
+    ("", "events"): {"list", "watch", "create", "update", "patch"},
+    ("snapshot.storage.k8s.io", "volumesnapshotclasses"): {"get", "list", "watch"},
+    ("snapshot.storage.k8s.io", "volumesnapshotcontents"): {"create", "get", "list", "watch", "update", "patch"},
+    ("snapshot.storage.k8s.io", "volumesnapshotcontents/status"): {"update", "patch"},
+    ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotclasses"): {"get", "list", "watch"},
+    ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents"): {"get", "list", "watch", "update", "patch"},
+    ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents/status"): {"update", "patch"},
+}
+SIDECAR_LEADER_ELECTION = {("coordination.k8s.io", "leases"): {"get", "watch", "list", "delete", "update", "create"}}
+
+
+def _grants(objects):
+    """{namespace or "*": {(apiGroup, resource): verbs}} over every Role and ClusterRole."""
+    grants = {}
+    for (kind, ns, _), rules in _rules_by_role(objects).items():
+        for rule in rules:
+            for f in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[f], f"wildcard in {rule}"
+            assert "resourceNames" not in rule and "nonResourceURLs" not in rule, rule
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    scope = grants.setdefault("*" if kind == "ClusterRole" else ns, {})
+                    scope.setdefault((group, resource), set()).update(rule["verbs"])
+    return grants
+
+
+def _driver_needs():
+    """(metadata namespace grants, etcd namespace grants) from the driver's code."""
+    calls = binary_source.kube_calls()
+    meta, etcd = {}, {}
+    for group, resource, verb in calls:
+        # the records (metadata.rs) are the only ConfigMaps; everything else is per etcd cluster
+        target = meta if (group, resource) == ("", "configmaps") else etcd
+        target.setdefault((group, resource), set()).add(verb)
+    return meta, etcd
+
+
+def test_etcdsnap_driver_api_calls_are_what_its_readme_says():
+    """The scan of the driver's code is sane: it finds the calls the README's RBAC paragraph
+    documents (so an empty or broken scan cannot make the RBAC test pass vacuously)."""
+    meta, etcd = _driver_needs()
+    assert meta == {("", "configmaps"): {"get", "list", "create", "update", "delete"}}
+    assert etcd == {
+        ("", "persistentvolumeclaims"): {"get", "create", "delete"},
+        ("batch", "jobs"): {"get", "create", "delete"},
+        ("", "pods"): {"list"},
+        ("", "pods/log"): {"get"},
+        ("", "secrets"): {"get"},
+        ("", "services"): {"get"},
+        ("", "endpoints"): {"get"},
+    }
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("<!-- etcdsnap:begin -->"):readme.index("<!-- etcdsnap:end -->")]
+    rbac = " ".join(section[section.index("**RBAC**"):].split("\n\n")[0].split())
+    assert "configmaps` get/list/create/update/delete" in rbac
+    assert "`persistentvolumeclaims`, `batch/jobs` get/create/delete, `pods` list, `pods/log` get, " \
+           "`secrets`, `services`, `endpoints` get" in rbac
+
+
 def test_etcdsnap_rbac_is_least_privilege(helm):
+    """Every grant is something a container of the etcdsnap pod calls, and every call is granted:
+    etcdsnap's from its source (binary_source.kube_calls), the sidecar's from upstream's list."""
+    meta_needs, etcd_needs = _driver_needs()
     for scenario_name, expected_ns in (("everything", {"etcd", NAMESPACE}), ("etcdsnap-only", {"etcd-a", "etcd-b"})):
         objects = render(helm, SCENARIOS[scenario_name])
-        roles = _rules_by_role(objects)
-        grants = {}  # (namespace or "*", apiGroup, resource) -> verbs
-        for (kind, ns, _), rules in roles.items():
-            for rule in rules:
-                for field in ("apiGroups", "resources", "verbs"):
-                    assert "*" not in rule[field], f"wildcard in {rule}"
-                assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
-                for group in rule["apiGroups"]:
-                    for resource in rule["resources"]:
-                        key = ("*" if kind == "ClusterRole" else ns, group, resource)
-                        grants.setdefault(key, set()).update(rule["verbs"])
-        cluster = {k: v for k, v in grants.items() if k[0] == "*"}
-        # cluster-wide: PVs read-only; everything else is what the sidecar needs
-        assert cluster[("*", "", "persistentvolumes")] == {"get", "list", "watch"}
-        assert ("*", "", "secrets") not in cluster and ("*", "", "configmaps") not in cluster
-        assert ("*", "batch", "jobs") not in cluster and ("*", "", "persistentvolumeclaims") not in cluster
-        assert {"create", "update", "patch"} <= cluster[("*", "snapshot.storage.k8s.io", "volumesnapshotcontents")]
-        assert {"update", "patch"} <= cluster[("*", "groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents")]
-        assert {"update", "patch"} <= cluster[("*", "groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents/status")]
-        assert {"get", "list", "watch"} <= cluster[("*", "groupsnapshot.storage.k8s.io", "volumegroupsnapshotclasses")]
-        assert {"create", "patch"} <= cluster[("*", "", "events")]
-        assert {g for (_, g, _) in cluster} == {"", "snapshot.storage.k8s.io", "groupsnapshot.storage.k8s.io"}
-        # namespaced: the etcd namespaces, the metadata namespace and the release namespace only
+        grants = _grants(objects)
         meta_ns = SCENARIOS[scenario_name]["etcdsnap"].get("metadataNamespace", NAMESPACE)
-        namespaces = {k[0] for k in grants if k[0] != "*"}
-        assert namespaces == expected_ns | {meta_ns, NAMESPACE}
-        for ns in expected_ns:
-            assert grants[(ns, "", "secrets")] == {"get"}
-            assert {"create", "delete", "get"} <= grants[(ns, "batch", "jobs")]
-            assert {"create", "delete", "get"} <= grants[(ns, "", "persistentvolumeclaims")]
-        assert {"get", "create", "update"} <= grants[(meta_ns, "", "configmaps")]
-        assert {"get", "update", "create"} <= grants[(NAMESPACE, "coordination.k8s.io", "leases")]
-        for (ns, _, resource) in grants:
-            if resource == "configmaps":
-                assert ns == meta_ns
-            if resource == "leases":
-                assert ns == NAMESPACE
+        # cluster-wide: the sidecar's list, nothing for etcdsnap itself (the volume handle names
+        # the PVC, so no PersistentVolume is ever read)
+        assert grants["*"] == SIDECAR_CLUSTER_GRANTS
+        # namespaced: exactly the etcd namespaces, the metadata namespace and the release namespace
+        assert set(grants) - {"*"} == expected_ns | {meta_ns, NAMESPACE}
+        for ns in expected_ns | {meta_ns, NAMESPACE}:
+            wanted = {}
+            for part in ((etcd_needs if ns in expected_ns else {}), (meta_needs if ns == meta_ns else {}),
+                         (SIDECAR_LEADER_ELECTION if ns == NAMESPACE else {})):
+                for key, verbs in part.items():
+                    wanted.setdefault(key, set()).update(verbs)
+            assert grants[ns] == wanted, f"namespace {ns}: granted {grants[ns]}, needed {wanted}"
         # every binding points at a rendered role and at the etcdsnap service account
+        roles = _rules_by_role(objects)
         sa = one(objects, "ServiceAccount", "etcdsnap")["metadata"]["name"]
         assert one(objects, "Deployment", "etcdsnap")["spec"]["template"]["spec"]["serviceAccountName"] == sa
+        bound = set()
         for binding in by_kind(objects, "RoleBinding") + by_kind(objects, "ClusterRoleBinding"):
             role_kind = binding["roleRef"]["kind"]
             role_ns = binding["metadata"].get("namespace") if role_kind == "Role" else None
+            assert role_kind in ("Role", "ClusterRole")
             assert (role_kind, role_ns, binding["roleRef"]["name"]) in roles, binding["metadata"]["name"]
             assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
+            bound.add((role_kind, role_ns, binding["roleRef"]["name"]))
+        assert bound == set(roles), "a role nobody is bound to"
+        # the driver looks for its records where it may touch ConfigMaps (its default would be kube-system)
+        _, driver, _ = _snapshotter(objects)
+        assert [ns for ns, g in grants.items() if ("", "configmaps") in g] == [env_of(driver)["METADATA_NAMESPACE"]["value"]]
+    # a handle outside etcdsnap.namespaces would be a cluster the driver cannot read
+    with pytest.raises(helm.HelmRenderError, match="not in etcdsnap.namespaces"):
+        render(helm, {"etcdsnap": {"enabled": True, "namespaces": ["etcd-a"],
+                                   "handles": [{"cluster": "b", "namespace": "etcd-b"}]}})
 
 
 def test_only_etcdsnap_gets_kubernetes_api_credentials(helm):
@@ -796,3 +872,230 @@ def test_containerfile_targets_and_pins():
         assert re.fullmatch(r"[0-9a-f]{64}", args[f"S3SYNC_RCLONE_SHA256_{arch}"])
     assert "--require-hashes" in text
     assert not re.search(r"^ARG RCLONE_", text, re.M), "rclone reads RCLONE_* variables as flags"
+
+
+# ---------------------------------------------------------------------------------------------
+# The chart against the binaries as they are: names, formats, required variables, ports, probes,
+# arguments and the README's handle manifests, all read from the source (binary_source.py).
+
+# Variables a binary reads that the chart neither sets nor offers in extraEnv, and why.
+NOT_FOR_THE_CHART = {
+    "s3sync": {"PATH", "HOME"},  # the image's own environment, passed through to rclone
+    "hook": set(),
+    # the kubelet sets the in-cluster ones; KUBECONFIG is for running etcdsnap on a workstation
+    "etcdsnap": {"KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"},
+}
+# Containers of the chart that do not run a lifeboat binary.
+FOREIGN_CONTAINERS = {"csi-snapshotter"}
+
+
+def lifeboat_containers(objects):
+    """(component, container) of every Deployment/CronJob container running a lifeboat binary."""
+    for owner, pod in pod_specs(objects):
+        component = owner["metadata"]["labels"]["app.kubernetes.io/component"]
+        for c in containers(pod):
+            if c["name"] in FOREIGN_CONTAINERS:
+                continue
+            assert c["name"] == component, f"{owner['kind']} {owner['metadata']['name']}: container {c['name']}"
+            assert c["image"].split("@")[0].rsplit(":", 1)[0].endswith("/" + component), c["image"]
+            yield component, c
+
+
+def _duration_ok(value):
+    """lifeboat::env::parse_duration: a bare number of seconds, or number+unit parts (ms, s, m, h)."""
+    return re.fullmatch(r"\d+|(\d+(ms|s|m|h))+", value) is not None
+
+
+def _check_value(component, var, value):
+    where = f"{component} {var.name}={value!r}"
+    if "bool" in var.kinds:
+        assert value.strip().lower() in {"true", "false", "1", "0", "yes", "no", "on", "off"}, where
+    if "duration" in var.kinds:
+        assert _duration_ok(value), where
+    if "number_in" in var.kinds:
+        assert re.fullmatch(r"\d+", value) and var.bounds[0] <= int(value) <= var.bounds[1], \
+            f"{where}: not a whole number from {var.bounds[0]} to {var.bounds[1]}"
+    if var.name.endswith("_ADDR"):
+        host, _, port = value.rpartition(":")
+        assert port.isdigit() and int(port) < 65536 and host not in ("", "localhost", "127.0.0.1"), \
+            f"{where}: must listen on all interfaces of the pod"
+
+
+@pytest.mark.parametrize("scenario_name", list(SCENARIOS))
+def test_every_env_var_the_chart_sets_is_one_the_binary_reads(helm, scenario_name):
+    """The drift guard: for each container running a lifeboat binary, every variable the chart
+    sets is read by that binary (found in its source), every variable it requires is set, and
+    every literal value has the format the binary parses."""
+    objects = render(helm, SCENARIOS[scenario_name])
+    seen = set()
+    for component, c in lifeboat_containers(objects):
+        seen.add(component)
+        reads = binary_source.env_reads(component)
+        env = env_of(c)
+        unknown = set(env) - set(reads)
+        assert not unknown, f"{component}: the chart sets {sorted(unknown)}, which {component} never reads"
+        missing = binary_source.required(component) - set(env)
+        assert not missing, f"{component}: required {sorted(missing)} not set by the chart"
+        for name, entry in env.items():
+            assert name not in NOT_FOR_THE_CHART[component], f"{component}: {name} is not the chart's to set"
+            if "value" in entry and "$(" not in entry["value"]:
+                _check_value(component, reads[name], entry["value"])
+    components = {o["metadata"]["labels"]["app.kubernetes.io/component"] for o, _ in pod_specs(objects)}
+    assert seen == components
+
+
+def test_the_drift_guard_has_something_to_guard():
+    """binary_source finds what the READMEs document: the scan is not silently empty."""
+    assert binary_source.required("s3sync") == {
+        f"{side}_{name}" for side in ("SOURCE", "DEST") for name in ("S3_ENDPOINT", "ACCESS_KEY", "SECRET_KEY", "BUCKET")}
+    assert binary_source.required("hook") == {"TLS_CERT_FILE", "TLS_KEY_FILE", "HOOK_IMAGE"}
+    assert binary_source.required("etcdsnap") == set()  # every etcdsnap variable has a default
+    reads = binary_source.env_reads("etcdsnap")
+    assert {"CSI_ENDPOINT", "DRIVER_NAME", "METADATA_NAMESPACE", "CLUSTER_LABEL", "METRICS_ADDR"} <= set(reads)
+    assert "POD_NAMESPACE" not in reads
+    assert reads["GRPC_THREADS"].bounds == (1, 64) and "duration" in reads["JOB_TIMEOUT"].kinds
+    assert binary_source.env_reads("hook")["MAX_BODY_BYTES"].bounds == (4096, 256 * 1024 * 1024)
+    for component in ("s3sync", "hook", "etcdsnap"):
+        assert "LOG_LEVEL" in binary_source.env_reads(component)
+    # a name in a README configuration table is one the scan finds (and the other way round)
+    readme = (ROOT / "README.md").read_text()
+    for component in ("s3sync", "hook", "etcdsnap"):
+        section = readme[readme.index(f"<!-- {component}:begin -->"):readme.index(f"<!-- {component}:end -->")]
+        table = section[section.index("| variable | default |"):]
+        table = table[:table.index("\n\n")]
+        first_column = " ".join(re.findall(r"^\| ([^|]*) \|", table, re.M))
+        documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", first_column))
+        reads = set(binary_source.env_reads(component))
+        assert documented <= reads, f"{component}: documented but not read: {documented - reads}"
+        undocumented = reads - documented - NOT_FOR_THE_CHART[component] - {
+            "TMPDIR", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+            "http_proxy", "https_proxy", "no_proxy"}  # s3sync's pass-through list, described in prose
+        assert not undocumented, f"{component}: read but not in the README table: {undocumented}"
+
+
+@pytest.mark.parametrize("component", ["s3sync", "hook", "etcdsnap"])
+def test_extra_env_offers_exactly_the_variables_the_binary_reads(helm, component):
+    """values.schema.json's extraEnv names = what the binary reads, less what is not the chart's."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    offered = set(schema["properties"][component]["properties"]["extraEnv"]["propertyNames"]["enum"])
+    assert offered == set(binary_source.env_reads(component)) - NOT_FOR_THE_CHART[component]
+    # values.yaml's extraEnv examples are among them
+    text = (CHART / "values.yaml").read_text()
+    block = text[text.index(f"\n{component}:\n") + 1:]
+    end = re.search(r"^[a-z#]", block[len(component) + 2:], re.M)  # the next top-level key or section
+    block = block[:end.start() + len(component) + 2] if end else block
+    lines = block[:block.index("\n  extraEnv:")].splitlines()
+    comment = []
+    while lines and lines[-1].startswith("  #"):
+        comment.insert(0, lines.pop())
+    examples = re.findall(r"\{([^}]*)\}", " ".join(comment))  # e.g. {JOB_TIMEOUT: "10m"}
+    named = {k for e in examples for k in re.findall(r"([A-Za-z_][A-Za-z0-9_]*):", e)}
+    assert named and named <= offered, (component, comment, named - offered)
+
+
+def test_ports_probes_and_arguments_match_the_binaries(helm):
+    objects = render(helm, SCENARIOS["everything"])
+    ops = binary_source.code("src/ops_http.rs")
+    served = set(re.findall(r'\(tiny_http::Method::Get, "(/[a-z]+)"', ops))
+    served |= set(re.findall(r'"(/[a-z]+)" \| "(/[a-z]+)"', ops)[0])
+    assert {"/healthz", "/readyz", "/ready"} <= served, served
+    for component, c in lifeboat_containers(objects):
+        if component == "s3sync":
+            assert "ports" not in c and "args" not in c and "command" not in c
+            continue
+        env = env_of(c)
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert int(env["METRICS_ADDR"]["value"].rsplit(":", 1)[1]) == ports["metrics"] == 8080
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            get = c[probe]["httpGet"]
+            assert get["port"] == "metrics" and get["path"] in served, (component, probe, get)
+        assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        if component == "hook":
+            assert int(env["LISTEN_ADDR"]["value"].rsplit(":", 1)[1]) == ports["webhook"] == 9443
+            assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+            assert "args" not in c and "command" not in c  # `hook` alone serves
+        if component == "etcdsnap":
+            assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
+            assert "command" not in c  # the image's ENTRYPOINT
+            # etcdsnap/main.rs parse_args accepts `--endpoint VALUE`, `--endpoint=VALUE`, nothing else
+            main = binary_source.code("etcdsnap/main.rs")
+            flags = set(re.findall(r'"(--[a-z-]+)=?"', main[main.index("fn parse_args"):]))
+            assert flags == {"--endpoint", "--help"}, flags
+            (arg,) = c["args"]
+            flag, _, value = arg.partition("=")
+            assert flag == "--endpoint"
+            # Kubernetes expands $(VAR) from the container's env
+            value = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)]["value"], value)
+            assert re.fullmatch(r"unix:///[^/].*", value), value
+            sock = value[len("unix://"):]
+            mount = next(m["mountPath"] for m in c["volumeMounts"] if m["name"] == "socket-dir")
+            assert sock.startswith(mount.rstrip("/") + "/")
+            sidecar = next(x for x in containers(one(objects, "Deployment", "etcdsnap")["spec"]["template"])
+                           if x["name"] == "csi-snapshotter")
+            assert f"--csi-address={sock}" in sidecar["args"]
+
+
+def test_etcdsnap_handles_match_the_readme_manifests(helm):
+    """The chart's handle pair for the README's example is the README's pair (which
+    test_etcdsnap_docs.py validates), with the chart's labels on top."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("<!-- etcdsnap:begin -->"):readme.index("<!-- etcdsnap:end -->")]
+    docs = [o for b in re.findall(r"```yaml\n(.*?)```", section, re.S) for o in yaml.safe_load_all(b) if o]
+    want = {o["kind"]: o for o in docs}
+    want_pvc = want["PersistentVolumeClaim"]
+    annotations = want_pvc["metadata"]["annotations"]
+    handle = {"cluster": want_pvc["metadata"]["labels"]["etcd.io/cluster"],
+              "namespace": want_pvc["metadata"]["namespace"],
+              "endpoints": annotations["etcd.io/endpoints"].split(","),
+              "clientTLSSecret": annotations["etcd.io/client-tls-secret"]}
+    objects = render(helm, {"hook": {"enabled": False}, "etcdsnap": {"enabled": True, "handles": [handle]}})
+    got = {o["kind"]: strip(o) for o in objects if o["kind"] in ("PersistentVolume", "PersistentVolumeClaim")}
+    for kind in ("PersistentVolume", "PersistentVolumeClaim"):
+        g, w = got[kind], want[kind]
+        assert g["metadata"]["name"] == w["metadata"]["name"], kind
+        assert g["metadata"].get("namespace") == w["metadata"].get("namespace"), kind
+        assert g["spec"] == w["spec"], kind
+        assert w["metadata"].get("labels", {}).items() <= g["metadata"]["labels"].items(), kind
+        assert g["metadata"].get("annotations") == w["metadata"].get("annotations"), kind
+    # the annotation keys are the ones etcdsnap's discovery reads
+    read = set(re.findall(r'pub const ANNOTATION_\w+: &str = "([^"]+)"', binary_source.code("etcdsnap/discovery.rs")))
+    assert set(handle_annotations({"endpoints": ["https://a:2379"], "service": "s", "clientTLSSecret": "t"})) == read
+
+
+def test_images_run_the_binaries_the_way_the_chart_and_the_hook_call_them():
+    """The chart never sets `command`: each image's ENTRYPOINT is its binary. The hook injects
+    HOOK_IMAGE as an init container with args `write-config FILE` and no command, so the hook
+    image's ENTRYPOINT must be the hook binary, which accepts `write-config`."""
+    text = (ROOT / "Containerfile").read_text()
+    blocks = {m.group(1): m.group(0) for m in re.finditer(r"^FROM \S+ AS (\w+)\n(?:(?!^FROM ).*\n?)*", text, re.M)}
+    for target in ("s3sync", "hook", "etcdsnap"):
+        assert f'ENTRYPOINT ["/usr/local/bin/{target}"]' in blocks[target], target
+    inject = binary_source.code("hook/inject.rs")
+    init = inject[inject.index("image: Some(ctx.hook_image"):]
+    init = init[:init.index("}]")]
+    assert 'args: Some(vec!["write-config".into()' in init and "command:" not in init
+    main = binary_source.code("hook/main.rs")
+    assert 'Some("write-config")' in main
+    # s3sync runs "rclone" from PATH unless RCLONE_BINARY says otherwise; the image puts it in
+    # /usr/local/bin (on distroless's PATH) and the chart leaves RCLONE_BINARY unset
+    assert '.optional("RCLONE_BINARY").unwrap_or_else(|| "rclone".into())' in binary_source.code("s3sync/config.rs")
+    assert "COPY --from=rclone /rclone /usr/local/bin/rclone" in blocks["s3sync"]
+
+
+def test_schema_limits_are_the_binaries_limits(helm):
+    """A value the schema accepts is one the binary accepts: numeric ranges from `number_in`,
+    the hook's VARIANT length from `check_dns_label(v, N)`, name formats of etcdsnap's settings."""
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]
+    retries = schema["s3sync"]["properties"]["retries"]
+    assert (retries["minimum"], retries["maximum"]) == binary_source.env_reads("s3sync")["RETRIES"].bounds
+    hook_main = binary_source.code("hook/main.rs")
+    longest = int(re.search(r'"VARIANT".*?check_dns_label\(v, (\d+)\)', hook_main, re.S).group(1))
+    assert schema["hook"]["properties"]["variant"]["maxLength"] == longest
+    with helm.Chart.load(str(CHART)) as chart:
+        for bad in ({"s3sync": {**S3_ON, "retries": 0}}, {"s3sync": {**S3_ON, "retries": 101}},
+                    {"hook": {"variant": "a" * (longest + 1)}},
+                    {"etcdsnap": {"metadataNamespace": "Not_A_Namespace"}},
+                    {"etcdsnap": {"snapshotStorageClass": "fast storage"}}):
+            with pytest.raises(helm.HelmValuesError):
+                chart.validate_schema(bad)
+        chart.validate_schema({"s3sync": {**S3_ON, "retries": 100}, "hook": {"variant": "a" * longest}})
