@@ -1,6 +1,261 @@
-//! hook: placeholder entry point; replaced by the real binary.
+//! hook: a mutating admission webhook that injects Litestream into annotated Pods.
+//!
+//! Data flow: `proxy` (TCP accept, rustls with certificates from `tls`) → `http` (tiny_http
+//! on a private Unix socket) → `admission` (AdmissionReview in/out) → `annotations` (what the
+//! Pod asks for) → `inject` (the JSON Patch) with `litestream_config` (the Litestream config).
+//! Metrics and health are served on plain HTTP by `lifeboat::ops_http`.
+//!
+//! `hook write-config FILE` is the other mode: the init container that writes the config
+//! from its environment into the Pod's config volume (see `litestream_config`).
+
+mod admission;
+mod annotations;
+mod http;
+mod inject;
+mod litestream_config;
+mod proxy;
+mod tls;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lifeboat::env::Env;
+use lifeboat::metrics::{Registry, LATENCY_BUCKETS};
+use lifeboat::ops_http::{OpsServer, ReadyCheck};
+use lifeboat::shutdown::{signal_name, Shutdown};
+
+use annotations::Defaults;
+
+/// Everything read from the environment.
+struct Config {
+    listen: String,
+    metrics_listen: String,
+    cert: PathBuf,
+    key: PathBuf,
+    reload_interval: Duration,
+    variant: Option<String>,
+    defaults: Defaults,
+    max_body: usize,
+    limits: proxy::Limits,
+    workers: usize,
+    shutdown_timeout: Duration,
+    socket_dir: PathBuf,
+}
+
+fn read_config() -> Result<Config, lifeboat::env::ConfigError> {
+    let mut env = Env::from_process();
+    let builtin = Defaults::default();
+    let listen = env.optional("LISTEN_ADDR").unwrap_or_else(|| "0.0.0.0:9443".into());
+    let metrics_listen = env.optional("METRICS_ADDR").unwrap_or_else(|| "0.0.0.0:8080".into());
+    let cert = PathBuf::from(env.required("TLS_CERT_FILE"));
+    let key = PathBuf::from(env.required("TLS_KEY_FILE"));
+    let reload_interval = env
+        .duration("TLS_RELOAD_INTERVAL", Some(Duration::from_secs(1)))
+        .unwrap_or(Duration::from_secs(1))
+        .max(Duration::from_millis(10));
+    let variant = env.parse_with("VARIANT", None, |v| {
+        annotations::check_dns_label(v, 20).map(|_| Some(v.to_string()))
+    });
+    let hook_image = env.parse_with("HOOK_IMAGE", String::new(), |v| {
+        annotations::check_image(v).map(|_| v.to_string())
+    });
+    if hook_image.is_empty() && env.optional("HOOK_IMAGE").is_none() {
+        env.problem(
+            "HOOK_IMAGE",
+            "is missing (the image of this hook, which writes the Litestream config in each Pod)",
+        );
+    }
+    let checked = |env: &mut Env, var: &str, default: &str, check: fn(&str) -> Result<(), String>| {
+        env.parse_with(var, default.to_string(), |v| check(v).map(|_| v.to_string()))
+    };
+    let image = checked(&mut env, "LITESTREAM_IMAGE", &builtin.image, annotations::check_image);
+    let bucket = checked(&mut env, "DEFAULT_BUCKET", &builtin.bucket, annotations::check_bucket);
+    let secret = checked(
+        &mut env,
+        "DEFAULT_SECRET",
+        &builtin.secret,
+        annotations::check_dns_subdomain,
+    );
+    let storage = checked(
+        &mut env,
+        "DEFAULT_STORAGE",
+        &builtin.storage,
+        annotations::check_quantity,
+    );
+    let endpoint = env.parse_with("DEFAULT_ENDPOINT", None, |v| {
+        annotations::check_endpoint(v).map(|_| Some(v.to_string()))
+    });
+    let region = env.parse_with("DEFAULT_REGION", None, |v| {
+        annotations::check_region(v).map(|_| Some(v.to_string()))
+    });
+    let native_sidecar = env.bool("NATIVE_SIDECAR", true);
+    let max_body = env.number_in("MAX_BODY_BYTES", 6 * 1024 * 1024, 4096, 256 * 1024 * 1024);
+    let max_connections = env.number_in("MAX_CONNECTIONS", 256, 1, 10_000);
+    let workers = env.number_in("WORKERS", 4, 1, 256);
+    let handshake_timeout = env.duration("HANDSHAKE_TIMEOUT", Some(Duration::from_secs(10)));
+    let idle_timeout = env.duration("IDLE_TIMEOUT", Some(Duration::from_secs(120)));
+    let shutdown_timeout = env.duration("SHUTDOWN_TIMEOUT", Some(Duration::from_secs(25)));
+    let socket_dir = env
+        .optional("SOCKET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    env.finish()?;
+    Ok(Config {
+        listen,
+        metrics_listen,
+        cert,
+        key,
+        reload_interval,
+        variant,
+        defaults: Defaults {
+            image,
+            hook_image,
+            bucket,
+            secret,
+            storage,
+            endpoint,
+            region,
+            native_sidecar,
+        },
+        max_body,
+        limits: proxy::Limits {
+            max_connections,
+            handshake_timeout: handshake_timeout.unwrap_or(Duration::from_secs(10)),
+            idle_timeout: idle_timeout.unwrap_or(Duration::from_secs(120)),
+        },
+        workers,
+        shutdown_timeout: shutdown_timeout.unwrap_or(Duration::from_secs(25)),
+        socket_dir,
+    })
+}
+
+fn declare(metrics: &Registry) {
+    metrics.counter(
+        "hook_requests_total",
+        "HTTP requests on the admission endpoint, by status code.",
+    );
+    metrics.counter(
+        "hook_admissions_total",
+        "Admission decisions, by result (injected, skipped, denied, invalid).",
+    );
+    metrics.counter("hook_injections_total", "Pods that got Litestream injected.");
+    metrics.counter("hook_denials_total", "Pods denied, by the annotation at fault.");
+    metrics.counter(
+        "hook_errors_total",
+        "Errors, by kind (accept, handshake, too_large, content_type, invalid, ...).",
+    );
+    metrics.counter(
+        "hook_tls_reloads_total",
+        "Certificate reloads after the files changed, by result.",
+    );
+    metrics.histogram(
+        "hook_request_duration_seconds",
+        "Time from a request's headers to its response, in seconds.",
+        LATENCY_BUCKETS,
+    );
+}
 
 fn main() {
-    eprintln!("not built yet");
-    std::process::exit(1);
+    let level = lifeboat::log::init_from_env();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("write-config") {
+        std::process::exit(write_config(&args[1..]));
+    }
+    if let Some(arg) = args.first() {
+        log::error!(argument = arg.as_str(); "unknown argument; usage: hook (serve) | hook write-config FILE");
+        std::process::exit(2);
+    }
+    let config = match (level, read_config()) {
+        (Ok(_), Ok(c)) => c,
+        (level, config) => {
+            if let Err(e) = level {
+                log::error!(error = e.as_str(); "LOG_LEVEL is invalid");
+            }
+            if let Err(e) = config {
+                log::error!(error:% = e; "cannot start");
+            }
+            std::process::exit(2);
+        }
+    };
+    match serve(config) {
+        Ok(()) => {}
+        Err(e) => {
+            log::error!(error = e.as_str(); "cannot start");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn write_config(args: &[String]) -> i32 {
+    let [file] = args else {
+        log::error!(
+            "usage: hook write-config FILE (the config comes from {})",
+            litestream_config::CONFIG_ENV
+        );
+        return 2;
+    };
+    match litestream_config::write_from_env(std::path::Path::new(file)) {
+        Ok(()) => {
+            log::info!(file = file.as_str(); "Litestream config written");
+            0
+        }
+        Err(e) => {
+            log::error!(error = e.as_str(); "cannot write the Litestream config");
+            1
+        }
+    }
+}
+
+fn serve(config: Config) -> Result<(), String> {
+    let started = Instant::now();
+    let shutdown = Shutdown::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let metrics = Registry::new();
+    declare(&metrics);
+    let certs = tls::start(
+        config.cert.clone(),
+        config.key.clone(),
+        config.reload_interval,
+        metrics.clone(),
+        shutdown.clone(),
+    )?;
+    let prefix = annotations::prefix_for(config.variant.as_deref());
+    let app = Arc::new(http::App {
+        admission: admission::Config {
+            prefix: prefix.clone(),
+            names: inject::Names::new(config.variant.as_deref()),
+            defaults: config.defaults.clone(),
+        },
+        metrics: metrics.clone(),
+        max_body: config.max_body,
+    });
+    let backend = http::Backend::start(&config.socket_dir, config.workers, app)?;
+    let mut front = proxy::Front::start(
+        &config.listen,
+        tls::server_config(certs),
+        Arc::clone(&backend),
+        metrics.clone(),
+        config.limits,
+    )?;
+    let ready: ReadyCheck = Arc::new(|| Ok(()));
+    let ops = OpsServer::start(&config.metrics_listen, metrics, ready, shutdown.clone())?;
+    log::info!(
+        addr:% = front.addr(),
+        metrics_addr:% = ops.addr(),
+        annotation_prefix = prefix.as_str(),
+        startup_ms = started.elapsed().as_millis() as u64;
+        "serving"
+    );
+    let signal = shutdown.wait();
+    let open = front.connections();
+    log::info!(signal = signal_name(signal), open_connections = open; "stopping: finishing in-flight requests");
+    let clean = front.drain(config.shutdown_timeout);
+    backend.remove_socket_dir();
+    if clean {
+        log::info!("stopped");
+    } else {
+        log::warn!(timeout_s = config.shutdown_timeout.as_secs(); "stopped with connections still open after the shutdown timeout");
+    }
+    drop(ops);
+    Ok(())
 }

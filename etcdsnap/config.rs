@@ -1,0 +1,244 @@
+//! The driver's configuration: environment variables (and `--endpoint`), every problem
+//! reported at once through [`lifeboat::env::Env`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lifeboat::env::{ConfigError, Env};
+
+use crate::ids;
+
+/// Everything the serving driver needs to know, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Path of the Unix socket the CSI endpoint listens on.
+    pub socket: PathBuf,
+    /// `host:port` of the operations HTTP server.
+    pub metrics_addr: String,
+    pub driver_name: String,
+    pub engine: EngineConfig,
+    /// gRPC completion-queue threads (each can run one blocking RPC at a time).
+    pub grpc_threads: usize,
+    /// How long SIGTERM waits for in-flight RPCs.
+    pub shutdown_grace: Duration,
+}
+
+/// What the snapshot engine needs.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub driver_name: String,
+    /// Where snapshot records (ConfigMaps) live.
+    pub metadata_namespace: String,
+    /// The PVC label naming the etcd cluster a handle volume stands for.
+    pub cluster_label: String,
+    /// Storage class of the per-snapshot PVCs (`None`: the cluster default).
+    pub storage_class: Option<String>,
+    /// Image with `/usr/local/bin/etcdctl` and `/usr/local/bin/etcdutl`.
+    pub etcd_image: String,
+    /// Smallest per-snapshot PVC, in bytes.
+    pub pvc_min_bytes: u64,
+    /// Extra room over the etcd database size, in percent.
+    pub pvc_headroom_percent: u64,
+    /// The Job's `activeDeadlineSeconds`; a Job still unfinished after it is failed.
+    pub job_timeout: Duration,
+    pub job_backoff_limit: i32,
+    /// Per-request timeout towards etcd members.
+    pub etcd_timeout: Duration,
+    /// How often the monitor looks at running snapshot Jobs.
+    pub poll_interval: Duration,
+}
+
+pub const DEFAULT_ENDPOINT: &str = "unix:///csi/csi.sock";
+pub const DEFAULT_DRIVER_NAME: &str = "etcdsnap.lifeboat.dev";
+
+impl Config {
+    /// Reads the configuration from `env`; `endpoint_flag` (from `--endpoint`) wins over
+    /// `CSI_ENDPOINT`.
+    pub fn from_env(mut env: Env, endpoint_flag: Option<String>) -> Result<Config, ConfigError> {
+        let endpoint = endpoint_flag
+            .or_else(|| env.optional("CSI_ENDPOINT"))
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+        let socket = match parse_endpoint(&endpoint) {
+            Ok(p) => p,
+            Err(why) => {
+                env.problem("CSI_ENDPOINT", format!("{why}, got {endpoint:?}"));
+                PathBuf::new()
+            }
+        };
+        let metrics_addr = env.parse_with("METRICS_ADDR", "0.0.0.0:8080".to_string(), parse_listen_addr);
+        let driver_name = env.parse_with("DRIVER_NAME", DEFAULT_DRIVER_NAME.to_string(), |s| {
+            if ids::is_valid_driver_name(s) {
+                Ok(s.to_string())
+            } else {
+                Err("must match ^[a-zA-Z][A-Za-z0-9-._]{0,61}[a-zA-Z]$ (CSI driver name)".into())
+            }
+        });
+        let metadata_namespace = env.parse_with("METADATA_NAMESPACE", "kube-system".to_string(), |s| {
+            if ids::is_dns_label(s) {
+                Ok(s.to_string())
+            } else {
+                Err("must be a Kubernetes namespace name".into())
+            }
+        });
+        let cluster_label = env.parse_with("CLUSTER_LABEL", "etcd.io/cluster".to_string(), |s| {
+            if ids::is_label_key(s) {
+                Ok(s.to_string())
+            } else {
+                Err("must be a Kubernetes label key such as etcd.io/cluster".into())
+            }
+        });
+        let storage_class = env.optional("STORAGE_CLASS");
+        if let Some(sc) = &storage_class {
+            if !ids::is_dns_subdomain(sc) {
+                env.problem("STORAGE_CLASS", format!("must be a StorageClass name, got {sc:?}"));
+            }
+        }
+        let etcd_image = env
+            .optional("ETCD_IMAGE")
+            .unwrap_or_else(|| "registry.k8s.io/etcd:3.5.21-0".to_string());
+        let pvc_min_bytes = env.parse_with("PVC_MIN_SIZE", 1 << 30, parse_quantity);
+        let pvc_headroom_percent = env.number_in("PVC_HEADROOM_PERCENT", 50u64, 0, 1000);
+        let job_timeout = env.duration("JOB_TIMEOUT", Some(Duration::from_secs(600)));
+        let job_backoff_limit = env.number_in("JOB_BACKOFF_LIMIT", 1i32, 0, 10);
+        let etcd_timeout = env.duration("ETCD_TIMEOUT", Some(Duration::from_secs(5)));
+        let poll_interval = env.duration("POLL_INTERVAL", Some(Duration::from_secs(2)));
+        let grpc_threads = env.number_in("GRPC_THREADS", 4usize, 1, 64);
+        let shutdown_grace = env.duration("SHUTDOWN_GRACE", Some(Duration::from_secs(30)));
+        let job_timeout = job_timeout.unwrap_or_default();
+        if job_timeout < Duration::from_secs(10) {
+            env.problem("JOB_TIMEOUT", "must be at least 10s");
+        }
+        let poll_interval = poll_interval.unwrap_or_default();
+        if poll_interval < Duration::from_millis(100) || poll_interval > Duration::from_secs(60) {
+            env.problem("POLL_INTERVAL", "must be between 100ms and 60s");
+        }
+        let etcd_timeout = etcd_timeout.unwrap_or_default();
+        if etcd_timeout.is_zero() {
+            env.problem("ETCD_TIMEOUT", "must be more than 0");
+        }
+        env.finish()?;
+        Ok(Config {
+            socket,
+            metrics_addr,
+            driver_name: driver_name.clone(),
+            engine: EngineConfig {
+                driver_name,
+                metadata_namespace,
+                cluster_label,
+                storage_class,
+                etcd_image,
+                pvc_min_bytes,
+                pvc_headroom_percent,
+                job_timeout,
+                job_backoff_limit,
+                etcd_timeout,
+                poll_interval,
+            },
+            grpc_threads,
+            shutdown_grace: shutdown_grace.unwrap_or_default(),
+        })
+    }
+}
+
+/// `unix:///abs/path` or `unix:/abs/path` to the socket path.
+pub fn parse_endpoint(endpoint: &str) -> Result<PathBuf, String> {
+    let path = endpoint
+        .strip_prefix("unix://")
+        .or_else(|| endpoint.strip_prefix("unix:"))
+        .ok_or("expected a unix:///absolute/path endpoint")?;
+    if !path.starts_with('/') || path.len() < 2 {
+        return Err("expected an absolute socket path (unix:///csi/csi.sock)".into());
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// `:8080` (all interfaces) or `host:port`.
+fn parse_listen_addr(s: &str) -> Result<String, String> {
+    let addr = if let Some(port) = s.strip_prefix(':') {
+        format!("0.0.0.0:{port}")
+    } else {
+        s.to_string()
+    };
+    let (_, port) = addr.rsplit_once(':').ok_or("expected host:port or :port")?;
+    port.parse::<u16>()
+        .map_err(|_| "expected a port number from 0 to 65535".to_string())?;
+    Ok(addr)
+}
+
+/// A Kubernetes-style byte quantity: `1073741824`, `512Mi`, `1Gi`, `2G`, `100Ki`.
+pub fn parse_quantity(s: &str) -> Result<u64, String> {
+    const WHY: &str = "expected a size such as 1Gi, 512Mi or a number of bytes";
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    if digits == 0 {
+        return Err(WHY.into());
+    }
+    let n: u64 = s[..digits].parse().map_err(|_| WHY)?;
+    let factor: u64 = match &s[digits..] {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        _ => return Err(WHY.into()),
+    };
+    n.checked_mul(factor).ok_or_else(|| WHY.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let cfg = Config::from_env(Env::from_pairs(Vec::<(String, String)>::new()), None).unwrap();
+        assert_eq!(cfg.socket, PathBuf::from("/csi/csi.sock"));
+        assert_eq!(cfg.metrics_addr, "0.0.0.0:8080");
+        assert_eq!(cfg.driver_name, DEFAULT_DRIVER_NAME);
+        assert_eq!(cfg.engine.metadata_namespace, "kube-system");
+        assert_eq!(cfg.engine.cluster_label, "etcd.io/cluster");
+        assert_eq!(cfg.engine.pvc_min_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn flag_wins_and_every_problem_is_reported() {
+        let env = Env::from_pairs([
+            ("CSI_ENDPOINT", "tcp://0.0.0.0:1"),
+            ("DRIVER_NAME", "bad name"),
+            ("METADATA_NAMESPACE", "Kube_System"),
+            ("CLUSTER_LABEL", "a/b/c"),
+            ("PVC_MIN_SIZE", "lots"),
+            ("METRICS_ADDR", ":99999"),
+        ]);
+        let err = Config::from_env(env, None).unwrap_err();
+        let vars: Vec<_> = err.problems.iter().map(|p| p.var.as_str()).collect();
+        assert_eq!(
+            vars,
+            [
+                "CSI_ENDPOINT",
+                "METRICS_ADDR",
+                "DRIVER_NAME",
+                "METADATA_NAMESPACE",
+                "CLUSTER_LABEL",
+                "PVC_MIN_SIZE"
+            ]
+        );
+        let env = Env::from_pairs([("CSI_ENDPOINT", "tcp://0.0.0.0:1"), ("METRICS_ADDR", ":9090")]);
+        let cfg = Config::from_env(env, Some("unix:/tmp/x.sock".into())).unwrap();
+        assert_eq!(cfg.socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(cfg.metrics_addr, "0.0.0.0:9090");
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_quantity("512Mi"), Ok(512 << 20));
+        assert_eq!(parse_quantity("2G"), Ok(2_000_000_000));
+        assert_eq!(parse_quantity("100"), Ok(100));
+        for bad in ["", "Mi", "1.5Gi", "1Xi", "-1"] {
+            assert!(parse_quantity(bad).is_err(), "{bad}");
+        }
+    }
+}

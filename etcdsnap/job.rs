@@ -1,0 +1,526 @@
+//! The per-snapshot PersistentVolumeClaim and Job, and reading a finished Job's result.
+//!
+//! The Job runs the etcd image's own tools as argv (etcd images have no shell since 3.5.7):
+//! 1. init container `save`: `etcdctl snapshot save /snapshot/snapshot.db` against ONE
+//!    healthy member (the leader), with the cluster's client certificate from its Secret;
+//! 2. container `verify`: `etcdutl snapshot status /snapshot/snapshot.db -w json`, which
+//!    fails on a damaged file and prints hash, revision, key count and size, which the
+//!    driver reads from the container's log.
+//!
+//! The PVC is sized from the database size plus headroom. Both objects carry etcdsnap's
+//! labels (driver, snapshot id, group id); the Job is owned by the PVC, so deleting the PVC
+//! garbage-collects the Job and its pods.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use serde::Deserialize;
+
+use crate::config::EngineConfig;
+
+pub const SAVE_CONTAINER: &str = "save";
+pub const VERIFY_CONTAINER: &str = "verify";
+/// Where the snapshot PVC is mounted in the Job, and the file in it.
+pub const SNAPSHOT_DIR: &str = "/snapshot";
+pub const SNAPSHOT_FILE: &str = "/snapshot/snapshot.db";
+/// Where the client TLS Secret is mounted.
+pub const TLS_DIR: &str = "/etc/etcdsnap/tls";
+pub const ETCDCTL: &str = "/usr/local/bin/etcdctl";
+pub const ETCDUTL: &str = "/usr/local/bin/etcdutl";
+
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_DRIVER: &str = "etcdsnap.lifeboat.dev/driver";
+pub const LABEL_SNAPSHOT: &str = "etcdsnap.lifeboat.dev/snapshot";
+pub const LABEL_GROUP: &str = "etcdsnap.lifeboat.dev/group";
+/// The unprivileged user the Job runs as (distroless "nonroot").
+const RUN_AS: i64 = 65532;
+
+/// Everything needed to write one snapshot's PVC and Job.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub snapshot_id: String,
+    pub group_id: Option<String>,
+    /// Namespace of the etcd cluster (and of its TLS Secret, the PVC and the Job).
+    pub namespace: String,
+    /// Name of both the PVC and the Job.
+    pub name: String,
+    pub member_url: String,
+    pub tls_secret: String,
+    pub size_bytes: u64,
+}
+
+/// The labels every object of one snapshot carries. All values are short ids.
+pub fn labels(driver: &str, snapshot_id: &str, group_id: Option<&str>) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::new();
+    l.insert(LABEL_MANAGED_BY.to_string(), "etcdsnap".to_string());
+    l.insert(LABEL_DRIVER.to_string(), driver.to_string());
+    l.insert(LABEL_SNAPSHOT.to_string(), snapshot_id.to_string());
+    if let Some(g) = group_id {
+        l.insert(LABEL_GROUP.to_string(), g.to_string());
+    }
+    l
+}
+
+/// PVC size: the database plus `headroom_percent`, at least `min`, rounded up to MiB.
+pub fn pvc_size(db_size: u64, min: u64, headroom_percent: u64) -> u64 {
+    let wanted = db_size.saturating_mul(100 + headroom_percent) / 100;
+    let bytes = wanted.max(min);
+    bytes.div_ceil(1 << 20).saturating_mul(1 << 20)
+}
+
+/// A byte count as a Kubernetes quantity in MiB (`640Mi`).
+pub fn quantity(bytes: u64) -> Quantity {
+    Quantity(format!("{}Mi", bytes.div_ceil(1 << 20)))
+}
+
+pub fn pvc(plan: &Plan, cfg: &EngineConfig) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(plan.name.clone()),
+            namespace: Some(plan.namespace.clone()),
+            labels: Some(labels(&cfg.driver_name, &plan.snapshot_id, plan.group_id.as_deref())),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+            storage_class_name: cfg.storage_class.clone(),
+            volume_mode: Some("Filesystem".to_string()),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), quantity(plan.size_bytes))])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn tls_args() -> Vec<String> {
+    vec![
+        format!("--cacert={TLS_DIR}/ca.crt"),
+        format!("--cert={TLS_DIR}/tls.crt"),
+        format!("--key={TLS_DIR}/tls.key"),
+    ]
+}
+
+fn hardened() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn small_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("100m".to_string())),
+            ("memory".to_string(), Quantity("128Mi".to_string())),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// The Job; `pvc_uid` makes the PVC its owner.
+pub fn job(plan: &Plan, cfg: &EngineConfig, pvc_uid: &str) -> Job {
+    let labels = labels(&cfg.driver_name, &plan.snapshot_id, plan.group_id.as_deref());
+    let timeout_secs = cfg.job_timeout.as_secs().max(10);
+    // etcdctl gives up before the Job's deadline, so a failure says what etcdctl saw.
+    let command_timeout = (timeout_secs * 4 / 5).max(5);
+    let mut save_args = vec![
+        "snapshot".to_string(),
+        "save".to_string(),
+        SNAPSHOT_FILE.to_string(),
+        format!("--endpoints={}", plan.member_url),
+        "--dial-timeout=10s".to_string(),
+        format!("--command-timeout={command_timeout}s"),
+    ];
+    save_args.extend(tls_args());
+    let snapshot_mount = |read_only: bool| VolumeMount {
+        name: "snapshot".to_string(),
+        mount_path: SNAPSHOT_DIR.to_string(),
+        read_only: Some(read_only),
+        ..Default::default()
+    };
+    let save = Container {
+        name: SAVE_CONTAINER.to_string(),
+        image: Some(cfg.etcd_image.clone()),
+        command: Some(vec![ETCDCTL.to_string()]),
+        args: Some(save_args),
+        volume_mounts: Some(vec![
+            snapshot_mount(false),
+            VolumeMount {
+                name: "etcd-client-tls".to_string(),
+                mount_path: TLS_DIR.to_string(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
+        resources: Some(small_resources()),
+        security_context: Some(hardened()),
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+        ..Default::default()
+    };
+    let verify = Container {
+        name: VERIFY_CONTAINER.to_string(),
+        image: Some(cfg.etcd_image.clone()),
+        command: Some(vec![ETCDUTL.to_string()]),
+        args: Some(vec![
+            "snapshot".to_string(),
+            "status".to_string(),
+            SNAPSHOT_FILE.to_string(),
+            "--write-out=json".to_string(),
+        ]),
+        volume_mounts: Some(vec![snapshot_mount(true)]),
+        resources: Some(small_resources()),
+        security_context: Some(hardened()),
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+        ..Default::default()
+    };
+    let key = |k: &str| KeyToPath {
+        key: k.to_string(),
+        path: k.to_string(),
+        mode: None,
+    };
+    Job {
+        metadata: ObjectMeta {
+            name: Some(plan.name.clone()),
+            namespace: Some(plan.namespace.clone()),
+            labels: Some(labels.clone()),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "v1".to_string(),
+                kind: "PersistentVolumeClaim".to_string(),
+                name: plan.name.clone(),
+                uid: pvc_uid.to_string(),
+                controller: Some(false),
+                block_owner_deletion: Some(false),
+            }]),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(cfg.job_backoff_limit),
+            active_deadline_seconds: Some(timeout_secs as i64),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".to_string()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUN_AS),
+                        run_as_group: Some(RUN_AS),
+                        fs_group: Some(RUN_AS),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_string(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    init_containers: Some(vec![save]),
+                    containers: vec![verify],
+                    volumes: Some(vec![
+                        Volume {
+                            name: "snapshot".to_string(),
+                            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                                claim_name: plan.name.clone(),
+                                read_only: Some(false),
+                            }),
+                            ..Default::default()
+                        },
+                        Volume {
+                            name: "etcd-client-tls".to_string(),
+                            secret: Some(SecretVolumeSource {
+                                secret_name: Some(plan.tls_secret.clone()),
+                                items: Some(vec![key("ca.crt"), key("tls.crt"), key("tls.key")]),
+                                default_mode: Some(0o440),
+                                optional: Some(false),
+                            }),
+                            ..Default::default()
+                        },
+                    ]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Where a Job stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobState {
+    Running,
+    Succeeded,
+    /// The Job's own reason (condition reason and message).
+    Failed(String),
+}
+
+/// Reads the Job's conditions like `kubectl wait --for=condition=complete|failed`.
+pub fn job_state(job: &Job) -> JobState {
+    let status = job.status.as_ref();
+    for c in status.and_then(|s| s.conditions.as_ref()).into_iter().flatten() {
+        if c.status != "True" {
+            continue;
+        }
+        match c.type_.as_str() {
+            "Complete" | "SuccessCriteriaMet" => return JobState::Succeeded,
+            "Failed" | "FailureTarget" => {
+                let reason = c.reason.clone().unwrap_or_else(|| "Failed".to_string());
+                let message = c.message.clone().unwrap_or_default();
+                return JobState::Failed(if message.is_empty() {
+                    reason
+                } else {
+                    format!("{reason}: {message}")
+                });
+            }
+            _ => {}
+        }
+    }
+    if status.and_then(|s| s.succeeded).unwrap_or(0) >= 1 {
+        return JobState::Succeeded;
+    }
+    JobState::Running
+}
+
+/// Why the containers of a Job's pods failed: each non-zero exit with its reason and the
+/// last lines of its output (the termination message).
+pub fn container_failures(pods: &[Pod]) -> Vec<String> {
+    let mut out = Vec::new();
+    for pod in pods {
+        let Some(status) = &pod.status else { continue };
+        let all = status
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .chain(status.container_statuses.iter().flatten());
+        for cs in all {
+            let Some(t) = cs.state.as_ref().and_then(|s| s.terminated.as_ref()) else {
+                continue;
+            };
+            if t.exit_code == 0 {
+                continue;
+            }
+            let mut line = format!("container {} exited with code {}", cs.name, t.exit_code);
+            if let Some(r) = t.reason.as_deref().filter(|r| !r.is_empty()) {
+                line.push_str(&format!(" ({r})"));
+            }
+            if let Some(m) = t.message.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
+                line.push_str(&format!(": {}", last_lines(m, 3)));
+            }
+            if !out.contains(&line) {
+                out.push(line);
+            }
+        }
+    }
+    out
+}
+
+/// The last `n` non-empty lines, each shortened; etcd's JSON log lines become `msg: error`.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let Ok(serde_json::Value::Object(o)) = serde_json::from_str::<serde_json::Value>(l) else {
+                return crate::status::truncate(l, 300);
+            };
+            let msg = o.get("msg").and_then(|v| v.as_str()).unwrap_or("");
+            let line = match o.get("error").and_then(|v| v.as_str()) {
+                Some(e) => format!("{msg}: {e}"),
+                None => msg.to_string(),
+            };
+            crate::status::truncate(&line, 300)
+        })
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+/// What `etcdutl snapshot status -w json` says about the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct FileStatus {
+    pub hash: u64,
+    pub revision: i64,
+    #[serde(rename = "totalKey")]
+    pub total_key: u64,
+    #[serde(rename = "totalSize")]
+    pub total_size: u64,
+}
+
+/// Finds the status object in the verify container's log (etcdutl prints it without a
+/// trailing newline, so it may share a line with other output).
+pub fn parse_file_status(log: &str) -> Result<FileStatus, String> {
+    let mut found = None;
+    for (pos, _) in log.match_indices("{\"hash\"") {
+        let mut stream = serde_json::Deserializer::from_str(&log[pos..]).into_iter::<FileStatus>();
+        if let Some(Ok(st)) = stream.next() {
+            found = Some(st);
+        }
+    }
+    let st = found.ok_or_else(|| {
+        format!(
+            "no `etcdutl snapshot status` result in the verify log ({})",
+            crate::status::truncate(log.trim(), 200)
+        )
+    })?;
+    if st.total_size == 0 {
+        return Err("etcdutl reports an empty snapshot file".to_string());
+    }
+    Ok(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> EngineConfig {
+        crate::config::Config::from_env(lifeboat::env::Env::from_pairs([("STORAGE_CLASS", "fast")]), None)
+            .unwrap()
+            .engine
+    }
+
+    fn plan() -> Plan {
+        Plan {
+            snapshot_id: "s-0123456789abcdef0123456789abcdef".into(),
+            group_id: Some("g-0123456789abcdef0123456789abcdef".into()),
+            namespace: "etcd".into(),
+            name: "etcdsnap-s-0123456789abcdef0123456789abcdef".into(),
+            member_url: "https://etcd-0.etcd.etcd.svc:2379".into(),
+            tls_secret: "main-client-tls".into(),
+            size_bytes: 3 << 30,
+        }
+    }
+
+    #[test]
+    fn pvc_sizes() {
+        assert_eq!(pvc_size(0, 1 << 30, 50), 1 << 30);
+        assert_eq!(pvc_size(1 << 30, 1 << 20, 50), 3 << 29);
+        assert_eq!(pvc_size(1, 1, 0), 1 << 20);
+        assert_eq!(quantity(1 << 30).0, "1024Mi");
+        assert_eq!(quantity((1 << 20) + 1).0, "2Mi");
+    }
+
+    #[test]
+    fn job_runs_argv_only_against_one_member() {
+        let job = job(&plan(), &cfg(), "uid-1");
+        let v = serde_json::to_value(&job).unwrap();
+        assert_eq!(v["apiVersion"], "batch/v1");
+        assert_eq!(v["kind"], "Job");
+        let spec = &v["spec"]["template"]["spec"];
+        let save = &spec["initContainers"][0];
+        assert_eq!(save["command"][0], ETCDCTL);
+        let args: Vec<String> = serde_json::from_value(save["args"].clone()).unwrap();
+        assert_eq!(&args[..3], ["snapshot", "save", SNAPSHOT_FILE]);
+        assert_eq!(args.iter().filter(|a| a.starts_with("--endpoints=")).count(), 1);
+        assert!(args.contains(&"--endpoints=https://etcd-0.etcd.etcd.svc:2379".to_string()));
+        assert_eq!(spec["containers"][0]["command"][0], ETCDUTL);
+        assert_eq!(spec["restartPolicy"], "Never");
+        assert_eq!(v["spec"]["activeDeadlineSeconds"], 600);
+        assert_eq!(v["metadata"]["ownerReferences"][0]["kind"], "PersistentVolumeClaim");
+        assert_eq!(v["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        // No shell anywhere: etcd images have none.
+        let text = v.to_string();
+        assert!(!text.contains("/bin/sh") && !text.contains("\"sh\""), "{text}");
+        // Every label value is short enough.
+        for (_, value) in v["metadata"]["labels"].as_object().unwrap() {
+            assert!(value.as_str().unwrap().len() <= 63);
+        }
+    }
+
+    #[test]
+    fn pvc_spec() {
+        let v = serde_json::to_value(pvc(&plan(), &cfg())).unwrap();
+        assert_eq!(v["kind"], "PersistentVolumeClaim");
+        assert_eq!(v["spec"]["resources"]["requests"]["storage"], "3072Mi");
+        assert_eq!(v["spec"]["storageClassName"], "fast");
+        assert_eq!(
+            v["metadata"]["labels"][LABEL_GROUP],
+            "g-0123456789abcdef0123456789abcdef"
+        );
+    }
+
+    #[test]
+    fn job_states() {
+        let mut job: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "j"},
+            "status": {"active": 1}
+        }))
+        .unwrap();
+        assert_eq!(job_state(&job), JobState::Running);
+        job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "j"},
+            "status": {"failed": 2, "conditions": [{"type": "Failed", "status": "True",
+                "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]}
+        }))
+        .unwrap();
+        assert_eq!(
+            job_state(&job),
+            JobState::Failed("BackoffLimitExceeded: Job has reached the specified backoff limit".into())
+        );
+        job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "j"},
+            "status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+        }))
+        .unwrap();
+        assert_eq!(job_state(&job), JobState::Succeeded);
+    }
+
+    #[test]
+    fn container_failures_name_the_container_and_its_output() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "status": {"phase": "Failed",
+              "initContainerStatuses": [{"name": "save", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                 "state": {"terminated": {"exitCode": 1, "reason": "Error", "message": "a\nb\ncontext deadline exceeded\n"}}}],
+              "containerStatuses": [{"name": "verify", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                 "state": {"waiting": {"reason": "PodInitializing"}}}]}
+        }))
+        .unwrap();
+        let f = container_failures(&[pod]);
+        assert_eq!(
+            f,
+            ["container save exited with code 1 (Error): a | b | context deadline exceeded"]
+        );
+        let json_log = "{\"level\":\"error\",\"msg\":\"streamer failed\",\"error\":\"connection refused\",\"stacktrace\":\"long\"}\nError: context deadline exceeded";
+        assert_eq!(
+            last_lines(json_log, 3),
+            "streamer failed: connection refused | Error: context deadline exceeded"
+        );
+    }
+
+    #[test]
+    fn reads_etcdutl_status_output() {
+        let log = "{\"level\":\"info\",\"msg\":\"x\"}\n{\"hash\":2917920538,\"revision\":2,\"totalKey\":7,\"totalSize\":20480}";
+        let st = parse_file_status(log).unwrap();
+        assert_eq!(
+            st,
+            FileStatus {
+                hash: 2917920538,
+                revision: 2,
+                total_key: 7,
+                total_size: 20480
+            }
+        );
+        let glued = "{\"hash\":1,\"revision\":3,\"totalKey\":1,\"totalSize\":10}{\"level\":\"info\"}";
+        assert_eq!(parse_file_status(glued).unwrap().revision, 3);
+        assert!(parse_file_status("Error: snapshot file has wrong size").is_err());
+        assert!(parse_file_status("{\"hash\":1,\"revision\":3,\"totalKey\":1,\"totalSize\":0}").is_err());
+    }
+}

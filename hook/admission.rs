@@ -1,0 +1,248 @@
+//! One admission request in, one response out: `AdmissionReview` (`admission.k8s.io/v1`)
+//! parsing, the decision, and the response with its base64 JSON Patch.
+//!
+//! Anything that is not a Pod CREATE is allowed unchanged (the webhook configuration should
+//! not send it, but if it does, the hook is not the place to block it). A Pod that asks for
+//! injection gets a patch, or is denied with a message naming the annotation at fault.
+//! A body that is not an AdmissionReview gets HTTP 400 with a plain-text reason.
+
+use serde_json::{json, Value};
+
+use crate::annotations::{self, Defaults};
+use crate::inject::{self, Context, Names};
+
+/// What the hook was configured with, shared by every request.
+pub struct Config {
+    /// The annotation prefix (with the VARIANT, if any).
+    pub prefix: String,
+    pub names: Names,
+    pub defaults: Defaults,
+}
+
+/// What happened to one request, for metrics and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A patch was returned.
+    Injected,
+    /// Allowed unchanged: not asked for, already injected, or not a Pod CREATE.
+    Skipped,
+    /// Refused with a message naming the problem.
+    Denied,
+    /// The body was not a usable AdmissionReview (HTTP 400).
+    Invalid,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Injected => "injected",
+            Outcome::Skipped => "skipped",
+            Outcome::Denied => "denied",
+            Outcome::Invalid => "invalid",
+        }
+    }
+}
+
+/// The HTTP answer to one admission request.
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+    pub outcome: Outcome,
+    /// For the log line: what was decided and why.
+    pub detail: String,
+    /// The request uid, when there was one.
+    pub uid: String,
+    /// Denied only: the annotation at fault (empty when none is).
+    pub annotation: String,
+}
+
+fn invalid(detail: String) -> Answer {
+    Answer {
+        status: 400,
+        body: format!("{detail}\n"),
+        outcome: Outcome::Invalid,
+        detail,
+        uid: String::new(),
+        annotation: String::new(),
+    }
+}
+
+/// Decides on one AdmissionReview body.
+pub fn review(body: &[u8], config: &Config) -> Answer {
+    let review: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return invalid(format!("the body is not valid JSON: {e}")),
+    };
+    if review.get("apiVersion").and_then(Value::as_str) != Some("admission.k8s.io/v1")
+        || review.get("kind").and_then(Value::as_str) != Some("AdmissionReview")
+    {
+        return invalid("expected an AdmissionReview with apiVersion admission.k8s.io/v1".into());
+    }
+    let Some(request) = review.get("request").filter(|r| r.is_object()) else {
+        return invalid("the AdmissionReview has no request".into());
+    };
+    let Some(uid) = request.get("uid").and_then(Value::as_str).filter(|u| !u.is_empty()) else {
+        return invalid("the AdmissionReview request has no uid".into());
+    };
+    let uid = uid.to_string();
+    let respond = |response: Value, outcome: Outcome, detail: String, annotation: &str| {
+        let body = json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "response": response,
+        });
+        Answer {
+            status: 200,
+            body: body.to_string(),
+            outcome,
+            detail,
+            uid: uid.clone(),
+            annotation: annotation.to_string(),
+        }
+    };
+    let allow = |detail: &str| {
+        respond(
+            json!({"uid": uid, "allowed": true}),
+            Outcome::Skipped,
+            detail.to_string(),
+            "",
+        )
+    };
+
+    let kind = request.get("kind");
+    let is_pod = kind.and_then(|k| k.get("kind")).and_then(Value::as_str) == Some("Pod")
+        && kind
+            .and_then(|k| k.get("group"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .is_empty()
+        && request
+            .get("subResource")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .is_empty();
+    if !is_pod {
+        return allow("not a Pod");
+    }
+    if request.get("operation").and_then(Value::as_str) != Some("CREATE") {
+        return allow("not a CREATE");
+    }
+    let deny = |message: String, annotation: &str| {
+        let detail = message.clone();
+        let mut response = json!({
+            "uid": uid,
+            "allowed": false,
+            "status": {"status": "Failure", "code": 400, "reason": "BadRequest", "message": message},
+        });
+        if !annotation.is_empty() {
+            response["auditAnnotations"] = json!({ "denied-annotation": annotation });
+        }
+        respond(response, Outcome::Denied, detail, annotation)
+    };
+    let Some(pod) = request.get("object").filter(|o| o.is_object()) else {
+        return deny("the request carries no Pod object".into(), "");
+    };
+    let annotations = pod.pointer("/metadata/annotations").and_then(Value::as_object);
+    if annotations::is_injected(annotations, &config.prefix) {
+        return allow("already injected");
+    }
+    let settings = match annotations::parse(annotations, &config.prefix, &config.defaults) {
+        Ok(Some(s)) => s,
+        Ok(None) => return allow("injection not requested"),
+        Err(denial) => return deny(denial.to_string(), &denial.annotation),
+    };
+    let namespace = request
+        .get("namespace")
+        .and_then(Value::as_str)
+        .or_else(|| pod.pointer("/metadata/namespace").and_then(Value::as_str))
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default");
+    let ctx = Context {
+        namespace,
+        prefix: &config.prefix,
+        names: &config.names,
+        hook_image: &config.defaults.hook_image,
+    };
+    match inject::patch(pod, &settings, &ctx) {
+        Ok(ops) => {
+            let patch = serde_json::to_vec(&ops).expect("a patch always serialises");
+            respond(
+                json!({"uid": uid, "allowed": true, "patchType": "JSONPatch", "patch": base64(&patch)}),
+                Outcome::Injected,
+                format!("{} database(s)", settings.paths.len()),
+                "",
+            )
+        }
+        Err(denial) => deny(denial.to_string(), &denial.annotation),
+    }
+}
+
+/// Standard base64 with padding (RFC 4648 §4), as the `patch` field requires.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config {
+            prefix: annotations::BASE_PREFIX.into(),
+            names: Names::new(None),
+            defaults: Defaults::default(),
+        }
+    }
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+    }
+
+    #[test]
+    fn malformed_bodies_are_400() {
+        for body in [
+            &b"{"[..],
+            b"[]",
+            b"{\"apiVersion\":\"v1\",\"kind\":\"Pod\"}",
+            b"\xff\xfe",
+        ] {
+            let a = review(body, &config());
+            assert_eq!(a.status, 400, "{}", String::from_utf8_lossy(body));
+            assert_eq!(a.outcome, Outcome::Invalid);
+        }
+    }
+
+    #[test]
+    fn other_kinds_and_operations_pass_unchanged_with_the_uid() {
+        let body = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": "u-1", "kind": {"group": "apps", "version": "v1", "kind": "Deployment"}, "operation": "CREATE", "object": {}}});
+        let a = review(body.to_string().as_bytes(), &config());
+        let v: Value = serde_json::from_str(&a.body).unwrap();
+        assert_eq!(v["response"]["uid"], "u-1");
+        assert_eq!(v["response"]["allowed"], true);
+        assert!(v["response"].get("patch").is_none());
+    }
+}

@@ -1,0 +1,233 @@
+//! The plain-HTTP layer: tiny_http on a private Unix socket, and the routes it serves.
+//!
+//! The TLS front end (`proxy`) hands every decrypted connection to this socket. It lives in a
+//! fresh 0700 folder, so only this process can reach it and nothing bypasses TLS. tiny_http's
+//! own accept loop ends for good after one accept() error; when that happens the workers see
+//! the error, and a new tiny_http server on a new socket takes over (the old one keeps
+//! serving its open connections until they close).
+//!
+//! Routes (path only; the API server appends `?timeout=10s`): `POST /mutate`.
+
+use std::io::Read;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use lifeboat::metrics::Registry;
+use tiny_http::{Header, Method, Request, Response};
+
+use crate::admission::{self, Outcome};
+use crate::annotations::KEYS;
+
+/// What the request handlers share.
+pub struct App {
+    pub admission: admission::Config,
+    pub metrics: Registry,
+    /// Request bodies larger than this are refused with 413.
+    pub max_body: usize,
+}
+
+struct Current {
+    server: Arc<tiny_http::Server>,
+    path: PathBuf,
+    generation: u64,
+}
+
+/// The tiny_http server behind the TLS front end, replaced if its accept loop dies.
+pub struct Backend {
+    dir: PathBuf,
+    current: RwLock<Current>,
+}
+
+impl Backend {
+    /// Creates the private socket folder under `parent`, binds the first socket and starts
+    /// `workers` request threads.
+    pub fn start(parent: &Path, workers: usize, app: Arc<App>) -> Result<Arc<Backend>, String> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = parent.join(format!("lifeboat-hook-{}-{nanos}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("{}: cannot create the private socket folder: {e}", dir.display()))?;
+        let current = bind(&dir, 0)?;
+        let backend = Arc::new(Backend {
+            dir,
+            current: RwLock::new(current),
+        });
+        for i in 0..workers.max(1) {
+            let backend = Arc::clone(&backend);
+            let app = Arc::clone(&app);
+            std::thread::Builder::new()
+                .name(format!("http-{i}"))
+                .spawn(move || backend.work(app))
+                .map_err(|e| format!("cannot start a request thread: {e}"))?;
+        }
+        Ok(backend)
+    }
+
+    /// Where the TLS front end connects.
+    pub fn socket_path(&self) -> PathBuf {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).path.clone()
+    }
+
+    /// Removes the socket folder (at exit).
+    pub fn remove_socket_dir(&self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    fn work(&self, app: Arc<App>) {
+        loop {
+            let (server, generation) = {
+                let c = self.current.read().unwrap_or_else(|e| e.into_inner());
+                (Arc::clone(&c.server), c.generation)
+            };
+            match server.recv() {
+                Ok(request) => handle(request, &app),
+                Err(e) => {
+                    app.metrics.inc("hook_errors_total", &[("kind", "accept")]);
+                    log::error!(error:% = e; "the HTTP layer stopped accepting; starting a new one");
+                    self.replace(generation, &app);
+                }
+            }
+        }
+    }
+
+    /// Binds a new tiny_http server unless another worker already replaced `generation`.
+    fn replace(&self, generation: u64, app: &Arc<App>) {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if current.generation != generation {
+            return;
+        }
+        match bind(&self.dir, generation + 1) {
+            Ok(next) => {
+                let old = std::mem::replace(&mut *current, next);
+                let _ = std::fs::remove_file(&old.path);
+                // The old server still holds open connections: serve them until they close.
+                let app = Arc::clone(app);
+                let _ = std::thread::Builder::new().name("http-old".into()).spawn(move || {
+                    let deadline = Instant::now() + Duration::from_secs(600);
+                    while old.server.num_connections() > 0 && Instant::now() < deadline {
+                        if let Ok(Some(request)) = old.server.recv_timeout(Duration::from_millis(500)) {
+                            handle(request, &app);
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                log::error!(error:% = e; "cannot start a new HTTP layer; retrying");
+                drop(current);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+fn bind(dir: &Path, generation: u64) -> Result<Current, String> {
+    let path = dir.join(format!("http-{generation}.sock"));
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).map_err(|e| format!("{}: cannot listen: {e}", path.display()))?;
+    let server = tiny_http::Server::from_listener(listener, None)
+        .map_err(|e| format!("{}: cannot serve: {e}", path.display()))?;
+    Ok(Current {
+        server: Arc::new(server),
+        path,
+        generation,
+    })
+}
+
+fn header(name: &str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header is valid")
+}
+
+fn text(status: u16, body: impl Into<String>) -> Response<std::io::Cursor<Vec<u8>>> {
+    Response::from_string(body)
+        .with_status_code(status)
+        .with_header(header("Content-Type", "text/plain; charset=utf-8"))
+}
+
+/// Answers one request and records it.
+fn handle(mut request: Request, app: &App) {
+    let started = Instant::now();
+    let path = request.url().split('?').next().unwrap_or("");
+    let response = if path != "/mutate" {
+        text(404, "not found: the admission endpoint is POST /mutate\n")
+    } else if *request.method() != Method::Post {
+        text(405, "method not allowed: use POST\n").with_header(header("Allow", "POST"))
+    } else {
+        mutate(&mut request, app)
+    };
+    let code = response.status_code().0;
+    app.metrics.inc("hook_requests_total", &[("code", &code.to_string())]);
+    if let Err(e) = request.respond(response) {
+        app.metrics.inc("hook_errors_total", &[("kind", "respond")]);
+        log::debug!(error:% = e; "client went away before the response was sent");
+    }
+    app.metrics
+        .observe("hook_request_duration_seconds", &[], started.elapsed().as_secs_f64());
+}
+
+fn mutate(request: &mut Request, app: &App) -> Response<std::io::Cursor<Vec<u8>>> {
+    let content_type = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Content-Type"))
+        .map(|h| h.value.as_str().to_ascii_lowercase());
+    let media = content_type
+        .as_deref()
+        .map(|c| c.split(';').next().unwrap_or("").trim());
+    if media != Some("application/json") {
+        app.metrics.inc("hook_errors_total", &[("kind", "content_type")]);
+        return text(415, "unsupported media type: send Content-Type: application/json\n");
+    }
+    if request.body_length().is_some_and(|n| n > app.max_body) {
+        app.metrics.inc("hook_errors_total", &[("kind", "too_large")]);
+        return text(413, format!("request body larger than {} bytes\n", app.max_body));
+    }
+    let mut body = Vec::new();
+    if let Err(e) = request.as_reader().take(app.max_body as u64 + 1).read_to_end(&mut body) {
+        app.metrics.inc("hook_errors_total", &[("kind", "read")]);
+        return text(400, format!("cannot read the request body: {e}\n"));
+    }
+    if body.len() > app.max_body {
+        app.metrics.inc("hook_errors_total", &[("kind", "too_large")]);
+        return text(413, format!("request body larger than {} bytes\n", app.max_body));
+    }
+    let answer = admission::review(&body, &app.admission);
+    app.metrics
+        .inc("hook_admissions_total", &[("result", answer.outcome.label())]);
+    match answer.outcome {
+        Outcome::Injected => {
+            app.metrics.inc("hook_injections_total", &[]);
+            log::info!(uid = answer.uid.as_str(), detail = answer.detail.as_str(); "injected Litestream");
+        }
+        Outcome::Denied => {
+            let key = answer
+                .annotation
+                .strip_prefix(&app.admission.prefix)
+                .and_then(|k| k.strip_prefix('/'))
+                .filter(|k| KEYS.contains(k))
+                .unwrap_or(if answer.annotation.is_empty() { "none" } else { "other" });
+            app.metrics.inc("hook_denials_total", &[("annotation", key)]);
+            log::info!(uid = answer.uid.as_str(), reason = answer.detail.as_str(); "denied a Pod");
+        }
+        Outcome::Skipped => {
+            log::debug!(uid = answer.uid.as_str(), reason = answer.detail.as_str(); "allowed unchanged")
+        }
+        Outcome::Invalid => {
+            app.metrics.inc("hook_errors_total", &[("kind", "invalid")]);
+            log::warn!(reason = answer.detail.as_str(); "refused a request that is not an AdmissionReview");
+        }
+    }
+    let content_type = if answer.status == 200 {
+        "application/json"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    Response::from_string(answer.body)
+        .with_status_code(answer.status)
+        .with_header(header("Content-Type", content_type))
+}

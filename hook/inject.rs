@@ -1,0 +1,498 @@
+//! The JSON Patch that adds Litestream to a Pod: targeted `add` operations only.
+//!
+//! The Pod is never re-serialised: every operation adds one thing at one RFC 6901 path, so
+//! fields this hook does not know survive untouched. Added, in order:
+//! - the marker annotation `<prefix>/injected` (a marked Pod is left alone: idempotent);
+//! - a disk emptyDir for the databases (`sizeLimit` from `storage`) and a memory emptyDir for
+//!   the config;
+//! - the database folders mounted into every app container and app init container (one
+//!   mount per folder, each a `subPath` of the one data volume);
+//! - in front of the app's init containers: the config writer (the hook's own image running
+//!   `write-config`), one `litestream restore -if-db-not-exists -if-replica-exists` per
+//!   database, and (native sidecar mode) `litestream replicate` with `restartPolicy: Always`;
+//!   otherwise `litestream replicate` is appended to the containers.
+//!
+//! Injected containers run as the Pod runs: with a Pod-level `runAsUser` they inherit it;
+//! otherwise they copy `runAsUser`/`runAsGroup` from the first app container that sets them,
+//! so Litestream can read and write the database files the app creates.
+
+use k8s_openapi::api::core::v1::{
+    Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use serde_json::{json, Value};
+
+use crate::annotations::{dir_name, Denial, Settings, MARKER};
+use crate::litestream_config::{self, CONFIG_ENV};
+
+/// Where the config volume is mounted in the injected containers.
+pub const CONFIG_DIR: &str = "/etc/litestream-hook";
+/// The config file Litestream reads.
+pub const CONFIG_FILE: &str = "/etc/litestream-hook/litestream.yml";
+
+/// The names of everything injected; distinct per VARIANT so two variants can coexist.
+pub struct Names {
+    pub data_volume: String,
+    pub config_volume: String,
+    pub config_container: String,
+    pub restore_prefix: String,
+    pub replicate_container: String,
+}
+
+impl Names {
+    pub fn new(variant: Option<&str>) -> Names {
+        let base = match variant {
+            Some(v) => format!("{v}-litestream-hook"),
+            None => "litestream-hook".to_string(),
+        };
+        Names {
+            data_volume: format!("{base}-data"),
+            config_volume: format!("{base}-config"),
+            config_container: format!("{base}-config"),
+            restore_prefix: format!("{base}-restore-"),
+            replicate_container: format!("{base}-replicate"),
+        }
+    }
+}
+
+/// Everything [`patch`] needs besides the Pod.
+pub struct Context<'a> {
+    /// The namespace of the admission request (a new Pod usually has none in its metadata).
+    pub namespace: &'a str,
+    /// The annotation prefix (with the VARIANT, if any).
+    pub prefix: &'a str,
+    pub names: &'a Names,
+    /// The image running `hook write-config`.
+    pub hook_image: &'a str,
+}
+
+/// Escapes one JSON Pointer segment (RFC 6901: `~` → `~0`, `/` → `~1`).
+pub fn escape(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
+}
+
+/// The name replicas are stored under, stable across restarts of the same workload.
+///
+/// A Pod with a fixed name (bare Pods, StatefulSet members) uses it. A Pod created with
+/// `generateName` uses that without its trailing `-`, and without the ReplicaSet's
+/// `-<pod-template-hash>` when labelled with it, so every Pod of a Deployment shares one name.
+pub fn owner_name(pod: &Value) -> Option<String> {
+    let meta = pod.get("metadata")?;
+    if let Some(name) = meta.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+        return Some(name.to_string());
+    }
+    let generate = meta.get("generateName").and_then(Value::as_str)?;
+    let mut name = generate.trim_end_matches('-').to_string();
+    if let Some(hash) = meta.pointer("/labels/pod-template-hash").and_then(Value::as_str) {
+        if let Some(stripped) = name.strip_suffix(&format!("-{hash}")) {
+            name = stripped.to_string();
+        }
+    }
+    Some(name).filter(|n| !n.is_empty())
+}
+
+/// The folder in the bucket for this Pod's databases: `[<prefix>/]<namespace>/<name>`.
+pub fn replica_base(pod: &Value, settings: &Settings, ctx: &Context<'_>) -> Result<String, Denial> {
+    let name = match &settings.name {
+        Some(n) => n.clone(),
+        None => owner_name(pod).ok_or_else(|| Denial {
+            annotation: format!("{}/name", ctx.prefix),
+            message:
+                "the Pod has neither a name nor a generateName to derive its replica path from; set this annotation"
+                    .into(),
+        })?,
+    };
+    let mut base = String::new();
+    if let Some(p) = &settings.prefix {
+        base.push_str(p);
+        base.push('/');
+    }
+    base.push_str(ctx.namespace);
+    base.push('/');
+    base.push_str(&name);
+    Ok(base)
+}
+
+/// The folders to mount: each database's folder, minus folders inside another one.
+/// Returns `(folder, subPath)` pairs.
+pub fn mounts(paths: &[String]) -> Vec<(String, String)> {
+    let mut dirs: Vec<&str> = paths.iter().map(|p| dir_name(p)).collect();
+    dirs.sort();
+    dirs.dedup();
+    let mut kept: Vec<&str> = Vec::new();
+    for dir in dirs {
+        if !kept.iter().any(|k| dir.starts_with(&format!("{k}/"))) {
+            kept.push(dir);
+        }
+    }
+    kept.iter()
+        .enumerate()
+        .map(|(i, d)| (d.to_string(), format!("db{i}")))
+        .collect()
+}
+
+/// The patch for `pod`, or the reason it cannot be injected.
+pub fn patch(pod: &Value, settings: &Settings, ctx: &Context<'_>) -> Result<Vec<Value>, Denial> {
+    let whole = |message: String| Denial {
+        annotation: String::new(),
+        message,
+    };
+    let path_denial = |message: String| Denial {
+        annotation: format!("{}/path", ctx.prefix),
+        message,
+    };
+    let meta = pod
+        .get("metadata")
+        .filter(|m| m.is_object())
+        .ok_or_else(|| whole("the Pod has no metadata".into()))?;
+    let spec = pod
+        .get("spec")
+        .filter(|s| s.is_object())
+        .ok_or_else(|| whole("the Pod has no spec".into()))?;
+    let app_containers = array(spec, "containers");
+    let app_inits = array(spec, "initContainers");
+    if app_containers.is_empty() {
+        return Err(whole("the Pod has no containers".into()));
+    }
+    let names = ctx.names;
+    let base = replica_base(pod, settings, ctx)?;
+    let config = litestream_config::build(settings, &base).to_string();
+    let mounts = mounts(&settings.paths);
+
+    // Refuse what the API server would refuse, with a reason the user can act on.
+    for volume in array(spec, "volumes") {
+        let name = volume.get("name").and_then(Value::as_str).unwrap_or("");
+        if name == names.data_volume || name == names.config_volume {
+            return Err(whole(format!(
+                "the Pod already has a volume named {name:?}, which this hook adds"
+            )));
+        }
+    }
+    let ours = |name: &str| {
+        name == names.config_container || name == names.replicate_container || name.starts_with(&names.restore_prefix)
+    };
+    for c in app_containers.iter().chain(app_inits.iter()) {
+        let name = c.get("name").and_then(Value::as_str).unwrap_or("");
+        if ours(name) {
+            return Err(whole(format!(
+                "the Pod already has a container named {name:?}, which this hook adds"
+            )));
+        }
+        for m in array(c, "volumeMounts") {
+            let at = m
+                .get("mountPath")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .trim_end_matches('/');
+            if let Some((dir, _)) = mounts.iter().find(|(dir, _)| dir == at) {
+                return Err(path_denial(format!(
+                    "container {name:?} already mounts a volume at {dir}, where this hook mounts the database folder"
+                )));
+            }
+        }
+    }
+
+    let security = security_context(spec, &app_containers, &app_inits);
+    let data_mounts: Vec<VolumeMount> = mounts
+        .iter()
+        .map(|(dir, sub)| VolumeMount {
+            name: names.data_volume.clone(),
+            mount_path: dir.clone(),
+            sub_path: Some(sub.clone()),
+            ..VolumeMount::default()
+        })
+        .collect();
+    let config_mount = VolumeMount {
+        name: names.config_volume.clone(),
+        mount_path: CONFIG_DIR.into(),
+        ..VolumeMount::default()
+    };
+    let mut litestream_mounts = data_mounts.clone();
+    litestream_mounts.push(config_mount.clone());
+    let credentials = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"].map(|key| EnvVar {
+        name: key.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: settings.secret.clone(),
+                key: key.into(),
+                optional: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    });
+    let litestream = |name: String, args: Vec<String>| Container {
+        name,
+        image: Some(settings.image.clone()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(args),
+        env: Some(credentials.to_vec()),
+        volume_mounts: Some(litestream_mounts.clone()),
+        security_context: Some(security.clone()),
+        ..Container::default()
+    };
+
+    let mut inits: Vec<Container> = vec![Container {
+        name: names.config_container.clone(),
+        image: Some(ctx.hook_image.to_string()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(vec!["write-config".into(), CONFIG_FILE.into()]),
+        env: Some(vec![EnvVar {
+            name: CONFIG_ENV.into(),
+            value: Some(config),
+            ..EnvVar::default()
+        }]),
+        volume_mounts: Some(vec![config_mount.clone()]),
+        security_context: Some(security.clone()),
+        ..Container::default()
+    }];
+    for (i, db) in settings.paths.iter().enumerate() {
+        inits.push(litestream(
+            format!("{}{i}", names.restore_prefix),
+            [
+                "restore",
+                "-config",
+                CONFIG_FILE,
+                "-no-expand-env",
+                "-if-db-not-exists",
+                "-if-replica-exists",
+                db,
+            ]
+            .map(String::from)
+            .to_vec(),
+        ));
+    }
+    let mut replicate = litestream(
+        names.replicate_container.clone(),
+        ["replicate", "-config", CONFIG_FILE, "-no-expand-env"]
+            .map(String::from)
+            .to_vec(),
+    );
+    let mut sidecars = Vec::new();
+    if settings.native_sidecar {
+        replicate.restart_policy = Some("Always".into());
+        inits.push(replicate);
+    } else {
+        sidecars.push(replicate);
+    }
+
+    let mut ops = Vec::new();
+    // 1. The marker annotation.
+    let marker = format!("{}/{MARKER}", ctx.prefix);
+    match meta.get("annotations") {
+        Some(Value::Object(_)) => ops.push(add(
+            &format!("/metadata/annotations/{}", escape(&marker)),
+            json!("true"),
+        )),
+        _ => ops.push(add("/metadata/annotations", json!({ marker: "true" }))),
+    }
+    // 2. The volumes.
+    let volumes = [
+        Volume {
+            name: names.data_volume.clone(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: None,
+                size_limit: Some(Quantity(settings.storage.clone())),
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: names.config_volume.clone(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                size_limit: Some(Quantity("1Mi".into())),
+            }),
+            ..Volume::default()
+        },
+    ]
+    .map(to_value);
+    append(&mut ops, spec, "/spec", "volumes", volumes.to_vec());
+    // 3. The database folders in every app container, before init containers shift.
+    let data_mounts: Vec<Value> = data_mounts.into_iter().map(to_value).collect();
+    for (field, list) in [("containers", &app_containers), ("initContainers", &app_inits)] {
+        for (i, c) in list.iter().enumerate() {
+            append(
+                &mut ops,
+                c,
+                &format!("/spec/{field}/{i}"),
+                "volumeMounts",
+                data_mounts.clone(),
+            );
+        }
+    }
+    // 4. Init containers in front of the app's own, in order.
+    let inits: Vec<Value> = inits.into_iter().map(to_value).collect();
+    if spec.get("initContainers").is_some_and(Value::is_array) {
+        for (i, c) in inits.into_iter().enumerate() {
+            ops.push(add(&format!("/spec/initContainers/{i}"), c));
+        }
+    } else {
+        ops.push(add("/spec/initContainers", Value::Array(inits)));
+    }
+    // 5. The classic sidecar, when not native.
+    append(
+        &mut ops,
+        spec,
+        "/spec",
+        "containers",
+        sidecars.into_iter().map(to_value).collect(),
+    );
+    Ok(ops)
+}
+
+/// The securityContext of injected containers (see the module documentation).
+fn security_context(spec: &Value, containers: &[Value], inits: &[Value]) -> SecurityContext {
+    let mut sc = SecurityContext {
+        allow_privilege_escalation: Some(false),
+        ..SecurityContext::default()
+    };
+    if spec.pointer("/securityContext/runAsUser").is_some() {
+        return sc;
+    }
+    let first = containers
+        .iter()
+        .chain(inits)
+        .filter_map(|c| c.get("securityContext"))
+        .find(|s| s.get("runAsUser").is_some_and(Value::is_i64));
+    if let Some(app) = first {
+        sc.run_as_user = app.get("runAsUser").and_then(Value::as_i64);
+        sc.run_as_group = app.get("runAsGroup").and_then(Value::as_i64);
+    }
+    sc
+}
+
+fn array(parent: &Value, field: &str) -> Vec<Value> {
+    parent.get(field).and_then(Value::as_array).cloned().unwrap_or_default()
+}
+
+fn to_value<T: serde::Serialize>(v: T) -> Value {
+    serde_json::to_value(v).expect("Kubernetes types always serialise")
+}
+
+fn add(path: &str, value: Value) -> Value {
+    json!({ "op": "add", "path": path, "value": value })
+}
+
+/// Adds `items` to the array `parent[field]` at `at/field`: appended one by one when it
+/// exists, created whole when it does not.
+fn append(ops: &mut Vec<Value>, parent: &Value, at: &str, field: &str, items: Vec<Value>) {
+    if items.is_empty() {
+        return;
+    }
+    if parent.get(field).is_some_and(Value::is_array) {
+        for item in items {
+            ops.push(add(&format!("{at}/{field}/-"), item));
+        }
+    } else {
+        ops.push(add(&format!("{at}/{field}"), Value::Array(items)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::annotations::{Defaults, BASE_PREFIX};
+
+    fn settings(paths: &[&str]) -> Settings {
+        let d = Defaults::default();
+        Settings {
+            storage: d.storage,
+            image: d.image,
+            bucket: d.bucket,
+            secret: d.secret,
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+            endpoint: None,
+            region: None,
+            prefix: None,
+            name: None,
+            sync_interval: None,
+            native_sidecar: true,
+        }
+    }
+
+    #[test]
+    fn owner_names_are_stable() {
+        let rs = json!({"metadata": {"generateName": "web-7d9f8c6b5-", "labels": {"pod-template-hash": "7d9f8c6b5"}}});
+        assert_eq!(owner_name(&rs).as_deref(), Some("web"));
+        let sts = json!({"metadata": {"name": "db-0", "generateName": "db-"}});
+        assert_eq!(owner_name(&sts).as_deref(), Some("db-0"));
+        let job = json!({"metadata": {"generateName": "migrate-"}});
+        assert_eq!(owner_name(&job).as_deref(), Some("migrate"));
+        assert_eq!(owner_name(&json!({"metadata": {}})), None);
+    }
+
+    #[test]
+    fn folders_inside_others_share_their_mount() {
+        let m = mounts(&[
+            "/data/a.db".into(),
+            "/data/sub/b.db".into(),
+            "/other/c.db".into(),
+            "/data2/d.db".into(),
+        ]);
+        let dirs: Vec<&str> = m.iter().map(|(d, _)| d.as_str()).collect();
+        assert_eq!(dirs, ["/data", "/data2", "/other"]);
+    }
+
+    #[test]
+    fn pointer_segments_are_escaped() {
+        assert_eq!(escape("a/b~c"), "a~1b~0c");
+    }
+
+    #[test]
+    fn existing_arrays_get_appends_and_missing_ones_are_created() {
+        let names = Names::new(None);
+        let ctx = Context {
+            namespace: "ns",
+            prefix: BASE_PREFIX,
+            names: &names,
+            hook_image: "hook:1",
+        };
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app"}]}});
+        let ops = patch(&pod, &settings(&["/mnt/x.db"]), &ctx).unwrap();
+        let paths: Vec<&str> = ops.iter().map(|o| o["path"].as_str().unwrap()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/metadata/annotations",
+                "/spec/volumes",
+                "/spec/containers/0/volumeMounts",
+                "/spec/initContainers"
+            ]
+        );
+        let pod = json!({"metadata": {"name": "p", "annotations": {}}, "spec": {
+            "volumes": [], "initContainers": [{"name": "migrate", "volumeMounts": []}],
+            "containers": [{"name": "app", "volumeMounts": []}]}});
+        let mut s = settings(&["/mnt/x.db"]);
+        s.native_sidecar = false;
+        let ops = patch(&pod, &s, &ctx).unwrap();
+        let paths: Vec<&str> = ops.iter().map(|o| o["path"].as_str().unwrap()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/metadata/annotations/litestream-hook.kaidotio.github.io~1injected",
+                "/spec/volumes/-",
+                "/spec/volumes/-",
+                "/spec/containers/0/volumeMounts/-",
+                "/spec/initContainers/0/volumeMounts/-",
+                "/spec/initContainers/0",
+                "/spec/initContainers/1",
+                "/spec/containers/-"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_mount_already_at_the_database_folder_is_denied() {
+        let names = Names::new(None);
+        let ctx = Context {
+            namespace: "ns",
+            prefix: BASE_PREFIX,
+            names: &names,
+            hook_image: "hook:1",
+        };
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [
+            {"name": "app", "volumeMounts": [{"name": "v", "mountPath": "/mnt/"}]}]}});
+        let err = patch(&pod, &settings(&["/mnt/x.db"]), &ctx).unwrap_err();
+        assert_eq!(err.annotation, format!("{BASE_PREFIX}/path"));
+    }
+}

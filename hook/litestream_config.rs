@@ -1,0 +1,138 @@
+//! The Litestream configuration for one Pod, and `hook write-config`, which puts it on disk.
+//!
+//! The config is built with serde_json (JSON is valid YAML, and Litestream reads YAML), so
+//! annotation values are always data, never syntax. It reaches the Pod as the value of the
+//! [`CONFIG_ENV`] environment variable of an init container running the hook's own image with
+//! `write-config <file>`: no shell, no heredoc, nothing interpolated into a script. Litestream
+//! is then run with `-no-expand-env`, so a `$VAR` inside a value stays literal text instead of
+//! being replaced by, say, the secret access key.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde_json::{json, Map, Value};
+
+use crate::annotations::{file_name, Settings};
+
+/// The environment variable carrying the config into the `write-config` init container.
+pub const CONFIG_ENV: &str = "LIFEBOAT_LITESTREAM_CONFIG";
+
+/// Region used with a custom endpoint when none is given (S3-compatible servers ignore it).
+const ENDPOINT_REGION: &str = "us-east-1";
+
+/// The replica path in the bucket of the database at `db_path`: `<base>/<file name>`.
+pub fn replica_path(base: &str, db_path: &str) -> String {
+    format!("{base}/{}", file_name(db_path))
+}
+
+/// The Litestream config (`dbs` with one S3 replica each) for `settings`, replicas under `base`.
+pub fn build(settings: &Settings, base: &str) -> Value {
+    let dbs: Vec<Value> = settings
+        .paths
+        .iter()
+        .map(|path| {
+            let mut replica = Map::new();
+            replica.insert("type".into(), json!("s3"));
+            replica.insert("bucket".into(), json!(settings.bucket));
+            replica.insert("path".into(), json!(replica_path(base, path)));
+            if let Some(endpoint) = &settings.endpoint {
+                replica.insert("endpoint".into(), json!(endpoint));
+                replica.insert("force-path-style".into(), json!(true));
+            }
+            let region = settings
+                .region
+                .as_deref()
+                .or(settings.endpoint.as_ref().map(|_| ENDPOINT_REGION));
+            if let Some(region) = region {
+                replica.insert("region".into(), json!(region));
+            }
+            if let Some(interval) = &settings.sync_interval {
+                replica.insert("sync-interval".into(), json!(interval));
+            }
+            json!({ "path": path, "replica": replica })
+        })
+        .collect();
+    json!({ "dbs": dbs })
+}
+
+/// `hook write-config FILE`: writes the config from [`CONFIG_ENV`] to `file`, atomically,
+/// after checking it is a JSON object with a `dbs` list.
+pub fn write_from_env(file: &Path) -> Result<(), String> {
+    let raw = std::env::var(CONFIG_ENV).map_err(|_| format!("{CONFIG_ENV} is not set"))?;
+    write(&raw, file)
+}
+
+/// Writes `raw` (a Litestream config as JSON) to `file` via a temporary file and a rename.
+pub fn write(raw: &str, file: &Path) -> Result<(), String> {
+    let value: Value = serde_json::from_str(raw).map_err(|e| format!("{CONFIG_ENV} is not valid JSON: {e}"))?;
+    if !value.get("dbs").is_some_and(Value::is_array) {
+        return Err(format!("{CONFIG_ENV} must be a JSON object with a \"dbs\" list"));
+    }
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .ok_or_else(|| format!("{}: has no parent folder", file.display()))?;
+    let tmp = dir.join(format!(".{}.tmp", file_name(&file.to_string_lossy())));
+    let body = serde_json::to_string_pretty(&value).expect("a Value always serialises");
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(body.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, file)
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("{}: cannot write: {e}", file.display())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            storage: "1Gi".into(),
+            image: "litestream/litestream:0.5.17".into(),
+            bucket: "b".into(),
+            secret: "s".into(),
+            paths: vec!["/a/x.db".into(), "/b/y.db".into()],
+            endpoint: Some("http://s3:9000".into()),
+            region: None,
+            prefix: None,
+            name: None,
+            sync_interval: Some("1s".into()),
+            native_sidecar: true,
+        }
+    }
+
+    #[test]
+    fn each_database_gets_its_own_replica_path() {
+        let config = build(&settings(), "ns/app");
+        let dbs = config["dbs"].as_array().unwrap();
+        assert_eq!(dbs.len(), 2);
+        assert_eq!(dbs[0]["replica"]["path"], "ns/app/x.db");
+        assert_eq!(dbs[1]["replica"]["path"], "ns/app/y.db");
+        assert_eq!(dbs[0]["replica"]["force-path-style"], true);
+        assert_eq!(dbs[0]["replica"]["region"], "us-east-1");
+        assert_eq!(dbs[1]["replica"]["sync-interval"], "1s");
+    }
+
+    #[test]
+    fn write_refuses_what_is_not_a_config_and_writes_what_is() {
+        let dir = std::env::temp_dir().join(format!("lifeboat-hook-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("litestream.yml");
+        assert!(write("not json", &file).unwrap_err().contains("not valid JSON"));
+        assert!(write("[]", &file).unwrap_err().contains("dbs"));
+        let hostile = "x\"\n$(id)`id`${AWS_SECRET_ACCESS_KEY}";
+        let mut s = settings();
+        s.bucket = hostile.into();
+        let raw = build(&s, "n/a").to_string();
+        write(&raw, &file).unwrap();
+        let back: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(back["dbs"][0]["replica"]["bucket"], hostile);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

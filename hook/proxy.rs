@@ -1,0 +1,374 @@
+//! The TLS front end: accepts TCP connections, terminates TLS with rustls, and pumps the
+//! plain bytes to and from the HTTP layer's private Unix socket.
+//!
+//! One thread per connection does the handshake and then carries client → server bytes; a
+//! second one carries server → client bytes. Connections are capped (`max_connections`):
+//! at the cap the accept loop waits, so extra clients queue in the kernel backlog instead of
+//! exhausting threads or file descriptors. An accept() error is logged, counted and retried
+//! after a short pause; it never ends the loop.
+//!
+//! Shutdown ([`Front::drain`]) works like Go's `http.Server.Shutdown`: stop accepting, then
+//! half-close each connection as soon as it is idle (its last bytes were a response). A
+//! request whose bytes have arrived is answered before its connection closes.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown as Direction, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use lifeboat::metrics::Registry;
+use rustls::{ServerConfig, ServerConnection};
+
+use crate::http::Backend;
+
+/// Limits of the front end.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// How long a TLS handshake may take.
+    pub handshake_timeout: Duration,
+    /// How long a connection may sit without receiving a byte.
+    pub idle_timeout: Duration,
+}
+
+/// One open connection, as the drain sees it.
+struct Conn {
+    tcp: TcpStream,
+    /// Event numbers of the last bytes received and the last bytes sent.
+    last_in: AtomicU64,
+    last_out: AtomicU64,
+    closing: AtomicBool,
+}
+
+#[derive(Default)]
+struct Conns {
+    map: Mutex<HashMap<u64, Arc<Conn>>>,
+    changed: Condvar,
+    ids: AtomicU64,
+    events: AtomicU64,
+}
+
+impl Conns {
+    fn event(&self) -> u64 {
+        self.events.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn remove(&self, id: u64) {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.changed.notify_all();
+    }
+}
+
+/// The running TLS front end.
+pub struct Front {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    conns: Arc<Conns>,
+    accept: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    tls: Arc<ServerConfig>,
+    backend: Arc<Backend>,
+    metrics: Registry,
+    limits: Limits,
+    conns: Arc<Conns>,
+}
+
+impl Front {
+    /// Binds `listen` and starts accepting.
+    pub fn start(
+        listen: &str,
+        tls: Arc<ServerConfig>,
+        backend: Arc<Backend>,
+        metrics: Registry,
+        limits: Limits,
+    ) -> Result<Front, String> {
+        let listener = TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| format!("{listen}: {e}"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(Conns::default());
+        let shared = Arc::new(Shared {
+            tls,
+            backend,
+            metrics,
+            limits,
+            conns: Arc::clone(&conns),
+        });
+        let stopping = Arc::clone(&stop);
+        let accept = std::thread::Builder::new()
+            .name("tls-accept".into())
+            .spawn(move || accept_loop(&listener, &shared, &stopping))
+            .map_err(|e| format!("cannot start the accept thread: {e}"))?;
+        Ok(Front {
+            addr,
+            stop,
+            conns,
+            accept: Some(accept),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Open connections right now.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Stops accepting, lets in-flight requests finish and closes idle connections, for at
+    /// most `timeout`. Returns whether every connection closed in time.
+    pub fn drain(&mut self, timeout: Duration) -> bool {
+        self.stop.store(true, Ordering::SeqCst);
+        self.conns.changed.notify_all();
+        // Wake the blocking accept() with a connection of our own.
+        let mut wake = self.addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(match wake {
+                SocketAddr::V4(_) => [127, 0, 0, 1].into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let open: Vec<Arc<Conn>> = self
+                .conns
+                .map
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            if open.is_empty() {
+                return true;
+            }
+            let late = Instant::now() >= deadline;
+            for conn in open {
+                let idle = conn.last_out.load(Ordering::SeqCst) >= conn.last_in.load(Ordering::SeqCst);
+                if late {
+                    let _ = conn.tcp.shutdown(Direction::Both);
+                } else if idle && !conn.closing.swap(true, Ordering::SeqCst) {
+                    // No request in flight: the client → server side ends, the HTTP layer
+                    // sees end-of-stream, closes, and the response pump closes TLS.
+                    let _ = conn.tcp.shutdown(Direction::Read);
+                }
+            }
+            if late {
+                return false;
+            }
+            let guard = self.conns.map.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = self.conns.changed.wait_timeout(guard, Duration::from_millis(10));
+        }
+    }
+}
+
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, stop: &AtomicBool) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        {
+            let mut map = shared.conns.map.lock().unwrap_or_else(|e| e.into_inner());
+            while map.len() >= shared.limits.max_connections && !stop.load(Ordering::SeqCst) {
+                map = shared
+                    .conns
+                    .changed
+                    .wait_timeout(map, Duration::from_millis(100))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let (tcp, peer) = match listener.accept() {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE, ENOBUFS, ECONNABORTED...: log, pause, go on; never give up.
+                shared.metrics.inc("hook_errors_total", &[("kind", "accept")]);
+                log::warn!(error:% = e, retry_ms = backoff.as_millis() as u64; "accepting a connection failed");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(5);
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(handle) = tcp.try_clone() else {
+            shared.metrics.inc("hook_errors_total", &[("kind", "accept")]);
+            continue;
+        };
+        let id = shared.conns.ids.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Conn {
+            tcp: handle,
+            last_in: AtomicU64::new(0),
+            last_out: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+        });
+        shared
+            .conns
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, Arc::clone(&conn));
+        let worker = Arc::clone(shared);
+        let spawned = std::thread::Builder::new()
+            .name("tls-conn".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                if let Err(e) = serve(tcp, &conn, &worker) {
+                    log::debug!(peer:% = peer, error = e.as_str(); "connection ended with an error");
+                }
+                worker.conns.remove(id);
+            });
+        if let Err(e) = spawned {
+            shared.conns.remove(id);
+            shared.metrics.inc("hook_errors_total", &[("kind", "thread")]);
+            log::warn!(error:% = e; "cannot start a connection thread; connection dropped");
+        }
+    }
+}
+
+/// Handshake, then pump until either side is done.
+fn serve(mut tcp: TcpStream, conn: &Arc<Conn>, shared: &Arc<Shared>) -> Result<(), String> {
+    let _ = tcp.set_nodelay(true);
+    tcp.set_read_timeout(Some(shared.limits.handshake_timeout))
+        .and_then(|_| tcp.set_write_timeout(Some(shared.limits.handshake_timeout)))
+        .map_err(|e| e.to_string())?;
+    let mut tls = ServerConnection::new(Arc::clone(&shared.tls)).map_err(|e| e.to_string())?;
+    while tls.is_handshaking() {
+        if let Err(e) = tls.complete_io(&mut tcp) {
+            shared.metrics.inc("hook_errors_total", &[("kind", "handshake")]);
+            return Err(format!("TLS handshake failed: {e}"));
+        }
+    }
+    tcp.set_read_timeout(Some(shared.limits.idle_timeout))
+        .map_err(|e| e.to_string())?;
+    let mut unix = UnixStream::connect(shared.backend.socket_path()).map_err(|e| {
+        shared.metrics.inc("hook_errors_total", &[("kind", "backend")]);
+        format!("cannot reach the HTTP layer: {e}")
+    })?;
+    let tls = Arc::new(Mutex::new(tls));
+    let responses = {
+        let unix = unix.try_clone().map_err(|e| e.to_string())?;
+        let tcp = tcp.try_clone().map_err(|e| e.to_string())?;
+        let (tls, conn, shared) = (Arc::clone(&tls), Arc::clone(conn), Arc::clone(shared));
+        std::thread::Builder::new()
+            .name("tls-out".into())
+            .stack_size(256 * 1024)
+            .spawn(move || pump_responses(unix, tcp, &tls, &conn, &shared.conns))
+            .map_err(|e| format!("cannot start a response thread: {e}"))?
+    };
+    let result = pump_requests(&mut tcp, &mut unix, &tls, conn, &shared.conns);
+    let _ = unix.shutdown(Direction::Write);
+    let _ = responses.join();
+    result
+}
+
+/// Client → server: TLS records in, plain bytes out to the HTTP layer.
+fn pump_requests(
+    tcp: &mut TcpStream,
+    unix: &mut UnixStream,
+    tls: &Mutex<ServerConnection>,
+    conn: &Conn,
+    conns: &Conns,
+) -> Result<(), String> {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut plain = Vec::with_capacity(16 * 1024);
+    loop {
+        // Plain bytes already decrypted (e.g. sent with the handshake's last flight).
+        let peer_closed = {
+            let mut tls = tls.lock().unwrap_or_else(|e| e.into_inner());
+            drain_plaintext(&mut tls, &mut plain)
+        };
+        if !plain.is_empty() {
+            conn.last_in.store(conns.event(), Ordering::SeqCst);
+            unix.write_all(&plain).map_err(|e| format!("HTTP layer: {e}"))?;
+            plain.clear();
+        }
+        if peer_closed {
+            return Ok(());
+        }
+        let n = match tcp.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("reading from the client: {e}")),
+        };
+        conn.last_in.store(conns.event(), Ordering::SeqCst);
+        let mut tls = tls.lock().unwrap_or_else(|e| e.into_inner());
+        let mut incoming = &buf[..n];
+        while !incoming.is_empty() {
+            tls.read_tls(&mut incoming).map_err(|e| format!("TLS: {e}"))?;
+            if let Err(e) = tls.process_new_packets() {
+                // Send the alert, then give up on this connection.
+                let _ = tls.write_tls(tcp);
+                return Err(format!("TLS: {e}"));
+            }
+            if drain_plaintext(&mut tls, &mut plain) {
+                break;
+            }
+        }
+        while tls.wants_write() {
+            tls.write_tls(tcp).map_err(|e| format!("writing to the client: {e}"))?;
+        }
+    }
+}
+
+/// Moves decrypted bytes into `out`; returns true when the client sent close_notify.
+fn drain_plaintext(tls: &mut ServerConnection, out: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 8 * 1024];
+    loop {
+        match tls.reader().read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(_) => return false, // WouldBlock: nothing more for now.
+        }
+    }
+}
+
+/// Server → client: plain bytes from the HTTP layer, TLS records out. Closes the
+/// connection when the HTTP layer does.
+fn pump_responses(mut unix: UnixStream, mut tcp: TcpStream, tls: &Mutex<ServerConnection>, conn: &Conn, conns: &Conns) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match unix.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut tls = tls.lock().unwrap_or_else(|e| e.into_inner());
+        if tls.writer().write_all(&buf[..n]).is_err() {
+            break;
+        }
+        let mut failed = false;
+        while tls.wants_write() && !failed {
+            failed = tls.write_tls(&mut tcp).is_err();
+        }
+        conn.last_out.store(conns.event(), Ordering::SeqCst);
+        if failed {
+            break;
+        }
+    }
+    let mut tls = tls.lock().unwrap_or_else(|e| e.into_inner());
+    tls.send_close_notify();
+    while tls.wants_write() {
+        if tls.write_tls(&mut tcp).is_err() {
+            break;
+        }
+    }
+    let _ = tcp.shutdown(Direction::Both);
+}

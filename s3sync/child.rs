@@ -1,0 +1,190 @@
+//! Running the rclone sync as a child: its output folded into our log, SIGTERM/SIGINT
+//! forwarded to it, and every child reaped (s3sync is PID 1 in its container).
+//!
+//! The main thread waits with `waitid(P_ALL, WNOWAIT)`: it learns which child ended
+//! without reaping it, so it can first mark rclone as gone (under the lock the signal
+//! forwarder holds while signalling) and only then reap it. A signal can therefore never
+//! reach a process that reused rclone's PID. Any other child that ends (an orphan
+//! re-parented to us as PID 1 or as child subreaper) is reaped and logged.
+
+use std::io;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use lifeboat::shutdown::{signal_name, Shutdown};
+
+use crate::logfold::{self, Emit, Folded, Redactor};
+
+/// How long rclone gets to stop after the forwarded signal before it is killed. Kubernetes
+/// waits 30 s (terminationGracePeriodSeconds) before its own SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// How the child ended.
+#[derive(Clone, Debug)]
+pub struct Ended {
+    /// The exit code, or 128 + signal number when it was killed by a signal.
+    pub code: i32,
+    /// The signal we forwarded to it, if we were asked to stop.
+    pub stopped_by: Option<i32>,
+    /// What its output said.
+    pub folded: Folded,
+}
+
+/// Asks the kernel to re-parent orphaned descendants to us (Linux), so they are reaped
+/// even when s3sync is not PID 1. Failure is harmless and only logged.
+pub fn become_subreaper() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag and touches no memory.
+        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
+        if rc != 0 {
+            log::debug!(error:% = io::Error::last_os_error(); "cannot become child subreaper");
+        }
+    }
+}
+
+/// Runs `cmd` to completion: output folded into the log, signals forwarded, children reaped.
+pub fn run(mut cmd: Command, shutdown: &Shutdown, redactor: &Redactor) -> io::Result<Ended> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let pid = child.id() as libc::pid_t;
+    let folded = Arc::new(Mutex::new(Folded::default()));
+    let readers: Vec<_> = [
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn io::Read + Send>),
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|stream| {
+        let folded = folded.clone();
+        let redactor = redactor.clone();
+        thread::spawn(move || logfold::fold(stream, &redactor, Emit::AsIs, &folded))
+    })
+    .collect();
+
+    let alive = Arc::new(Mutex::new(true));
+    let done = Arc::new(AtomicBool::new(false));
+    let forwarded = Arc::new(Mutex::new(None));
+    {
+        let (alive, done, forwarded, shutdown) = (alive.clone(), done.clone(), forwarded.clone(), shutdown.clone());
+        // Not joined: it notices `done` within 100 ms and ends by itself. Once the child is
+        // marked gone (before it is reaped) the forwarder neither signals nor records anything.
+        thread::spawn(move || forward_signals(pid, &shutdown, &alive, &done, &forwarded));
+    }
+
+    let status = reap_until(pid, &alive);
+    done.store(true, Ordering::SeqCst);
+    for r in readers {
+        let _ = r.join();
+    }
+    reap_orphans();
+    let status = status?;
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        1
+    };
+    let stopped_by = *forwarded.lock().unwrap_or_else(|e| e.into_inner());
+    let folded = folded.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Ok(Ended {
+        code,
+        stopped_by,
+        folded,
+    })
+}
+
+/// Waits for a stop request; passes it on to the child; kills the child if it has not
+/// ended `STOP_GRACE` later. Returns when the child has been reaped.
+fn forward_signals(
+    pid: libc::pid_t,
+    shutdown: &Shutdown,
+    alive: &Mutex<bool>,
+    done: &AtomicBool,
+    forwarded: &Mutex<Option<i32>>,
+) {
+    let signal = loop {
+        if done.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Some(signal) = shutdown.wait_timeout(Duration::from_millis(100)) {
+            break signal;
+        }
+    };
+    {
+        let alive = alive.lock().unwrap_or_else(|e| e.into_inner());
+        if !*alive {
+            return;
+        }
+        log::warn!(signal = signal_name(signal), pid = pid; "stop requested: forwarding the signal to rclone and waiting for it");
+        *forwarded.lock().unwrap_or_else(|e| e.into_inner()) = Some(signal);
+        // SAFETY: kill has no memory effects; `pid` is our unreaped child (checked under the lock).
+        unsafe { libc::kill(pid, signal) };
+    }
+    let start = Instant::now();
+    while start.elapsed() < STOP_GRACE {
+        if done.load(Ordering::SeqCst) {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let alive = alive.lock().unwrap_or_else(|e| e.into_inner());
+    if *alive {
+        log::error!(pid = pid, grace_s = STOP_GRACE.as_secs(); "rclone did not stop in time: killing it");
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// Reaps children until `pid` has ended; returns its raw wait status.
+fn reap_until(pid: libc::pid_t, alive: &Mutex<bool>) -> io::Result<libc::c_int> {
+    loop {
+        // SAFETY: siginfo_t is plain data; waitid fills it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointer to a siginfo_t owned by this frame.
+        let rc = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if rc == -1 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        // SAFETY: waitid succeeded with WEXITED, so si_pid is set.
+        let ended = unsafe { info.si_pid() };
+        if ended == pid {
+            *alive.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        }
+        let mut status = 0;
+        // SAFETY: reaps exactly the child waitid reported.
+        let rc = unsafe { libc::waitpid(ended, &mut status, 0) };
+        if rc == -1 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if ended == pid {
+            return Ok(status);
+        }
+        log::debug!(pid = ended; "reaped an orphaned process");
+    }
+}
+
+/// Reaps every child that has already ended, without blocking.
+pub fn reap_orphans() {
+    loop {
+        let mut status = 0;
+        // SAFETY: non-blocking wait for any child.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return;
+        }
+        log::debug!(pid = pid; "reaped an orphaned process");
+    }
+}

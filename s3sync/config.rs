@@ -1,0 +1,515 @@
+//! s3sync's configuration: every environment variable it reads, validated in one pass.
+//!
+//! [`from_env`] reads all variables through [`lifeboat::env::Env`], so a broken Job spec is
+//! reported with every problem at once, before any network call. Secret values are kept in
+//! [`Secret`], whose `Debug` never shows them; they leave this process only as environment
+//! variables of the rclone child (see `rclone.rs`).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lifeboat::env::Env;
+use log::LevelFilter;
+
+/// A credential. Its `Debug` output is a placeholder, so it cannot end up in a log by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// Which bucket of the two: decides the variable prefix and the rclone remote name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Source,
+    Dest,
+}
+
+impl Role {
+    /// The prefix of this side's variables: `SOURCE_` or `DEST_`.
+    pub fn var_prefix(self) -> &'static str {
+        match self {
+            Role::Source => "SOURCE_",
+            Role::Dest => "DEST_",
+        }
+    }
+
+    /// The rclone remote name (also the `RCLONE_CONFIG_<NAME>_*` infix).
+    pub fn remote(self) -> &'static str {
+        match self {
+            Role::Source => "source",
+            Role::Dest => "dest",
+        }
+    }
+
+    /// A word for messages.
+    pub fn word(self) -> &'static str {
+        match self {
+            Role::Source => "source",
+            Role::Dest => "destination",
+        }
+    }
+}
+
+/// One bucket: where it is, how to reach it, which part of it is synced.
+#[derive(Clone, Debug)]
+pub struct Bucket {
+    pub role: Role,
+    pub endpoint: String,
+    pub access_key: Secret,
+    pub secret_key: Secret,
+    pub bucket: String,
+    /// The key prefix inside the bucket, without leading or trailing `/`; empty = whole bucket.
+    pub prefix: String,
+    pub region: String,
+    pub provider: String,
+    pub path_style: bool,
+}
+
+impl Bucket {
+    /// The rclone path of the synced part, e.g. `source:my-bucket/daily`.
+    pub fn rclone_path(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("{}:{}", self.role.remote(), self.bucket)
+        } else {
+            format!("{}:{}/{}", self.role.remote(), self.bucket, self.prefix)
+        }
+    }
+
+    /// `bucket/prefix` for log lines.
+    pub fn display(&self) -> String {
+        if self.prefix.is_empty() {
+            self.bucket.clone()
+        } else {
+            format!("{}/{}", self.bucket, self.prefix)
+        }
+    }
+}
+
+/// How rclone decides that an object is unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compare {
+    /// Size and MD5 from the listing (`--checksum`); no per-object requests.
+    Checksum,
+    /// rclone's default: size and modification time (one HEAD per object on S3).
+    Modtime,
+    /// Size only (`--size-only`).
+    Size,
+}
+
+impl Compare {
+    pub fn name(self) -> &'static str {
+        match self {
+            Compare::Checksum => "checksum",
+            Compare::Modtime => "modtime",
+            Compare::Size => "size",
+        }
+    }
+}
+
+/// The deletion limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaxDelete {
+    /// At most this many objects deleted per run; 0 = delete nothing.
+    Limit(u64),
+    Unlimited,
+}
+
+/// Everything s3sync needs to run, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub source: Bucket,
+    pub dest: Bucket,
+    pub dry_run: bool,
+    pub max_delete: MaxDelete,
+    pub allow_empty_source: bool,
+    pub compare: Compare,
+    pub fast_list: bool,
+    pub retries: u32,
+    pub low_level_retries: u32,
+    pub transfers: u32,
+    pub checkers: u32,
+    pub bwlimit: Option<String>,
+    pub max_duration: Option<Duration>,
+    pub connect_timeout: Duration,
+    pub io_timeout: Duration,
+    pub stats_interval: Duration,
+    pub rclone: PathBuf,
+    pub log_level: LevelFilter,
+}
+
+/// Reads and validates the whole configuration. `log_level` is the outcome of reading
+/// `LOG_LEVEL` (done first, to set up logging), reported here with the other problems.
+pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<Config, lifeboat::env::ConfigError> {
+    let log_level = match log_level {
+        Ok(level) => level,
+        Err(why) => {
+            let raw = env.optional("LOG_LEVEL").unwrap_or_default();
+            env.problem("LOG_LEVEL", format!("{why}, got {raw:?}"));
+            LevelFilter::Info
+        }
+    };
+    let source = bucket(&mut env, Role::Source);
+    let dest = bucket(&mut env, Role::Dest);
+    let dry_run = env.bool("DRY_RUN", false);
+    let max_delete = env.parse_with("MAX_DELETE", MaxDelete::Limit(1000), parse_max_delete);
+    let allow_empty_source = env.bool("ALLOW_EMPTY_SOURCE", false);
+    let compare = env.parse_with("COMPARE", Compare::Checksum, |s| {
+        match s.to_ascii_lowercase().as_str() {
+            "checksum" => Ok(Compare::Checksum),
+            "modtime" => Ok(Compare::Modtime),
+            "size" => Ok(Compare::Size),
+            _ => Err("expected checksum, modtime or size".into()),
+        }
+    });
+    let fast_list = env.bool("FAST_LIST", true);
+    let retries = env.number_in("RETRIES", 3u32, 1, 100);
+    let low_level_retries = env.number_in("LOW_LEVEL_RETRIES", 3u32, 1, 100);
+    let transfers = env.number_in("TRANSFERS", 4u32, 1, 256);
+    let checkers = env.number_in("CHECKERS", 8u32, 1, 1024);
+    let bwlimit = env.parse_with("BANDWIDTH_LIMIT", None, |s| parse_bwlimit(s).map(Some));
+    let max_duration = env.duration("MAX_DURATION", None);
+    if max_duration == Some(Duration::ZERO) {
+        env.problem("MAX_DURATION", "must be longer than 0 (unset it for no limit)");
+    }
+    let connect_timeout = positive_duration(&mut env, "CONNECT_TIMEOUT", Duration::from_secs(10));
+    let io_timeout = positive_duration(&mut env, "IO_TIMEOUT", Duration::from_secs(300));
+    let stats_interval = positive_duration(&mut env, "STATS_INTERVAL", Duration::from_secs(60));
+    let rclone_name = env.optional("RCLONE_BINARY").unwrap_or_else(|| "rclone".into());
+    let rclone = match find_program(&rclone_name) {
+        Some(path) => path,
+        None => {
+            env.problem(
+                "RCLONE_BINARY",
+                format!("no executable {rclone_name:?} found (a path, or a name looked up in PATH)"),
+            );
+            PathBuf::from(rclone_name)
+        }
+    };
+
+    if !source.endpoint.is_empty()
+        && source.endpoint == dest.endpoint
+        && source.bucket == dest.bucket
+        && overlaps(&source.prefix, &dest.prefix)
+    {
+        env.problem(
+            "DEST_PREFIX",
+            "source and destination overlap (same endpoint and bucket, one prefix inside the other)",
+        );
+    }
+    env.finish()?;
+    Ok(Config {
+        source,
+        dest,
+        dry_run,
+        max_delete,
+        allow_empty_source,
+        compare,
+        fast_list,
+        retries,
+        low_level_retries,
+        transfers,
+        checkers,
+        bwlimit,
+        max_duration,
+        connect_timeout,
+        io_timeout,
+        stats_interval,
+        rclone,
+        log_level,
+    })
+}
+
+fn bucket(env: &mut Env, role: Role) -> Bucket {
+    let p = role.var_prefix();
+    let var = |name: &str| format!("{p}{name}");
+    let endpoint = env.required(&var("S3_ENDPOINT"));
+    if !endpoint.is_empty() {
+        if let Err(why) = check_endpoint(&endpoint) {
+            // The value is not echoed: a URL may carry credentials.
+            env.problem(&var("S3_ENDPOINT"), why);
+        }
+    }
+    let access_key = Secret(env.secret(&var("ACCESS_KEY")));
+    let secret_key = Secret(env.secret(&var("SECRET_KEY")));
+    let bucket = env.required(&var("BUCKET"));
+    if !bucket.is_empty() {
+        if let Err(why) = check_bucket(&bucket) {
+            env.problem(&var("BUCKET"), format!("{why}, got {bucket:?}"));
+        }
+    }
+    let prefix = env.parse_with(&var("PREFIX"), String::new(), parse_prefix);
+    let region = env.optional(&var("REGION")).unwrap_or_else(|| "us-east-1".into());
+    let provider = env.parse_with(&var("PROVIDER"), "Other".to_string(), |s| {
+        if s.chars().all(|c| c.is_ascii_alphanumeric()) {
+            Ok(s.to_string())
+        } else {
+            Err("expected an rclone S3 provider name such as AWS, Minio, Ceph or Other".into())
+        }
+    });
+    let path_style = env.bool(&var("PATH_STYLE"), true);
+    Bucket {
+        role,
+        endpoint,
+        access_key,
+        secret_key,
+        bucket,
+        prefix,
+        region,
+        provider,
+        path_style,
+    }
+}
+
+fn positive_duration(env: &mut Env, var: &str, default: Duration) -> Duration {
+    let d = env.duration(var, Some(default)).unwrap_or(default);
+    if d.is_zero() {
+        env.problem(var, "must be longer than 0");
+        return default;
+    }
+    d
+}
+
+/// An endpoint must be an `http://` or `https://` URL with a host and no credentials.
+fn check_endpoint(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or("expected a URL starting with http:// or https://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err("must not contain credentials (user:password@); use the ACCESS_KEY/SECRET_KEY variables".into());
+    }
+    if authority.is_empty() || authority.contains(char::is_whitespace) {
+        return Err("expected a URL with a host, such as https://s3.example.com".into());
+    }
+    Ok(())
+}
+
+/// Bucket names: 1 to 255 of letters, digits, `.`, `-`, `_` (wider than AWS's rules, to
+/// allow providers such as Ceph; what no provider allows is rejected).
+fn check_bucket(name: &str) -> Result<(), String> {
+    if name.len() > 255
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        return Err(
+            "expected a bucket name (letters, digits, '.', '-', '_'; no '/'; use the PREFIX variable for a path)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// A key prefix: leading and trailing `/` are dropped; `.`/`..` segments and empty
+/// segments (`a//b`) are refused because rclone would not map them one to one onto keys.
+fn parse_prefix(s: &str) -> Result<String, String> {
+    let trimmed = s.trim_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    if trimmed
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err("expected a key prefix such as backups/daily (no empty, '.' or '..' segments)".into());
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(trimmed.to_string())
+}
+
+/// `1000`, `0` (delete nothing), or `unlimited`/`-1`.
+fn parse_max_delete(s: &str) -> Result<MaxDelete, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "unlimited" | "-1" => Ok(MaxDelete::Unlimited),
+        other => other
+            .parse::<u64>()
+            .map(MaxDelete::Limit)
+            .map_err(|_| "expected a whole number >= 0 (0 = delete nothing) or unlimited".into()),
+    }
+}
+
+/// rclone's `--bwlimit` size syntax: `off`, or `RATE` or `UPLOAD:DOWNLOAD`, where a rate is a
+/// number with an optional unit `B`, `K`, `M`, `G`, `T`, `P` (bytes per second, K = KiB).
+/// rclone's timetable form is not accepted.
+fn parse_bwlimit(s: &str) -> Result<String, String> {
+    const WHY: &str = "expected a rate such as 10M, 512K, 10M:1M or off";
+    if s.eq_ignore_ascii_case("off") {
+        return Ok("off".into());
+    }
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() > 2 {
+        return Err(WHY.into());
+    }
+    for part in parts {
+        let digits = part.trim_end_matches(|c: char| "bBkKmMgGtTpP".contains(c));
+        if part.len() - digits.len() > 1 || digits.is_empty() || digits.parse::<f64>().map(|v| v < 0.0).unwrap_or(true)
+        {
+            return Err(WHY.into());
+        }
+        if !digits.chars().all(|c| c.is_ascii_digit() || c == '.') {
+            return Err(WHY.into());
+        }
+    }
+    Ok(s.to_string())
+}
+
+/// `name` as an executable file: used as a path when it contains `/`, else looked up in PATH.
+fn find_program(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return executable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| executable(p))
+}
+
+/// Whether two prefixes of the same bucket overlap (one contains the other).
+fn overlaps(a: &str, b: &str) -> bool {
+    let inside =
+        |outer: &str, inner: &str| outer.is_empty() || inner == outer || inner.starts_with(&format!("{outer}/"));
+    inside(a, b) || inside(b, a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("SOURCE_S3_ENDPOINT", "http://127.0.0.1:9000"),
+            ("SOURCE_ACCESS_KEY", "ak"),
+            ("SOURCE_SECRET_KEY", "sk"),
+            ("SOURCE_BUCKET", "src"),
+            ("DEST_S3_ENDPOINT", "https://s3.example.com"),
+            ("DEST_ACCESS_KEY", "ak2"),
+            ("DEST_SECRET_KEY", "sk2"),
+            ("DEST_BUCKET", "dst"),
+            ("RCLONE_BINARY", "/bin/sh"),
+        ]
+    }
+
+    fn read(extra: &[(&'static str, &'static str)]) -> Result<Config, lifeboat::env::ConfigError> {
+        let mut pairs = base();
+        for (k, v) in extra {
+            pairs.retain(|(key, _)| key != k);
+            pairs.push((k, v));
+        }
+        from_env(Env::from_pairs(pairs), Ok(LevelFilter::Info))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = read(&[]).unwrap();
+        assert_eq!(c.max_delete, MaxDelete::Limit(1000));
+        assert_eq!(c.retries, 3);
+        assert_eq!(c.compare, Compare::Checksum);
+        assert!(!c.dry_run && !c.allow_empty_source && c.fast_list);
+        assert_eq!(c.source.rclone_path(), "source:src");
+        assert_eq!(c.rclone, PathBuf::from("/bin/sh"));
+        assert!(read(&[("RCLONE_BINARY", "/nonexistent/rclone")]).is_err());
+    }
+
+    #[test]
+    fn prefixes_and_limits() {
+        let c = read(&[("SOURCE_PREFIX", "/a/b/"), ("MAX_DELETE", "0"), ("DEST_PREFIX", "x")]).unwrap();
+        assert_eq!(c.source.rclone_path(), "source:src/a/b");
+        assert_eq!(c.max_delete, MaxDelete::Limit(0));
+        assert_eq!(
+            read(&[("MAX_DELETE", "unlimited")]).unwrap().max_delete,
+            MaxDelete::Unlimited
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let err = read(&[
+            ("SOURCE_BUCKET", ""),
+            ("DEST_S3_ENDPOINT", "ftp://x"),
+            ("MAX_DELETE", "-5"),
+            ("RETRIES", "0"),
+            ("DRY_RUN", "maybe"),
+            ("COMPARE", "md5"),
+            ("BANDWIDTH_LIMIT", "fast"),
+            ("SOURCE_PREFIX", "a/../b"),
+            ("MAX_DURATION", "0s"),
+        ])
+        .unwrap_err();
+        let vars: Vec<&str> = err.problems.iter().map(|p| p.var.as_str()).collect();
+        for v in [
+            "SOURCE_BUCKET",
+            "DEST_S3_ENDPOINT",
+            "MAX_DELETE",
+            "RETRIES",
+            "DRY_RUN",
+            "COMPARE",
+            "BANDWIDTH_LIMIT",
+            "SOURCE_PREFIX",
+            "MAX_DURATION",
+        ] {
+            assert!(vars.contains(&v), "{v} not in {vars:?}");
+        }
+    }
+
+    #[test]
+    fn endpoint_with_credentials_is_refused_without_echo() {
+        let err = read(&[("SOURCE_S3_ENDPOINT", "https://user:hunter2@s3.example.com")]).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(err.to_string().contains("SOURCE_S3_ENDPOINT"));
+    }
+
+    #[test]
+    fn overlapping_source_and_destination() {
+        let same = [
+            ("DEST_S3_ENDPOINT", "http://127.0.0.1:9000"),
+            ("DEST_BUCKET", "src"),
+            ("DEST_PREFIX", "a/b"),
+            ("SOURCE_PREFIX", "a"),
+        ];
+        assert!(read(&same).is_err());
+        let apart = [
+            ("DEST_S3_ENDPOINT", "http://127.0.0.1:9000"),
+            ("DEST_BUCKET", "src"),
+            ("DEST_PREFIX", "ab"),
+            ("SOURCE_PREFIX", "a"),
+        ];
+        assert!(read(&apart).is_ok());
+    }
+
+    #[test]
+    fn bwlimit_syntax() {
+        for ok in ["10M", "512k", "1.5M", "10M:1M", "off", "100"] {
+            assert!(parse_bwlimit(ok).is_ok(), "{ok}");
+        }
+        for bad in ["fast", "10MB", "1:2:3", "-1M", ":", "M"] {
+            assert!(parse_bwlimit(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_debug_print() {
+        let c = read(&[("SOURCE_SECRET_KEY", "very-secret-value")]).unwrap();
+        assert!(!format!("{c:?}").contains("very-secret-value"));
+    }
+}

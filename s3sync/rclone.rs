@@ -1,0 +1,243 @@
+//! The rclone command lines s3sync runs, and the environment they run in.
+//!
+//! rclone gets its two remotes (`source:` and `dest:`) from `RCLONE_CONFIG_<REMOTE>_*`
+//! environment variables with `RCLONE_CONFIG=/dev/null`, so no config file is read or written
+//! and no credential is ever in argv (visible in `ps` and `/proc/<pid>/cmdline`). The child's
+//! environment is built from scratch: only a few system variables pass through
+//! ([`PASS_THROUGH`]), so a stray `RCLONE_*` or `AWS_*` variable in the Pod cannot change what
+//! the sync does.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use log::LevelFilter;
+
+use crate::config::{Bucket, Compare, Config, MaxDelete};
+
+/// System variables rclone may need: search path, home, temp dir, time zone, proxies, and
+/// the Go TLS trust store location (`SSL_CERT_FILE`/`SSL_CERT_DIR`, for private CAs).
+const PASS_THROUGH: [&str; 12] = [
+    "PATH",
+    "HOME",
+    "TMPDIR",
+    "TZ",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+];
+
+/// A `Command` for the rclone binary with both remotes configured and nothing else
+/// inherited. The caller adds the subcommand and arguments.
+pub fn command(config: &Config) -> Command {
+    let mut cmd = Command::new(&config.rclone);
+    cmd.env_clear();
+    for var in PASS_THROUGH {
+        if let Some(value) = std::env::var_os(var) {
+            cmd.env(var, value);
+        }
+    }
+    cmd.env("RCLONE_CONFIG", "/dev/null");
+    for bucket in [&config.source, &config.dest] {
+        for (key, value) in remote_env(bucket) {
+            cmd.env(key, value);
+        }
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// The `RCLONE_CONFIG_<REMOTE>_*` variables describing one bucket's remote.
+fn remote_env(b: &Bucket) -> Vec<(String, String)> {
+    let name = b.role.remote().to_ascii_uppercase();
+    let var = |key: &str| format!("RCLONE_CONFIG_{name}_{key}");
+    vec![
+        (var("TYPE"), "s3".into()),
+        (var("PROVIDER"), b.provider.clone()),
+        (var("ENV_AUTH"), "false".into()),
+        (var("ACCESS_KEY_ID"), b.access_key.expose().into()),
+        (var("SECRET_ACCESS_KEY"), b.secret_key.expose().into()),
+        (var("ENDPOINT"), b.endpoint.clone()),
+        (var("REGION"), b.region.clone()),
+        (var("FORCE_PATH_STYLE"), b.path_style.to_string()),
+    ]
+}
+
+/// Flags every rclone run gets: JSON logs, bounded connection handling.
+fn common_args(config: &Config, log_level: &str, io_timeout: Duration) -> Vec<String> {
+    vec![
+        "--use-json-log".into(),
+        "--log-level".into(),
+        log_level.into(),
+        "--low-level-retries".into(),
+        config.low_level_retries.to_string(),
+        "--contimeout".into(),
+        go_duration(config.connect_timeout),
+        "--timeout".into(),
+        go_duration(io_timeout),
+    ]
+}
+
+/// The pre-flight's idle timeout: a LIST answer starts quickly or the endpoint is not
+/// healthy, so the probe does not wait the sync's full IO_TIMEOUT (5 min by default).
+const PROBE_IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// rclone's log level for our `LOG_LEVEL`: rclone logs at least NOTICE (its stats and
+/// closing lines are notices); our logger then drops what LOG_LEVEL does not want.
+pub fn log_level_for(level: LevelFilter) -> &'static str {
+    match level {
+        LevelFilter::Debug | LevelFilter::Trace => "DEBUG",
+        LevelFilter::Info => "INFO",
+        _ => "NOTICE",
+    }
+}
+
+/// The arguments of the pre-flight listing: the first object under `bucket`'s prefix,
+/// streamed (`lsf -R` prints as it lists, so the caller can stop after one line).
+pub fn probe_args(config: &Config, bucket: &Bucket) -> Vec<String> {
+    let mut args = vec!["lsf".into(), "-R".into(), "--files-only".into(), bucket.rclone_path()];
+    // NOTICE: rclone's closing "Failed to lsf: <why>" line is a notice.
+    let level = if config.log_level >= LevelFilter::Debug {
+        "DEBUG"
+    } else {
+        "NOTICE"
+    };
+    args.extend(common_args(config, level, config.io_timeout.min(PROBE_IO_TIMEOUT)));
+    args
+}
+
+/// The arguments of the sync itself.
+pub fn sync_args(config: &Config) -> Vec<String> {
+    let mut args = vec!["sync".into(), config.source.rclone_path(), config.dest.rclone_path()];
+    args.extend(common_args(config, log_level_for(config.log_level), config.io_timeout));
+    args.extend([
+        "--stats".into(),
+        go_duration(config.stats_interval),
+        "--stats-log-level".into(),
+        "NOTICE".into(),
+        "--retries".into(),
+        config.retries.to_string(),
+        "--transfers".into(),
+        config.transfers.to_string(),
+        "--checkers".into(),
+        config.checkers.to_string(),
+        // Both buckets were checked by the pre-flight; this saves a request per upload and
+        // means the sync never creates a bucket.
+        "--s3-no-check-bucket".into(),
+    ]);
+    match config.compare {
+        Compare::Checksum => args.push("--checksum".into()),
+        Compare::Modtime => {}
+        Compare::Size => args.push("--size-only".into()),
+    }
+    if config.fast_list {
+        args.push("--fast-list".into());
+    }
+    if let MaxDelete::Limit(n) = config.max_delete {
+        args.push("--max-delete".into());
+        args.push(n.to_string());
+    }
+    if let Some(rate) = &config.bwlimit {
+        args.push("--bwlimit".into());
+        args.push(rate.clone());
+    }
+    if let Some(d) = config.max_duration {
+        args.push("--max-duration".into());
+        args.push(go_duration(d));
+    }
+    if config.dry_run {
+        args.push("--dry-run".into());
+    }
+    args
+}
+
+/// A duration in Go's syntax, which rclone parses (`1500ms`, `90s`).
+fn go_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeboat::env::Env;
+
+    fn config(extra: &[(&str, &str)]) -> Config {
+        let mut pairs = vec![
+            ("SOURCE_S3_ENDPOINT", "http://127.0.0.1:1"),
+            ("SOURCE_ACCESS_KEY", "AKIA-SOURCE-XYZ"),
+            ("SOURCE_SECRET_KEY", "source-secret-xyz"),
+            ("SOURCE_BUCKET", "src"),
+            ("DEST_S3_ENDPOINT", "http://127.0.0.1:2"),
+            ("DEST_ACCESS_KEY", "AKIA-DEST-XYZ"),
+            ("DEST_SECRET_KEY", "dest-secret-xyz"),
+            ("DEST_BUCKET", "dst"),
+            ("RCLONE_BINARY", "/bin/sh"),
+        ];
+        pairs.extend_from_slice(extra);
+        crate::config::from_env(Env::from_pairs(pairs), Ok(LevelFilter::Info)).unwrap()
+    }
+
+    #[test]
+    fn argv_has_no_secrets_and_env_has_remotes() {
+        let c = config(&[]);
+        let cmd = command(&c);
+        let argv = sync_args(&c).join(" ");
+        for secret in [
+            "AKIA-SOURCE-XYZ",
+            "source-secret-xyz",
+            "AKIA-DEST-XYZ",
+            "dest-secret-xyz",
+        ] {
+            assert!(!argv.contains(secret), "{argv}");
+        }
+        let envs: Vec<(String, String)> = cmd
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_string_lossy().into_owned(), v?.to_string_lossy().into_owned())))
+            .collect();
+        let get = |k: &str| envs.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("RCLONE_CONFIG"), Some("/dev/null"));
+        assert_eq!(get("RCLONE_CONFIG_SOURCE_SECRET_ACCESS_KEY"), Some("source-secret-xyz"));
+        assert_eq!(get("RCLONE_CONFIG_DEST_ENDPOINT"), Some("http://127.0.0.1:2"));
+        assert_eq!(get("RCLONE_CONFIG_DEST_ENV_AUTH"), Some("false"));
+    }
+
+    #[test]
+    fn sync_flags_follow_config() {
+        let c = config(&[]);
+        let args = sync_args(&c);
+        let s = args.join(" ");
+        assert!(s.starts_with("sync source:src dest:dst "), "{s}");
+        assert!(s.contains("--checksum") && s.contains("--fast-list") && s.contains("--max-delete 1000"));
+        assert!(s.contains("--retries 3 ") && s.contains("--low-level-retries 3 ") && s.contains("--contimeout 10s"));
+        assert!(!s.contains("--dry-run") && !s.contains("--bwlimit"));
+
+        let c = config(&[
+            ("COMPARE", "size"),
+            ("MAX_DELETE", "unlimited"),
+            ("DRY_RUN", "true"),
+            ("FAST_LIST", "false"),
+            ("BANDWIDTH_LIMIT", "1M"),
+            ("MAX_DURATION", "1h30m"),
+            ("SOURCE_PREFIX", "a/b"),
+        ]);
+        let s = sync_args(&c).join(" ");
+        assert!(s.starts_with("sync source:src/a/b dest:dst "), "{s}");
+        assert!(s.contains("--size-only") && !s.contains("--checksum") && !s.contains("--max-delete"));
+        assert!(s.contains("--dry-run") && !s.contains("--fast-list") && s.contains("--bwlimit 1M"));
+        assert!(s.contains("--max-duration 5400s"), "{s}");
+    }
+
+    #[test]
+    fn durations_for_go() {
+        assert_eq!(go_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(go_duration(Duration::from_millis(1500)), "1500ms");
+    }
+}

@@ -1,0 +1,423 @@
+//! The admission decision end to end: AdmissionReview fixtures as the API server sends them go
+//! to the real `hook` over TLS; each patch is applied by an independent JSON Patch
+//! implementation (python jsonpatch) and the result validated strictly against the
+//! Kubernetes 1.33 Pod schema (kubernetes-validate).
+
+mod hook_common;
+mod support;
+
+use hook_common::*;
+use serde_json::{json, Value};
+use support::pki::Alg;
+
+fn names(list: &Value) -> Vec<String> {
+    list.as_array()
+        .map(|a| a.iter().map(|c| c["name"].as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// The patched Pod minus what the hook adds equals the original: nothing else changed.
+fn strip_injected(pod: &Value, original: &Value) -> Value {
+    let mut pod = pod.clone();
+    pod["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .remove(&format!("{PREFIX}/injected"));
+    let ours = |v: &Value| v["name"].as_str().unwrap_or("").contains("litestream-hook");
+    for field in ["volumes", "initContainers", "containers"] {
+        if let Some(list) = pod["spec"][field].as_array_mut() {
+            list.retain(|v| !ours(v));
+            if list.is_empty() && original["spec"].get(field).is_none() {
+                pod["spec"].as_object_mut().unwrap().remove(field);
+                continue;
+            }
+            for c in list.iter_mut() {
+                if let Some(m) = c.get_mut("volumeMounts").and_then(Value::as_array_mut) {
+                    m.retain(|v| !ours(v));
+                }
+            }
+        }
+    }
+    pod
+}
+
+#[test]
+fn a_deployment_pod_gets_a_valid_targeted_patch() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    let pod = deployment_pod(annotations(&[
+        ("inject", "true"),
+        ("path", "/var/lib/app/main.db,/cache/c.db"),
+    ]));
+    let response = hook.review(&review("6d3c6b8e-1", "shop", "CREATE", pod.clone(), false));
+    assert_eq!(response["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(response["kind"], "AdmissionReview");
+    assert_eq!(response["response"]["uid"], "6d3c6b8e-1");
+    assert_eq!(response["response"]["allowed"], true);
+    let patched = apply(&pod, &response);
+
+    // Only add operations, and nothing but our additions changed.
+    let ops: Value = {
+        use std::process::Command;
+        let b64 = response["response"]["patch"].as_str().unwrap();
+        let out = Command::new(python())
+            .args([
+                "-c",
+                "import base64,sys; sys.stdout.write(base64.b64decode(sys.argv[1]).decode())",
+                b64,
+            ])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert!(ops.as_array().unwrap().iter().all(|o| o["op"] == "add"), "{ops}");
+    let mut original = pod.clone();
+    original["apiVersion"] = json!("v1");
+    original["kind"] = json!("Pod");
+    assert_eq!(strip_injected(&patched, &original), original);
+
+    let spec = &patched["spec"];
+    assert_eq!(patched["metadata"]["annotations"][format!("{PREFIX}/injected")], "true");
+    assert_eq!(
+        names(&spec["initContainers"]),
+        [
+            "litestream-hook-config",
+            "litestream-hook-restore-0",
+            "litestream-hook-restore-1",
+            "litestream-hook-replicate"
+        ]
+    );
+    let inits = spec["initContainers"].as_array().unwrap();
+    assert_eq!(inits[0]["image"], HOOK_IMAGE);
+    assert_eq!(
+        inits[0]["args"],
+        json!(["write-config", "/etc/litestream-hook/litestream.yml"])
+    );
+    assert_eq!(inits[3]["restartPolicy"], "Always");
+    assert_eq!(inits[3]["image"], "litestream/litestream:0.5.17");
+    assert_eq!(
+        inits[1]["args"],
+        json!([
+            "restore",
+            "-config",
+            "/etc/litestream-hook/litestream.yml",
+            "-no-expand-env",
+            "-if-db-not-exists",
+            "-if-replica-exists",
+            "/var/lib/app/main.db"
+        ])
+    );
+    // Credentials only by reference.
+    let env = &inits[3]["env"];
+    assert_eq!(
+        env,
+        &json!([
+            {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "litestream-hook-secret", "key": "AWS_ACCESS_KEY_ID"}}},
+            {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "litestream-hook-secret", "key": "AWS_SECRET_ACCESS_KEY"}}}
+        ])
+    );
+    // Both database folders in the app container, from one disk volume with a size limit.
+    let volumes = spec["volumes"].as_array().unwrap();
+    let data = volumes.iter().find(|v| v["name"] == "litestream-hook-data").unwrap();
+    assert_eq!(data["emptyDir"], json!({"sizeLimit": "1Gi"}));
+    let config_volume = volumes.iter().find(|v| v["name"] == "litestream-hook-config").unwrap();
+    assert_eq!(config_volume["emptyDir"]["medium"], "Memory");
+    let app_mounts: Vec<&str> = spec["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert!(
+        app_mounts.contains(&"/var/lib/app") && app_mounts.contains(&"/cache"),
+        "{app_mounts:?}"
+    );
+    // Replica paths: namespace, Deployment name (hash stripped), file name.
+    let config = config_of(&patched);
+    let paths: Vec<&str> = config["dbs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["replica"]["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["shop/web/main.db", "shop/web/c.db"]);
+    assert_eq!(config["dbs"][0]["replica"]["bucket"], "litestream");
+    assert!(config["dbs"][0]["replica"].get("endpoint").is_none());
+}
+
+#[test]
+fn reinjecting_an_injected_pod_changes_nothing() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    let pod = deployment_pod(annotations(&[("inject", "true")]));
+    let first = hook.review(&review("u1", "ns", "CREATE", pod.clone(), false));
+    let patched = apply(&pod, &first);
+    let again = hook.review(&review("u2", "ns", "CREATE", patched, false));
+    assert_eq!(again["response"]["uid"], "u2");
+    assert_eq!(again["response"]["allowed"], true);
+    assert!(again["response"].get("patch").is_none(), "{again}");
+}
+
+#[test]
+fn a_bare_pod_without_annotations_volumes_or_init_containers_gets_them_created() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[("NATIVE_SIDECAR", "false")]);
+    // Minimal: only the inject annotation would make it... so the annotations map is the only one.
+    let pod = json!({"metadata": {"name": "solo", "annotations": {format!("{PREFIX}/inject"): "true",
+            format!("{PREFIX}/storage"): "2.5Gi", format!("{PREFIX}/endpoint"): "http://minio.storage:9000",
+            format!("{PREFIX}/bucket"): "backups", format!("{PREFIX}/secret"): "s3-creds",
+            format!("{PREFIX}/prefix"): "prod/eu", format!("{PREFIX}/sync-interval"): "500ms"}},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]}});
+    let response = hook.review(&review("u", "team-a", "CREATE", pod.clone(), false));
+    let patched = apply(&pod, &response);
+    let spec = &patched["spec"];
+    assert_eq!(names(&spec["containers"]), ["app", "litestream-hook-replicate"]);
+    assert!(spec["containers"][1].get("restartPolicy").is_none());
+    assert_eq!(
+        names(&spec["initContainers"]),
+        ["litestream-hook-config", "litestream-hook-restore-0"]
+    );
+    assert_eq!(spec["volumes"][0]["emptyDir"]["sizeLimit"], "2.5Gi");
+    assert_eq!(spec["containers"][0]["volumeMounts"][0]["mountPath"], "/mnt");
+    let replica = &config_of(&patched)["dbs"][0]["replica"];
+    assert_eq!(replica["path"], "prod/eu/team-a/solo/litestream.db");
+    assert_eq!(replica["endpoint"], "http://minio.storage:9000");
+    assert_eq!(replica["force-path-style"], true);
+    assert_eq!(replica["bucket"], "backups");
+    assert_eq!(replica["sync-interval"], "500ms");
+    assert_eq!(
+        spec["containers"][1]["env"][1]["valueFrom"]["secretKeyRef"]["name"],
+        "s3-creds"
+    );
+
+    // Per-Pod override of the cluster default.
+    let mut pod2 = pod.clone();
+    pod2["metadata"]["annotations"][format!("{PREFIX}/native-sidecar")] = json!("true");
+    let patched2 = apply(
+        &pod2,
+        &hook.review(&review("u", "team-a", "CREATE", pod2.clone(), false)),
+    );
+    assert_eq!(names(&patched2["spec"]["containers"]), ["app"]);
+    assert_eq!(patched2["spec"]["initContainers"][2]["restartPolicy"], "Always");
+}
+
+#[test]
+fn app_init_containers_run_after_restore_and_see_the_databases() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    let mut pod = deployment_pod(annotations(&[("inject", "true")]));
+    pod["spec"]["initContainers"] = json!([{"name": "migrate", "image": "app:1", "volumeMounts": []}]);
+    let patched = apply(&pod, &hook.review(&review("u", "ns", "CREATE", pod.clone(), false)));
+    let inits = patched["spec"]["initContainers"].as_array().unwrap();
+    assert_eq!(
+        names(&patched["spec"]["initContainers"]),
+        [
+            "litestream-hook-config",
+            "litestream-hook-restore-0",
+            "litestream-hook-replicate",
+            "migrate"
+        ]
+    );
+    assert_eq!(inits[3]["volumeMounts"][0]["mountPath"], "/mnt");
+}
+
+#[test]
+fn injected_containers_follow_the_pods_user() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    // Pod-level runAsUser: inherited, not overridden.
+    let mut pod = deployment_pod(annotations(&[("inject", "true")]));
+    pod["spec"]["securityContext"] = json!({"runAsUser": 1000, "fsGroup": 2000});
+    let patched = apply(&pod, &hook.review(&review("u", "ns", "CREATE", pod.clone(), false)));
+    let sc = &patched["spec"]["initContainers"][1]["securityContext"];
+    assert!(sc.get("runAsUser").is_none(), "{sc}");
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    // Container-level only: copied from the app container.
+    let mut pod = deployment_pod(annotations(&[("inject", "true")]));
+    pod["spec"]["containers"][0]["securityContext"] = json!({"runAsUser": 4242, "runAsGroup": 4343});
+    let patched = apply(&pod, &hook.review(&review("u", "ns", "CREATE", pod.clone(), false)));
+    for c in patched["spec"]["initContainers"].as_array().unwrap() {
+        assert_eq!(c["securityContext"]["runAsUser"], 4242, "{}", c["name"]);
+        assert_eq!(c["securityContext"]["runAsGroup"], 4343);
+    }
+}
+
+#[test]
+fn variants_dry_run_and_non_pod_requests() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(
+        &setup,
+        &[
+            ("VARIANT", "blue"),
+            ("LITESTREAM_IMAGE", "mirror.example/litestream:0.5.17"),
+        ],
+    );
+    let blue = format!("blue.{PREFIX}");
+    // The base prefix is not ours in this variant.
+    let plain = deployment_pod(annotations(&[("inject", "true")]));
+    let r = hook.review(&review("u0", "ns", "CREATE", plain, false));
+    assert!(r["response"].get("patch").is_none());
+    let pod = deployment_pod(json!({format!("{blue}/inject"): "true"}));
+    let r = hook.review(&review("u1", "ns", "CREATE", pod.clone(), true));
+    let patched = apply(&pod, &r);
+    assert_eq!(patched["metadata"]["annotations"][format!("{blue}/injected")], "true");
+    assert_eq!(
+        names(&patched["spec"]["initContainers"])[0],
+        "blue-litestream-hook-config"
+    );
+    assert_eq!(
+        patched["spec"]["initContainers"][1]["image"],
+        "mirror.example/litestream:0.5.17"
+    );
+    // UPDATE, DELETE, other kinds, subresources: allowed, unchanged, uid echoed.
+    for (i, op) in ["UPDATE", "DELETE", "CONNECT"].iter().enumerate() {
+        let uid = format!("op-{i}");
+        let r = hook.review(&review(&uid, "ns", op, pod.clone(), false));
+        assert_eq!(r["response"]["uid"], uid.as_str());
+        assert_eq!(r["response"]["allowed"], true);
+        assert!(r["response"].get("patch").is_none());
+    }
+    let mut other = review(
+        "k",
+        "ns",
+        "CREATE",
+        json!({"metadata": {"name": "c"}, "data": {}}),
+        false,
+    );
+    other["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "ConfigMap"});
+    let r = hook.review(&other);
+    assert_eq!(
+        (r["response"]["uid"].as_str(), r["response"]["allowed"].as_bool()),
+        (Some("k"), Some(true))
+    );
+    assert!(r["response"].get("patch").is_none());
+    let mut binding = review("b", "ns", "CREATE", pod, false);
+    binding["request"]["subResource"] = json!("binding");
+    assert!(hook.review(&binding)["response"].get("patch").is_none());
+}
+
+#[test]
+fn bad_annotation_values_are_denied_naming_the_annotation() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    let cases = [
+        ("inject", "TRUE"),
+        ("storage", "lots"),
+        ("storage", "1Gi; rm -rf /"),
+        ("bucket", "Bad_Bucket"),
+        ("bucket", "b\"\n  - path: /etc/passwd"),
+        ("secret", "../../etc"),
+        ("path", "relative/x.db"),
+        ("path", "/a/x.db\n- path: /etc/shadow"),
+        ("path", "/a/x.db,/b/x.db"),
+        ("endpoint", "javascript:alert(1)"),
+        ("endpoint", "http://x\" && curl evil"),
+        ("image", "$(curl evil)"),
+        ("region", "eu west"),
+        ("name", "../escape"),
+        ("prefix", "a//b"),
+        ("sync-interval", "1s; sleep 9"),
+        ("native-sidecar", "sometimes"),
+        ("not-a-key", "1"),
+    ];
+    let mut client = hook.client();
+    for (i, (key, value)) in cases.iter().enumerate() {
+        let pod = deployment_pod(annotations(&[("inject", "true"), (key, value)]));
+        let body = review(&format!("d{i}"), "ns", "CREATE", pod, false).to_string();
+        let reply = client.post("/mutate", "application/json", body.as_bytes());
+        assert_eq!(reply.status, 200);
+        let r: Value = serde_json::from_slice(&reply.body).unwrap();
+        let resp = &r["response"];
+        assert_eq!(resp["uid"], format!("d{i}"));
+        assert_eq!(resp["allowed"], false, "{key}={value:?} was allowed");
+        assert!(resp.get("patch").is_none());
+        assert_eq!(resp["status"]["code"], 400);
+        let message = resp["status"]["message"].as_str().unwrap();
+        assert!(message.contains(&format!("{PREFIX}/{key}")), "{key}: {message}");
+    }
+    assert_eq!(
+        hook.metric("hook_admissions_total{result=\"denied\"}"),
+        cases.len() as f64
+    );
+    assert_eq!(hook.metric("hook_denials_total{annotation=\"storage\"}"), 2.0);
+    assert_eq!(hook.metric("hook_denials_total{annotation=\"other\"}"), 1.0);
+}
+
+#[test]
+fn hostile_and_unicode_values_that_pass_stay_inert_data() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    let hostile_path = "/data/$(touch pwned)`id`'\"; {a= b} #データ.db";
+    let pod = deployment_pod(json!({
+        format!("{PREFIX}/inject"): "true",
+        format!("{PREFIX}/path"): hostile_path,
+        format!("{PREFIX}/name"): "ünïcode-is-not-ok",
+    }));
+    let r = hook.review(&review("h0", "ns", "CREATE", pod, false));
+    assert_eq!(r["response"]["allowed"], false);
+    assert!(r["response"]["status"]["message"].as_str().unwrap().contains("/name"));
+
+    let mut pod = deployment_pod(json!({
+        format!("{PREFIX}/inject"): "true",
+        format!("{PREFIX}/path"): hostile_path,
+        "example.com/ノート": "値 with \"quotes\" and\nnewlines",
+    }));
+    pod["metadata"]["labels"]["emoji"] = json!("ok");
+    let r = hook.review(&review("h1", "ns", "CREATE", pod.clone(), false));
+    let patched = apply(&pod, &r);
+    // The value is one argv entry and one JSON string, byte for byte.
+    let restore = &patched["spec"]["initContainers"][1];
+    assert_eq!(restore["args"].as_array().unwrap().last().unwrap(), hostile_path);
+    let config = config_of(&patched);
+    assert_eq!(config["dbs"][0]["path"], hostile_path);
+    assert_eq!(config["dbs"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        config["dbs"][0]["replica"]["path"],
+        "ns/web/$(touch pwned)`id`'\"; {a= b} #データ.db"
+    );
+    // No container has a shell command anywhere.
+    for c in patched["spec"]["initContainers"].as_array().unwrap() {
+        assert!(c.get("command").is_none());
+    }
+    assert_eq!(
+        patched["metadata"]["annotations"]["example.com/ノート"],
+        "値 with \"quotes\" and\nnewlines"
+    );
+}
+
+#[test]
+fn conflicts_the_api_server_would_reject_are_denied_instead() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    let mut pod = deployment_pod(annotations(&[("inject", "true")]));
+    pod["spec"]["containers"][0]["volumeMounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "kube-api-access-abcde", "mountPath": "/mnt"}));
+    let r = hook.review(&review("c1", "ns", "CREATE", pod, false));
+    assert_eq!(r["response"]["allowed"], false);
+    assert!(r["response"]["status"]["message"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("{PREFIX}/path")));
+    let mut pod = deployment_pod(annotations(&[("inject", "true")]));
+    pod["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "litestream-hook-data", "emptyDir": {}}));
+    let r = hook.review(&review("c2", "ns", "CREATE", pod, false));
+    assert_eq!(r["response"]["allowed"], false);
+    assert!(r["response"]["status"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("litestream-hook-data"));
+    // No name and no generateName (and no name annotation): cannot pick a stable replica path.
+    let mut pod = deployment_pod(annotations(&[("inject", "true")]));
+    pod["metadata"].as_object_mut().unwrap().remove("generateName");
+    let r = hook.review(&review("c3", "ns", "CREATE", pod, false));
+    assert_eq!(r["response"]["allowed"], false);
+    assert!(r["response"]["status"]["message"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("{PREFIX}/name")));
+}

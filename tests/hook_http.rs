@@ -1,0 +1,273 @@
+//! The admission endpoint over real TLS with bad and odd input: wrong routes, methods and
+//! content types, malformed, truncated and huge bodies, garbage on the TLS port, keep-alive,
+//! accept() errors, and the metrics and health endpoints.
+
+mod hook_common;
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use hook_common::*;
+use serde_json::{json, Value};
+use support::pki::Alg;
+use support::wait_for;
+
+fn pod_review(uid: &str) -> Value {
+    review(
+        uid,
+        "ns",
+        "CREATE",
+        deployment_pod(annotations(&[("inject", "true")])),
+        false,
+    )
+}
+
+#[test]
+fn keep_alive_carries_many_requests_on_one_connection() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    let mut client = hook.client();
+    for i in 0..300 {
+        let body = pod_review(&format!("k{i}")).to_string();
+        let reply = client.post("/mutate?timeout=10s", "application/json", body.as_bytes());
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("Content-Type"), Some("application/json"));
+        let v: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(v["response"]["uid"], format!("k{i}"));
+        assert!(v["response"]["patch"].is_string());
+    }
+    assert_eq!(hook.metric("hook_injections_total"), 300.0);
+    assert_eq!(hook.metric("hook_requests_total{code=\"200\"}"), 300.0);
+    let (_, metrics) = hook.ops_get("/metrics");
+    assert!(metrics.contains("hook_request_duration_seconds_count 300"), "{metrics}");
+    assert_eq!(hook.ops_get("/healthz").0, 200);
+    assert_eq!(hook.ops_get("/readyz").0, 200);
+}
+
+#[test]
+fn routes_methods_and_content_types() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    let body = pod_review("r").to_string();
+    let mut client = hook.client();
+    assert_eq!(
+        client.post("/validate", "application/json", body.as_bytes()).status,
+        404
+    );
+    assert_eq!(
+        client.post("/mutate/x", "application/json", body.as_bytes()).status,
+        404
+    );
+    assert_eq!(client.post("/mutate", "text/plain", body.as_bytes()).status, 415);
+    assert_eq!(client.post("/mutate", "application/yaml", body.as_bytes()).status, 415);
+    assert_eq!(
+        client
+            .post("/mutate", "application/json; charset=utf-8", body.as_bytes())
+            .status,
+        200
+    );
+    assert_eq!(client.post("/mutate", "Application/JSON", body.as_bytes()).status, 200);
+    client.send(b"GET /mutate HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let reply = client.read_reply().unwrap();
+    assert_eq!(reply.status, 405);
+    assert_eq!(reply.header("Allow"), Some("POST"));
+    // No Content-Type at all.
+    let raw = format!(
+        "POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    client.send(raw.as_bytes()).unwrap();
+    assert_eq!(client.read_reply().unwrap().status, 415);
+    // The same connection still works.
+    assert_eq!(client.post("/mutate", "application/json", body.as_bytes()).status, 200);
+    assert_eq!(hook.metric("hook_errors_total{kind=\"content_type\"}"), 3.0);
+}
+
+#[test]
+fn malformed_truncated_and_wrong_bodies() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    let good = pod_review("t").to_string();
+    let mut client = hook.client();
+    let cases: Vec<(Vec<u8>, u16)> = vec![
+        (b"".to_vec(), 400),
+        (b"{".to_vec(), 400),
+        (b"\xff\xfe\x00garbage".to_vec(), 400),
+        (good.as_bytes()[..good.len() / 2].to_vec(), 400),
+        (b"null".to_vec(), 400),
+        (
+            json!({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", "request": {"uid": "x"}})
+                .to_string()
+                .into_bytes(),
+            400,
+        ),
+        (
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"})
+                .to_string()
+                .into_bytes(),
+            400,
+        ),
+        (
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": 7}})
+                .to_string()
+                .into_bytes(),
+            400,
+        ),
+        (
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {}})
+                .to_string()
+                .into_bytes(),
+            400,
+        ),
+    ];
+    for (body, status) in &cases {
+        let reply = client.post("/mutate", "application/json", body);
+        assert_eq!(reply.status, *status, "{}", String::from_utf8_lossy(body));
+        assert!(!reply.text().is_empty(), "a 400 says why");
+    }
+    // A Pod CREATE whose object is not an object: denied, uid echoed.
+    let mut odd = pod_review("odd");
+    odd["request"]["object"] = json!("not a pod");
+    let reply = client.post("/mutate", "application/json", odd.to_string().as_bytes());
+    let v: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(
+        (v["response"]["uid"].as_str(), v["response"]["allowed"].as_bool()),
+        (Some("odd"), Some(false))
+    );
+    // Deeply nested JSON does not overflow a stack.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert_eq!(client.post("/mutate", "application/json", deep.as_bytes()).status, 400);
+    // A body cut short by a closed connection: that connection ends, the server goes on.
+    let mut cut = hook.client();
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        good.len()
+    );
+    cut.send(head.as_bytes()).unwrap();
+    cut.send(&good.as_bytes()[..100]).unwrap();
+    drop(cut);
+    assert_eq!(client.post("/mutate", "application/json", good.as_bytes()).status, 200);
+    assert_eq!(
+        hook.client()
+            .post("/mutate", "application/json", good.as_bytes())
+            .status,
+        200
+    );
+}
+
+#[test]
+fn huge_bodies_are_refused() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[("MAX_BODY_BYTES", "65536")]);
+    let mut pod = deployment_pod(annotations(&[("inject", "true")]));
+    pod["metadata"]["annotations"]["padding"] = json!("x".repeat(70_000));
+    let body = review("big", "ns", "CREATE", pod, false).to_string();
+    let mut client = hook.client();
+    let reply = client.post("/mutate", "application/json", body.as_bytes());
+    assert_eq!(reply.status, 413);
+    assert!(reply.text().contains("65536"), "{}", reply.text());
+    // Chunked, with no Content-Length to refuse early: cut off at the limit.
+    let mut chunked = hook.client();
+    let mut raw =
+        b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    for chunk in body.as_bytes().chunks(8192) {
+        raw.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        raw.extend_from_slice(chunk);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    chunked.send(&raw).unwrap();
+    assert_eq!(chunked.read_reply().unwrap().status, 413);
+    assert_eq!(hook.metric("hook_errors_total{kind=\"too_large\"}"), 2.0);
+    let small = pod_review("s").to_string();
+    assert_eq!(
+        hook.client()
+            .post("/mutate", "application/json", small.as_bytes())
+            .status,
+        200
+    );
+}
+
+#[test]
+fn garbage_and_failed_handshakes_do_not_hurt_the_server() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    // Plain HTTP on the TLS port, random bytes, a connection that just closes.
+    for garbage in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"\x16\x03\x01\x00\x05hello",
+        b"",
+    ] {
+        let mut s = TcpStream::connect(hook.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(garbage).unwrap();
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        assert!(!String::from_utf8_lossy(&out).contains("HTTP/1.1 200"));
+    }
+    // A client that does not trust the server's CA.
+    let other = support::pki::Ca::new("someone else");
+    let config = client_config(&other.cert_pem);
+    assert!(Client::try_connect(hook.addr, &config).is_err());
+    let body = pod_review("after").to_string();
+    assert_eq!(
+        hook.client()
+            .post("/mutate", "application/json", body.as_bytes())
+            .status,
+        200
+    );
+    assert!(hook.metric("hook_errors_total{kind=\"handshake\"}") >= 3.0);
+    for line in hook.log_lines() {
+        assert!(
+            line["time"].is_string() && line["level"].is_string() && line["msg"].is_string(),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn accept_errors_do_not_stop_the_server() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    // Few file descriptors: idle connections exhaust them and accept() fails with EMFILE.
+    let hook = start_with(&setup, &[], Some(&["sh", "-c", "ulimit -n 48 && exec \"$0\""]));
+    let body = pod_review("fd").to_string();
+    assert_eq!(
+        hook.client()
+            .post("/mutate", "application/json", body.as_bytes())
+            .status,
+        200
+    );
+    let mut idle: Vec<TcpStream> = Vec::new();
+    let mut tls: Vec<Client> = Vec::new();
+    for _ in 0..10 {
+        if let Ok(c) = Client::try_connect(hook.addr, &client_config(&hook.ca_pem)) {
+            tls.push(c);
+        }
+    }
+    for _ in 0..60 {
+        idle.push(TcpStream::connect(hook.addr).unwrap());
+    }
+    wait_for("accept() to fail and be logged", Duration::from_secs(30), || {
+        hook.log_text().contains("accepting a connection failed").then_some(())
+    });
+    drop(idle);
+    drop(tls);
+    // Once descriptors are free again, the same process serves again.
+    wait_for("the hook to serve again", Duration::from_secs(60), || {
+        let mut c = Client::try_connect(hook.addr, &client_config(&hook.ca_pem)).ok()?;
+        let r = c.try_post("/mutate", "application/json", body.as_bytes()).ok()?;
+        (r.status == 200).then_some(())
+    });
+    for _ in 0..20 {
+        assert_eq!(
+            hook.client()
+                .post("/mutate", "application/json", body.as_bytes())
+                .status,
+            200
+        );
+    }
+}

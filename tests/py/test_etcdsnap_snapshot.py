@@ -1,0 +1,389 @@
+"""etcdsnap end to end: a real 3-member etcd cluster over TLS with client certificates, the strict
+Kubernetes API stand-in running each Job's containers (real etcdctl/etcdutl) as local processes,
+the built driver on a Unix socket, and an independent grpcio client."""
+
+from __future__ import annotations
+
+import base64
+import re
+import json
+import subprocess
+import threading
+import time
+
+import grpc
+import pytest
+
+from etcdsnap_driver import Driver, free_port, generate_stubs, seed_cluster
+from waiting import wait_for
+
+NS = "etcd"
+META = "kube-system"
+
+
+@pytest.fixture(scope="module")
+def stubs(tmp_path_factory):
+    return generate_stubs(tmp_path_factory.mktemp("stubs"))
+
+
+@pytest.fixture
+def driver(tmp_path, kube, bin_dir, stubs):
+    d = Driver(bin_dir, tmp_path / "driver", kube.kubeconfig_path, *stubs, JOB_BACKOFF_LIMIT=0, PVC_MIN_SIZE="64Mi")
+    d.start()
+    try:
+        yield d
+    finally:
+        code = d.stop()
+        assert code == 0, f"etcdsnap exited with {code}:\n{d.logs()}"
+
+
+@pytest.fixture
+def volume(kube, etcd_cluster):
+    return seed_cluster(kube, etcd_cluster, NS, "main")
+
+
+def code_of(call):
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value.code(), err.value.details()
+
+
+def etcdutl_status(tools_bin, path) -> dict:
+    out = subprocess.run([str(tools_bin / "etcdutl"), "snapshot", "status", str(path), "-w", "json"],
+                         capture_output=True, text=True, timeout=30, check=True)
+    return json.loads(out.stdout)
+
+
+def records(kube):
+    return {o["metadata"]["name"]: o for o in kube.objects("configmaps", META)
+            if o["metadata"].get("labels", {}).get("app.kubernetes.io/managed-by") == "etcdsnap"}
+
+
+def create_group(d, pb2, name, volumes):
+    return d.group.CreateVolumeGroupSnapshot(
+        pb2.CreateVolumeGroupSnapshotRequest(name=name, source_volume_ids=volumes), timeout=30).group_snapshot
+
+
+def get_group(d, pb2, gid):
+    return d.group.GetVolumeGroupSnapshot(pb2.GetVolumeGroupSnapshotRequest(group_snapshot_id=gid), timeout=30).group_snapshot
+
+
+def test_group_snapshot_end_to_end(driver, kube, etcd_cluster, volume, stubs, tools_bin):
+    pb2, _ = stubs
+    for i in range(20):
+        etcd_cluster.put(f"/e2e/key-{i}", f"value-{i}")
+    kube.hold_jobs()
+    g = create_group(driver, pb2, "groupsnapshot-e2e", [volume])
+    # Create returns at once with ready_to_use=false while the Job has not run.
+    assert g.group_snapshot_id.startswith("g-") and len(g.group_snapshot_id) <= 128
+    assert not g.ready_to_use and len(g.snapshots) == 1
+    s = g.snapshots[0]
+    assert (s.source_volume_id, s.group_snapshot_id, s.ready_to_use) == (volume, g.group_snapshot_id, False)
+    assert s.snapshot_id.startswith("s-") and s.creation_time.seconds > 0
+    assert g.creation_time.seconds == s.creation_time.seconds
+    obj = "etcdsnap-" + s.snapshot_id
+    job = kube.get_object("jobs", NS, obj)
+    pvc = kube.get_object("persistentvolumeclaims", NS, obj)
+    assert job and pvc
+    # The Job is owned by the PVC, both are labelled with short ids only.
+    assert job["metadata"]["ownerReferences"][0]["uid"] == pvc["metadata"]["uid"]
+    for o in (job, pvc):
+        labels = o["metadata"]["labels"]
+        assert labels["etcdsnap.lifeboat.dev/snapshot"] == s.snapshot_id
+        assert labels["etcdsnap.lifeboat.dev/group"] == g.group_snapshot_id
+        assert all(len(v) <= 63 for v in labels.values())
+    # The snapshot is taken from exactly one member, the leader, over TLS.
+    args = job["spec"]["template"]["spec"]["initContainers"][0]["args"]
+    endpoints = [a for a in args if a.startswith("--endpoints=")]
+    leader = etcd_cluster.leader_index()
+    assert endpoints == [f"--endpoints={etcd_cluster.client_urls[leader]}"]
+    # Records: one for the group, one per snapshot, with a resourceVersion.
+    recs = records(kube)
+    assert set(recs) == {"etcdsnap-" + g.group_snapshot_id, obj}
+    assert recs[obj]["metadata"]["labels"]["etcdsnap.lifeboat.dev/state"] == "running"
+    assert recs[obj]["metadata"]["resourceVersion"]
+    # A retry of Create while the Job is pending: same ids, still not ready, no second Job.
+    again = create_group(driver, pb2, "groupsnapshot-e2e", [volume])
+    assert again.group_snapshot_id == g.group_snapshot_id and again.snapshots[0].snapshot_id == s.snapshot_id
+    assert not again.ready_to_use
+    assert len(kube.objects("jobs", NS)) == 1
+
+    kube.release_jobs()
+    done = wait_for(lambda: (lambda r: r if r.ready_to_use else None)(get_group(driver, pb2, g.group_snapshot_id)),
+                    60, "the group snapshot to be ready")
+    snap = done.snapshots[0]
+    assert snap.ready_to_use and snap.snapshot_id == s.snapshot_id
+    # The file is really there, and the size reported is what etcdutl says about it.
+    path = kube.pvc_dir(NS, obj) / "snapshot.db"
+    st = etcdutl_status(tools_bin, path)
+    assert snap.size_bytes == st["totalSize"] > 0
+    rec = json.loads(records(kube)[obj]["data"]["record.json"])
+    assert rec["state"] == "ready" and rec["hash"] == st["hash"] and rec["revision"] == st["revision"]
+    assert records(kube)[obj]["metadata"]["labels"]["etcdsnap.lifeboat.dev/state"] == "ready"
+    assert kube.pvc_request(NS, obj) == "64Mi"
+    # Same name, same volume: the same ready group. Same name, other volumes: ALREADY_EXISTS.
+    same = create_group(driver, pb2, "groupsnapshot-e2e", [volume])
+    assert same.ready_to_use and same.snapshots[0].size_bytes == snap.size_bytes
+    other = seed_cluster(kube, etcd_cluster, NS, "other")
+    code, details = code_of(lambda: create_group(driver, pb2, "groupsnapshot-e2e", [volume, other]))
+    assert code == grpc.StatusCode.ALREADY_EXISTS and "groupsnapshot-e2e" in details
+    assert driver.metric("etcdsnap_snapshots_total", result="ready") == 1
+    assert driver.metric("etcdsnap_snapshot_size_bytes_count") == 1
+    assert driver.metric("etcdsnap_etcd_members_healthy", cluster=f"{NS}/main") == 3
+    assert driver.metric("etcdsnap_rpc_duration_seconds_count", method="CreateVolumeGroupSnapshot", code="OK") == 3
+
+    # Delete removes Job, PVC and records; twice is fine; then Get is NOT_FOUND.
+    for _ in range(2):
+        driver.group.DeleteVolumeGroupSnapshot(pb2.DeleteVolumeGroupSnapshotRequest(
+            group_snapshot_id=g.group_snapshot_id, snapshot_ids=[s.snapshot_id]))
+    assert kube.get_object("jobs", NS, obj) is None
+    assert kube.get_object("persistentvolumeclaims", NS, obj) is None
+    assert kube.objects("pods", NS) == []
+    assert records(kube) == {}
+    assert code_of(lambda: get_group(driver, pb2, g.group_snapshot_id))[0] == grpc.StatusCode.NOT_FOUND
+
+
+def test_two_clusters_in_one_group(driver, kube, etcd_cluster, stubs, tools_bin):
+    """Two handle PVCs (here both for the same real cluster, via a Service's Endpoints and via
+    the annotation) give one snapshot each in one group."""
+    pb2, _ = stubs
+    a = seed_cluster(kube, etcd_cluster, NS, "main")
+    # The second handle finds its members through a Service and its Endpoints.
+    kube.put_etcd_tls_secret(etcd_cluster, NS, "svc-client-tls")
+    kube.put_object({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "svc", "namespace": NS},
+                     "spec": {"clusterIP": "None", "ports": [{"name": "client", "port": 2379}]}})
+    kube.put_object({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "svc", "namespace": NS},
+                     "subsets": [{"addresses": [{"ip": "127.0.0.1"}],
+                                  "ports": [{"name": "client", "port": m.client_port}]}
+                                 for m in etcd_cluster.members]})
+    kube.put_object({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                     "metadata": {"name": "svc-handle", "namespace": NS, "labels": {"etcd.io/cluster": "svc"}},
+                     "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Mi"}}}})
+    b = f"{NS}/svc-handle"
+    g = create_group(driver, pb2, "two", [a, b])
+    assert [s.source_volume_id for s in g.snapshots] == [a, b]
+    assert len({s.snapshot_id for s in g.snapshots}) == 2
+    done = wait_for(lambda: (lambda r: r if r.ready_to_use else None)(get_group(driver, pb2, g.group_snapshot_id)),
+                    60, "both snapshots ready")
+    for s in done.snapshots:
+        assert s.size_bytes == etcdutl_status(tools_bin, kube.pvc_dir(NS, "etcdsnap-" + s.snapshot_id) / "snapshot.db")["totalSize"]
+    driver.group.DeleteVolumeGroupSnapshot(pb2.DeleteVolumeGroupSnapshotRequest(group_snapshot_id=g.group_snapshot_id))
+    assert kube.objects("jobs", NS) == [] and records(kube) == {}
+
+
+def test_create_snapshot_single_volume(driver, kube, etcd_cluster, volume, stubs, tools_bin):
+    pb2, _ = stubs
+    c = driver.controller
+    req = pb2.CreateSnapshotRequest(name="snapshot-" + "x" * 119, source_volume_id=volume)
+    first = c.CreateSnapshot(req, timeout=30).snapshot
+    assert first.source_volume_id == volume and first.group_snapshot_id == ""
+    # The sidecar retries Create until ready_to_use; each retry is the same snapshot.
+    snap = wait_for(lambda: (lambda r: r if r.ready_to_use else None)(c.CreateSnapshot(req, timeout=30).snapshot),
+                    60, "CreateSnapshot to report ready")
+    assert snap.snapshot_id == first.snapshot_id and snap.creation_time == first.creation_time
+    path = kube.pvc_dir(NS, "etcdsnap-" + snap.snapshot_id) / "snapshot.db"
+    assert snap.size_bytes == etcdutl_status(tools_bin, path)["totalSize"]
+    other = seed_cluster(kube, etcd_cluster, NS, "other")
+    code, _ = code_of(lambda: c.CreateSnapshot(pb2.CreateSnapshotRequest(name=req.name, source_volume_id=other)))
+    assert code == grpc.StatusCode.ALREADY_EXISTS
+    for _ in range(2):
+        c.DeleteSnapshot(pb2.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id))
+    assert kube.objects("jobs", NS) == [] and kube.objects("persistentvolumeclaims", NS) != []
+    assert kube.get_object("persistentvolumeclaims", NS, "etcdsnap-" + snap.snapshot_id) is None
+    assert records(kube) == {}
+
+
+def test_one_member_down_still_snapshots(driver, kube, etcd_cluster, volume, stubs):
+    pb2, _ = stubs
+    leader = etcd_cluster.leader_index()
+    down = (leader + 1) % 3
+    etcd_cluster.stop_member(down)
+    try:
+        g = create_group(driver, pb2, "one-down", [volume])
+        done = wait_for(lambda: (lambda r: r if r.ready_to_use else None)(get_group(driver, pb2, g.group_snapshot_id)),
+                        60, "snapshot with one member down")
+        assert done.snapshots[0].size_bytes > 0
+        assert driver.metric("etcdsnap_etcd_members_healthy", cluster=f"{NS}/main") == 2
+        assert driver.metric("etcdsnap_etcd_members", cluster=f"{NS}/main") == 3
+        job = kube.get_object("jobs", NS, "etcdsnap-" + done.snapshots[0].snapshot_id)
+        args = job["spec"]["template"]["spec"]["initContainers"][0]["args"]
+        assert f"--endpoints={etcd_cluster.client_urls[down]}" not in args
+    finally:
+        etcd_cluster.heal()
+
+
+def test_two_members_down_is_refused(driver, kube, etcd_cluster, volume, stubs):
+    pb2, _ = stubs
+    alive = etcd_cluster.leader_index()
+    downs = [i for i in range(3) if i != alive]
+    for i in downs:
+        etcd_cluster.stop_member(i)
+    try:
+        code, details = code_of(lambda: create_group(driver, pb2, "two-down", [volume]))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        # The survivor may already report "no leader" itself: 0 or 1 healthy, 1 reachable.
+        assert re.search(rf"etcd cluster {NS}/main has lost quorum: [01] of 3 voting members healthy "
+                         r"\(1 reachable\), 2 needed; ", details), details
+        for i in downs:
+            assert etcd_cluster.client_urls[i] in details, details
+        # Refused before anything was created.
+        assert kube.objects("jobs", NS) == [] and records(kube) == {}
+        assert driver.metric("etcdsnap_etcd_healthy", cluster=f"{NS}/main") == 0
+    finally:
+        etcd_cluster.heal()
+
+
+def test_nospace_alarm_is_refused(driver, kube, etcd_cluster, volume, stubs):
+    pb2, _ = stubs
+    etcd_cluster.trigger_nospace()
+    try:
+        code, details = code_of(lambda: create_group(driver, pb2, "nospace", [volume]))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"etcd cluster {NS}/main has an active alarm: NOSPACE on member" in details, details
+        assert kube.objects("jobs", NS) == [] and records(kube) == {}
+    finally:
+        etcd_cluster.heal()
+
+
+def test_failed_job_is_reported_and_cleaned_up(tmp_path, kube, etcd_cluster, volume, stubs, bin_dir):
+    pb2, _ = stubs
+    # etcdctl gives up after 4/5 of JOB_TIMEOUT (12 s here), before the Job's own deadline.
+    driver = Driver(bin_dir, tmp_path / "driver", kube.kubeconfig_path, *stubs, JOB_BACKOFF_LIMIT=0,
+                    JOB_TIMEOUT="15s").start()
+    kube.hold_jobs()
+    g = create_group(driver, pb2, "doomed", [volume])
+    obj = "etcdsnap-" + g.snapshots[0].snapshot_id
+    # The cluster goes away after the health check: etcdctl cannot reach the member.
+    for i in range(3):
+        etcd_cluster.stop_member(i)
+    try:
+        kube.release_jobs()
+        kube.wait_job(NS, obj, 60)
+        # The monitor notices the failure and removes Job and PVC without any RPC.
+        wait_for(lambda: kube.get_object("persistentvolumeclaims", NS, obj) is None, 30, "cleanup of the PVC")
+        assert kube.get_object("jobs", NS, obj) is None
+        rec = json.loads(records(kube)[obj]["data"]["record.json"])
+        assert rec["state"] == "failed"
+        assert "container save exited with code" in rec["reason"], rec["reason"]
+        assert "BackoffLimitExceeded" in rec["reason"], rec["reason"]
+        # Get reports the reason; so does the next Create (which then clears the failure)...
+        code, details = code_of(lambda: get_group(driver, pb2, g.group_snapshot_id))
+        assert code == grpc.StatusCode.INTERNAL and "container save exited" in details, details
+        code, details = code_of(lambda: create_group(driver, pb2, "doomed", [volume]))
+        assert code == grpc.StatusCode.INTERNAL and "failed" in details
+        assert records(kube) == {}
+        assert driver.metric("etcdsnap_snapshots_total", result="failed") == 1
+    finally:
+        etcd_cluster.heal()
+    # ...and the retry after that starts afresh and succeeds.
+    again = create_group(driver, pb2, "doomed", [volume])
+    wait_for(lambda: get_group(driver, pb2, again.group_snapshot_id).ready_to_use, 60, "the retried snapshot")
+    assert driver.stop() == 0
+
+
+def test_api_errors_leave_nothing_behind(driver, kube, etcd_cluster, volume, stubs):
+    pb2, _ = stubs
+    kube.fail_next("POST", r"/apis/batch/v1/namespaces/etcd/jobs$", 500)
+    code, details = code_of(lambda: create_group(driver, pb2, "api-500", [volume]))
+    assert code == grpc.StatusCode.UNAVAILABLE and "jobs" in details, details
+    assert kube.objects("persistentvolumeclaims", NS) == [o for o in kube.objects("persistentvolumeclaims", NS)
+                                                          if not o["metadata"]["name"].startswith("etcdsnap-")]
+    assert records(kube) == {}
+    kube.fail_next("POST", r"/api/v1/namespaces/kube-system/configmaps$", 403)
+    code, _ = code_of(lambda: create_group(driver, pb2, "api-403", [volume]))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert kube.objects("jobs", NS) == [] and records(kube) == {}
+
+
+def test_concurrent_creates_make_one_snapshot(driver, kube, etcd_cluster, volume, stubs):
+    pb2, _ = stubs
+    kube.hold_jobs()
+    results, errors = [], []
+
+    def create():
+        try:
+            results.append(create_group(driver, pb2, "racy", [volume]).group_snapshot_id)
+        except grpc.RpcError as e:  # pragma: no cover - reported below
+            errors.append((e.code(), e.details()))
+
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(set(results)) == 1 and len(results) == 6
+    assert len(kube.objects("jobs", NS)) == 1 and len(records(kube)) == 2
+    kube.release_jobs()
+    wait_for(lambda: get_group(driver, pb2, results[0]).ready_to_use, 60, "ready")
+
+
+def test_restart_resumes_running_snapshots(tmp_path, kube, etcd_cluster, volume, bin_dir, stubs):
+    pb2, _ = stubs
+    kube.hold_jobs()
+    first = Driver(bin_dir, tmp_path / "d1", kube.kubeconfig_path, *stubs).start()
+    g = create_group(first, pb2, "across-restart", [volume])
+    assert first.stop() == 0
+    kube.release_jobs()
+    second = Driver(bin_dir, tmp_path / "d2", kube.kubeconfig_path, *stubs).start()
+    try:
+        obj = "etcdsnap-" + g.snapshots[0].snapshot_id
+        # The monitor of the new process finishes the record without any RPC.
+        wait_for(lambda: records(kube)[obj]["metadata"]["labels"]["etcdsnap.lifeboat.dev/state"] == "ready", 60,
+                 "the restarted driver to finish the snapshot")
+        assert get_group(second, pb2, g.group_snapshot_id).ready_to_use
+    finally:
+        assert second.stop() == 0
+
+
+def test_restore_round_trip(driver, kube, etcd_cluster, volume, stubs, tools_bin, bin_dir, tmp_path):
+    pb2, _ = stubs
+    expected = {f"/restore/k{i}": f"v{i}-" + "x" * i for i in range(50)}
+    for k, v in expected.items():
+        etcd_cluster.put(k, v)
+    g = create_group(driver, pb2, "for-restore", [volume])
+    snap = wait_for(lambda: (lambda r: r if r.ready_to_use else None)(get_group(driver, pb2, g.group_snapshot_id)),
+                    60, "snapshot").snapshots[0]
+    before = etcd_cluster.get_all("/restore/")
+    assert before == expected
+    etcd_cluster.put("/restore/after-snapshot", "must not be restored")
+    # The member's data PVC, then the restore Job through `etcdsnap restore --apply`.
+    status, body, _ = kube.client().post(f"/api/v1/namespaces/{NS}/persistentvolumeclaims", {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data-r0", "namespace": NS},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}}})
+    assert status == 201, body
+    peer, client = free_port(), free_port()
+    env = dict(driver.env)
+    run = subprocess.run([str(bin_dir / "etcdsnap"), "restore", "--snapshot-id", snap.snapshot_id, "--name", "r0",
+                          "--initial-cluster", f"r0=http://127.0.0.1:{peer}", "--initial-advertise-peer-urls",
+                          f"http://127.0.0.1:{peer}", "--target-pvc", "data-r0", "--apply", "--timeout", "60s"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "restored snapshot" in run.stdout
+    data_dir = kube.pvc_dir(NS, "data-r0") / "data"
+    assert (data_dir / "member").is_dir()
+    # A fresh etcd on the restored data: the keys are exactly those at snapshot time.
+    proc = subprocess.Popen([str(tools_bin / "etcd"), "--name", "r0", "--data-dir", str(data_dir),
+                             "--listen-client-urls", f"http://127.0.0.1:{client}",
+                             "--advertise-client-urls", f"http://127.0.0.1:{client}",
+                             "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                             "--initial-cluster", f"r0=http://127.0.0.1:{peer}"],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "restored-etcd.log", "wb"))
+    try:
+        def keys():
+            out = subprocess.run([str(tools_bin / "etcdctl"), f"--endpoints=http://127.0.0.1:{client}", "get",
+                                  "/restore/", "--prefix", "-w", "json"], capture_output=True, text=True, timeout=10)
+            if out.returncode != 0:
+                return None
+            kvs = json.loads(out.stdout).get("kvs", [])
+            return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv["value"]).decode() for kv in kvs}
+        restored = wait_for(keys, 30, "the restored etcd to answer")
+        assert restored == expected
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    # Restoring an unknown snapshot fails clearly.
+    bad = subprocess.run([str(bin_dir / "etcdsnap"), "restore", "--snapshot-id", "s-" + "0" * 32, "--name", "r0",
+                          "--initial-cluster", "r0=http://x:1", "--initial-advertise-peer-urls", "http://x:1",
+                          "--target-pvc", "data-r0"], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "not found" in bad.stderr

@@ -1,0 +1,200 @@
+//! What the s3sync integration tests share: running the real s3sync binary against real S3
+//! servers with a clean environment, bounded in time, and checking its log lines.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::s3::S3Server;
+use crate::support::{tool, Proc};
+
+/// How long any single s3sync run in a test may take before it is killed and the test fails.
+pub const RUN_LIMIT: Duration = Duration::from_secs(120);
+
+/// A `Command` for s3sync with an empty environment except PATH and the given variables.
+pub fn command(vars: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_s3sync"));
+    cmd.env_clear();
+    cmd.env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    cmd.env("RCLONE_BINARY", tool("rclone"));
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// The eight required variables for syncing `src_bucket` on `src` into `dst_bucket` on `dst`.
+pub fn vars(src: &S3Server, src_bucket: &str, dst: &S3Server, dst_bucket: &str) -> Vec<(String, String)> {
+    [
+        ("SOURCE_S3_ENDPOINT", src.endpoint()),
+        ("SOURCE_ACCESS_KEY", src.access_key.clone()),
+        ("SOURCE_SECRET_KEY", src.secret_key.clone()),
+        ("SOURCE_BUCKET", src_bucket.to_string()),
+        ("DEST_S3_ENDPOINT", dst.endpoint()),
+        ("DEST_ACCESS_KEY", dst.access_key.clone()),
+        ("DEST_SECRET_KEY", dst.secret_key.clone()),
+        ("DEST_BUCKET", dst_bucket.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Sets (or replaces) `key` in `vars`.
+pub fn set(vars: &mut Vec<(String, String)>, key: &str, value: &str) {
+    vars.retain(|(k, _)| k != key);
+    vars.push((key.to_string(), value.to_string()));
+}
+
+/// A finished s3sync run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    /// Every stderr line, parsed (each is checked to be a JSON object with time/level/msg).
+    pub lines: Vec<Value>,
+}
+
+impl Run {
+    /// The final summary line (the last line, which must have `outcome` and `exit_code`).
+    pub fn summary(&self) -> &Value {
+        let last = self
+            .lines
+            .last()
+            .unwrap_or_else(|| panic!("no log lines; stdout: {}", self.stdout));
+        assert!(
+            last.get("outcome").is_some() && last.get("exit_code").is_some(),
+            "last line is not the summary: {last}\n{}",
+            self.stderr
+        );
+        assert_eq!(
+            last["exit_code"], self.code,
+            "summary exit_code differs from the exit code"
+        );
+        last
+    }
+
+    /// Whether any line's `msg` contains `text`.
+    pub fn has_msg(&self, text: &str) -> bool {
+        self.lines
+            .iter()
+            .any(|l| l["msg"].as_str().is_some_and(|m| m.contains(text)))
+    }
+}
+
+/// A running s3sync whose output is collected.
+pub struct Running {
+    pub proc: Proc,
+    stdout: JoinHandle<String>,
+    stderr: JoinHandle<String>,
+    /// stderr as read so far (for waiting on a line).
+    pub seen: Arc<Mutex<String>>,
+}
+
+pub fn spawn(cmd: Command) -> Running {
+    let mut cmd = cmd;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut proc = Proc::spawn("s3sync", cmd);
+    let mut out = proc.child.stdout.take().unwrap();
+    let mut err = proc.child.stderr.take().unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let stdout = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let stderr = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            loop {
+                match err.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n])),
+                }
+            }
+            seen.lock().unwrap().clone()
+        })
+    };
+    Running {
+        proc,
+        stdout,
+        stderr,
+        seen,
+    }
+}
+
+impl Running {
+    /// Waits (bounded by RUN_LIMIT) for the exit, then checks every log line.
+    pub fn finish(mut self) -> Run {
+        let status = self.proc.wait_timeout(RUN_LIMIT);
+        let status = status.unwrap_or_else(|| {
+            self.proc.stop(Duration::from_secs(5));
+            panic!(
+                "s3sync did not finish within {RUN_LIMIT:?}; log so far:\n{}",
+                self.seen.lock().unwrap()
+            )
+        });
+        let stdout = self.stdout.join().unwrap();
+        let stderr = self.stderr.join().unwrap();
+        let lines = parse_log(&stderr);
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout,
+            stderr,
+            lines,
+        }
+    }
+}
+
+/// Runs s3sync with `vars` to completion.
+pub fn run(vars: &[(String, String)]) -> Run {
+    spawn(command(vars)).finish()
+}
+
+/// Parses every stderr line as a JSON object with string `time`, `level` and `msg`.
+pub fn parse_log(stderr: &str) -> Vec<Value> {
+    stderr
+        .lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+            for key in ["time", "level", "msg"] {
+                assert!(v[key].is_string(), "log line without string {key}: {line}");
+            }
+            assert!(
+                ["error", "warn", "info", "debug", "trace"].contains(&v["level"].as_str().unwrap()),
+                "unknown level: {line}"
+            );
+            v
+        })
+        .collect()
+}
+
+/// Creates an empty bucket through the S3 API (works the same on both server flavours).
+pub fn make_bucket(s3: &S3Server, bucket: &str) {
+    assert!(
+        s3.rclone(&["mkdir", &format!("s3:{bucket}")]).success(),
+        "mkdir {bucket}"
+    );
+}
+
+/// Deletes one object through the S3 API.
+pub fn delete(s3: &S3Server, bucket: &str, key: &str) {
+    assert!(
+        s3.rclone(&["deletefile", &format!("s3:{bucket}/{key}")]).success(),
+        "delete {bucket}/{key}"
+    );
+}
+
+/// Every `key -> contents` in a bucket.
+pub fn contents(s3: &S3Server, bucket: &str) -> Vec<(String, Vec<u8>)> {
+    s3.list(bucket)
+        .into_iter()
+        .map(|k| (k.clone(), s3.get(bucket, &k)))
+        .collect()
+}

@@ -1,0 +1,199 @@
+//! s3sync when things go wrong, against real servers: wrong credentials, a missing bucket and
+//! an unreachable endpoint each end with a clear message and the documented exit code (and
+//! quickly: every run is bounded); SIGTERM mid-sync stops rclone and is logged; orphaned
+//! processes are reaped; no credential is ever in a child's argv.
+
+mod s3sync_common;
+mod support;
+
+use std::time::Duration;
+
+use s3sync_common::{command, make_bucket, run, set, spawn, vars};
+use support::s3::{Flavor, S3Server};
+use support::{free_port, tool, wait_for};
+
+const AK: &str = "AKIALIFEBOATTEST03";
+const SK: &str = "lifeboat-test-secret-failures-42";
+
+fn servers() -> (S3Server, S3Server) {
+    let src = S3Server::start(Flavor::Rclone, AK, SK);
+    let dst = S3Server::start(Flavor::Rclone, AK, SK);
+    make_bucket(&src, "src");
+    make_bucket(&dst, "dst");
+    src.put("src", "a.txt", b"alpha");
+    (src, dst)
+}
+
+#[test]
+fn preflight_failures_are_clear_and_use_rclone_exit_codes() {
+    let (src, dst) = servers();
+    let base = vars(&src, "src", &dst, "dst");
+
+    // Wrong secret key on the destination: rclone's code 1, the variables named.
+    let mut env = base.clone();
+    set(&mut env, "DEST_SECRET_KEY", "not-the-right-secret-key");
+    let r = run(&env);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        !r.has_msg("running rclone sync"),
+        "the sync must not start after a failed pre-flight"
+    );
+    let error = r.summary()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("destination credentials were rejected"), "{error}");
+    assert!(error.contains("DEST_ACCESS_KEY / DEST_SECRET_KEY"), "{error}");
+    assert!(
+        error.contains("SignatureDoesNotMatch"),
+        "rclone's reason is kept: {error}"
+    );
+
+    // Missing source bucket: rclone's "directory not found", 3.
+    let mut env = base.clone();
+    set(&mut env, "SOURCE_BUCKET", "no-such-bucket");
+    let r = run(&env);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    let error = r.summary()["error"].as_str().unwrap();
+    assert!(
+        error.contains("source bucket \"no-such-bucket\" does not exist"),
+        "{error}"
+    );
+
+    // A missing destination bucket is not created behind the user's back.
+    let mut env = base.clone();
+    set(&mut env, "DEST_BUCKET", "not-created");
+    let r = run(&env);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.summary()["error"]
+        .as_str()
+        .unwrap()
+        .contains("destination bucket \"not-created\" does not exist"));
+
+    // Nothing listens: rclone's retryable-error code 5, named unreachable.
+    let mut env = base.clone();
+    set(
+        &mut env,
+        "DEST_S3_ENDPOINT",
+        &format!("http://127.0.0.1:{}", free_port()),
+    );
+    let r = run(&env);
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    let error = r.summary()["error"].as_str().unwrap();
+    assert!(
+        error.contains("destination endpoint http://127.0.0.1:") && error.contains("is unreachable"),
+        "{error}"
+    );
+    assert!(error.contains("connection refused"), "{error}");
+}
+
+/// The PIDs of the direct children of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) else {
+        return Vec::new();
+    };
+    text.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+#[test]
+fn sigterm_mid_sync_stops_rclone_and_logs_a_summary() {
+    let (src, dst) = servers();
+    src.put("src", "big.bin", &vec![42u8; 3 * 1024 * 1024]);
+    let mut env = vars(&src, "src", &dst, "dst");
+    // 256 KiB/s: the 3 MiB object takes about 12 s, far longer than the test needs.
+    set(&mut env, "BANDWIDTH_LIMIT", "256K");
+    set(&mut env, "STATS_INTERVAL", "500ms");
+    let running = spawn(command(&env));
+    let pid = running.proc.pid();
+
+    // Wait until the sync child is rclone doing `sync`, and a stats line shows progress.
+    let rclone_pid = wait_for("rclone sync to start", Duration::from_secs(60), || {
+        children(pid).into_iter().find(|c| cmdline(*c).contains(" sync "))
+    });
+    let argv = cmdline(rclone_pid);
+    assert!(
+        !argv.contains(AK) && !argv.contains(SK),
+        "credentials in rclone's argv: {argv}"
+    );
+    let environ = std::fs::read(format!("/proc/{rclone_pid}/environ")).unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&environ).contains("RCLONE_CONFIG=/dev/null"),
+        "remotes come from the environment, not a config file"
+    );
+    wait_for("a stats line", Duration::from_secs(30), || {
+        running.seen.lock().unwrap().contains("\"rclone stats\"").then_some(())
+    });
+
+    running.proc.signal(15);
+    let r = running.finish();
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, 143, "rclone's own exit code after SIGTERM: {}", r.stderr);
+    let summary = r.summary();
+    assert_eq!(summary["outcome"], "stopped");
+    assert_eq!(summary["signal"], "SIGTERM");
+    assert_eq!(summary["rclone_stats"], true, "the last stats seen are in the summary");
+    assert!(r.has_msg("forwarding the signal to rclone"));
+    // rclone is gone (reaped by s3sync, so no zombie is left behind either).
+    assert!(!std::path::Path::new(&format!("/proc/{rclone_pid}")).exists() || !cmdline(rclone_pid).contains(" sync "));
+    assert!(
+        !dst.list("dst").contains(&"big.bin".to_string()),
+        "the interrupted object was not completed"
+    );
+}
+
+#[test]
+fn max_duration_ends_the_run_with_rclone_code_10() {
+    let (src, dst) = servers();
+    src.put("src", "big.bin", &vec![1u8; 2 * 1024 * 1024]);
+    let mut env = vars(&src, "src", &dst, "dst");
+    set(&mut env, "BANDWIDTH_LIMIT", "128K");
+    set(&mut env, "MAX_DURATION", "1s");
+    let r = run(&env);
+    assert_eq!(r.code, 10, "{}", r.stderr);
+    let summary = r.summary();
+    assert_eq!(summary["outcome"], "failed");
+    assert!(summary["error"].as_str().unwrap().contains("max-duration"), "{summary}");
+}
+
+#[test]
+fn orphaned_processes_are_reaped() {
+    // A wrapper in place of rclone: for `sync`, it leaves an orphan (a process whose parent
+    // has exited; it is re-parented to s3sync, the child subreaper / PID 1), then waits until
+    // that orphan has been reaped (a zombie still answers `kill -0`), records the result, and
+    // runs the real rclone.
+    let (src, dst) = servers();
+    let dir = support::temp_dir("reap");
+    let marker = dir.path().join("result");
+    let pidfile = dir.path().join("orphan.pid");
+    let script = format!(
+        r#"#!/bin/sh
+if [ "$1" = sync ]; then
+  ( sh -c 'echo $$ > "{pidfile}"; exit 0' & )
+  n=0
+  while [ ! -s "{pidfile}" ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n+1)); done
+  orphan=$(cat "{pidfile}")
+  while kill -0 "$orphan" 2>/dev/null && [ $n -lt 400 ]; do sleep 0.05; n=$((n+1)); done
+  if kill -0 "$orphan" 2>/dev/null; then echo zombie > "{marker}"; else echo reaped > "{marker}"; fi
+fi
+exec "{rclone}" "$@"
+"#,
+        pidfile = pidfile.display(),
+        marker = marker.display(),
+        rclone = tool("rclone").display()
+    );
+    let wrapper = support::write_file(dir.path(), "rclone-wrapper", script);
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let mut env = vars(&src, "src", &dst, "dst");
+    set(&mut env, "LOG_LEVEL", "debug");
+    let mut cmd = command(&env);
+    cmd.env("RCLONE_BINARY", &wrapper);
+    let r = spawn(cmd).finish();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "reaped");
+    assert!(r.has_msg("reaped an orphaned process"), "{}", r.stderr);
+    assert_eq!(dst.list("dst"), ["a.txt"]);
+}

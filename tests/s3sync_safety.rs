@@ -1,0 +1,209 @@
+//! s3sync's safety rails, against real servers: MAX_DELETE bounds deletions (0 = none),
+//! the empty-source guard, configuration errors reported all at once before any network
+//! call, and no credential in any output even at LOG_LEVEL=debug.
+
+mod s3sync_common;
+mod support;
+
+use std::net::TcpListener;
+
+use s3sync_common::{contents, make_bucket, run, set, vars};
+use support::s3::{Flavor, S3Server};
+
+const AK: &str = "AKIALIFEBOATTEST02";
+const SK: &str = "lifeboat-test-secret-9876543210";
+
+fn with_extras(extras: usize) -> (S3Server, S3Server) {
+    let src = S3Server::start(Flavor::Rclone, AK, SK);
+    let dst = S3Server::start(Flavor::Rclone, AK, SK);
+    make_bucket(&src, "src");
+    make_bucket(&dst, "dst");
+    src.put("src", "keep.txt", b"keep");
+    src.put("src", "new.txt", b"new");
+    dst.put("dst", "keep.txt", b"keep");
+    for i in 0..extras {
+        dst.put("dst", &format!("extra/{i}.txt"), b"only in destination");
+    }
+    (src, dst)
+}
+
+fn extras_left(dst: &S3Server) -> usize {
+    dst.list("dst").iter().filter(|k| k.starts_with("extra/")).count()
+}
+
+#[test]
+fn max_delete_bounds_deletions_and_fails_the_run() {
+    let (src, dst) = with_extras(5);
+    let mut env = vars(&src, "src", &dst, "dst");
+
+    // 0 means "delete nothing": any needed deletion stops the run with rclone's fatal code 7.
+    set(&mut env, "MAX_DELETE", "0");
+    let r = run(&env);
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    assert_eq!(extras_left(&dst), 5);
+    let summary = r.summary();
+    assert_eq!(summary["outcome"], "failed");
+    assert_eq!(summary["level"], "error");
+    assert!(r.stderr.contains("max-delete"), "{}", r.stderr);
+    // Copies happen before deletions: the new object arrived.
+    assert_eq!(dst.get("dst", "new.txt"), b"new");
+
+    // A limit of 2 with 5 to delete: at most 2 deleted, run fails.
+    set(&mut env, "MAX_DELETE", "2");
+    let r = run(&env);
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    let left = extras_left(&dst);
+    assert!((3..5).contains(&left), "{left} extras left; at most 2 may be deleted");
+
+    // Unlimited: the destination ends up equal to the source.
+    set(&mut env, "MAX_DELETE", "unlimited");
+    let r = run(&env);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(contents(&dst, "dst"), contents(&src, "src"));
+}
+
+#[test]
+fn empty_source_does_not_wipe_the_destination() {
+    let (src, dst) = with_extras(3);
+    make_bucket(&src, "empty");
+    let before = contents(&dst, "dst");
+
+    // An empty bucket, and a prefix with nothing under it (a typo), are both refused.
+    for (bucket, prefix) in [("empty", None), ("src", Some("no/such/prefix"))] {
+        let mut env = vars(&src, bucket, &dst, "dst");
+        if let Some(p) = prefix {
+            set(&mut env, "SOURCE_PREFIX", p);
+        }
+        let r = run(&env);
+        assert_eq!(r.code, 7, "{}", r.stderr);
+        assert_eq!(r.summary()["outcome"], "refused");
+        assert!(r.summary()["error"].as_str().unwrap().contains("ALLOW_EMPTY_SOURCE"));
+        assert!(!r.has_msg("running rclone sync"), "rclone sync must not start");
+        assert_eq!(contents(&dst, "dst"), before);
+    }
+
+    // Explicitly allowed: the destination is emptied (MAX_DELETE still applies; 1000 > 4).
+    let mut env = vars(&src, "empty", &dst, "dst");
+    set(&mut env, "ALLOW_EMPTY_SOURCE", "true");
+    let r = run(&env);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(dst.list("dst").is_empty());
+    assert_eq!(r.summary()["deletes"], 4);
+
+    // Empty source into an empty destination is a no-op, not a refusal.
+    let r = run(&vars(&src, "empty", &dst, "dst"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn configuration_errors_are_listed_together_before_any_network_call() {
+    // Endpoints point at a listener that counts connections: there must be none.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let env: Vec<(String, String)> = [
+        ("SOURCE_S3_ENDPOINT", endpoint.as_str()),
+        ("SOURCE_ACCESS_KEY", "AKIA-CONFIG-TEST-KEY"),
+        ("SOURCE_SECRET_KEY", "config-test-secret-abcdef"),
+        ("SOURCE_BUCKET", "src"),
+        ("DEST_S3_ENDPOINT", "s3.example.com"),
+        ("DEST_ACCESS_KEY", ""),
+        ("DEST_SECRET_KEY", "config-test-secret-ghijkl"),
+        ("RETRIES", "three"),
+        ("DRY_RUN", "maybe"),
+        ("MAX_DELETE", "-3"),
+        ("LOG_LEVEL", "loud"),
+        ("COMPARE", "md5"),
+        ("MAX_DURATION", "1 hour"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let r = run(&env);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let summary = r.summary();
+    assert_eq!(summary["outcome"], "config_error");
+    let problems = r
+        .lines
+        .iter()
+        .find_map(|l| l.get("problems"))
+        .and_then(|p| p.as_array())
+        .expect("a line listing the problems");
+    let text = problems
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for var in [
+        "DEST_S3_ENDPOINT",
+        "DEST_ACCESS_KEY",
+        "DEST_BUCKET",
+        "RETRIES",
+        "DRY_RUN",
+        "MAX_DELETE",
+        "LOG_LEVEL",
+        "COMPARE",
+        "MAX_DURATION",
+    ] {
+        assert!(text.contains(var), "{var} missing from:\n{text}");
+    }
+    assert_eq!(problems.len(), 9, "{text}");
+    for secret in [
+        "AKIA-CONFIG-TEST-KEY",
+        "config-test-secret-abcdef",
+        "config-test-secret-ghijkl",
+    ] {
+        assert!(!r.stderr.contains(secret) && !r.stdout.contains(secret));
+    }
+    // Any connection attempt would be waiting in the listener's backlog.
+    assert!(
+        listener.accept().is_err(),
+        "s3sync connected despite a bad configuration"
+    );
+}
+
+#[test]
+fn no_secret_in_any_output_at_debug_level() {
+    const SRC_AK: &str = "AKIASRCDISTINCT7Q2Z";
+    const SRC_SK: &str = "srcSecretDistinct+Zq8/v1xY";
+    const DST_AK: &str = "AKIADSTDISTINCT4K9W";
+    const DST_SK: &str = "dstSecretDistinct+Hm3/p0wQ";
+    const WRONG_SK: &str = "wrongSecretDistinct+Ls5/t7N";
+    let src = S3Server::start(Flavor::Rclone, SRC_AK, SRC_SK);
+    let dst = S3Server::start(Flavor::Rclone, DST_AK, DST_SK);
+    make_bucket(&src, "src");
+    make_bucket(&dst, "dst");
+    src.put("src", "a.txt", b"alpha");
+    dst.put("dst", "old.txt", b"old");
+
+    let mut env = vars(&src, "src", &dst, "dst");
+    set(&mut env, "LOG_LEVEL", "debug");
+    let mut runs = Vec::new();
+    runs.push(("success", run(&env)));
+    assert_eq!(runs[0].1.code, 0, "{}", runs[0].1.stderr);
+    assert!(
+        runs[0].1.lines.iter().any(|l| l["level"] == "debug"),
+        "debug lines are logged"
+    );
+
+    let mut wrong = env.clone();
+    set(&mut wrong, "DEST_SECRET_KEY", WRONG_SK);
+    runs.push(("wrong credentials", run(&wrong)));
+    let mut bad = env.clone();
+    set(&mut bad, "RETRIES", "x");
+    runs.push(("bad config", run(&bad)));
+    let mut dry = env.clone();
+    set(&mut dry, "DRY_RUN", "true");
+    runs.push(("dry run", run(&dry)));
+    assert_ne!(runs[1].1.code, 0);
+    assert_eq!(runs[2].1.code, 2);
+
+    for (what, r) in &runs {
+        for secret in [SRC_AK, SRC_SK, DST_AK, DST_SK, WRONG_SK] {
+            assert!(!r.stderr.contains(secret), "{what}: {secret} in stderr:\n{}", r.stderr);
+            assert!(!r.stdout.contains(secret), "{what}: {secret} in stdout");
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! s3sync against real S3 servers (rclone serve s3 and moto): new, changed and deleted
+//! objects arrive; prefixes limit the sync to one subtree on both sides; a dry run changes
+//! nothing; every run ends with a JSON summary line.
+
+mod s3sync_common;
+mod support;
+
+use s3sync_common::{contents, delete, make_bucket, run, set, vars};
+use support::s3::{Flavor, S3Server};
+
+const AK: &str = "AKIALIFEBOATTEST01";
+const SK: &str = "lifeboat-test-secret-0123456789";
+
+#[test]
+fn new_changed_and_deleted_objects_are_synced() {
+    // Two implementations: rclone's server as source, moto as destination.
+    let src = S3Server::start(Flavor::Rclone, AK, SK);
+    let dst = S3Server::start(Flavor::Moto, AK, SK);
+    make_bucket(&src, "src");
+    make_bucket(&dst, "dst");
+    src.put("src", "a.txt", b"alpha");
+    src.put("src", "dir/b.txt", b"bravo-1");
+    src.put("src", "dir/deep/c.bin", &vec![7u8; 100_000]);
+    src.put("src", "gone.txt", b"to be deleted");
+    let env = vars(&src, "src", &dst, "dst");
+
+    let first = run(&env);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let summary = first.summary();
+    assert_eq!(summary["outcome"], "success");
+    assert_eq!(summary["transfers"], 4);
+    assert_eq!(summary["level"], "info");
+    assert_eq!(contents(&dst, "dst"), contents(&src, "src"));
+
+    // Change one object keeping its size (only the checksum tells), add one, delete one.
+    src.put("src", "dir/b.txt", b"bravo-2");
+    src.put("src", "new.txt", b"new object");
+    delete(&src, "src", "gone.txt");
+    let second = run(&env);
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    let summary = second.summary();
+    assert_eq!(summary["transfers"], 2, "{summary}");
+    assert_eq!(summary["deletes"], 1, "{summary}");
+    assert_eq!(dst.get("dst", "dir/b.txt"), b"bravo-2");
+    assert_eq!(dst.list("dst"), ["a.txt", "dir/b.txt", "dir/deep/c.bin", "new.txt"]);
+    assert_eq!(contents(&dst, "dst"), contents(&src, "src"));
+
+    // Nothing changed: a no-op run transfers and deletes nothing.
+    let third = run(&env);
+    assert_eq!(third.code, 0, "{}", third.stderr);
+    assert_eq!(third.summary()["transfers"], 0);
+    assert_eq!(third.summary()["deletes"], 0);
+    assert!(third.summary()["checks"].as_u64().unwrap() >= 4);
+}
+
+#[test]
+fn prefixes_limit_the_sync_to_one_subtree() {
+    // moto as source, rclone's server as destination.
+    let src = S3Server::start(Flavor::Moto, AK, SK);
+    let dst = S3Server::start(Flavor::Rclone, AK, SK);
+    make_bucket(&src, "data");
+    make_bucket(&dst, "backup");
+    src.put("data", "2026/11/a.txt", b"in scope");
+    src.put("data", "2026/11/sub/b.txt", b"in scope too");
+    src.put("data", "2025/old.txt", b"out of scope");
+    src.put("data", "2026/11.txt", b"shares the prefix string, not the folder");
+    dst.put("backup", "mirror/stale.txt", b"not in source: deleted");
+    dst.put("backup", "other/keep.txt", b"outside the destination prefix: kept");
+
+    let mut env = vars(&src, "data", &dst, "backup");
+    set(&mut env, "SOURCE_PREFIX", "/2026/11/");
+    set(&mut env, "DEST_PREFIX", "mirror");
+    let r = run(&env);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.summary()["deletes"], 1);
+    assert_eq!(
+        dst.list("backup"),
+        ["mirror/a.txt", "mirror/sub/b.txt", "other/keep.txt"]
+    );
+    assert_eq!(dst.get("backup", "mirror/sub/b.txt"), b"in scope too");
+    assert_eq!(src.list("data").len(), 4, "the source is never modified");
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    let src = S3Server::start(Flavor::Rclone, AK, SK);
+    let dst = S3Server::start(Flavor::Rclone, AK, SK);
+    make_bucket(&src, "src");
+    make_bucket(&dst, "dst");
+    src.put("src", "new.txt", b"would be copied");
+    src.put("src", "same.txt", b"v2");
+    dst.put("dst", "same.txt", b"v1");
+    dst.put("dst", "extra.txt", b"would be deleted");
+    let before = contents(&dst, "dst");
+
+    let mut env = vars(&src, "src", &dst, "dst");
+    set(&mut env, "DRY_RUN", "true");
+    let r = run(&env);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let summary = r.summary();
+    assert_eq!(summary["outcome"], "dry_run");
+    assert_eq!(summary["dry_run"], true);
+    assert!(
+        r.has_msg("--dry-run"),
+        "rclone's dry-run notices are in the log:\n{}",
+        r.stderr
+    );
+    assert_eq!(contents(&dst, "dst"), before);
+}
+
+#[test]
+fn compare_modes_trade_speed_for_detection() {
+    // COMPARE=size cannot see a same-size change; checksum (the default) and modtime can.
+    let src = S3Server::start(Flavor::Rclone, AK, SK);
+    let dst = S3Server::start(Flavor::Moto, AK, SK);
+    make_bucket(&src, "src");
+    make_bucket(&dst, "dst");
+    src.put("src", "f.txt", b"version-1");
+    let mut env = vars(&src, "src", &dst, "dst");
+    assert_eq!(run(&env).code, 0);
+    src.put("src", "f.txt", b"version-2");
+
+    set(&mut env, "COMPARE", "size");
+    let r = run(&env);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.summary()["transfers"], 0);
+    assert_eq!(
+        dst.get("dst", "f.txt"),
+        b"version-1",
+        "size-only misses a same-size change"
+    );
+
+    for mode in ["modtime", "checksum"] {
+        src.put("src", "f.txt", format!("{mode:-<9}").as_bytes());
+        set(&mut env, "COMPARE", mode);
+        let r = run(&env);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(r.summary()["transfers"], 1, "{mode}");
+        assert_eq!(dst.get("dst", "f.txt"), format!("{mode:-<9}").as_bytes(), "{mode}");
+    }
+}
