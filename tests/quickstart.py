@@ -167,17 +167,20 @@ class Processes:
 
 
 def wait_port(port: int, proc: subprocess.Popen, what: str, log: Path, timeout: float = 20) -> None:
-    def up():
+    """Wait (bounded) until `port` accepts connections; fail at once if `proc` exits."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.05) + 1):
         if proc.poll() is not None:
             raise StepFailed(f"{what} exited with {proc.returncode}:\n{tail(log)}")
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    try:
-        wait_for(up, timeout, what)
-    except StepFailed:
-        raise
-    except AssertionError as e:
-        raise StepFailed(f"{e}\n{tail(log)}") from None
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    raise StepFailed(f"{what} did not listen on 127.0.0.1:{port} within {timeout} s:\n{tail(log)}")
 
 
 # ---- step: s3sync -----------------------------------------------------------------------------
@@ -361,7 +364,7 @@ def step_hook(ctx) -> str:
     ca = make_ca(pki_dir, "quickstart-ca")
     cert, key = ca.issue(pki_dir, "hook", ["localhost", "127.0.0.1"], client=False, server=True)
     port, metrics_port = free_ports(2)
-    sock_dir = ctx.work / "hook-sock"
+    sock_dir = ctx.socket_dir / "hook"
     sock_dir.mkdir()
     env = scrubbed_env({
         "LISTEN_ADDR": f"127.0.0.1:{port}", "METRICS_ADDR": f"127.0.0.1:{metrics_port}",
@@ -442,7 +445,7 @@ def step_etcdsnap(ctx) -> str:
         f"PVC {volume} labelled etcd.io/cluster=main")
 
     pb2, pb2_grpc = generate_stubs(ctx.work / "stubs")
-    driver = Driver(ctx.bin_dir, ctx.work / "etcdsnap", kube.kubeconfig_path, pb2, pb2_grpc,
+    driver = Driver(ctx.bin_dir, ctx.socket_dir / "etcdsnap", kube.kubeconfig_path, pb2, pb2_grpc,
                     LOG_LEVEL="info", PVC_MIN_SIZE="64Mi", JOB_BACKOFF_LIMIT="0")
     ctx.cleanups.append(driver.stop)
     driver.start()
@@ -509,6 +512,9 @@ class Context:
         self.work, self.bin_dir, self.tools, self.verbose = work, bin_dir, tools, verbose
         self.procs = Processes()
         self.cleanups = []
+        # Unix socket paths are limited to 107 bytes: with a long working directory, the sockets
+        # (and the etcdsnap driver's directory) go to a short one in /tmp, removed at the end too.
+        self.socket_dir = work if len(str(work)) <= 48 else Path(tempfile.mkdtemp(prefix="lbqs.", dir="/tmp"))
 
     def cleanup(self) -> None:
         for fn in reversed(self.cleanups):
@@ -551,7 +557,7 @@ def main() -> int:
     os.environ["LIFEBOAT_BIN_DIR"] = str(args.bin_dir)
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix="run.", dir=args.workdir))
+        work = args.workdir
     else:
         work = Path(tempfile.mkdtemp(prefix="lifeboat-quickstart."))
     ctx = Context(work, args.bin_dir, args.tools, args.verbose)
@@ -584,8 +590,9 @@ def main() -> int:
     finally:
         ctx.cleanup()
         if args.keep:
-            print(f"\nkept {work}")
+            print(f"\nkept {work}" + (f" and {ctx.socket_dir}" if ctx.socket_dir != work else ""))
         else:
+            shutil.rmtree(ctx.socket_dir, ignore_errors=True)
             shutil.rmtree(work, ignore_errors=True)
 
     header("summary")
