@@ -389,15 +389,16 @@ def step_hook(ctx) -> str:
     check(resp.status == 200, f"POST /mutate answered {resp.status}: {body[:300]!r}")
     answer = json.loads(body)["response"]
     check(answer.get("uid") == review["request"]["uid"], "the response does not echo the request uid")
-    say(f"AdmissionReview for Pod {review['request']['object']['metadata']['generateName']}* in namespace shop "
-        f"(annotations inject=true, path=/var/lib/orders/orders.db, bucket=orders-backup):")
+    say(f"POST /mutate: AdmissionReview CREATE Pod {review['request']['object']['metadata']['generateName']}* "
+        "in namespace shop,")
+    say("annotated inject=true, path=/var/lib/orders/orders.db, bucket=orders-backup:")
     say(f"decision: allowed={answer.get('allowed')} patchType={answer.get('patchType')} uid={answer.get('uid')}", 4)
     check(answer.get("allowed") is True and answer.get("patchType") == "JSONPatch" and answer.get("patch"),
           f"expected an allowed response with a JSON Patch, got {json.dumps(answer)[:300]}")
     ops = json.loads(base64.b64decode(answer["patch"]))
     say(f"JSON Patch, decoded ({len(ops)} operations; abridged, --verbose prints it whole):", 4)
     for line in patch_brief(ops):
-        say(clip(line, WIDTH - 6), 6)
+        say(clip(line), 6)
     if ctx.verbose:
         say(json.dumps(ops, indent=2), 6)
 
@@ -431,7 +432,7 @@ def step_etcdsnap(ctx) -> str:
     ctx.cleanups.append(cluster.stop)
     cluster.start()
     leader = cluster.leader_index()
-    say(f"etcd 3.5: 3 members over TLS with client certificates: {', '.join(cluster.client_urls)} "
+    say(f"etcd 3.5, 3 members, TLS with client certificates: {', '.join(u[8:] for u in cluster.client_urls)} "
         f"(leader m{leader})")
     for i in range(25):
         cluster.put(f"/quickstart/orders/{i:03}", json.dumps({"order": i, "total": 10 * i}))
@@ -441,8 +442,8 @@ def step_etcdsnap(ctx) -> str:
     ctx.cleanups.append(kube.stop)
     kube.start()
     volume = seed_cluster(kube, cluster, ETCD_NS, "main")
-    say(f"Kubernetes API stand-in {kube.url}: seeded Secret {ETCD_NS}/main-client-tls (etcd client TLS) and "
-        f"PVC {volume} labelled etcd.io/cluster=main")
+    say(f"Kubernetes API stand-in {kube.url} seeded with Secret {ETCD_NS}/main-client-tls (etcd client TLS)")
+    say(f"and the handle PVC {volume} labelled etcd.io/cluster=main")
 
     pb2, pb2_grpc = generate_stubs(ctx.work / "stubs")
     driver = Driver(ctx.bin_dir, ctx.socket_dir / "etcdsnap", kube.kubeconfig_path, pb2, pb2_grpc,
@@ -450,7 +451,8 @@ def step_etcdsnap(ctx) -> str:
     ctx.cleanups.append(driver.stop)
     driver.start()
     info = driver.identity.GetPluginInfo(pb2.GetPluginInfoRequest(), timeout=10)
-    say(f"etcdsnap on unix://{driver.socket} (KUBECONFIG -> stand-in): plugin {info.name} {info.vendor_version}")
+    say(f"etcdsnap serving CSI on unix://{driver.socket}, KUBECONFIG -> the stand-in")
+    say(f"GetPluginInfo -> {info.name} {info.vendor_version}")
 
     started = time.monotonic()
     group = driver.group.CreateVolumeGroupSnapshot(pb2.CreateVolumeGroupSnapshotRequest(

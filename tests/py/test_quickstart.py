@@ -79,7 +79,7 @@ def test_quickstart_runs_every_step_and_leaves_nothing(tmp_path):
         "litestream-hook-replicate", '"bucket": "orders-backup"',
         "is valid against the Kubernetes 1.33 Pod schema",
         # etcdsnap: a real snapshot through the CSI socket, checked by etcdutl, then deleted
-        "plugin etcdsnap.lifeboat.dev",
+        "GetPluginInfo -> etcdsnap.lifeboat.dev",
         "verified: hash, revision and size match what etcdsnap reported",
         "DeleteVolumeGroupSnapshot: Job, PVC and records removed",
         "passed strict Kubernetes 1.33 schema validation",
@@ -118,9 +118,10 @@ def test_ctrl_c_mid_run_stops_everything_and_removes_the_files(tmp_path):
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     reader = Reader(proc)
     try:
-        # Interrupt while the etcd cluster, the API stand-in and the driver may be running.
-        wait_for(lambda: "wrote 25 keys" in reader.text or proc.poll() is not None, 600, "the etcd step to start",
-                 interval=0.1)
+        # Interrupt while the etcd cluster runs and the API stand-in and the driver start (seconds
+        # before the end, so the signal cannot come too late).
+        wait_for(lambda: "wrote 25 keys" in reader.text or proc.poll() is not None, 600,
+                 "the etcd cluster to run", interval=0.05)
         assert proc.poll() is None, reader.text[-3000:]
         os.kill(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C delivers to the script
         code = proc.wait(60)
