@@ -591,9 +591,7 @@ def main() -> int:
         print(f"\nquickstart: interrupted by {interrupted}: stopping everything", file=sys.stderr, flush=True)
     finally:
         ctx.cleanup()
-        if args.keep:
-            print(f"\nkept {work}" + (f" and {ctx.socket_dir}" if ctx.socket_dir != work else ""))
-        else:
+        if not args.keep:
             shutil.rmtree(ctx.socket_dir, ignore_errors=True)
             shutil.rmtree(work, ignore_errors=True)
 
@@ -604,7 +602,8 @@ def main() -> int:
         say(f"{'SKIPPED':<6} {name}")
     ok = interrupted is None and len(results) == len(steps) and all(r[1] for r in results)
     say(f"\n{'all steps succeeded' if ok else 'quickstart FAILED'} in {time.monotonic() - started:.1f} s; "
-        f"every process stopped, {'working directory kept' if args.keep else 'temporary files removed'}")
+        f"every process stopped, {'temporary files removed' if not args.keep else 'files kept in ' + str(work)}"
+        + (f" and {ctx.socket_dir}" if args.keep and ctx.socket_dir != work else ""))
     if interrupted:
         return 130 if interrupted == "SIGINT" else 143
     return 0 if ok else 1
