@@ -339,9 +339,9 @@ def patch_brief(ops: list[dict]) -> list[str]:
             bits = []
             if "image" in item:
                 bits.append(item["image"])
-                bits.append(" ".join(item.get("command", []) + item.get("args", [])))
                 if item.get("restartPolicy") == "Always":
                     bits.append("(native sidecar)")
+                bits.append(" ".join(item.get("command", []) + item.get("args", [])))
                 for e in item.get("env", []):
                     if e.get("name") == "LIFEBOAT_LITESTREAM_CONFIG":
                         configs.append(e.get("value", ""))
