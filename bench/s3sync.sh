@@ -4,14 +4,14 @@
 #   1. wrapper overhead: s3sync vs raw `rclone sync` with exactly the flags s3sync uses
 #      (initial sync, no-op re-sync, 1%-changed re-sync);
 #   2. s3sync's defaults vs rclone's defaults on the no-op and the 1%-changed re-sync.
-# Usage: bash bench/s3sync.sh   (env: SMALL=3000 LARGE=4 LARGE_MIB=32 ROUNDS=5 INITIAL_ROUNDS=3)
+# Usage: bash bench/s3sync.sh   (env: SMALL=3000 LARGE=4 LARGE_MIB=32 ROUNDS=9 INITIAL_ROUNDS=3)
 # Needs the tools from tests/tools.sh; builds the release binary without the csi feature.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SMALL=${SMALL:-3000}
 LARGE=${LARGE:-4}
 LARGE_MIB=${LARGE_MIB:-32}
-ROUNDS=${ROUNDS:-5}
+ROUNDS=${ROUNDS:-9}
 INITIAL_ROUNDS=${INITIAL_ROUNDS:-3}
 tools=${LIFEBOAT_TOOLS:-$PWD/.tools/bin}
 export PATH="$tools:$PATH"
@@ -78,16 +78,21 @@ now_ms() { date +%s%3N; }
 # Each runner prints its wall time in ms; a failed run aborts the benchmark.
 SUF=""  # destination bucket suffix: each initial-sync round writes into fresh buckets
 run_s3sync() { local t0; t0=$(now_ms); DEST_BUCKET=s3sync$SUF "$S3SYNC" 2>"$work/s3sync.log" || { tail -5 "$work/s3sync.log" >&2; exit 1; }; echo $(($(now_ms) - t0)); }
-# The same argv s3sync ran, taken from its own log, pointed at the `raw` bucket.
-raw_args() { python3 - "$work/s3sync.log" <<'PY'
+# The same argv s3sync ran (saved from its first log), pointed at the `raw` bucket.
+save_args() { python3 - "$work/s3sync.log" >"$work/args" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
     v = json.loads(line)
     if v["msg"] == "running rclone sync":
-        print("\n".join(a.replace("dest:s3sync", "dest:raw") for a in v["args"]))
+        print("\n".join(v["args"]))
 PY
 }
-run_raw() { local t0; mapfile -t args < <(raw_args); t0=$(now_ms); "$RCLONE" "${args[@]}" 2>"$work/raw.log" || { tail -5 "$work/raw.log" >&2; exit 1; }; echo $(($(now_ms) - t0)); }
+run_raw() {
+  local t0 args=()
+  mapfile -t args <"$work/args"
+  for i in "${!args[@]}"; do [[ ${args[$i]} == dest:* ]] && args[$i]="dest:raw$SUF"; done
+  t0=$(now_ms); "$RCLONE" "${args[@]}" 2>"$work/raw.log" || { tail -5 "$work/raw.log" >&2; exit 1; }; echo $(($(now_ms) - t0))
+}
 run_rcdefault() { local t0; t0=$(now_ms); "$RCLONE" sync source:data "dest:rcdefault$SUF" 2>"$work/rcdefault.log" || { tail -5 "$work/rcdefault.log" >&2; exit 1; }; echo $(($(now_ms) - t0)); }
 
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2)}'; }
@@ -124,27 +129,37 @@ print(int((t["running rclone sync"] - t["starting"]).total_seconds() * 1000))
 PY
 }
 
+# One round: the three contenders in an order that rotates with the round number, so none
+# always runs first. Appends to the arrays named by the prefix ($1_s, $1_r, $1_d, $1_p).
+ROUND=0
+run_round() {
+  local k s r d p
+  for k in 0 1 2; do
+    case $(((k + ROUND) % 3)) in
+      0) s=$(run_s3sync); p=$(preflight_ms); [ -s "$work/args" ] || save_args ;;
+      1) r=$(run_raw) ;;
+      2) d=$(run_rcdefault) ;;
+    esac
+  done
+  ROUND=$((ROUND + 1))
+  eval "$1_s+=($s); $1_r+=($r); $1_d+=($d); $1_p+=($p); $1_x+=($((s - r))); $1_y+=($((s - p - r)))"
+}
+
 echo "initial sync into three empty buckets x $INITIAL_ROUNDS" >&2
-init_s=(); init_r=(); init_d=(); init_p=()
 for round in $(seq "$INITIAL_ROUNDS" -1 1); do
   SUF="-$round"
   for b in s3sync raw rcdefault; do "$RCLONE" mkdir "dest:$b$SUF"; done
-  init_s+=("$(run_s3sync)"); init_p+=("$(preflight_ms)"); init_r+=("$(run_raw)"); init_d+=("$(run_rcdefault)")
-  # Round 1's buckets are kept for the re-sync rounds; the others only cost disk.
+  run_round init
+  # Round 1's buckets are kept for the re-sync rounds; the others only cost disk
   # (removed on disk: rclone serve s3 refuses to delete buckets that held folders).
   [ "$round" = 1 ] || for b in s3sync raw rcdefault; do rm -rf "${work:?}/dst/$b$SUF"; done
 done
-init_s3sync=$(median "${init_s[@]}"); init_raw=$(median "${init_r[@]}"); init_rcdef=$(median "${init_d[@]}"); init_pre=$(median "${init_p[@]}")
 echo "no-op re-sync x $ROUNDS" >&2
-noop_s=(); noop_r=(); noop_d=(); pre=()
-for _ in $(seq "$ROUNDS"); do
-  noop_s+=("$(run_s3sync)"); pre+=("$(preflight_ms)"); noop_r+=("$(run_raw)"); noop_d+=("$(run_rcdefault)")
-done
+for _ in $(seq "$ROUNDS"); do run_round noop; done
 echo "1%-changed re-sync x $ROUNDS" >&2
-chg_s=(); chg_r=(); chg_d=(); pre_c=()
 for round in $(seq "$ROUNDS"); do
   change_one_percent "$round"
-  chg_s+=("$(run_s3sync)"); pre_c+=("$(preflight_ms)"); chg_r+=("$(run_raw)"); chg_d+=("$(run_rcdefault)")
+  run_round chg
 done
 # The three destinations must be identical copies of the source.
 for b in s3sync raw rcdefault; do "$RCLONE" check source:data "dest:$b$SUF" --one-way 2>/dev/null || { echo "dest:$b differs" >&2; exit 1; }; done
@@ -152,18 +167,19 @@ for b in s3sync raw rcdefault; do "$RCLONE" check source:data "dest:$b$SUF" --on
 total=$((SMALL + LARGE))
 printf '\n%s objects (%s small, %s x %s MiB), rclone %s, wall ms, medians of %s initial / %s re-sync rounds\n' \
   "$total" "$SMALL" "$LARGE" "$LARGE_MIB" "$("$RCLONE" version | head -1 | awk '{print $2}')" "$INITIAL_ROUNDS" "$ROUNDS"
-printf '\nwrapper overhead (same rclone flags); pre-flight = the two bucket probes of s3sync (one rclone start, run in parallel)\n'
-printf '%-12s %8s %11s %9s %11s %15s\n' scenario s3sync "raw rclone" overhead pre-flight "excl. pre-flight"
-for row in "initial:$init_s3sync:$init_raw:$init_pre" \
-           "no-op:$(median "${noop_s[@]}"):$(median "${noop_r[@]}"):$(median "${pre[@]}")" \
-           "1%-changed:$(median "${chg_s[@]}"):$(median "${chg_r[@]}"):$(median "${pre_c[@]}")"; do
-  IFS=: read -r name a b p <<<"$row"
-  printf '%-12s %8s %11s %9s %11s %15s\n' "$name" "$a" "$b" "$(pct "$a" "$b")" "$p" "$(pct "$((a - p))" "$b")"
+printf '\nwrapper overhead: s3sync vs raw rclone with the same flags; overhead = median of per-round differences\n'
+printf 'pre-flight = the two bucket probes of s3sync (one rclone start each, in parallel)\n'
+printf '%-12s %8s %11s %9s %11s %17s\n' scenario s3sync "raw rclone" overhead pre-flight "excl. pre-flight"
+for sc in init:initial noop:no-op chg:1%-changed; do
+  v=${sc%%:*}; name=${sc#*:}
+  eval 'a=$(median "${'$v'_s[@]}"); b=$(median "${'$v'_r[@]}"); p=$(median "${'$v'_p[@]}"); x=$(median "${'$v'_x[@]}"); y=$(median "${'$v'_y[@]}")'
+  printf '%-12s %8s %11s %9s %11s %17s\n' "$name" "$a" "$b" "$x ms $(pct "$((b + x))" "$b")" "$p" "$y ms $(pct "$((b + y))" "$b")"
 done
 printf '\ndefaults: s3sync (checksum, fast-list, no-check-bucket) vs rclone (modtime)\n'
 printf '%-12s %8s %11s %9s\n' scenario s3sync "rclone dflt" speedup
-for row in "initial:$init_s3sync:$init_rcdef" "no-op:$(median "${noop_s[@]}"):$(median "${noop_d[@]}")" \
-           "1%-changed:$(median "${chg_s[@]}"):$(median "${chg_d[@]}")"; do
-  IFS=: read -r name a b <<<"$row"
+for sc in init:initial noop:no-op chg:1%-changed; do
+  v=${sc%%:*}; name=${sc#*:}
+  eval 'a=$(median "${'$v'_s[@]}"); b=$(median "${'$v'_d[@]}")'
   printf '%-12s %8s %11s %9s\n' "$name" "$a" "$b" "$(python3 -c "print(f'{$b/$a:.2f}x')")"
 done
+printf '(load average at the end: %s)\n' "$(cut -d' ' -f1-3 /proc/loadavg)"

@@ -308,6 +308,7 @@ impl Engine {
             volume_ids: volume_ids.to_vec(),
             snapshot_ids: volume_ids.iter().map(|v| ids::member_snapshot_id(&gid, v)).collect(),
             created,
+            complete: false,
         };
         if !self.store.create(&group)? {
             // Another driver instance created it meanwhile.
@@ -342,6 +343,11 @@ impl Engine {
                 }
             }
         }
+        self.store.update::<GroupRecord>(&gid, |g| {
+            let changed = !g.complete;
+            g.complete = true;
+            changed
+        })?;
         log::info!(group = gid.as_str(), volumes = volume_ids.len(); "group snapshot started");
         Ok(GroupView {
             id: gid,
@@ -424,11 +430,17 @@ impl Engine {
                     let _g = self.locks.lock(sid, LOCK_WAIT)?;
                     self.refresh_locked(rec)?
                 }
+                None if group.complete => {
+                    // Deleted on its own (DeleteSnapshot): the group reports what is left.
+                    log::warn!(group = group.id.as_str(), snapshot = sid.as_str(), volume = volume.as_str();
+                        "a member of the group snapshot was deleted");
+                    continue;
+                }
                 None => {
                     return Err(Status::internal(format!(
-                    "group snapshot {}: the snapshot {sid} of volume {volume} is gone (deleted outside the driver?)",
-                    group.id
-                )))
+                        "group snapshot {}: creating the snapshot of volume {volume} was interrupted",
+                        group.id
+                    )))
                 }
             };
             if rec.state == State::Failed {

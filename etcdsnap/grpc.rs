@@ -4,8 +4,10 @@
 //! grpcio-compiler only generates code for protobuf 2 and prost, so the three CSI services
 //! are wired here by hand: one [`Method`] per RPC (unary, protobuf codec) and a
 //! [`ServiceBuilder`] per service. Every handler goes through [`unary`], which
-//! * runs the blocking implementation on the completion-queue thread (etcdsnap's RPCs are
-//!   short: a Create starts a Job and returns; it never waits for the Job),
+//! * runs the blocking implementation: the constant answers (plugin info, capabilities)
+//!   inline on the completion-queue thread, everything that talks to Kubernetes or etcd on
+//!   a thread of its own, so a slow etcd health check never delays a Probe; the answer is
+//!   handed back to the completion queue through a one-shot channel ([`oneshot`]),
 //! * counts the RPC and its latency by method and code (`etcdsnap_rpc_*`),
 //! * logs it, and translates a [`Status`] into a grpcio status,
 //! * holds an in-flight guard until the answer is written, so SIGTERM can wait for it.
@@ -13,7 +15,7 @@
 use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -155,11 +157,90 @@ fn to_grpc(status: &Status) -> RpcStatus {
     RpcStatus::with_message(RpcStatusCode::from(status.code.number()), status.message.clone())
 }
 
+/// At most this many RPCs are handled at once; more are refused with RESOURCE_EXHAUSTED.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// A one-shot channel whose receiving end is a future, so a worker thread can hand its
+/// answer to the completion queue that owns the call.
+mod oneshot {
+    use super::*;
+
+    struct Slot<T> {
+        value: Option<T>,
+        waker: Option<Waker>,
+    }
+
+    pub struct Sender<T>(Arc<Mutex<Slot<T>>>);
+    pub struct Receiver<T>(Arc<Mutex<Slot<T>>>);
+
+    pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
+        let slot = Arc::new(Mutex::new(Slot {
+            value: None,
+            waker: None,
+        }));
+        (Sender(Arc::clone(&slot)), Receiver(slot))
+    }
+
+    impl<T> Sender<T> {
+        pub fn send(self, value: T) {
+            let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            slot.value = Some(value);
+            if let Some(w) = slot.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    impl<T> Future for Receiver<T> {
+        type Output = T;
+        fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+            let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            match slot.value.take() {
+                Some(v) => Poll::Ready(v),
+                None => {
+                    slot.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+/// Runs `handler` on a thread of its own; a panic becomes INTERNAL instead of a lost answer.
+fn run_on_worker<Req, Resp, F>(name: &'static str, handler: Arc<F>, req: Req) -> oneshot::Receiver<Result<Resp, Status>>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    F: Fn(Req) -> Result<Resp, Status> + Send + Sync + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    let tx = Arc::new(Mutex::new(Some(tx)));
+    let tx2 = Arc::clone(&tx);
+    let spawned = std::thread::Builder::new().name(format!("rpc-{name}")).spawn(move || {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(req)))
+            .unwrap_or_else(|_| Err(Status::internal(format!("{name}: the handler panicked"))));
+        if let Some(tx) = tx2.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            tx.send(result);
+        }
+    });
+    if let Err(e) = spawned {
+        if let Some(tx) = tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            tx.send(Err(Status::new(
+                crate::status::Code::ResourceExhausted,
+                format!("{name}: cannot start a thread: {e}"),
+            )));
+        }
+    }
+    rx
+}
+
 /// Registers `handler` for `method`: metrics, logs, status translation, in-flight tracking.
+/// `inline` handlers (constant answers) run on the completion-queue thread.
 fn unary<Req, Resp, F>(
     builder: ServiceBuilder,
     method: &Method<Req, Resp>,
     shared: &Shared,
+    inline: bool,
     handler: F,
 ) -> ServiceBuilder
 where
@@ -168,36 +249,45 @@ where
     F: Fn(Req) -> Result<Resp, Status> + Send + Sync + 'static,
 {
     let name: &'static str = method.name.rsplit('/').next().unwrap_or(method.name);
-    let quiet = matches!(
-        name,
-        "Probe"
-            | "GetPluginInfo"
-            | "GetPluginCapabilities"
-            | "ControllerGetCapabilities"
-            | "GroupControllerGetCapabilities"
-    );
+    let quiet = inline || name == "Probe";
     let shared = shared.clone();
     let handler = Arc::new(handler);
     builder.add_unary_handler(method, move |ctx, req, sink| {
         let guard = InFlightGuard::enter(&shared.inflight, &shared.metrics);
         let start = Instant::now();
-        let result = handler(req);
-        let elapsed = start.elapsed();
-        let code = match &result {
-            Ok(_) => "OK",
-            Err(s) => s.code.name(),
+        let shared = shared.clone();
+        let pending = if shared.inflight.count() > MAX_IN_FLIGHT {
+            None
+        } else if inline {
+            let (tx, rx) = oneshot::channel();
+            tx.send(handler(req));
+            Some(rx)
+        } else {
+            Some(run_on_worker(name, Arc::clone(&handler), req))
         };
-        shared.metrics.inc(RPC_TOTAL, &[("method", name), ("code", code)]);
-        shared
-            .metrics
-            .observe(RPC_SECONDS, &[("method", name), ("code", code)], elapsed.as_secs_f64());
-        let ms = elapsed.as_secs_f64() * 1000.0;
-        match &result {
-            Ok(_) if quiet => log::debug!(method = name, code = code, ms = ms; "rpc"),
-            Ok(_) => log::info!(method = name, code = code, ms = ms; "rpc"),
-            Err(s) => log::warn!(method = name, code = code, ms = ms, error = s.message.as_str(); "rpc failed"),
-        }
         let reply = async move {
+            let result = match pending {
+                Some(rx) => rx.await,
+                None => Err(Status::new(
+                    crate::status::Code::ResourceExhausted,
+                    format!("more than {MAX_IN_FLIGHT} RPCs in flight; retry"),
+                )),
+            };
+            let elapsed = start.elapsed();
+            let code = match &result {
+                Ok(_) => "OK",
+                Err(s) => s.code.name(),
+            };
+            shared.metrics.inc(RPC_TOTAL, &[("method", name), ("code", code)]);
+            shared
+                .metrics
+                .observe(RPC_SECONDS, &[("method", name), ("code", code)], elapsed.as_secs_f64());
+            let ms = elapsed.as_secs_f64() * 1000.0;
+            match &result {
+                Ok(_) if quiet => log::debug!(method = name, code = code, ms = ms; "rpc"),
+                Ok(_) => log::info!(method = name, code = code, ms = ms; "rpc"),
+                Err(s) => log::warn!(method = name, code = code, ms = ms, error = s.message.as_str(); "rpc failed"),
+            }
             let sent = match result {
                 Ok(resp) => sink.success(resp).await,
                 Err(status) => sink.fail(to_grpc(&status)).await,
@@ -220,31 +310,35 @@ pub fn services(
 ) -> Vec<grpcio::Service> {
     let mut ids = ServiceBuilder::new();
     let i = Arc::clone(&identity);
-    ids = unary(ids, &GET_PLUGIN_INFO, shared, move |r| i.plugin_info(r));
+    ids = unary(ids, &GET_PLUGIN_INFO, shared, true, move |r| i.plugin_info(r));
     let i = Arc::clone(&identity);
-    ids = unary(ids, &GET_PLUGIN_CAPABILITIES, shared, move |r| i.plugin_capabilities(r));
+    ids = unary(ids, &GET_PLUGIN_CAPABILITIES, shared, true, move |r| {
+        i.plugin_capabilities(r)
+    });
     let i = identity;
-    ids = unary(ids, &PROBE, shared, move |r| i.probe(r));
+    ids = unary(ids, &PROBE, shared, false, move |r| i.probe(r));
 
     let mut ctl = ServiceBuilder::new();
     let c = Arc::clone(&controller);
-    ctl = unary(ctl, &CONTROLLER_GET_CAPABILITIES, shared, move |r| c.capabilities(r));
+    ctl = unary(ctl, &CONTROLLER_GET_CAPABILITIES, shared, true, move |r| {
+        c.capabilities(r)
+    });
     let c = Arc::clone(&controller);
-    ctl = unary(ctl, &CREATE_SNAPSHOT, shared, move |r| c.create_snapshot(r));
+    ctl = unary(ctl, &CREATE_SNAPSHOT, shared, false, move |r| c.create_snapshot(r));
     let c = controller;
-    ctl = unary(ctl, &DELETE_SNAPSHOT, shared, move |r| c.delete_snapshot(r));
+    ctl = unary(ctl, &DELETE_SNAPSHOT, shared, false, move |r| c.delete_snapshot(r));
 
     let mut grp = ServiceBuilder::new();
     let g = Arc::clone(&group);
-    grp = unary(grp, &GROUP_CONTROLLER_GET_CAPABILITIES, shared, move |r| {
+    grp = unary(grp, &GROUP_CONTROLLER_GET_CAPABILITIES, shared, true, move |r| {
         g.capabilities(r)
     });
     let g = Arc::clone(&group);
-    grp = unary(grp, &CREATE_VOLUME_GROUP_SNAPSHOT, shared, move |r| g.create(r));
+    grp = unary(grp, &CREATE_VOLUME_GROUP_SNAPSHOT, shared, false, move |r| g.create(r));
     let g = Arc::clone(&group);
-    grp = unary(grp, &DELETE_VOLUME_GROUP_SNAPSHOT, shared, move |r| g.delete(r));
+    grp = unary(grp, &DELETE_VOLUME_GROUP_SNAPSHOT, shared, false, move |r| g.delete(r));
     let g = group;
-    grp = unary(grp, &GET_VOLUME_GROUP_SNAPSHOT, shared, move |r| g.get(r));
+    grp = unary(grp, &GET_VOLUME_GROUP_SNAPSHOT, shared, false, move |r| g.get(r));
 
     vec![ids.build(), ctl.build(), grp.build()]
 }
@@ -358,6 +452,27 @@ mod tests {
         assert_eq!(block_on_timeout(async { 7 }, Duration::from_millis(10)), Some(7));
         let never = std::future::pending::<()>();
         assert_eq!(block_on_timeout(never, Duration::from_millis(50)), None);
+    }
+
+    #[test]
+    fn oneshot_hands_a_value_across_threads() {
+        let (tx, rx) = oneshot::channel();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            tx.send(5);
+        });
+        assert_eq!(block_on_timeout(rx, Duration::from_secs(5)), Some(5));
+        t.join().unwrap();
+        let handler = Arc::new(|x: i32| -> Result<i32, Status> {
+            if x < 0 {
+                panic!("negative");
+            }
+            Ok(x * 2)
+        });
+        let ok = block_on_timeout(run_on_worker("T", Arc::clone(&handler), 4), Duration::from_secs(5));
+        assert_eq!(ok, Some(Ok(8)));
+        let panicked = block_on_timeout(run_on_worker("T", handler, -1), Duration::from_secs(5)).unwrap();
+        assert_eq!(panicked.unwrap_err().code, crate::status::Code::Internal);
     }
 
     #[test]

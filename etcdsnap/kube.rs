@@ -532,22 +532,24 @@ fn select_context(doc: &Value, base: &Path) -> Result<ContextConfig, String> {
 }
 
 /// Parses a kubeconfig: JSON, or the block-style YAML subset kubectl and PyYAML write
-/// (mappings, `- ` sequences, plain or quoted scalars, `{}`/`[]`, comments).
+/// (mappings, `- ` sequences, plain or quoted scalars, `{}`/`[]`, comments). Errors name
+/// the line number only: a kubeconfig line may hold a token.
 pub fn parse_kubeconfig(text: &str) -> Result<Value, String> {
     if text.trim_start().starts_with('{') {
-        return serde_json::from_str(text).map_err(|e| format!("invalid JSON kubeconfig: {e}"));
+        return serde_json::from_str(text)
+            .map_err(|e| format!("invalid JSON kubeconfig at line {} column {}", e.line(), e.column()));
     }
-    let mut lines: Vec<(usize, String)> = Vec::new();
-    for raw in text.lines() {
+    let mut lines: Vec<Line> = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
         let trimmed = raw.trim_end();
         let content = trimmed.trim_start();
         if content.is_empty() || content.starts_with('#') || content == "---" {
             continue;
         }
-        if raw.contains('\t') && raw.trim_start_matches(' ').starts_with('\t') {
-            return Err("tabs are not allowed for YAML indentation".into());
+        if raw.trim_start_matches(' ').starts_with('\t') {
+            return Err(format!("line {}: tabs are not allowed for YAML indentation", n + 1));
         }
-        lines.push((trimmed.len() - content.len(), content.to_string()));
+        lines.push((trimmed.len() - content.len(), content.to_string(), n + 1));
     }
     let mut i = 0;
     if lines.is_empty() {
@@ -556,7 +558,7 @@ pub fn parse_kubeconfig(text: &str) -> Result<Value, String> {
     let indent = lines[0].0;
     let value = yaml_block(&mut lines, &mut i, indent)?;
     if i != lines.len() {
-        return Err(format!("unexpected indentation near {:?}", lines[i].1));
+        return Err(format!("line {}: unexpected indentation", lines[i].2));
     }
     Ok(value)
 }
@@ -565,7 +567,10 @@ fn is_seq_item(content: &str) -> bool {
     content == "-" || content.starts_with("- ")
 }
 
-fn yaml_block(lines: &mut Vec<(usize, String)>, i: &mut usize, indent: usize) -> Result<Value, String> {
+/// One significant line: indentation, content, 1-based line number.
+type Line = (usize, String, usize);
+
+fn yaml_block(lines: &mut Vec<Line>, i: &mut usize, indent: usize) -> Result<Value, String> {
     if is_seq_item(&lines[*i].1) {
         let mut items = Vec::new();
         while *i < lines.len() && lines[*i].0 == indent && is_seq_item(&lines[*i].1) {
@@ -582,10 +587,10 @@ fn yaml_block(lines: &mut Vec<(usize, String)>, i: &mut usize, indent: usize) ->
             } else if split_key(inner).is_some() {
                 // "- key: value" starts a mapping at the column of "key".
                 let col = indent + 1 + (rest.len() - inner.len());
-                lines[*i] = (col, inner.to_string());
+                lines[*i] = (col, inner.to_string(), lines[*i].2);
                 items.push(yaml_block(lines, i, col)?);
             } else {
-                items.push(yaml_scalar(inner)?);
+                items.push(yaml_scalar(inner).map_err(|e| format!("line {}: {e}", lines[*i].2))?);
                 *i += 1;
             }
         }
@@ -593,8 +598,8 @@ fn yaml_block(lines: &mut Vec<(usize, String)>, i: &mut usize, indent: usize) ->
     }
     let mut map = serde_json::Map::new();
     while *i < lines.len() && lines[*i].0 == indent && !is_seq_item(&lines[*i].1) {
-        let line = lines[*i].1.clone();
-        let (key, rest) = split_key(&line).ok_or_else(|| format!("expected `key: value`, got {line:?}"))?;
+        let (line, number) = (lines[*i].1.clone(), lines[*i].2);
+        let (key, rest) = split_key(&line).ok_or_else(|| format!("line {number}: expected `key: value`"))?;
         *i += 1;
         let value = if rest.is_empty() {
             if *i < lines.len() && lines[*i].0 > indent {
@@ -606,7 +611,7 @@ fn yaml_block(lines: &mut Vec<(usize, String)>, i: &mut usize, indent: usize) ->
                 Value::Null
             }
         } else {
-            yaml_scalar(rest)?
+            yaml_scalar(rest).map_err(|e| format!("line {number}: {e}"))?
         };
         map.insert(key, value);
     }
@@ -630,15 +635,11 @@ fn split_key(line: &str) -> Option<(String, &str)> {
 fn yaml_scalar(text: &str) -> Result<Value, String> {
     let t = text.trim();
     if let Some(inner) = t.strip_prefix('"') {
-        let inner = inner
-            .strip_suffix('"')
-            .ok_or_else(|| format!("unterminated string {t:?}"))?;
-        return serde_json::from_str(&format!("\"{inner}\"")).map_err(|e| format!("bad string {t:?}: {e}"));
+        let inner = inner.strip_suffix('"').ok_or("unterminated quoted string")?;
+        return serde_json::from_str(&format!("\"{inner}\"")).map_err(|_| "invalid escape in a quoted string".into());
     }
     if let Some(inner) = t.strip_prefix('\'') {
-        let inner = inner
-            .strip_suffix('\'')
-            .ok_or_else(|| format!("unterminated string {t:?}"))?;
+        let inner = inner.strip_suffix('\'').ok_or("unterminated quoted string")?;
         return Ok(Value::String(inner.replace("''", "'")));
     }
     let plain = match t.find(" #") {
@@ -707,6 +708,13 @@ users:
             .unwrap_err()
             .contains("not an https://"));
         assert!(parse_kubeconfig("a: b\n  c: d\n").is_err());
+        // Errors name the line, never its content (it may be a token).
+        let err = parse_kubeconfig("users:\n- name: u\n  user:\n    token: \"s3cr3t\n").unwrap_err();
+        assert_eq!(err, "line 4: unterminated quoted string");
+        let err = parse_kubeconfig("a: b\ns3cr3t-token-line\n").unwrap_err();
+        assert!(err.starts_with("line 2") && !err.contains("s3cr3t"), "{err}");
+        let err = parse_kubeconfig("{\"token\": \"s3cr3t").unwrap_err();
+        assert!(!err.contains("s3cr3t"), "{err}");
     }
 
     #[test]

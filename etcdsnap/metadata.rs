@@ -124,6 +124,10 @@ pub struct GroupRecord {
     /// One per volume, same order.
     pub snapshot_ids: Vec<String>,
     pub created: Time,
+    /// Set once every member's record, PVC and Job exist. A group without it whose member
+    /// is missing was interrupted while being created.
+    #[serde(default)]
+    pub complete: bool,
 }
 
 /// What the store needs to know about a record type.

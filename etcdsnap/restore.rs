@@ -10,7 +10,8 @@
 //!   --initial-advertise-peer-urls=<...>
 //! ```
 //!
-//! `etcdutl` checks the snapshot's integrity hash while restoring. Run it once per member
+//! `etcdutl` checks the snapshot's integrity hash while restoring. With `--apply` the Job is
+//! deleted once it succeeded and kept for inspection when it failed. Run it once per member
 //! (same `--initial-cluster` and token, each member's own name, peer URL and PVC), then
 //! start the members with `--data-dir=/var/lib/etcd/<data-subdir>` and the same flags.
 
@@ -280,6 +281,10 @@ fn run(args: &Args) -> Result<(), String> {
             .ok_or_else(|| format!("Job {}/{name} disappeared", rec.namespace))?;
         match job::job_state(&job) {
             JobState::Succeeded => {
+                // Leave nothing behind; a failed Job stays for inspection.
+                if let Err(e) = kube.delete(&path) {
+                    log::warn!(error:% = e; "could not delete the finished restore Job");
+                }
                 log::info!(job = name.as_str(), data_dir = format!("/var/lib/etcd/{}", args.data_subdir).as_str(); "restore complete");
                 println!(
                     "restored snapshot {} into PVC {}/{}",

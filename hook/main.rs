@@ -146,6 +146,10 @@ fn declare(metrics: &Registry) {
         "Errors, by kind (accept, handshake, too_large, content_type, invalid, ...).",
     );
     metrics.counter(
+        "hook_backend_kicks_total",
+        "Wake-ups sent to the HTTP layer for a request left unanswered (see proxy::watchdog).",
+    );
+    metrics.counter(
         "hook_tls_reloads_total",
         "Certificate reloads after the files changed, by result.",
     );

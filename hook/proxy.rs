@@ -42,6 +42,8 @@ struct Conn {
     last_in: AtomicU64,
     last_out: AtomicU64,
     closing: AtomicBool,
+    /// The `last_in` the watchdog saw unanswered on its previous look.
+    watched: AtomicU64,
 }
 
 #[derive(Default)]
@@ -103,6 +105,11 @@ impl Front {
             limits,
             conns: Arc::clone(&conns),
         });
+        let watched = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("http-watchdog".into())
+            .spawn(move || watchdog(&watched))
+            .map_err(|e| format!("cannot start the watchdog thread: {e}"))?;
         let stopping = Arc::clone(&stop);
         let accept = std::thread::Builder::new()
             .name("tls-accept".into())
@@ -218,6 +225,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, stop: &AtomicBool) 
             last_in: AtomicU64::new(0),
             last_out: AtomicU64::new(0),
             closing: AtomicBool::new(false),
+            watched: AtomicU64::new(0),
         });
         shared
             .conns
@@ -239,6 +247,33 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, stop: &AtomicBool) 
             shared.conns.remove(id);
             shared.metrics.inc("hook_errors_total", &[("kind", "thread")]);
             log::warn!(error:% = e; "cannot start a connection thread; connection dropped");
+        }
+    }
+}
+
+/// Works around a lost wake-up in tiny_http 0.12's thread pool (`TaskPool::spawn` queues a
+/// connection when a thread counts as waiting, but that thread may already have been
+/// notified for the previous one): when connections arrive together, one can sit in the
+/// queue with no thread to serve it until another connection ends, which with keep-alive may
+/// be never. A connection that has sent a request but never had any answer, for two looks
+/// in a row (10-20 ms), gets a "kick": an empty connection to the socket, whose arrival
+/// starts or wakes a pool thread, which serves the queue in order. Connections that were
+/// answered once own a thread for good, so they are never kicked for being slow. Kicks
+/// are counted in `hook_backend_kicks_total`.
+fn watchdog(shared: &Shared) {
+    loop {
+        std::thread::sleep(Duration::from_millis(10));
+        let mut stuck = false;
+        for conn in shared.conns.map.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            let last_in = conn.last_in.load(Ordering::SeqCst);
+            let never_answered = conn.last_out.load(Ordering::SeqCst) == 0;
+            if last_in > 0 && never_answered && conn.watched.swap(last_in, Ordering::SeqCst) == last_in {
+                stuck = true;
+            }
+        }
+        if stuck {
+            shared.metrics.inc("hook_backend_kicks_total", &[]);
+            drop(UnixStream::connect(shared.backend.socket_path()));
         }
     }
 }
@@ -290,9 +325,14 @@ fn pump_requests(
     let mut buf = vec![0u8; 16 * 1024];
     let mut plain = Vec::with_capacity(16 * 1024);
     loop {
-        // Plain bytes already decrypted (e.g. sent with the handshake's last flight).
+        // Records already buffered (e.g. a request sent right behind the client's Finished,
+        // which the handshake read but did not decrypt) must be processed before blocking.
         let peer_closed = {
             let mut tls = tls.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = tls.process_new_packets() {
+                let _ = tls.write_tls(tcp);
+                return Err(format!("TLS: {e}"));
+            }
             drain_plaintext(&mut tls, &mut plain)
         };
         if !plain.is_empty() {

@@ -271,3 +271,60 @@ fn accept_errors_do_not_stop_the_server() {
         );
     }
 }
+
+#[test]
+fn a_request_sent_together_with_the_handshake_is_answered() {
+    // rustls buffers plaintext written before the handshake ends and sends it right behind
+    // the client's Finished, in the same TCP segment: the server must not leave it unread.
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    let body = pod_review("early").to_string();
+    for _ in 0..20 {
+        let tcp = TcpStream::connect(hook.addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut conn =
+            rustls::ClientConnection::new(client_config(&hook.ca_pem), "localhost".try_into().unwrap()).unwrap();
+        let request = format!(
+            "POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        conn.writer().write_all(request.as_bytes()).unwrap();
+        let mut stream = rustls::StreamOwned::new(conn, tcp);
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        let text = String::from_utf8_lossy(&response);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains("\"uid\":\"early\""), "{text}");
+    }
+}
+
+#[test]
+fn many_connections_opened_at_once_are_all_served() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    let body = std::sync::Arc::new(pod_review("burst").to_string());
+    for _round in 0..20 {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(32));
+        let threads: Vec<_> = (0..32)
+            .map(|_| {
+                let (addr, config, body, barrier) =
+                    (hook.addr, client_config(&hook.ca_pem), body.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let mut client = Client::try_connect(addr, &config)?;
+                    for _ in 0..5 {
+                        let reply = client.try_post("/mutate", "application/json", body.as_bytes())?;
+                        if reply.status != 200 {
+                            return Err(format!("status {}", reply.status));
+                        }
+                    }
+                    Ok::<(), String>(())
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().expect("every connection is served");
+        }
+    }
+    assert_eq!(hook.metric("hook_requests_total{code=\"200\"}"), 3200.0);
+}

@@ -197,3 +197,54 @@ exec "{rclone}" "$@"
     assert!(r.has_msg("reaped an orphaned process"), "{}", r.stderr);
     assert_eq!(dst.list("dst"), ["a.txt"]);
 }
+
+#[test]
+fn https_endpoint_with_a_private_ca() {
+    // A TLS S3 endpoint whose certificate comes from a test CA: without that CA the pre-flight
+    // names a TLS failure; with SSL_CERT_FILE pointing at it (passed through to rclone), the
+    // sync works.
+    let dir = support::temp_dir("tls");
+    let ca = support::pki::Ca::new("s3sync-test-ca");
+    let leaf = ca.leaf("localhost", &["localhost", "127.0.0.1"], support::pki::Alg::EcdsaP256);
+    let files = ca.write(&leaf, dir.path(), "s3");
+    let data = support::temp_dir("tls-data");
+    std::fs::create_dir_all(data.path().join("dst")).unwrap();
+    let port = free_port();
+    let mut serve = std::process::Command::new(tool("rclone"));
+    support::scrub(&mut serve);
+    serve
+        .env("RCLONE_CONFIG", "/dev/null")
+        .args(["serve", "s3", "--addr", &format!("127.0.0.1:{port}"), "--auth-key"])
+        .arg(format!("{AK},{SK}"))
+        .arg("--cert")
+        .arg(&files.cert)
+        .arg("--key")
+        .arg(&files.key)
+        .args(["--log-level", "ERROR"])
+        .arg(data.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _server = support::Proc::spawn("rclone serve s3 (TLS)", serve);
+    support::wait_for_port(format!("127.0.0.1:{port}").parse().unwrap(), Duration::from_secs(30));
+
+    let src = S3Server::start(Flavor::Moto, AK, SK);
+    make_bucket(&src, "src");
+    src.put("src", "a.txt", b"over TLS");
+    let mut env = vars(&src, "src", &src, "unused");
+    set(&mut env, "DEST_S3_ENDPOINT", &format!("https://localhost:{port}"));
+    set(&mut env, "DEST_BUCKET", "dst");
+
+    let r = run(&env);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    let error = r.summary()["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("TLS with the destination endpoint https://localhost:"),
+        "{error}"
+    );
+
+    let mut cmd = command(&env);
+    cmd.env("SSL_CERT_FILE", &files.ca);
+    let r = spawn(cmd).finish();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(std::fs::read(data.path().join("dst/a.txt")).unwrap(), b"over TLS");
+}

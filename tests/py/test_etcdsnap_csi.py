@@ -155,7 +155,8 @@ def test_bad_configuration_is_reported_at_once(tmp_path, kube, bin_dir, stubs):
 
 def test_stale_socket_replaced_and_sigterm_finishes_in_flight_rpc(tmp_path, kube, bin_dir, stubs, etcd_like_blackhole):
     pb2, _ = stubs
-    d = Driver(bin_dir, tmp_path / "driver", kube.kubeconfig_path, *stubs, ETCD_TIMEOUT="3s")
+    # One completion queue: a handler that blocked it would also block the Probes below.
+    d = Driver(bin_dir, tmp_path / "driver", kube.kubeconfig_path, *stubs, ETCD_TIMEOUT="5s", GRPC_THREADS=1)
     # A socket file left behind by a killed driver.
     d.socket.parent.mkdir(parents=True)
     stale = socket.socket(socket.AF_UNIX)
@@ -182,6 +183,11 @@ def test_stale_socket_replaced_and_sigterm_finishes_in_flight_rpc(tmp_path, kube
     t = threading.Thread(target=create)
     t.start()
     wait_for(lambda: d.metric("etcdsnap_rpc_in_flight") == 1, 10, "the Create to be in flight")
+    # Identity keeps answering while the Create waits on etcd.
+    for _ in range(20):
+        assert d.identity.Probe(pb2.ProbeRequest(), timeout=10).ready.value is True
+        assert d.identity.GetPluginInfo(pb2.GetPluginInfoRequest(), timeout=10).name
+    assert t.is_alive() and "code" not in result, "the Create finished before the Probes"
     d.proc.send_signal(15)
     t.join(30)
     assert not t.is_alive()
@@ -210,3 +216,35 @@ def etcd_like_blackhole(pki, tmp_path):
         yield {"url": f"https://127.0.0.1:{lsock.getsockname()[1]}", "secret_data": data}
     finally:
         lsock.close()
+
+
+def test_token_file_is_reread_and_a_wrong_token_is_unauthenticated(tmp_path, kube, bin_dir, stubs):
+    """A JSON kubeconfig with a CA file and a tokenFile (the rotating service-account form): the
+    token is read per request, a wrong one gives UNAUTHENTICATED and not-ready, a fixed one heals.
+    The token never appears in the driver's logs."""
+    import json
+
+    pb2, _ = stubs
+    token_file = tmp_path / "token"
+    token_file.write_text(kube.token + "\n")
+    kubeconfig = tmp_path / "kubeconfig.json"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "standin", "cluster": {"server": kube.url, "certificate-authority": str(kube.ca_path)}}],
+        "users": [{"name": "sa", "user": {"tokenFile": str(token_file)}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "standin", "user": "sa"}}],
+    }))
+    d = Driver(bin_dir, tmp_path / "driver", kubeconfig, *stubs).start()
+    try:
+        missing = pb2.CreateVolumeGroupSnapshotRequest(name="t-1", source_volume_ids=["default/nothing"])
+        assert code_of(lambda: d.group.CreateVolumeGroupSnapshot(missing))[0] == grpc.StatusCode.NOT_FOUND
+        token_file.write_text("not-the-token")
+        code, details = code_of(lambda: d.group.CreateVolumeGroupSnapshot(missing))
+        assert code == grpc.StatusCode.UNAUTHENTICATED and "401" in details, details
+        wait_for(lambda: d.http("/ready")[0] == 503, 10, "not ready with a wrong token")
+        token_file.write_text(kube.token)
+        wait_for(lambda: d.http("/ready")[0] == 200, 10, "ready again")
+        assert code_of(lambda: d.group.CreateVolumeGroupSnapshot(missing))[0] == grpc.StatusCode.NOT_FOUND
+    finally:
+        assert d.stop() == 0
+    assert kube.token not in d.logs()

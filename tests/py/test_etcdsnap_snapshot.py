@@ -359,6 +359,8 @@ def test_restore_round_trip(driver, kube, etcd_cluster, volume, stubs, tools_bin
                          env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "restored snapshot" in run.stdout
+    # The finished restore Job is removed; only the snapshot's own Job remains.
+    assert [j["metadata"]["name"] for j in kube.objects("jobs", NS)] == ["etcdsnap-" + snap.snapshot_id]
     data_dir = kube.pvc_dir(NS, "data-r0") / "data"
     assert (data_dir / "member").is_dir()
     # A fresh etcd on the restored data: the keys are exactly those at snapshot time.
@@ -387,3 +389,30 @@ def test_restore_round_trip(driver, kube, etcd_cluster, volume, stubs, tools_bin
                           "--initial-cluster", "r0=http://x:1", "--initial-advertise-peer-urls", "http://x:1",
                           "--target-pvc", "data-r0"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "not found" in bad.stderr
+
+
+def test_interrupted_group_create_recovers(driver, kube, etcd_cluster, volume, stubs):
+    """A group record left by a driver that died before creating its members: the next Create
+    reports it, clears it, and the one after that takes the snapshot."""
+    import hashlib
+
+    pb2, _ = stubs
+    gid = "g-" + hashlib.sha256(b"group\0etcdsnap.lifeboat.dev\0interrupted").hexdigest()[:32]
+    sid = "s-" + hashlib.sha256(f"member\0{gid}\0{volume}".encode()).hexdigest()[:32]
+    record = {"id": gid, "name": "interrupted", "volume_ids": [volume], "snapshot_ids": [sid],
+              "created": {"seconds": int(time.time()), "nanos": 0}}
+    kube.put_object({"apiVersion": "v1", "kind": "ConfigMap",
+                     "metadata": {"name": f"etcdsnap-{gid}", "namespace": META,
+                                  "labels": {"app.kubernetes.io/managed-by": "etcdsnap"}},
+                     "data": {"record.json": json.dumps(record)}})
+    code, details = code_of(lambda: create_group(driver, pb2, "interrupted", [volume]))
+    assert code == grpc.StatusCode.INTERNAL and "interrupted" in details, details
+    assert records(kube) == {}
+    g = create_group(driver, pb2, "interrupted", [volume])
+    assert g.group_snapshot_id == gid and g.snapshots[0].snapshot_id == sid
+    wait_for(lambda: get_group(driver, pb2, gid).ready_to_use, 60, "ready")
+    # A member deleted on its own: the group reports what is left, and deletes cleanly.
+    driver.controller.DeleteSnapshot(pb2.DeleteSnapshotRequest(snapshot_id=sid))
+    assert list(get_group(driver, pb2, gid).snapshots) == []
+    driver.group.DeleteVolumeGroupSnapshot(pb2.DeleteVolumeGroupSnapshotRequest(group_snapshot_id=gid))
+    assert records(kube) == {} and kube.objects("jobs", NS) == []

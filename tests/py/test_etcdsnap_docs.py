@@ -1,0 +1,36 @@
+"""The handle PV/PVC manifests in etcdsnap's README section are valid Kubernetes objects (strict
+1.33 schema), pre-bound to each other, and use the volume handle form the driver accepts."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from kube_standin import schema_check
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def section() -> str:
+    text = README.read_text()
+    return text[text.index("<!-- etcdsnap:begin -->"):text.index("<!-- etcdsnap:end -->")]
+
+
+def test_readme_handle_manifests_are_valid():
+    blocks = re.findall(r"```yaml\n(.*?)```", section(), re.S)
+    objects = [o for b in blocks for o in yaml.safe_load_all(b) if o]
+    kinds = {o["kind"]: o for o in objects}
+    assert set(kinds) == {"PersistentVolume", "PersistentVolumeClaim"}
+    for o in objects:
+        assert schema_check(o) is None, (o["kind"], schema_check(o))
+    pv, pvc = kinds["PersistentVolume"], kinds["PersistentVolumeClaim"]
+    ns, name = pvc["metadata"]["namespace"], pvc["metadata"]["name"]
+    assert pv["spec"]["csi"]["volumeHandle"] == f"{ns}/{name}"
+    assert pv["spec"]["csi"]["driver"] == "etcdsnap.lifeboat.dev"
+    assert pv["spec"]["claimRef"] == {"namespace": ns, "name": name}
+    assert pvc["spec"]["volumeName"] == pv["metadata"]["name"]
+    assert "etcd.io/cluster" in pvc["metadata"]["labels"]
+    for url in pvc["metadata"]["annotations"]["etcd.io/endpoints"].split(","):
+        assert url.startswith("https://")
