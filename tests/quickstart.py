@@ -423,7 +423,7 @@ def step_hook(ctx) -> str:
 # ---- step: etcdsnap ---------------------------------------------------------------------------
 
 def step_etcdsnap(ctx) -> str:
-    from etcdsnap_driver import Driver, generate_stubs, seed_cluster
+    from etcdsnap_driver import DRIVER, Driver, generate_stubs, seed_cluster
     from kube_standin import KubeStandin
 
     binary = ctx.bin_dir / "etcdsnap"
@@ -441,9 +441,19 @@ def step_etcdsnap(ctx) -> str:
     kube = KubeStandin(ctx.work / "kube", ctx.tools, bin_dir=ctx.bin_dir)
     ctx.cleanups.append(kube.stop)
     kube.start()
+    # The handle PV/PVC pair as in the README's etcdsnap section (PV first; the PVC, labelled and
+    # annotated with the members' URLs, and the client TLS Secret as the etcdsnap tests seed them).
+    pv = kube.put_object({
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{ETCD_NS}-main-handle"},
+        "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadOnlyMany"],
+                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "etcdsnap-handle",
+                 "claimRef": {"namespace": ETCD_NS, "name": "main-handle"},
+                 "csi": {"driver": DRIVER, "volumeHandle": f"{ETCD_NS}/main-handle"}}})
     volume = seed_cluster(kube, cluster, ETCD_NS, "main")
+    check(volume == pv["spec"]["csi"]["volumeHandle"], f"the handle PVC {volume} is not the PV's volumeHandle")
     say(f"Kubernetes API stand-in {kube.url} seeded with Secret {ETCD_NS}/main-client-tls (etcd client TLS)")
-    say(f"and the handle PVC {volume} labelled etcd.io/cluster=main")
+    say(f"and the handle pair: PV {pv['metadata']['name']} (volumeHandle {volume}), PVC {volume} "
+        "labelled etcd.io/cluster=main")
 
     pb2, pb2_grpc = generate_stubs(ctx.work / "stubs")
     driver = Driver(ctx.bin_dir, ctx.socket_dir / "etcdsnap", kube.kubeconfig_path, pb2, pb2_grpc,
