@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -160,3 +162,24 @@ def test_a_failing_step_is_reported_and_cleaned_up(tmp_path, bin_dir, tools_bin)
     assert re.search(r"^  FAILED etcdsnap .*etcdsnap exited with 3", out, re.M), out[-3000:]
     assert "quickstart FAILED" in out
     assert_clean(tmp, before)
+
+
+def test_missing_build_tools_are_named_before_anything_runs(tmp_path):
+    """Without cmake (and with no apt-get to install it), the script stops at once, names what is
+    missing and how to install it, and starts nothing."""
+    path = tmp_path / "path"
+    path.mkdir()
+    for prog in ("dirname", "id", "cargo", "c++", "make"):
+        found = shutil.which(prog)
+        assert found, f"{prog} not on PATH"
+        (path / prog).symlink_to(found)
+    (path / "python3").symlink_to(sys.executable)  # the venv's, which has ensurepip and venv too
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = env_with_tmp(tmp)
+    env["PATH"] = str(path)
+    cp = subprocess.run(["/bin/bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 2, cp.stdout + cp.stderr
+    assert "quickstart: missing cmake" in cp.stderr and "apt-get install -y cmake" in cp.stderr, cp.stderr
+    assert "== build" not in cp.stdout and "== tools" not in cp.stdout
+    assert list(tmp.iterdir()) == []
