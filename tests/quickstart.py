@@ -231,7 +231,7 @@ def run_s3sync(ctx, source_url: str, dest_url: str, dry_run: bool) -> tuple[int,
 
 
 def step_s3sync(ctx) -> str:
-    dirs, procs, urls = [], [], []
+    procs, urls = [], []
     ports = free_ports(2)
     for name, port in zip(("source", "destination"), ports):
         d = ctx.work / f"s3-{name}"
@@ -243,7 +243,6 @@ def step_s3sync(ctx) -> str:
         p = ctx.procs.start(f"rclone serve s3 ({name})", [str(ctx.tools / "rclone"), "serve", "s3", "--addr",
                                                          f"127.0.0.1:{port}", str(d)], env, log)
         wait_port(port, p, f"rclone serve s3 ({name})", log)
-        dirs.append(d)
         procs.append(p)
         urls.append(f"http://127.0.0.1:{port}")
     say(f"S3 servers: source {urls[0]} (bucket {SOURCE_BUCKET}), destination {urls[1]} (bucket {DEST_BUCKET})")
@@ -281,9 +280,19 @@ def step_s3sync(ctx) -> str:
     for key, body in SEED.items():
         check(dst.get_object(Bucket=DEST_BUCKET, Key=key)["Body"].read() == body, f"{key} differs after the sync")
     s = summary[-1]
+    check((s.get("transfers"), s.get("deletes")) == (len(SEED), len(STALE)),
+          f"expected {len(SEED)} transfers and {len(STALE)} delete, the summary says {s}")
+
+    say("\ns3sync again (the usual CronJob run: nothing changed):")
+    code, lines = run_s3sync(ctx, urls[0], urls[1], dry_run=False)
+    again = [x for x in lines if "outcome" in x]
+    show_log(again, fields=SUMMARY_FIELDS)
+    check(code == 0 and again and again[-1]["outcome"] == "success", f"the re-sync exited with {code}")
+    check((again[-1].get("transfers"), again[-1].get("deletes")) == (0, 0), f"the re-sync changed things: {again[-1]}")
     for p in reversed(procs):
         ctx.procs.stop(p)
-    return f"{s.get('transfers')} copied, {s.get('deletes')} deleted, {s.get('bytes')} bytes; destination == source"
+    return (f"{s.get('transfers')} copied, {s.get('deletes')} deleted, {s.get('bytes')} bytes; destination == "
+            "source; re-sync: no-op")
 
 
 # ---- step: hook -------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ def test_quickstart_runs_every_step_and_leaves_nothing(tmp_path):
         # s3sync: the dry run changes nothing, the sync copies the seeded objects and deletes the stale one
         "destination unchanged by the dry run",
         "sync finished  outcome=success transfers=5 deletes=1",
+        "sync finished  outcome=success transfers=0 deletes=0",
         "db/orders.dump", "reports/2026-11.csv",
         # hook: the decision, the patch, the patched Pod checked by an independent implementation
         "decision: allowed=True patchType=JSONPatch uid=3f6b9a52-quickstart",
