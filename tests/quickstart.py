@@ -5,13 +5,15 @@ Run by `bash tests/quickstart.sh` (which installs the tools and builds the binar
 directly with the tools' Python: `.tools/bin/python tests/quickstart.py [--bin-dir DIR]`.
 
   s3sync    two `rclone serve s3` servers on 127.0.0.1; the source bucket is seeded over S3,
-            s3sync runs once as a dry run, then for real; the destination is listed and compared.
+            s3sync runs as a dry run, then for real (the destination is listed and compared
+            with the source), then again (a no-op).
   hook      started with a certificate made now; one AdmissionReview for an annotated Pod over
             HTTPS; the decision and the JSON Patch are shown, and the patched Pod is checked
             against the Kubernetes 1.33 Pod schema.
   etcdsnap  a 3-member etcd cluster over TLS (client certificates) and the Kubernetes API
             stand-in (tests/py); a VolumeGroupSnapshot through the CSI Unix socket with an
-            independent gRPC client; the snapshot file is checked with `etcdutl snapshot status`.
+            independent gRPC client; the snapshot file is checked with `etcdutl snapshot status`;
+            then the group is deleted (Job, PVC and records gone).
 
 Everything binds 127.0.0.1 and lives in one temporary directory; every process started here is
 stopped and the directory removed at the end, also on failure, Ctrl-C or SIGTERM. Exit status 0
