@@ -37,8 +37,12 @@ LISTEN_ADDR=127.0.0.1:$port METRICS_ADDR=127.0.0.1:$mport TLS_CERT_FILE=$work/tl
 pid=$!
 
 echo "binary: $(du -h "$bin" | cut -f1), $(nproc) cores, body $(wc -c <"$work/body.json") bytes"
-"$load" "127.0.0.1:$port" "$work/ca.crt" "$work/body.json" 1 "$REQ1" "$start_ns"
+"$load" "127.0.0.1:$port" "$work/ca.crt" "$work/body.json" 1 0 "$start_ns"
+echo "{\"idle_rss_kb\":$(awk '/VmRSS/ {print $2}' /proc/$pid/status)}"
+"$load" "127.0.0.1:$port" "$work/ca.crt" "$work/body.json" 1 "$REQ1"
+echo "{\"rss_after_c1_kb\":$(awk '/VmRSS/ {print $2}' /proc/$pid/status)}"
 "$load" "127.0.0.1:$port" "$work/ca.crt" "$work/body.json" 32 "$REQ32"
+echo "load average: $(cut -d" " -f1-3 /proc/loadavg)"
 echo "{\"peak_rss_kb\":$(awk '/VmHWM/ {print $2}' /proc/$pid/status),\"threads_now\":$(awk '/Threads/ {print $2}' /proc/$pid/status)}"
 kill -TERM "$pid"
 wait "$pid" && echo "exit after SIGTERM: 0"

@@ -49,6 +49,8 @@ pub const ETCD_CHECKS: &str = "etcdsnap_etcd_health_checks_total";
 
 /// A record stuck in `pending` this long was interrupted (the driver died mid-create).
 const PENDING_GRACE: Duration = Duration::from_secs(120);
+/// How long after JOB_TIMEOUT the driver itself gives up on a Job that shows no result.
+const JOB_GRACE: Duration = Duration::from_secs(30);
 /// How long an RPC waits for another operation on the same id.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
 
@@ -602,13 +604,17 @@ impl Engine {
                 match job::job_state(&job) {
                     JobState::Running => {
                         let age = Time::now().as_secs_f64() - rec.created.as_secs_f64();
-                        // The Job's own deadline fires first; this catches a Job that never ran.
-                        let limit = self.cfg.job_timeout.as_secs_f64() + 120.0;
+                        // The Job's own deadline fires first; this catches a Job that never ran
+                        // (a Job controller that is down, a suspended Job).
+                        let limit = (self.cfg.job_timeout + JOB_GRACE).as_secs_f64();
                         if age > limit {
                             self.fail(
                                 &rec,
                                 format!(
-                                    "timed out: the Job did not finish within {:.0}s",
+                                    "timed out: Job {}/{} showed no result {:.0}s after it was created (JOB_TIMEOUT {:.0}s)",
+                                    rec.namespace,
+                                    rec.object,
+                                    age,
                                     self.cfg.job_timeout.as_secs_f64()
                                 ),
                             )

@@ -131,10 +131,19 @@ impl Kube {
     pub fn in_cluster(timeout: Duration) -> Result<Kube, String> {
         let host = std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| "KUBERNETES_SERVICE_HOST is not set")?;
         let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
-        let host = if host.contains(':') { format!("[{host}]") } else { host };
-        let ca_path = Path::new(SA_DIR).join("ca.crt");
+        Kube::in_cluster_from(Path::new(SA_DIR), &host, &port, timeout)
+    }
+
+    /// In-cluster credentials from a service-account directory (`ca.crt`, `token`).
+    fn in_cluster_from(dir: &Path, host: &str, port: &str, timeout: Duration) -> Result<Kube, String> {
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        let ca_path = dir.join("ca.crt");
         let ca = std::fs::read(&ca_path).map_err(|e| format!("{}: cannot read: {e}", ca_path.display()))?;
-        let token = Path::new(SA_DIR).join("token");
+        let token = dir.join("token");
         if !token.exists() {
             return Err(format!("{}: service account token missing", token.display()));
         }
@@ -735,6 +744,28 @@ users:
         assert_eq!(e(None, "").to_status().code, Code::Unavailable);
         let text = e(Some(403), "Forbidden").to_string();
         assert!(text.contains("POST /x") && text.contains("403 Forbidden"), "{text}");
+    }
+
+    #[test]
+    fn in_cluster_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Kube::in_cluster_from(dir.path(), "10.0.0.1", "443", Duration::from_secs(1))
+            .err()
+            .unwrap();
+        assert!(err.contains("ca.crt: cannot read"), "{err}");
+        let ca = rcgen::generate_simple_self_signed(vec!["kubernetes".to_string()]).unwrap();
+        std::fs::write(dir.path().join("ca.crt"), ca.cert.pem()).unwrap();
+        let err = Kube::in_cluster_from(dir.path(), "10.0.0.1", "443", Duration::from_secs(1))
+            .err()
+            .unwrap();
+        assert!(err.contains("service account token missing"), "{err}");
+        std::fs::write(dir.path().join("token"), "t0\n").unwrap();
+        let kube = Kube::in_cluster_from(dir.path(), "fd00::1", "6443", Duration::from_secs(1)).unwrap();
+        assert_eq!(kube.server(), "https://[fd00::1]:6443");
+        assert_eq!(kube.bearer().unwrap().as_deref(), Some("t0"));
+        // Rotated on disk: the next request uses the new token.
+        std::fs::write(dir.path().join("token"), "t1").unwrap();
+        assert_eq!(kube.bearer().unwrap().as_deref(), Some("t1"));
     }
 
     #[test]

@@ -102,6 +102,9 @@ fn main() {
         }
     }
 
+    if per_conn == 0 {
+        return;
+    }
     let warmup = 50.min(per_conn);
     let barrier = Arc::new(std::sync::Barrier::new(concurrency));
     let started = Instant::now();

@@ -53,7 +53,8 @@ impl Default for Defaults {
     fn default() -> Defaults {
         Defaults {
             image: "litestream/litestream:0.5.17".into(),
-            hook_image: "ghcr.io/kaidotio/lifeboat:latest".into(),
+            // No sensible default: `main` requires HOOK_IMAGE.
+            hook_image: String::new(),
             bucket: "litestream".into(),
             secret: "litestream-hook-secret".into(),
             storage: "1Gi".into(),

@@ -85,8 +85,10 @@ impl Backend {
                 let c = self.current.read().unwrap_or_else(|e| e.into_inner());
                 (Arc::clone(&c.server), c.generation)
             };
-            match server.recv() {
-                Ok(request) => handle(request, &app),
+            // A timeout, so that after a replacement every worker moves to the new server.
+            match server.recv_timeout(Duration::from_secs(1)) {
+                Ok(Some(request)) => handle(request, &app),
+                Ok(None) => {}
                 Err(e) => {
                     app.metrics.inc("hook_errors_total", &[("kind", "accept")]);
                     log::error!(error:% = e; "the HTTP layer stopped accepting; starting a new one");

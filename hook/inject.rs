@@ -17,7 +17,8 @@
 //! so Litestream can read and write the database files the app creates.
 
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, SeccompProfile, SecretKeySelector,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::{json, Value};
@@ -341,22 +342,47 @@ pub fn patch(pod: &Value, settings: &Settings, ctx: &Context<'_>) -> Result<Vec<
 }
 
 /// The securityContext of injected containers (see the module documentation).
+///
+/// Known to run as non-root (a non-zero `runAsUser` or `runAsNonRoot: true`), they also drop
+/// every capability, so they pass the "restricted" Pod Security Standard wherever the app
+/// does. As root (the image's default user) they keep the default capabilities: root
+/// without CAP_DAC_OVERRIDE could not write the database files an app running as another
+/// user creates. Without a Pod-level seccomp profile they use `RuntimeDefault`.
 fn security_context(spec: &Value, containers: &[Value], inits: &[Value]) -> SecurityContext {
     let mut sc = SecurityContext {
         allow_privilege_escalation: Some(false),
         ..SecurityContext::default()
     };
-    if spec.pointer("/securityContext/runAsUser").is_some() {
-        return sc;
+    let pod = spec.get("securityContext");
+    let mut user = pod.and_then(|p| p.get("runAsUser")).and_then(Value::as_i64);
+    let mut non_root = pod.and_then(|p| p.get("runAsNonRoot")).and_then(Value::as_bool) == Some(true);
+    if user.is_none() {
+        let first = containers
+            .iter()
+            .chain(inits)
+            .filter_map(|c| c.get("securityContext"))
+            .find(|s| s.get("runAsUser").is_some_and(Value::is_i64));
+        if let Some(app) = first {
+            sc.run_as_user = app.get("runAsUser").and_then(Value::as_i64);
+            sc.run_as_group = app.get("runAsGroup").and_then(Value::as_i64);
+            user = sc.run_as_user;
+            if app.get("runAsNonRoot").and_then(Value::as_bool) == Some(true) {
+                sc.run_as_non_root = Some(true);
+                non_root = true;
+            }
+        }
     }
-    let first = containers
-        .iter()
-        .chain(inits)
-        .filter_map(|c| c.get("securityContext"))
-        .find(|s| s.get("runAsUser").is_some_and(Value::is_i64));
-    if let Some(app) = first {
-        sc.run_as_user = app.get("runAsUser").and_then(Value::as_i64);
-        sc.run_as_group = app.get("runAsGroup").and_then(Value::as_i64);
+    if non_root || user.is_some_and(|u| u != 0) {
+        sc.capabilities = Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        });
+    }
+    if pod.and_then(|p| p.get("seccompProfile")).is_none() {
+        sc.seccomp_profile = Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        });
     }
     sc
 }

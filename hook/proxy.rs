@@ -322,8 +322,8 @@ fn pump_requests(
     conn: &Conn,
     conns: &Conns,
 ) -> Result<(), String> {
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut plain = Vec::with_capacity(16 * 1024);
+    let mut buf = vec![0u8; 8 * 1024];
+    let mut plain = Vec::new();
     loop {
         // Records already buffered (e.g. a request sent right behind the client's Finished,
         // which the handshake read but did not decrypt) must be processed before blocking.
@@ -384,7 +384,7 @@ fn drain_plaintext(tls: &mut ServerConnection, out: &mut Vec<u8>) -> bool {
 /// Server → client: plain bytes from the HTTP layer, TLS records out. Closes the
 /// connection when the HTTP layer does.
 fn pump_responses(mut unix: UnixStream, mut tcp: TcpStream, tls: &Mutex<ServerConnection>, conn: &Conn, conns: &Conns) {
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut buf = vec![0u8; 8 * 1024];
     loop {
         let n = match unix.read(&mut buf) {
             Ok(0) | Err(_) => break,

@@ -103,10 +103,13 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
     }
     // Both buckets are probed at once: the pre-flight costs one rclone start, not two.
     let results = std::thread::scope(|scope| {
-        let source = scope.spawn(|| preflight::probe(config, &config.source, &redactor));
-        let dest = preflight::probe(config, &config.dest, &redactor);
+        let source = scope.spawn(|| preflight::probe(config, &config.source, &redactor, shutdown));
+        let dest = preflight::probe(config, &config.dest, &redactor, shutdown);
         [source.join().expect("pre-flight thread panicked"), dest]
     });
+    if let Some(signal) = shutdown.requested() {
+        return stopped_before_sync(signal);
+    }
     let mut probes = Vec::new();
     for (bucket, result) in [&config.source, &config.dest].into_iter().zip(results) {
         match result {

@@ -7,8 +7,13 @@
 //! bucket's size. The same probe tells the empty-source guard whether each side is empty.
 
 use std::io::{BufRead, BufReader};
-use std::sync::{Arc, Mutex};
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
+use std::time::Duration;
+
+use lifeboat::shutdown::Shutdown;
 
 use crate::config::{Bucket, Config};
 use crate::logfold::{self, Emit, Folded, Redactor};
@@ -32,8 +37,9 @@ pub struct Failure {
     pub kind: &'static str,
 }
 
-/// Probes `bucket`.
-pub fn probe(config: &Config, bucket: &Bucket, redactor: &Redactor) -> Result<Probe, Failure> {
+/// Probes `bucket`. A stop request (SIGTERM/SIGINT) ends the probe at once; the caller then
+/// checks `shutdown` before looking at the result.
+pub fn probe(config: &Config, bucket: &Bucket, redactor: &Redactor, shutdown: &Shutdown) -> Result<Probe, Failure> {
     let mut cmd = rclone::command(config);
     cmd.args(rclone::probe_args(config, bucket));
     cmd.stdout(std::process::Stdio::piped())
@@ -48,8 +54,24 @@ pub fn probe(config: &Config, bucket: &Bucket, redactor: &Redactor) -> Result<Pr
         let (folded, redactor) = (folded.clone(), redactor.clone());
         thread::spawn(move || logfold::fold(stream, &redactor, Emit::Debug, &folded))
     });
+    let stdout = child.stdout.take();
+    // std's Child never signals a process it has already reaped, so killing through it from
+    // the watcher cannot hit a reused PID.
+    let child = Arc::new(Mutex::new(child));
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (child, done, shutdown) = (child.clone(), done.clone(), shutdown.clone());
+        thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                if shutdown.wait_timeout(Duration::from_millis(100)).is_some() {
+                    let _ = lock(&child).kill();
+                    return;
+                }
+            }
+        })
+    };
     let mut has_objects = false;
-    if let Some(stdout) = child.stdout.take() {
+    if let Some(stdout) = stdout {
         let mut first = String::new();
         if BufReader::new(stdout)
             .read_line(&mut first)
@@ -58,10 +80,20 @@ pub fn probe(config: &Config, bucket: &Bucket, redactor: &Redactor) -> Result<Pr
         {
             has_objects = true;
             // One object is all we need to know; stop the listing.
-            let _ = child.kill();
+            let _ = lock(&child).kill();
         }
     }
-    let status = child.wait();
+    // Polled, so the lock is free for the watcher between looks.
+    let status = loop {
+        match lock(&child).try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) => {}
+            Err(e) => break Err(e),
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    done.store(true, Ordering::SeqCst);
+    let _ = watcher.join();
     if let Some(t) = stderr {
         let _ = t.join();
     }
@@ -79,6 +111,10 @@ pub fn probe(config: &Config, bucket: &Bucket, redactor: &Redactor) -> Result<Pr
     let code = status.code().unwrap_or(1);
     let errors = folded.lock().unwrap_or_else(|e| e.into_inner()).errors.clone();
     Err(explain(bucket, code, &errors))
+}
+
+fn lock(child: &Mutex<Child>) -> MutexGuard<'_, Child> {
+    child.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Turns rclone's exit code and error lines into one clear message.

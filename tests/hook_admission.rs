@@ -232,6 +232,8 @@ fn injected_containers_follow_the_pods_user() {
     let sc = &patched["spec"]["initContainers"][1]["securityContext"];
     assert!(sc.get("runAsUser").is_none(), "{sc}");
     assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
     // Container-level only: copied from the app container.
     let mut pod = deployment_pod(annotations(&[("inject", "true")]));
     pod["spec"]["containers"][0]["securityContext"] = json!({"runAsUser": 4242, "runAsGroup": 4343});
@@ -239,7 +241,18 @@ fn injected_containers_follow_the_pods_user() {
     for c in patched["spec"]["initContainers"].as_array().unwrap() {
         assert_eq!(c["securityContext"]["runAsUser"], 4242, "{}", c["name"]);
         assert_eq!(c["securityContext"]["runAsGroup"], 4343);
+        assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
     }
+    // Unknown user (the image's, possibly root): default capabilities, so root can still write
+    // files another user created; a Pod-level seccomp profile is left to apply.
+    let mut pod = deployment_pod(annotations(&[("inject", "true")]));
+    pod["spec"]["securityContext"] = json!({"seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}});
+    let patched = apply(&pod, &hook.review(&review("u", "ns", "CREATE", pod.clone(), false)));
+    let sc = &patched["spec"]["initContainers"][1]["securityContext"];
+    assert!(
+        sc.get("capabilities").is_none() && sc.get("seccompProfile").is_none(),
+        "{sc}"
+    );
 }
 
 #[test]

@@ -248,3 +248,47 @@ fn https_endpoint_with_a_private_ca() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(std::fs::read(data.path().join("dst/a.txt")).unwrap(), b"over TLS");
 }
+
+#[test]
+fn sigterm_during_the_preflight_stops_at_once() {
+    // The destination accepts connections but never answers: the pre-flight would wait for
+    // its timeouts (30 s idle x LOW_LEVEL_RETRIES). SIGTERM must end it as "stopped" instead.
+    let (src, dst) = servers();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        // Accept and hold up to a few connections without ever answering.
+        let mut conns = Vec::new();
+        silent.set_nonblocking(true).unwrap();
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(60) && conns.len() < 16 {
+            match silent.accept() {
+                Ok((c, _)) => conns.push(c),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+            if !conns.is_empty() && start.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+        }
+        conns
+    });
+    let mut env = vars(&src, "src", &dst, "dst");
+    set(&mut env, "DEST_S3_ENDPOINT", &format!("http://127.0.0.1:{port}"));
+    let running = spawn(command(&env));
+    let pid = running.proc.pid();
+    // Wait until a probe is running (an rclone child doing lsf).
+    wait_for("the pre-flight probes", Duration::from_secs(60), || {
+        children(pid).into_iter().find(|c| cmdline(*c).contains(" lsf "))
+    });
+    running.proc.signal(15);
+    let r = running.finish();
+    assert_eq!(r.code, 143, "{}", r.stderr);
+    let summary = r.summary();
+    assert_eq!(summary["outcome"], "stopped");
+    assert!(
+        summary["error"].as_str().unwrap().contains("before the sync started"),
+        "{summary}"
+    );
+    assert!(!r.has_msg("running rclone sync"));
+    drop(held);
+}

@@ -151,6 +151,15 @@ def seed_cluster(kube, cluster, ns: str = "etcd", name: str = "main", pvc: str |
     `etcd.io/endpoints` annotation) and its client TLS Secret. Returns the volume id `ns/pvc`."""
     pvc = pvc or f"{name}-handle"
     kube.put_etcd_tls_secret(cluster, ns, f"{name}-client-tls")
+    # The pre-bound handle pair of the README: a PV of this driver whose volumeHandle names the PVC.
+    kube.put_object({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": f"{ns}-{pvc}"},
+        "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadOnlyMany"],
+                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "etcdsnap-handle",
+                 "claimRef": {"namespace": ns, "name": pvc},
+                 "csi": {"driver": DRIVER, "volumeHandle": f"{ns}/{pvc}"}},
+    })
     kube.put_object({
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": {"name": pvc, "namespace": ns, "labels": {label_key: name},

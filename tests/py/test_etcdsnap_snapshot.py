@@ -70,9 +70,12 @@ def get_group(d, pb2, gid):
 
 def test_group_snapshot_end_to_end(driver, kube, etcd_cluster, volume, stubs, tools_bin):
     pb2, _ = stubs
+    handle = kube.get_object("persistentvolumeclaims", NS, volume.split("/")[1])
+    assert handle["status"]["phase"] == "Bound"  # the README's pre-bound PV/PVC pair
     for i in range(20):
         etcd_cluster.put(f"/e2e/key-{i}", f"value-{i}")
     kube.hold_jobs()
+    leader_before = etcd_cluster.leader_index()
     g = create_group(driver, pb2, "groupsnapshot-e2e", [volume])
     # Create returns at once with ready_to_use=false while the Job has not run.
     assert g.group_snapshot_id.startswith("g-") and len(g.group_snapshot_id) <= 128
@@ -95,8 +98,9 @@ def test_group_snapshot_end_to_end(driver, kube, etcd_cluster, volume, stubs, to
     # The snapshot is taken from exactly one member, the leader, over TLS.
     args = job["spec"]["template"]["spec"]["initContainers"][0]["args"]
     endpoints = [a for a in args if a.startswith("--endpoints=")]
-    leader = etcd_cluster.leader_index()
-    assert endpoints == [f"--endpoints={etcd_cluster.client_urls[leader]}"]
+    assert len(endpoints) == 1 and endpoints[0].removeprefix("--endpoints=") in etcd_cluster.client_urls
+    if etcd_cluster.leader_index() == leader_before:  # no election in between
+        assert endpoints == [f"--endpoints={etcd_cluster.client_urls[leader_before]}"]
     # Records: one for the group, one per snapshot, with a resourceVersion.
     recs = records(kube)
     assert set(recs) == {"etcdsnap-" + g.group_snapshot_id, obj}
@@ -293,6 +297,13 @@ def test_api_errors_leave_nothing_behind(driver, kube, etcd_cluster, volume, stu
     code, _ = code_of(lambda: create_group(driver, pb2, "api-403", [volume]))
     assert code == grpc.StatusCode.PERMISSION_DENIED
     assert kube.objects("jobs", NS) == [] and records(kube) == {}
+    # Record updates lost to a concurrent writer (409 Conflict on a stale resourceVersion) are
+    # re-read and re-applied: the Create goes through and the record says "running".
+    kube.fail_next("PUT", r"/api/v1/namespaces/kube-system/configmaps/etcdsnap-s-", 409, times=3, reason="Conflict")
+    g = create_group(driver, pb2, "api-409", [volume])
+    obj = "etcdsnap-" + g.snapshots[0].snapshot_id
+    assert records(kube)[obj]["metadata"]["labels"]["etcdsnap.lifeboat.dev/state"] in ("running", "ready")
+    assert len([r for r in kube.requests if r[0] == "PUT" and "configmaps/" + obj in r[1]]) >= 4
 
 
 def test_concurrent_creates_make_one_snapshot(driver, kube, etcd_cluster, volume, stubs):
@@ -416,3 +427,22 @@ def test_interrupted_group_create_recovers(driver, kube, etcd_cluster, volume, s
     assert list(get_group(driver, pb2, gid).snapshots) == []
     driver.group.DeleteVolumeGroupSnapshot(pb2.DeleteVolumeGroupSnapshotRequest(group_snapshot_id=gid))
     assert records(kube) == {} and kube.objects("jobs", NS) == []
+
+
+def test_job_that_never_runs_times_out(tmp_path, kube, etcd_cluster, volume, stubs, bin_dir):
+    """A Job the cluster never starts (held by the stand-in, as with a broken Job controller):
+    30 s after JOB_TIMEOUT the driver fails it with DEADLINE_EXCEEDED and removes Job and PVC."""
+    pb2, _ = stubs
+    d = Driver(bin_dir, tmp_path / "driver", kube.kubeconfig_path, *stubs, JOB_TIMEOUT="10s").start()
+    try:
+        kube.hold_jobs()
+        g = create_group(d, pb2, "never-runs", [volume])
+        obj = "etcdsnap-" + g.snapshots[0].snapshot_id
+        assert not get_group(d, pb2, g.group_snapshot_id).ready_to_use
+        wait_for(lambda: kube.get_object("jobs", NS, obj) is None, 90, "the driver to give up on the Job")
+        assert kube.get_object("persistentvolumeclaims", NS, obj) is None
+        code, details = code_of(lambda: get_group(d, pb2, g.group_snapshot_id))
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "timed out" in details and "JOB_TIMEOUT 10s" in details
+        kube.release_jobs()
+    finally:
+        assert d.stop() == 0
