@@ -434,7 +434,7 @@ def step_hook(ctx) -> str:
 # ---- step: etcdsnap ---------------------------------------------------------------------------
 
 def step_etcdsnap(ctx) -> str:
-    from etcdsnap_driver import DRIVER, Driver, generate_stubs, seed_cluster
+    from etcdsnap_driver import Driver, generate_stubs, seed_cluster
     from kube_standin import KubeStandin
 
     binary = ctx.bin_dir / "etcdsnap"
@@ -452,19 +452,16 @@ def step_etcdsnap(ctx) -> str:
     kube = KubeStandin(ctx.work / "kube", ctx.tools, bin_dir=ctx.bin_dir)
     ctx.cleanups.append(kube.stop)
     kube.start()
-    # The handle PV/PVC pair as in the README's etcdsnap section (PV first; the PVC, labelled and
-    # annotated with the members' URLs, and the client TLS Secret as the etcdsnap tests seed them).
-    pv = kube.put_object({
-        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{ETCD_NS}-main-handle"},
-        "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadOnlyMany"],
-                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "etcdsnap-handle",
-                 "claimRef": {"namespace": ETCD_NS, "name": "main-handle"},
-                 "csi": {"driver": DRIVER, "volumeHandle": f"{ETCD_NS}/main-handle"}}})
+    # The handle PV/PVC pair of the README's etcdsnap section and the client TLS Secret, seeded
+    # as the etcdsnap tests do it.
     volume = seed_cluster(kube, cluster, ETCD_NS, "main")
+    pv = kube.get_object("persistentvolumes", None, f"{ETCD_NS}-main-handle")
+    check(pv is not None, "the handle PV was not seeded")
     check(volume == pv["spec"]["csi"]["volumeHandle"], f"the handle PVC {volume} is not the PV's volumeHandle")
     say(f"Kubernetes API stand-in {kube.url} seeded with Secret {ETCD_NS}/main-client-tls (etcd client TLS)")
+    phase = (kube.get_object("persistentvolumeclaims", ETCD_NS, "main-handle") or {}).get("status", {}).get("phase")
     say(f"and the handle pair: PV {pv['metadata']['name']} (volumeHandle {volume}), PVC {volume} "
-        "labelled etcd.io/cluster=main")
+        f"labelled etcd.io/cluster=main ({phase})")
 
     pb2, pb2_grpc = generate_stubs(ctx.work / "stubs")
     driver = Driver(ctx.bin_dir, ctx.socket_dir / "etcdsnap", kube.kubeconfig_path, pb2, pb2_grpc,
