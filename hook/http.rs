@@ -33,6 +33,8 @@ struct Current {
     server: Arc<tiny_http::Server>,
     path: PathBuf,
     generation: u64,
+    /// Its accept loop has ended: replace it (retried until a new one binds).
+    dead: bool,
 }
 
 /// The tiny_http server behind the TLS front end, replaced if its accept loop dies.
@@ -81,33 +83,48 @@ impl Backend {
 
     fn work(&self, app: Arc<App>) {
         loop {
-            let (server, generation) = {
+            let (server, generation, dead) = {
                 let c = self.current.read().unwrap_or_else(|e| e.into_inner());
-                (Arc::clone(&c.server), c.generation)
+                (Arc::clone(&c.server), c.generation, c.dead)
             };
-            // A timeout, so that after a replacement every worker moves to the new server.
-            match server.recv_timeout(Duration::from_secs(1)) {
+            if dead {
+                self.replace(generation, &app);
+            }
+            // A timeout, so that after a replacement every worker moves to the new server, and
+            // a failed replacement is retried (a dead server still serves its open connections).
+            let wait = if dead {
+                Duration::from_millis(200)
+            } else {
+                Duration::from_secs(1)
+            };
+            match server.recv_timeout(wait) {
                 Ok(Some(request)) => handle(request, &app),
                 Ok(None) => {}
                 Err(e) => {
                     app.metrics.inc("hook_errors_total", &[("kind", "accept")]);
                     log::error!(error:% = e; "the HTTP layer stopped accepting; starting a new one");
-                    self.replace(generation, &app);
+                    let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+                    if current.generation == generation {
+                        current.dead = true;
+                    }
                 }
             }
         }
     }
 
-    /// Binds a new tiny_http server unless another worker already replaced `generation`.
+    /// Binds a new tiny_http server unless another worker already replaced `generation`;
+    /// on failure (e.g. still out of file descriptors) the next worker to look tries again.
     fn replace(&self, generation: u64, app: &Arc<App>) {
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        if current.generation != generation {
+        if current.generation != generation || !current.dead {
             return;
         }
         match bind(&self.dir, generation + 1) {
             Ok(next) => {
                 let old = std::mem::replace(&mut *current, next);
+                drop(current);
                 let _ = std::fs::remove_file(&old.path);
+                log::info!(socket:% = self.socket_path().display(); "a new HTTP layer took over");
                 // The old server still holds open connections: serve them until they close.
                 let app = Arc::clone(app);
                 let _ = std::thread::Builder::new().name("http-old".into()).spawn(move || {
@@ -119,11 +136,7 @@ impl Backend {
                     }
                 });
             }
-            Err(e) => {
-                log::error!(error:% = e; "cannot start a new HTTP layer; retrying");
-                drop(current);
-                std::thread::sleep(Duration::from_millis(200));
-            }
+            Err(e) => log::warn!(error:% = e; "cannot start a new HTTP layer yet; will retry"),
         }
     }
 }
@@ -138,6 +151,7 @@ fn bind(dir: &Path, generation: u64) -> Result<Current, String> {
         server: Arc::new(server),
         path,
         generation,
+        dead: false,
     })
 }
 

@@ -12,6 +12,9 @@
 //!   database, and (native sidecar mode) `litestream replicate` with `restartPolicy: Always`;
 //!   otherwise `litestream replicate` is appended to the containers.
 //!
+//! Every `$` in injected args and env values is doubled, so Kubernetes' `$(VAR)` expansion
+//! cannot splice a variable (say, the secret key) into a value taken from an annotation.
+//!
 //! Injected containers run as the Pod runs: with a Pod-level `runAsUser` they inherit it;
 //! otherwise they copy `runAsUser`/`runAsGroup` from the first app container that sets them,
 //! so Litestream can read and write the database files the app creates.
@@ -65,6 +68,13 @@ pub struct Context<'a> {
     pub names: &'a Names,
     /// The image running `hook write-config`.
     pub hook_image: &'a str,
+}
+
+/// Escapes Kubernetes' `$(VAR)` expansion in container args and env values: the kubelet
+/// replaces `$(NAME)` with the container's variable NAME (e.g. `$(AWS_SECRET_ACCESS_KEY)`)
+/// and `$$` with `$`, so every `$` is doubled to reach the program exactly as written.
+pub fn escape_expansion(value: &str) -> String {
+    value.replace('$', "$$")
 }
 
 /// Escapes one JSON Pointer segment (RFC 6901: `~` → `~0`, `/` → `~1`).
@@ -226,7 +236,7 @@ pub fn patch(pod: &Value, settings: &Settings, ctx: &Context<'_>) -> Result<Vec<
         name,
         image: Some(settings.image.clone()),
         image_pull_policy: Some("IfNotPresent".into()),
-        args: Some(args),
+        args: Some(args.iter().map(|a| escape_expansion(a)).collect()),
         env: Some(credentials.to_vec()),
         volume_mounts: Some(litestream_mounts.clone()),
         security_context: Some(security.clone()),
@@ -240,7 +250,7 @@ pub fn patch(pod: &Value, settings: &Settings, ctx: &Context<'_>) -> Result<Vec<
         args: Some(vec!["write-config".into(), CONFIG_FILE.into()]),
         env: Some(vec![EnvVar {
             name: CONFIG_ENV.into(),
-            value: Some(config),
+            value: Some(escape_expansion(&config)),
             ..EnvVar::default()
         }]),
         volume_mounts: Some(vec![config_mount.clone()]),
@@ -457,6 +467,14 @@ mod tests {
         ]);
         let dirs: Vec<&str> = m.iter().map(|(d, _)| d.as_str()).collect();
         assert_eq!(dirs, ["/data", "/data2", "/other"]);
+    }
+
+    #[test]
+    fn dollar_signs_survive_kubernetes_expansion() {
+        assert_eq!(
+            escape_expansion("/d/$(AWS_SECRET_ACCESS_KEY)$$x.db"),
+            "/d/$$(AWS_SECRET_ACCESS_KEY)$$$$x.db"
+        );
     }
 
     #[test]

@@ -44,7 +44,13 @@ struct Conn {
     closing: AtomicBool,
     /// The `last_in` the watchdog saw unanswered on its previous look.
     watched: AtomicU64,
+    /// Kicks sent for this connection (at most [`MAX_KICKS`]).
+    kicks: AtomicU64,
 }
+
+/// Kicks per connection: a client that sends half a request and stops must not make the
+/// watchdog poke the HTTP layer forever.
+const MAX_KICKS: u64 = 5;
 
 #[derive(Default)]
 struct Conns {
@@ -226,6 +232,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, stop: &AtomicBool) 
             last_out: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             watched: AtomicU64::new(0),
+            kicks: AtomicU64::new(0),
         });
         shared
             .conns
@@ -258,20 +265,24 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, stop: &AtomicBool) 
 /// be never. A connection that has sent a request but never had any answer, for two looks
 /// in a row (10-20 ms), gets a "kick": an empty connection to the socket, whose arrival
 /// starts or wakes a pool thread, which serves the queue in order. Connections that were
-/// answered once own a thread for good, so they are never kicked for being slow. Kicks
-/// are counted in `hook_backend_kicks_total`.
+/// answered once own a thread for good, so they are never kicked for being slow; each
+/// connection gets at most [`MAX_KICKS`]. Kicks are counted in `hook_backend_kicks_total`.
 fn watchdog(shared: &Shared) {
     loop {
         std::thread::sleep(Duration::from_millis(10));
-        let mut stuck = false;
+        let mut stuck = 0;
         for conn in shared.conns.map.lock().unwrap_or_else(|e| e.into_inner()).values() {
             let last_in = conn.last_in.load(Ordering::SeqCst);
             let never_answered = conn.last_out.load(Ordering::SeqCst) == 0;
-            if last_in > 0 && never_answered && conn.watched.swap(last_in, Ordering::SeqCst) == last_in {
-                stuck = true;
+            if last_in > 0
+                && never_answered
+                && conn.watched.swap(last_in, Ordering::SeqCst) == last_in
+                && conn.kicks.fetch_add(1, Ordering::SeqCst) < MAX_KICKS
+            {
+                stuck += 1;
             }
         }
-        if stuck {
+        for _ in 0..stuck {
             shared.metrics.inc("hook_backend_kicks_total", &[]);
             drop(UnixStream::connect(shared.backend.socket_path()));
         }

@@ -360,7 +360,7 @@ fn bad_annotation_values_are_denied_naming_the_annotation() {
 fn hostile_and_unicode_values_that_pass_stay_inert_data() {
     let setup = Setup::new(Alg::EcdsaP256);
     let hook = start(&setup, &[]);
-    let hostile_path = "/data/$(touch pwned)`id`'\"; {a= b} #データ.db";
+    let hostile_path = "/data/$(touch pwned)`id`'\"; {a= b} $(AWS_SECRET_ACCESS_KEY) $$ #データ.db";
     let pod = deployment_pod(json!({
         format!("{PREFIX}/inject"): "true",
         format!("{PREFIX}/path"): hostile_path,
@@ -380,13 +380,15 @@ fn hostile_and_unicode_values_that_pass_stay_inert_data() {
     let patched = apply(&pod, &r);
     // The value is one argv entry and one JSON string, byte for byte.
     let restore = &patched["spec"]["initContainers"][1];
-    assert_eq!(restore["args"].as_array().unwrap().last().unwrap(), hostile_path);
+    let arg = restore["args"].as_array().unwrap().last().unwrap().as_str().unwrap();
+    let secret_env = |n: &str| (n == "AWS_SECRET_ACCESS_KEY").then(|| "LEAKED".to_string());
+    assert_eq!(kube_expand(arg, &secret_env), hostile_path);
     let config = config_of(&patched);
     assert_eq!(config["dbs"][0]["path"], hostile_path);
     assert_eq!(config["dbs"].as_array().unwrap().len(), 1);
     assert_eq!(
         config["dbs"][0]["replica"]["path"],
-        "ns/web/$(touch pwned)`id`'\"; {a= b} #データ.db"
+        "ns/web/$(touch pwned)`id`'\"; {a= b} $(AWS_SECRET_ACCESS_KEY) $$ #データ.db"
     );
     // No container has a shell command anywhere.
     for c in patched["spec"]["initContainers"].as_array().unwrap() {

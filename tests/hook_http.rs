@@ -328,3 +328,23 @@ fn many_connections_opened_at_once_are_all_served() {
     }
     assert_eq!(hook.metric("hook_requests_total{code=\"200\"}"), 3200.0);
 }
+
+#[test]
+fn a_half_sent_first_request_gets_a_bounded_number_of_kicks() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    let body = pod_review("half").to_string();
+    let mut client = hook.client();
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    client.send(head.as_bytes()).unwrap();
+    // Unanswered: the watchdog kicks the HTTP layer, up to its per-connection cap of 5.
+    wait_for("the watchdog's kicks", Duration::from_secs(30), || {
+        (hook.metric("hook_backend_kicks_total") >= 5.0).then_some(())
+    });
+    client.send(body.as_bytes()).unwrap();
+    assert_eq!(client.read_reply().unwrap().status, 200);
+    assert_eq!(hook.metric("hook_backend_kicks_total"), 5.0);
+}

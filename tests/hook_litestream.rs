@@ -106,19 +106,18 @@ impl PodRunner {
         }
         let mut cmd = Command::new(program);
         cmd.env_clear().env("HOME", &self.cwd).current_dir(&self.cwd);
-        for arg in c["args"].as_array().unwrap() {
-            let arg = arg.as_str().unwrap();
-            let mapped = rewrites.iter().find_map(|(at, host)| {
-                arg.strip_prefix(at.as_str())
-                    .filter(|rest| rest.is_empty() || rest.starts_with('/'))
-                    .map(|rest| format!("{}{rest}", host.display()))
-            });
-            cmd.arg(mapped.unwrap_or_else(|| arg.to_string()));
-        }
+        // Env values first (each may refer to the ones before it), then args, both through
+        // the kubelet's $(VAR) expansion.
+        let mut env: Vec<(String, String)> = Vec::new();
         for e in c["env"].as_array().into_iter().flatten() {
             let name = e["name"].as_str().unwrap();
             let value = match e.get("value") {
-                Some(v) => v.as_str().unwrap().to_string(),
+                Some(v) => {
+                    let defined = env.clone();
+                    kube_expand(v.as_str().unwrap(), &|n| {
+                        defined.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())
+                    })
+                }
                 None => {
                     let r = &e["valueFrom"]["secretKeyRef"];
                     let key = (
@@ -131,8 +130,20 @@ impl PodRunner {
                         .clone()
                 }
             };
-            cmd.env(name, value);
+            env.push((name.to_string(), value));
         }
+        for arg in c["args"].as_array().unwrap() {
+            let arg = kube_expand(arg.as_str().unwrap(), &|n| {
+                env.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())
+            });
+            let mapped = rewrites.iter().find_map(|(at, host)| {
+                arg.strip_prefix(at.as_str())
+                    .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+                    .map(|rest| format!("{}{rest}", host.display()))
+            });
+            cmd.arg(mapped.unwrap_or(arg));
+        }
+        cmd.envs(env);
         cmd
     }
 
@@ -222,7 +233,10 @@ fn injected_pod_replicates_and_restores_after_a_restart() {
     let dir_a = root.path().join("app-data");
     let dir_b = root.path().join("cache");
     let db_a = format!("{}/main.db", dir_a.display());
-    let db_b = format!("{}/$(touch pwned)`touch pwned2`'\"; x.db", dir_b.display());
+    let db_b = format!(
+        "{}/$(touch pwned)`touch pwned2`'\"; $(AWS_SECRET_ACCESS_KEY) x.db",
+        dir_b.display()
+    );
     let pod = deployment_pod(json!({
         format!("{PREFIX}/inject"): "true",
         format!("{PREFIX}/path"): format!("{db_a},{db_b}"),
@@ -257,10 +271,14 @@ fn injected_pod_replicates_and_restores_after_a_restart() {
     assert!(keys.iter().any(|k| k.starts_with("shop/web/main.db/")), "{keys:?}");
     assert!(
         keys.iter()
-            .any(|k| k.starts_with("shop/web/$(touch pwned)`touch pwned2`'\"; x.db/")),
+            .any(|k| k.starts_with("shop/web/$(touch pwned)`touch pwned2`'\"; $(AWS_SECRET_ACCESS_KEY) x.db/")),
         "{keys:?}"
     );
     assert!(keys.iter().all(|k| k.starts_with("shop/web/")), "{keys:?}");
+    assert!(
+        keys.iter().all(|k| !k.contains(SECRET_KEY)),
+        "the secret leaked into a key: {keys:?}"
+    );
     drop(sidecar);
 
     // The Pod is recreated on another node: empty volumes, same replica paths.

@@ -432,7 +432,8 @@ pub fn config_of(pod: &Value) -> Value {
     let raw = env.iter().find(|e| e["name"] == "LIFEBOAT_LITESTREAM_CONFIG").unwrap()["value"]
         .as_str()
         .unwrap();
-    serde_json::from_str(raw).expect("config is JSON")
+    // What the container sees, after the kubelet's expansion (no variables precede it).
+    serde_json::from_str(&kube_expand(raw, &|_| None)).expect("config is JSON")
 }
 
 /// Runs a shell-free Python snippet with `args`.
@@ -453,4 +454,46 @@ pub fn run_python(code: &str, args: &[&str]) -> String {
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+/// Kubernetes' variable expansion of container `command`/`args`/env values, as the kubelet does
+/// it (k8s.io/kubernetes third_party/forked/golang/expansion): `$$` → `$`, `$(NAME)` → the
+/// value of NAME when defined (else left as written), anything else unchanged.
+pub fn kube_expand(input: &str, vars: &dyn Fn(&str) -> Option<String>) -> String {
+    let bytes = input.as_bytes();
+    let mut out = String::new();
+    let mut checkpoint = 0;
+    let mut cursor = 0;
+    while cursor < bytes.len() {
+        if bytes[cursor] == b'$' && cursor + 1 < bytes.len() {
+            out.push_str(&input[checkpoint..cursor]);
+            let rest = &input[cursor + 1..];
+            let advance = match rest.as_bytes()[0] {
+                b'$' => {
+                    out.push('$');
+                    1
+                }
+                b'(' => match rest.find(')') {
+                    Some(end) => {
+                        let name = &rest[1..end];
+                        out.push_str(&vars(name).unwrap_or_else(|| format!("$({name})")));
+                        end + 1
+                    }
+                    None => {
+                        out.push_str("$(");
+                        1
+                    }
+                },
+                _ => {
+                    out.push('$');
+                    0
+                }
+            };
+            cursor += advance;
+            checkpoint = cursor + 1;
+        }
+        cursor += 1;
+    }
+    out.push_str(&input[checkpoint.min(input.len())..]);
+    out
 }
