@@ -68,3 +68,12 @@ def kube(tmp_path, tools_bin, bin_dir):
         standin.stop()
     assert standin.schema_failures == [], f"objects sent to the API failed schema validation: {standin.schema_failures}"
     assert standin.job_problems == [], f"Jobs the stand-in could not run as a real cluster would: {standin.job_problems}"
+
+
+@pytest.fixture(scope="session")
+def stubs(tmp_path_factory):
+    """Python gRPC stubs generated from proto/ with grpcio-tools, once per run."""
+    from etcdsnap_driver import generate_stubs
+
+    return generate_stubs(tmp_path_factory.mktemp("stubs"))
+

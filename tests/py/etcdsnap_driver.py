@@ -5,6 +5,7 @@ the Kubernetes stand-in with an etcd cluster's handle PVC and client TLS Secret.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
@@ -143,6 +144,18 @@ class Driver:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+@contextlib.contextmanager
+def running_driver(bin_dir: Path, workdir: Path, kubeconfig: Path | None, stubs, **env):
+    """Starts etcdsnap, yields it, and on the way out asserts it exited 0 on SIGTERM."""
+    d = Driver(bin_dir, workdir, kubeconfig, *stubs, **env)
+    d.start()
+    try:
+        yield d
+    finally:
+        code = d.stop()
+        assert code == 0, f"etcdsnap exited with {code}:\n{d.logs()}"
 
 
 def seed_cluster(kube, cluster, ns: str = "etcd", name: str = "main", pvc: str | None = None,

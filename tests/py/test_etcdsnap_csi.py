@@ -13,24 +13,14 @@ import time
 import grpc
 import pytest
 
-from etcdsnap_driver import DRIVER, Driver, generate_stubs, seed_cluster
+from etcdsnap_driver import DRIVER, Driver, running_driver, seed_cluster
 from waiting import wait_for
-
-
-@pytest.fixture(scope="module")
-def stubs(tmp_path_factory):
-    return generate_stubs(tmp_path_factory.mktemp("stubs"))
 
 
 @pytest.fixture
 def driver(tmp_path, kube, bin_dir, stubs):
-    d = Driver(bin_dir, tmp_path / "driver", kube.kubeconfig_path, *stubs)
-    d.start()
-    try:
+    with running_driver(bin_dir, tmp_path / "driver", kube.kubeconfig_path, stubs) as d:
         yield d
-    finally:
-        code = d.stop()
-        assert code == 0, f"etcdsnap exited with {code}:\n{d.logs()}"
 
 
 def code_of(call):

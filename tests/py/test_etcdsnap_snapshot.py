@@ -14,27 +14,17 @@ import time
 import grpc
 import pytest
 
-from etcdsnap_driver import Driver, free_port, generate_stubs, seed_cluster
+from etcdsnap_driver import Driver, free_port, running_driver, seed_cluster
 from waiting import wait_for
 
 NS = "etcd"
 META = "kube-system"
 
 
-@pytest.fixture(scope="module")
-def stubs(tmp_path_factory):
-    return generate_stubs(tmp_path_factory.mktemp("stubs"))
-
-
 @pytest.fixture
 def driver(tmp_path, kube, bin_dir, stubs):
-    d = Driver(bin_dir, tmp_path / "driver", kube.kubeconfig_path, *stubs, JOB_BACKOFF_LIMIT=0, PVC_MIN_SIZE="64Mi")
-    d.start()
-    try:
+    with running_driver(bin_dir, tmp_path / "driver", kube.kubeconfig_path, stubs, JOB_BACKOFF_LIMIT=0, PVC_MIN_SIZE="64Mi") as d:
         yield d
-    finally:
-        code = d.stop()
-        assert code == 0, f"etcdsnap exited with {code}:\n{d.logs()}"
 
 
 @pytest.fixture
