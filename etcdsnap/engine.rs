@@ -680,28 +680,19 @@ impl Engine {
     }
 
     fn succeed(&self, rec: &SnapshotRecord, st: job::FileStatus) -> Result<SnapshotRecord, Status> {
-        let mut transitioned = false;
-        let now = Time::now();
-        let updated = self
-            .store
-            .update::<SnapshotRecord>(&rec.id, |r| {
-                if r.state != State::Running {
-                    return false;
-                }
+        let (updated, took) = self.finish(
+            rec,
+            "ready",
+            |state| state == State::Running,
+            |r| {
                 r.state = State::Ready;
                 r.size_bytes = st.total_size;
                 r.revision = Some(st.revision);
                 r.hash = Some(st.hash);
                 r.total_keys = Some(st.total_key);
-                r.finished = Some(now);
-                transitioned = true;
-                true
-            })?
-            .ok_or_else(|| Status::not_found(format!("snapshot {} was deleted", rec.id)))?;
-        if transitioned {
-            let secs = now.as_secs_f64() - rec.created.as_secs_f64();
-            self.metrics.inc(SNAPSHOTS_TOTAL, &[("result", "ready")]);
-            self.metrics.observe(SNAPSHOT_SECONDS, &[("result", "ready")], secs);
+            },
+        )?;
+        if let Some(secs) = took {
             self.metrics.observe(SNAPSHOT_BYTES, &[], st.total_size as f64);
             log::info!(snapshot = rec.id.as_str(), volume = rec.volume_id.as_str(), size = st.total_size,
                 revision = st.revision, hash = st.hash, keys = st.total_key, seconds = secs; "snapshot ready");
@@ -712,31 +703,56 @@ impl Engine {
     /// Records the failure, then removes the Job and PVC.
     fn fail(&self, rec: &SnapshotRecord, reason: String) -> Result<SnapshotRecord, Status> {
         let reason = truncate(&reason, MAX_REASON);
-        let mut transitioned = false;
-        let now = Time::now();
-        let updated = self
-            .store
-            .update::<SnapshotRecord>(&rec.id, |r| {
-                if matches!(r.state, State::Ready | State::Failed) {
-                    return false;
-                }
+        let (updated, took) = self.finish(
+            rec,
+            "failed",
+            |state| !matches!(state, State::Ready | State::Failed),
+            |r| {
                 r.state = State::Failed;
                 r.reason = Some(reason.clone());
-                r.finished = Some(now);
-                transitioned = true;
-                true
-            })?
-            .ok_or_else(|| Status::not_found(format!("snapshot {} was deleted", rec.id)))?;
-        if transitioned {
-            let secs = now.as_secs_f64() - rec.created.as_secs_f64();
-            self.metrics.inc(SNAPSHOTS_TOTAL, &[("result", "failed")]);
-            self.metrics.observe(SNAPSHOT_SECONDS, &[("result", "failed")], secs);
+            },
+        )?;
+        if took.is_some() {
             log::warn!(snapshot = rec.id.as_str(), volume = rec.volume_id.as_str(), reason = reason.as_str(); "snapshot failed");
         }
         if updated.state == State::Failed {
             self.remove_objects(&rec.namespace, &rec.object)?;
         }
         Ok(updated)
+    }
+
+    /// Moves a record to a final state, if `may_finish` allows it from the state it is in:
+    /// `apply` fills in the outcome and the finish time is stamped. Returns the stored record
+    /// and, when this call made the move, the snapshot's duration in seconds, which is also
+    /// counted in the metrics under `result`.
+    fn finish(
+        &self,
+        rec: &SnapshotRecord,
+        result: &str,
+        may_finish: impl Fn(State) -> bool,
+        apply: impl Fn(&mut SnapshotRecord),
+    ) -> Result<(SnapshotRecord, Option<f64>), Status> {
+        let mut transitioned = false;
+        let now = Time::now();
+        let updated = self
+            .store
+            .update::<SnapshotRecord>(&rec.id, |r| {
+                if !may_finish(r.state) {
+                    return false;
+                }
+                apply(r);
+                r.finished = Some(now);
+                transitioned = true;
+                true
+            })?
+            .ok_or_else(|| Status::not_found(format!("snapshot {} was deleted", rec.id)))?;
+        if !transitioned {
+            return Ok((updated, None));
+        }
+        let secs = now.as_secs_f64() - rec.created.as_secs_f64();
+        self.metrics.inc(SNAPSHOTS_TOTAL, &[("result", result)]);
+        self.metrics.observe(SNAPSHOT_SECONDS, &[("result", result)], secs);
+        Ok((updated, Some(secs)))
     }
 
     // ---- the monitor ----
