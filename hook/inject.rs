@@ -482,15 +482,20 @@ mod tests {
         assert_eq!(escape("a/b~c"), "a~1b~0c");
     }
 
+    /// The context both patch tests run in: namespace `ns`, the base prefix, image `hook:1`.
+    fn test_context(names: &Names) -> Context<'_> {
+        Context {
+            namespace: "ns",
+            prefix: BASE_PREFIX,
+            names,
+            hook_image: "hook:1",
+        }
+    }
+
     #[test]
     fn existing_arrays_get_appends_and_missing_ones_are_created() {
         let names = Names::new(None);
-        let ctx = Context {
-            namespace: "ns",
-            prefix: BASE_PREFIX,
-            names: &names,
-            hook_image: "hook:1",
-        };
+        let ctx = test_context(&names);
         let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app"}]}});
         let ops = patch(&pod, &settings(&["/mnt/x.db"]), &ctx).unwrap();
         let paths: Vec<&str> = ops.iter().map(|o| o["path"].as_str().unwrap()).collect();
@@ -528,12 +533,7 @@ mod tests {
     #[test]
     fn a_mount_already_at_the_database_folder_is_denied() {
         let names = Names::new(None);
-        let ctx = Context {
-            namespace: "ns",
-            prefix: BASE_PREFIX,
-            names: &names,
-            hook_image: "hook:1",
-        };
+        let ctx = test_context(&names);
         let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [
             {"name": "app", "volumeMounts": [{"name": "v", "mountPath": "/mnt/"}]}]}});
         let err = patch(&pod, &settings(&["/mnt/x.db"]), &ctx).unwrap_err();
