@@ -46,7 +46,30 @@ pub fn init(level: LevelFilter) {
         buf.write_all(line.as_bytes())?;
         buf.write_all(b"\n")
     });
-    let _ = builder.try_init();
+    if builder.try_init().is_ok() {
+        log_panics();
+    }
+}
+
+/// Writes panics (ours or a dependency's, on any thread) as one JSON error line instead of
+/// Rust's multi-line default, so that the log stays one object per line.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+        let thread = std::thread::current();
+        log::error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            location = location.as_deref().unwrap_or("unknown"),
+            panic = message;
+            "a thread panicked"
+        );
+    }));
 }
 
 /// Installs the logger at the level named by the `LOG_LEVEL` variable (default `info`).
