@@ -2,15 +2,16 @@
 //!
 //! The TLS front end (`proxy`) hands every decrypted connection to this socket. It lives in a
 //! fresh 0700 folder, so only this process can reach it and nothing bypasses TLS. tiny_http's
-//! own accept loop ends for good after one accept() error; when that happens the workers see
-//! the error, and a new tiny_http server on a new socket takes over (the old one keeps
+//! own accept loop ends for good after one accept() error (or a panic when descriptors run
+//! out); when that happens the workers see the error, or the front end sees its connection
+//! refused, and a new tiny_http server on a new socket takes over (the old one keeps
 //! serving its open connections until they close).
 //!
 //! Routes (path only; the API server appends `?timeout=10s`): `POST /mutate`.
 
-use std::io::Read;
+use std::io::{ErrorKind, Read};
 use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -74,6 +75,39 @@ impl Backend {
     /// Where the TLS front end connects.
     pub fn socket_path(&self) -> PathBuf {
         self.current.read().unwrap_or_else(|e| e.into_inner()).path.clone()
+    }
+
+    /// Opens a connection to the current server for the TLS front end.
+    ///
+    /// tiny_http's accept thread can also end by panicking (it unwraps a failed descriptor
+    /// clone when descriptors run out), which closes the listener without any error reaching
+    /// `recv`. A refused connection is that sign: the server is marked dead, a worker binds a
+    /// new one within about a second, and the connection is tried once more on it.
+    pub fn connect(&self) -> std::io::Result<UnixStream> {
+        let (path, generation) = {
+            let c = self.current.read().unwrap_or_else(|e| e.into_inner());
+            (c.path.clone(), c.generation)
+        };
+        match UnixStream::connect(&path) {
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                {
+                    let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+                    if current.generation == generation && !current.dead {
+                        log::error!(socket:% = path.display(); "the HTTP layer stopped accepting; starting a new one");
+                        current.dead = true;
+                    }
+                }
+                for _ in 0..30 {
+                    std::thread::sleep(Duration::from_millis(100));
+                    let c = self.current.read().unwrap_or_else(|e| e.into_inner());
+                    if c.generation != generation {
+                        return UnixStream::connect(&c.path);
+                    }
+                }
+                Err(e)
+            }
+            other => other,
+        }
     }
 
     /// Removes the socket folder (at exit).

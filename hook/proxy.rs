@@ -206,8 +206,13 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, stop: &AtomicBool) 
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        let (tcp, peer) = match listener.accept() {
-            Ok(pair) => pair,
+        // The connection needs two descriptors (the stream and a clone for shutdown): when
+        // descriptors run out either step fails with EMFILE, and both are handled alike.
+        let accepted = listener
+            .accept()
+            .and_then(|(tcp, peer)| tcp.try_clone().map(|handle| (tcp, handle, peer)));
+        let (tcp, handle, peer) = match accepted {
+            Ok(parts) => parts,
             Err(e) => {
                 // EMFILE, ENOBUFS, ECONNABORTED...: log, pause, go on; never give up.
                 shared.metrics.inc("hook_errors_total", &[("kind", "accept")]);
@@ -221,10 +226,6 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, stop: &AtomicBool) 
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        let Ok(handle) = tcp.try_clone() else {
-            shared.metrics.inc("hook_errors_total", &[("kind", "accept")]);
-            continue;
-        };
         let id = shared.conns.ids.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn {
             tcp: handle,
@@ -304,7 +305,7 @@ fn serve(mut tcp: TcpStream, conn: &Arc<Conn>, shared: &Arc<Shared>) -> Result<(
     }
     tcp.set_read_timeout(Some(shared.limits.idle_timeout))
         .map_err(|e| e.to_string())?;
-    let mut unix = UnixStream::connect(shared.backend.socket_path()).map_err(|e| {
+    let mut unix = shared.backend.connect().map_err(|e| {
         shared.metrics.inc("hook_errors_total", &[("kind", "backend")]);
         format!("cannot reach the HTTP layer: {e}")
     })?;
