@@ -23,7 +23,12 @@ fn child_panics_on_a_named_thread() {
 #[test]
 fn panics_are_logged_as_one_json_line() {
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_panics_on_a_named_thread", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_panics_on_a_named_thread",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD, "1")
         .output()
         .unwrap();
@@ -40,7 +45,10 @@ fn panics_are_logged_as_one_json_line() {
     assert_eq!(p["level"], "error");
     assert_eq!(p["thread"], "worker-7");
     assert_eq!(p["panic"], "descriptor clone failed: 24");
-    assert!(p["location"].as_str().unwrap().starts_with("tests/log_panics.rs:"), "{p}");
+    assert!(
+        p["location"].as_str().unwrap().starts_with("tests/log_panics.rs:"),
+        "{p}"
+    );
     assert!(p["time"].is_string());
     // Rust's default multi-line report is gone.
     assert!(!stderr.contains("panicked at"), "{stderr}");
