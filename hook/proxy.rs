@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown as Direction, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -395,17 +396,36 @@ fn drain_plaintext(tls: &mut ServerConnection, out: &mut Vec<u8>) -> bool {
 
 /// Server → client: plain bytes from the HTTP layer, TLS records out. Closes the
 /// connection when the HTTP layer does.
+///
+/// tiny_http writes a response's head and body with two separate writes. Sending each as it
+/// comes would cost the client two TLS records, two TCP segments and two wake-ups per
+/// request, so once a response head with a `Content-Length` has arrived, the pump waits for
+/// the rest of that body (each read at most [`COALESCE_WAIT`], so a body that does not
+/// follow, as for HEAD, only delays the head by that much) and encrypts the response in one go.
 fn pump_responses(mut unix: UnixStream, mut tcp: TcpStream, tls: &Mutex<ServerConnection>, conn: &Conn, conns: &Conns) {
-    let mut buf = vec![0u8; 8 * 1024];
-    loop {
-        let n = match unix.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
+    let mut pending: Vec<u8> = Vec::new();
+    let mut open = true;
+    while open {
+        match read_some(&mut unix, &mut pending) {
+            Chunk::Data => {}
+            Chunk::Nothing => continue,
+            Chunk::End => break,
+        }
+        while missing_body(&pending).is_some() && readable_within(&unix, COALESCE_WAIT) {
+            match read_some(&mut unix, &mut pending) {
+                Chunk::Data => {}
+                Chunk::Nothing => break,
+                Chunk::End => {
+                    open = false;
+                    break;
+                }
+            }
+        }
         let mut tls = tls.lock().unwrap_or_else(|e| e.into_inner());
-        if tls.writer().write_all(&buf[..n]).is_err() {
+        if tls.writer().write_all(&pending).is_err() {
             break;
         }
+        pending.clear();
         let mut failed = false;
         while tls.wants_write() && !failed {
             failed = tls.write_tls(&mut tcp).is_err();
@@ -423,4 +443,113 @@ fn pump_responses(mut unix: UnixStream, mut tcp: TcpStream, tls: &Mutex<ServerCo
         }
     }
     let _ = tcp.shutdown(Direction::Both);
+}
+
+/// How long the response pump waits for more of a response body (see [`pump_responses`]);
+/// tiny_http writes the body microseconds after the head.
+const COALESCE_WAIT: Duration = Duration::from_millis(5);
+
+/// Responses larger than this are sent as they come, without waiting for the whole body.
+const COALESCE_MAX: usize = 1024 * 1024;
+
+enum Chunk {
+    /// Bytes were appended.
+    Data,
+    /// The read timed out or was interrupted.
+    Nothing,
+    /// End of stream or a hard error.
+    End,
+}
+
+/// Whether `unix` has bytes (or end of stream) to read within `wait`.
+fn readable_within(unix: &UnixStream, wait: Duration) -> bool {
+    let mut fd = libc::pollfd {
+        fd: unix.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd, for a descriptor `unix` keeps open during the call.
+    unsafe { libc::poll(&mut fd, 1, millis) > 0 }
+}
+
+/// Reads what is there (up to 8 KiB) and appends it to `buf`.
+fn read_some(unix: &mut UnixStream, buf: &mut Vec<u8>) -> Chunk {
+    let len = buf.len();
+    buf.resize(len + 8 * 1024, 0);
+    let read = unix.read(&mut buf[len..]);
+    buf.truncate(len + *read.as_ref().unwrap_or(&0));
+    match read {
+        Ok(0) => Chunk::End,
+        Ok(_) => Chunk::Data,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
+            ) =>
+        {
+            Chunk::Nothing
+        }
+        Err(_) => Chunk::End,
+    }
+}
+
+/// When `data` starts with a complete HTTP response head that has a `Content-Length`, and not
+/// all of that body is in `data` yet: how many bytes are still to come. `None` otherwise
+/// (anything else is passed on as it is), also for statuses that never carry a body.
+fn missing_body(data: &[u8]) -> Option<usize> {
+    let status = data.strip_prefix(b"HTTP/1.")?.get(2..5)?;
+    if status[0] == b'1' || status == b"204" || status == b"304" {
+        return None;
+    }
+    let head_len = data.windows(4).take(16 * 1024).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&data[..head_len]).ok()?;
+    let length: usize = head.split("\r\n").skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().ok())?
+    })?;
+    let total = head_len.checked_add(length).filter(|&t| t <= COALESCE_MAX)?;
+    (data.len() < total).then(|| total - data.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missing_body;
+
+    #[test]
+    fn a_head_waits_for_its_body() {
+        let head = b"HTTP/1.1 200 OK\r\nServer: tiny-http\r\ncontent-length: 10\r\n\r\n";
+        assert_eq!(missing_body(head), Some(10));
+        let mut partial = head.to_vec();
+        partial.extend_from_slice(b"0123");
+        assert_eq!(missing_body(&partial), Some(6));
+        partial.extend_from_slice(b"456789");
+        assert_eq!(missing_body(&partial), None);
+        // A following pipelined response does not make the first one wait.
+        partial.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        assert_eq!(missing_body(&partial), None);
+    }
+
+    #[test]
+    fn anything_else_is_sent_as_it_comes() {
+        // No complete head, no length, no HTTP, a body too large to hold, a bad length.
+        assert_eq!(missing_body(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n"), None);
+        assert_eq!(
+            missing_body(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            None
+        );
+        assert_eq!(missing_body(b"{\"Content-Length\": 5}\r\n\r\n"), None);
+        assert_eq!(
+            missing_body(b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n"),
+            None
+        );
+        assert_eq!(missing_body(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"), None);
+        assert_eq!(
+            missing_body(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"),
+            None
+        );
+        assert_eq!(missing_body(b""), None);
+    }
 }

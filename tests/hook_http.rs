@@ -73,6 +73,12 @@ fn routes_methods_and_content_types() {
     let reply = client.read_reply().unwrap();
     assert_eq!(reply.status, 405);
     assert_eq!(reply.header("Allow"), Some("POST"));
+    // HEAD: a head that announces a body, and no body; the connection then goes on.
+    client.send(b"HEAD /mutate HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let reply = client.read_head_reply().unwrap();
+    assert_eq!(reply.status, 405);
+    assert!(reply.body.is_empty());
+    assert_eq!(client.post("/mutate", "application/json", body.as_bytes()).status, 200);
     // No Content-Type at all.
     let raw = format!(
         "POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",

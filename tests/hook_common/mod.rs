@@ -245,6 +245,15 @@ impl Client {
 
     /// Reads one response (Content-Length framed).
     pub fn read_reply(&mut self) -> Result<Reply, String> {
+        self.read_response(true)
+    }
+
+    /// Reads the answer to a HEAD request: status line and headers, no body.
+    pub fn read_head_reply(&mut self) -> Result<Reply, String> {
+        self.read_response(false)
+    }
+
+    fn read_response(&mut self, with_body: bool) -> Result<Reply, String> {
         let mut reader = BufReader::new(&mut self.stream);
         let mut line = String::new();
         reader.read_line(&mut line).map_err(|e| format!("status line: {e}"))?;
@@ -271,6 +280,7 @@ impl Client {
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
             .and_then(|(_, v)| v.parse().ok())
+            .filter(|_| with_body)
             .unwrap_or(0);
         let mut body = vec![0; len];
         reader.read_exact(&mut body).map_err(|e| format!("body: {e}"))?;
