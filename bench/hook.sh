@@ -3,6 +3,7 @@
 # throughput at concurrency 1 and 32, and peak RSS. Release build, no gRPC.
 #
 #   bash bench/hook.sh            # REQUESTS=3000 per connection at c=1, 500 per connection at c=32
+#                                 # (closed loop), then 100 per connection at RATES="1000 2000 4000"/s
 #
 # The request is a realistic Pod CREATE AdmissionReview (a Deployment's Pod with managedFields,
 # asking for injection of two databases), so every request produces a full patch.
@@ -12,7 +13,7 @@ REQ1=${REQUESTS:-3000}
 REQ32=${REQUESTS32:-500}
 
 cargo build --quiet --release --no-default-features --bin hook --example hook_load
-bin=target/release/hook
+bin=${HOOK_BIN:-target/release/hook}   # HOOK_BIN: compare another build side by side
 load=target/release/examples/hook_load
 
 work=$(mktemp -d)
@@ -42,6 +43,12 @@ echo "{\"idle_rss_kb\":$(awk '/VmRSS/ {print $2}' /proc/$pid/status)}"
 "$load" "127.0.0.1:$port" "$work/ca.crt" "$work/body.json" 1 "$REQ1"
 echo "{\"rss_after_c1_kb\":$(awk '/VmRSS/ {print $2}' /proc/$pid/status)}"
 "$load" "127.0.0.1:$port" "$work/ca.crt" "$work/body.json" 32 "$REQ32"
+echo "{\"peak_rss_after_c32_kb\":$(awk '/VmHWM/ {print $2}' /proc/$pid/status)}"
+# Open loop: 32 connections together starting RATE requests per second on a fixed schedule
+# (latency counted from each request's scheduled start), as an API server under load sends them.
+for rate in ${RATES:-1000 2000 4000}; do
+  RATE=$rate "$load" "127.0.0.1:$port" "$work/ca.crt" "$work/body.json" 32 "$((REQ32 / 5))"
+done
 echo "load average: $(cut -d" " -f1-3 /proc/loadavg)"
 echo "{\"peak_rss_kb\":$(awk '/VmHWM/ {print $2}' /proc/$pid/status),\"threads_now\":$(awk '/Threads/ {print $2}' /proc/$pid/status)}"
 kill -TERM "$pid"

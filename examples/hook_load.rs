@@ -5,6 +5,12 @@
 //! With START_NS (nanoseconds since the epoch when the server was spawned) it first polls
 //! until a request succeeds and prints the start-up time, then runs the load.
 //! Prints one JSON line: concurrency, requests, p50/p90/p99/max in ms, req/s, errors.
+//!
+//! Closed loop by default: each connection sends its next request as soon as the previous
+//! answer is in, so latency at concurrency N is N / throughput. With `RATE=R` in the
+//! environment it is open loop instead: the connections together start R requests per
+//! second on a fixed schedule, and each latency is counted from the request's scheduled
+//! start, so a late answer also delays (and is charged to) the requests queued behind it.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -105,11 +111,16 @@ fn main() {
     if per_conn == 0 {
         return;
     }
+    let rate: Option<f64> = std::env::var("RATE")
+        .ok()
+        .map(|r| r.parse().expect("RATE (requests per second)"));
+    // Time between two requests on one connection, and each connection's phase offset.
+    let interval = rate.map(|r| Duration::from_secs_f64(concurrency as f64 / r));
     let warmup = 50.min(per_conn);
     let barrier = Arc::new(std::sync::Barrier::new(concurrency));
     let started = Instant::now();
     let threads: Vec<_> = (0..concurrency)
-        .map(|_| {
+        .map(|index| {
             let (config, request, barrier) = (Arc::clone(&config), Arc::clone(&request), Arc::clone(&barrier));
             std::thread::spawn(move || {
                 let mut stream = connect(addr, &config).expect("connect");
@@ -120,8 +131,18 @@ fn main() {
                 }
                 barrier.wait();
                 let t0 = Instant::now();
-                for _ in 0..per_conn {
-                    let t = Instant::now();
+                let phase = interval.map_or(Duration::ZERO, |i| i * index as u32 / concurrency as u32);
+                for n in 0..per_conn {
+                    let t = match interval {
+                        Some(i) => {
+                            let due = t0 + phase + i * n as u32;
+                            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                                std::thread::sleep(wait);
+                            }
+                            due
+                        }
+                        None => Instant::now(),
+                    };
                     match exchange(&mut stream, &request) {
                         Ok(200) => times.push(t.elapsed()),
                         other => {
@@ -148,7 +169,8 @@ fn main() {
     let _ = started;
     all.sort();
     println!(
-        "{{\"concurrency\":{concurrency},\"requests\":{},\"errors\":{errors},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"req_per_s\":{:.0}}}",
+        "{{\"concurrency\":{concurrency},{}\"requests\":{},\"errors\":{errors},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"req_per_s\":{:.0}}}",
+        rate.map_or(String::new(), |r| format!("\"rate\":{r},")),
         all.len(),
         percentile(&all, 0.5),
         percentile(&all, 0.9),

@@ -475,13 +475,13 @@ fn readable_within(unix: &UnixStream, wait: Duration) -> bool {
 
 /// Reads what is there (up to 8 KiB) and appends it to `buf`.
 fn read_some(unix: &mut UnixStream, buf: &mut Vec<u8>) -> Chunk {
-    let len = buf.len();
-    buf.resize(len + 8 * 1024, 0);
-    let read = unix.read(&mut buf[len..]);
-    buf.truncate(len + *read.as_ref().unwrap_or(&0));
-    match read {
+    let mut chunk = [0u8; 8 * 1024];
+    match unix.read(&mut chunk) {
         Ok(0) => Chunk::End,
-        Ok(_) => Chunk::Data,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Chunk::Data
+        }
         Err(e)
             if matches!(
                 e.kind(),
