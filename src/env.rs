@@ -32,8 +32,9 @@ impl fmt::Display for ConfigError {
             write!(f, "s")?;
         }
         write!(f, "):")?;
-        for p in &self.problems {
-            write!(f, " {}: {};", p.var, p.what)?;
+        for (i, p) in self.problems.iter().enumerate() {
+            let sep = if i == 0 { " " } else { "; " };
+            write!(f, "{sep}{}: {}", p.var, p.what)?;
         }
         Ok(())
     }
@@ -231,6 +232,9 @@ mod tests {
             text.contains("N: expected a whole number in range, got \"abc\""),
             "{text}"
         );
+        // Problems are separated, not terminated.
+        assert!(text.contains("): A: "), "{text}");
+        assert!(!text.ends_with(';') && text.matches("; ").count() == 4, "{text}");
     }
 
     #[test]
