@@ -10,6 +10,7 @@
 
 mod admission;
 mod annotations;
+mod fds;
 mod http;
 mod inject;
 mod litestream_config;
@@ -223,6 +224,7 @@ fn serve(config: Config) -> Result<(), String> {
         metrics.clone(),
         shutdown.clone(),
     )?;
+    let open_files = open_files_limit(config.limits.max_connections);
     let prefix = annotations::prefix_for(config.variant.as_deref());
     let app = Arc::new(http::App {
         admission: admission::Config {
@@ -247,6 +249,7 @@ fn serve(config: Config) -> Result<(), String> {
         addr:% = front.addr(),
         metrics_addr:% = ops.addr(),
         annotation_prefix = prefix.as_str(),
+        open_files_limit = open_files,
         startup_ms = started.elapsed().as_millis() as u64;
         "serving"
     );
@@ -262,4 +265,27 @@ fn serve(config: Config) -> Result<(), String> {
     }
     drop(ops);
     Ok(())
+}
+
+/// Raises the open files limit to its hard maximum and warns when `max_connections` cannot fit.
+fn open_files_limit(max_connections: usize) -> Option<u64> {
+    match fds::raise() {
+        Ok(limit) => {
+            let fit = fds::connections_that_fit(limit.now);
+            if fit < max_connections as u64 {
+                log::warn!(
+                    max_connections = max_connections,
+                    open_files_limit = limit.now,
+                    descriptors_per_connection = fds::PER_CONNECTION,
+                    connections_that_fit = fit;
+                    "MAX_CONNECTIONS does not fit in the open files limit: lower it or raise the limit, or connections beyond {fit} will fail"
+                );
+            }
+            Some(limit.now)
+        }
+        Err(e) => {
+            log::warn!(error:% = e; "cannot read the open files limit");
+            None
+        }
+    }
 }

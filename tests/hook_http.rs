@@ -293,6 +293,48 @@ fn descriptors_running_out_do_not_stop_the_server(limit: u32) {
     }
 }
 
+/// The hard open files limit of this process (inherited by the hook).
+fn hard_open_files_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    line.split_whitespace().nth(4).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_open_files_limit_is_raised_and_checked() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hard = hard_open_files_limit();
+    let too_many = |hook: &Hook| {
+        hook.log_lines().into_iter().find(|l| {
+            l["msg"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("MAX_CONNECTIONS does not fit")
+        })
+    };
+    // A low soft limit under a higher hard one: the hook raises it to the hard one.
+    let hook = start_with(&setup, &[], Some(&["sh", "-c", "ulimit -S -n 100 && exec \"$0\""]));
+    let serving = hook.log_lines().into_iter().find(|l| l["msg"] == "serving").unwrap();
+    assert_eq!(serving["open_files_limit"], hard, "{serving}");
+    // 256 connections (the default) take 6 descriptors each, plus 64 kept aside.
+    assert_eq!(too_many(&hook).is_some(), hard < 64 + 6 * 256);
+    drop(hook);
+    // Both limits low: the hook says which setting does not fit, and serves anyway.
+    let hook = start_with(&setup, &[], Some(&["sh", "-c", "ulimit -n 100 && exec \"$0\""]));
+    let warning = too_many(&hook).expect("a warning about MAX_CONNECTIONS");
+    assert_eq!(warning["level"], "warn");
+    assert_eq!(warning["max_connections"], 256);
+    assert_eq!(warning["open_files_limit"], 100);
+    assert_eq!(warning["connections_that_fit"], 6);
+    let body = pod_review("limit").to_string();
+    assert_eq!(
+        hook.client()
+            .post("/mutate", "application/json", body.as_bytes())
+            .status,
+        200
+    );
+}
+
 #[test]
 fn a_request_sent_together_with_the_handshake_is_answered() {
     // rustls buffers plaintext written before the handshake ends and sends it right behind
