@@ -1,8 +1,8 @@
 //! The TLS front end: accepts TCP connections, terminates TLS with rustls, and pumps the
 //! plain bytes to and from the HTTP layer's private Unix socket.
 //!
-//! One thread per connection does the handshake and then carries client → server bytes; a
-//! second one carries server → client bytes. Connections are capped (`max_connections`):
+//! One thread per connection does the handshake and then carries the bytes both ways, waiting
+//! on both sockets with poll(). Connections are capped (`max_connections`):
 //! at the cap the accept loop waits, so extra clients queue in the kernel backlog instead of
 //! exhausting threads or file descriptors. An accept() error is logged, counted and retried
 //! after a short pause; it never ends the loop.
@@ -304,80 +304,136 @@ fn serve(mut tcp: TcpStream, conn: &Arc<Conn>, shared: &Arc<Shared>) -> Result<(
             return Err(format!("TLS handshake failed: {e}"));
         }
     }
-    tcp.set_read_timeout(Some(shared.limits.idle_timeout))
-        .map_err(|e| e.to_string())?;
+    // From here on poll() does the waiting; the write timeouts bound a peer that stops reading.
+    tcp.set_read_timeout(None).map_err(|e| e.to_string())?;
     let mut unix = shared.backend.connect().map_err(|e| {
         shared.metrics.inc("hook_errors_total", &[("kind", "backend")]);
         format!("cannot reach the HTTP layer: {e}")
     })?;
-    let tls = Arc::new(Mutex::new(tls));
-    let responses = {
-        let unix = unix.try_clone().map_err(|e| e.to_string())?;
-        let tcp = tcp.try_clone().map_err(|e| e.to_string())?;
-        let (tls, conn, shared) = (Arc::clone(&tls), Arc::clone(conn), Arc::clone(shared));
-        std::thread::Builder::new()
-            .name("tls-out".into())
-            .stack_size(256 * 1024)
-            .spawn(move || pump_responses(unix, tcp, &tls, &conn, &shared.conns))
-            .map_err(|e| format!("cannot start a response thread: {e}"))?
-    };
-    let result = pump_requests(&mut tcp, &mut unix, &tls, conn, &shared.conns);
-    let _ = unix.shutdown(Direction::Write);
-    let _ = responses.join();
+    unix.set_write_timeout(Some(shared.limits.idle_timeout))
+        .map_err(|e| e.to_string())?;
+    let result = pump(&mut tcp, &mut unix, &mut tls, conn, shared);
+    tls.send_close_notify();
+    while tls.wants_write() {
+        if tls.write_tls(&mut tcp).is_err() {
+            break;
+        }
+    }
+    let _ = tcp.shutdown(Direction::Both);
     result
 }
 
-/// Client → server: TLS records in, plain bytes out to the HTTP layer.
-fn pump_requests(
+/// Carries bytes both ways on one thread: TLS records from the client are decrypted and
+/// written to the HTTP layer; its responses are encrypted and sent to the client. Ends when
+/// the HTTP layer closes its side (after the client closed theirs, or on its own), or after
+/// `idle_timeout` with nothing from either side.
+///
+/// tiny_http writes a response's head and body with two separate writes. Sending each as it
+/// comes would cost the client two TLS records, two TCP segments and two wake-ups per
+/// request, so once a response head with a `Content-Length` has arrived, the pump waits for
+/// the rest of that body (each read at most [`COALESCE_WAIT`], so a body that does not
+/// follow, as for HEAD, only delays the head by that much) and encrypts the response in one go.
+fn pump(
     tcp: &mut TcpStream,
     unix: &mut UnixStream,
-    tls: &Mutex<ServerConnection>,
+    tls: &mut ServerConnection,
     conn: &Conn,
-    conns: &Conns,
+    shared: &Shared,
 ) -> Result<(), String> {
+    let conns = &shared.conns;
     let mut buf = vec![0u8; 8 * 1024];
     let mut plain = Vec::new();
+    let mut pending = Vec::new();
+    let mut client_open = true;
     loop {
-        // Records already buffered (e.g. a request sent right behind the client's Finished,
-        // which the handshake read but did not decrypt) must be processed before blocking.
-        let peer_closed = {
-            let mut tls = tls.lock().unwrap_or_else(|e| e.into_inner());
+        if client_open {
+            // Records already buffered (e.g. a request sent right behind the client's Finished,
+            // which the handshake read but did not decrypt) must be processed before waiting.
             if let Err(e) = tls.process_new_packets() {
                 let _ = tls.write_tls(tcp);
                 return Err(format!("TLS: {e}"));
             }
-            drain_plaintext(&mut tls, &mut plain)
+            let closed = drain_plaintext(tls, &mut plain);
+            if !plain.is_empty() {
+                conn.last_in.store(conns.event(), Ordering::SeqCst);
+                unix.write_all(&plain).map_err(|e| format!("HTTP layer: {e}"))?;
+                plain.clear();
+            }
+            while tls.wants_write() {
+                tls.write_tls(tcp).map_err(|e| format!("writing to the client: {e}"))?;
+            }
+            if closed {
+                client_open = false;
+                let _ = unix.shutdown(Direction::Write);
+            }
+        }
+        let ready = wait(tcp, client_open, unix, shared.limits.idle_timeout).map_err(|e| format!("poll: {e}"))?;
+        let Some((from_client, from_backend)) = ready else {
+            continue; // Interrupted by a signal.
         };
-        if !plain.is_empty() {
+        if !from_client && !from_backend {
+            return Err("idle for too long".into());
+        }
+        if from_backend {
+            match read_some(unix, &mut pending) {
+                Chunk::Data => {}
+                Chunk::Nothing => continue,
+                Chunk::End => return Ok(()),
+            }
+            let mut open = true;
+            while missing_body(&pending).is_some() && readable_within(unix, COALESCE_WAIT) {
+                match read_some(unix, &mut pending) {
+                    Chunk::Data => {}
+                    Chunk::Nothing => break,
+                    Chunk::End => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            tls.writer().write_all(&pending).map_err(|e| format!("TLS: {e}"))?;
+            pending.clear();
+            while tls.wants_write() {
+                tls.write_tls(tcp).map_err(|e| format!("writing to the client: {e}"))?;
+            }
+            conn.last_out.store(conns.event(), Ordering::SeqCst);
+            if !open {
+                return Ok(());
+            }
+        }
+        if from_client {
+            let n = match tcp.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("reading from the client: {e}")),
+            };
+            if n == 0 {
+                // The client (or the drain) closed its side: let the HTTP layer finish.
+                client_open = false;
+                let _ = unix.shutdown(Direction::Write);
+                continue;
+            }
             conn.last_in.store(conns.event(), Ordering::SeqCst);
-            unix.write_all(&plain).map_err(|e| format!("HTTP layer: {e}"))?;
-            plain.clear();
-        }
-        if peer_closed {
-            return Ok(());
-        }
-        let n = match tcp.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("reading from the client: {e}")),
-        };
-        conn.last_in.store(conns.event(), Ordering::SeqCst);
-        let mut tls = tls.lock().unwrap_or_else(|e| e.into_inner());
-        let mut incoming = &buf[..n];
-        while !incoming.is_empty() {
-            tls.read_tls(&mut incoming).map_err(|e| format!("TLS: {e}"))?;
-            if let Err(e) = tls.process_new_packets() {
-                // Send the alert, then give up on this connection.
-                let _ = tls.write_tls(tcp);
-                return Err(format!("TLS: {e}"));
+            let mut incoming = &buf[..n];
+            while !incoming.is_empty() {
+                tls.read_tls(&mut incoming).map_err(|e| format!("TLS: {e}"))?;
+                if let Err(e) = tls.process_new_packets() {
+                    // Send the alert, then give up on this connection.
+                    let _ = tls.write_tls(tcp);
+                    return Err(format!("TLS: {e}"));
+                }
+                if drain_plaintext(tls, &mut plain) {
+                    client_open = false;
+                    break;
+                }
             }
-            if drain_plaintext(&mut tls, &mut plain) {
-                break;
+            if !plain.is_empty() {
+                unix.write_all(&plain).map_err(|e| format!("HTTP layer: {e}"))?;
+                plain.clear();
             }
-        }
-        while tls.wants_write() {
-            tls.write_tls(tcp).map_err(|e| format!("writing to the client: {e}"))?;
+            if !client_open {
+                let _ = unix.shutdown(Direction::Write);
+            }
         }
     }
 }
@@ -394,55 +450,41 @@ fn drain_plaintext(tls: &mut ServerConnection, out: &mut Vec<u8>) -> bool {
     }
 }
 
-/// Server → client: plain bytes from the HTTP layer, TLS records out. Closes the
-/// connection when the HTTP layer does.
-///
-/// tiny_http writes a response's head and body with two separate writes. Sending each as it
-/// comes would cost the client two TLS records, two TCP segments and two wake-ups per
-/// request, so once a response head with a `Content-Length` has arrived, the pump waits for
-/// the rest of that body (each read at most [`COALESCE_WAIT`], so a body that does not
-/// follow, as for HEAD, only delays the head by that much) and encrypts the response in one go.
-fn pump_responses(mut unix: UnixStream, mut tcp: TcpStream, tls: &Mutex<ServerConnection>, conn: &Conn, conns: &Conns) {
-    let mut pending: Vec<u8> = Vec::new();
-    let mut open = true;
-    while open {
-        match read_some(&mut unix, &mut pending) {
-            Chunk::Data => {}
-            Chunk::Nothing => continue,
-            Chunk::End => break,
-        }
-        while missing_body(&pending).is_some() && readable_within(&unix, COALESCE_WAIT) {
-            match read_some(&mut unix, &mut pending) {
-                Chunk::Data => {}
-                Chunk::Nothing => break,
-                Chunk::End => {
-                    open = false;
-                    break;
-                }
-            }
-        }
-        let mut tls = tls.lock().unwrap_or_else(|e| e.into_inner());
-        if tls.writer().write_all(&pending).is_err() {
-            break;
-        }
-        pending.clear();
-        let mut failed = false;
-        while tls.wants_write() && !failed {
-            failed = tls.write_tls(&mut tcp).is_err();
-        }
-        conn.last_out.store(conns.event(), Ordering::SeqCst);
-        if failed {
-            break;
-        }
+/// Waits until the client (when `client_open`) or the HTTP layer has something to read (data,
+/// end of stream or an error), at most `timeout`; says which (neither: the time ran out).
+/// `None` when a signal interrupted the wait.
+fn wait(
+    tcp: &TcpStream,
+    client_open: bool,
+    unix: &UnixStream,
+    timeout: Duration,
+) -> std::io::Result<Option<(bool, bool)>> {
+    let mut fds = [
+        libc::pollfd {
+            fd: unix.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: tcp.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let count: libc::nfds_t = if client_open { 2 } else { 1 };
+    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: `fds` holds `count` valid pollfds for descriptors kept open during the call.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), count, millis) };
+    if ready < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.kind() == std::io::ErrorKind::Interrupted {
+            Ok(None)
+        } else {
+            Err(e)
+        };
     }
-    let mut tls = tls.lock().unwrap_or_else(|e| e.into_inner());
-    tls.send_close_notify();
-    while tls.wants_write() {
-        if tls.write_tls(&mut tcp).is_err() {
-            break;
-        }
-    }
-    let _ = tcp.shutdown(Direction::Both);
+    let any = |f: &libc::pollfd| f.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0;
+    Ok(Some((client_open && any(&fds[1]), any(&fds[0]))))
 }
 
 /// How long the response pump waits for more of a response body (see [`pump_responses`]);

@@ -293,6 +293,39 @@ fn descriptors_running_out_do_not_stop_the_server(limit: u32) {
     }
 }
 
+#[test]
+fn idle_and_silent_connections_are_closed() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[("IDLE_TIMEOUT", "300ms"), ("HANDSHAKE_TIMEOUT", "300ms")]);
+    // A client that never starts the handshake is dropped after HANDSHAKE_TIMEOUT, well
+    // before this read gives up (10 s).
+    let mut raw = TcpStream::connect(hook.addr).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    match raw.read(&mut [0u8; 1]) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the silent connection was not closed: {other:?}"),
+    }
+    // A client answered once, then silent, is closed after IDLE_TIMEOUT (with close_notify),
+    // well before its own read timeout (30 s).
+    let body = pod_review("idle").to_string();
+    let mut client = hook.client();
+    assert_eq!(client.post("/mutate", "application/json", body.as_bytes()).status, 200);
+    let closed = client.read_reply().unwrap_err();
+    assert!(closed.contains("connection closed"), "{closed}");
+    // A client that is mid-request when the time runs out is closed too, and the server goes on.
+    let mut slow = hook.client();
+    slow.send(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        .unwrap();
+    assert!(slow.read_reply().is_err());
+    assert_eq!(
+        hook.client()
+            .post("/mutate", "application/json", body.as_bytes())
+            .status,
+        200
+    );
+}
+
 /// The hard open files limit of this process (inherited by the hook).
 fn hard_open_files_limit() -> u64 {
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
