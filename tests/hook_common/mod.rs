@@ -201,8 +201,17 @@ impl Client {
 
     /// Connects and completes the handshake.
     pub fn try_connect(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> Result<Client, String> {
+        Client::try_connect_within(addr, config, Duration::from_secs(30))
+    }
+
+    /// Like [`Client::try_connect`], giving up on any read (the handshake's included) after `wait`.
+    pub fn try_connect_within(
+        addr: SocketAddr,
+        config: &Arc<rustls::ClientConfig>,
+        wait: Duration,
+    ) -> Result<Client, String> {
         let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(|e| e.to_string())?;
-        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        tcp.set_read_timeout(Some(wait)).unwrap();
         tcp.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
         tcp.set_nodelay(true).unwrap();
         let name = "localhost".try_into().unwrap();

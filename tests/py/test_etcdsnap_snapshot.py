@@ -429,8 +429,9 @@ def test_job_that_never_runs_times_out(tmp_path, kube, etcd_cluster, volume, stu
         g = create_group(d, pb2, "never-runs", [volume])
         obj = "etcdsnap-" + g.snapshots[0].snapshot_id
         assert not get_group(d, pb2, g.group_snapshot_id).ready_to_use
+        # The Job goes first, then the PVC: wait for both.
         wait_for(lambda: kube.get_object("jobs", NS, obj) is None, 90, "the driver to give up on the Job")
-        assert kube.get_object("persistentvolumeclaims", NS, obj) is None
+        wait_for(lambda: kube.get_object("persistentvolumeclaims", NS, obj) is None, 10, "the PVC to be removed")
         code, details = code_of(lambda: get_group(d, pb2, g.group_snapshot_id))
         assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "timed out" in details and "JOB_TIMEOUT 10s" in details
         kube.release_jobs()
