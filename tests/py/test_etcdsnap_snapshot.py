@@ -187,9 +187,14 @@ def test_create_snapshot_single_volume(driver, kube, etcd_cluster, volume, stubs
     assert records(kube) == {}
 
 
+def current_leader(cluster) -> int:
+    """The leader's index, waiting out an election in progress (index 0 is a valid answer)."""
+    return wait_for(lambda: (lambda i: None if i is None else (i,))(cluster.leader_index()), 20, "an etcd leader")[0]
+
+
 def test_one_member_down_still_snapshots(driver, kube, etcd_cluster, volume, stubs):
     pb2, _ = stubs
-    leader = etcd_cluster.leader_index()
+    leader = current_leader(etcd_cluster)
     down = (leader + 1) % 3
     etcd_cluster.stop_member(down)
     try:
@@ -208,7 +213,7 @@ def test_one_member_down_still_snapshots(driver, kube, etcd_cluster, volume, stu
 
 def test_two_members_down_is_refused(driver, kube, etcd_cluster, volume, stubs):
     pb2, _ = stubs
-    alive = etcd_cluster.leader_index()
+    alive = current_leader(etcd_cluster)
     downs = [i for i in range(3) if i != alive]
     for i in downs:
         etcd_cluster.stop_member(i)
