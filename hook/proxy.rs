@@ -346,26 +346,10 @@ fn pump(
     let mut pending = Vec::new();
     let mut client_open = true;
     loop {
-        if client_open {
-            // Records already buffered (e.g. a request sent right behind the client's Finished,
-            // which the handshake read but did not decrypt) must be processed before waiting.
-            if let Err(e) = tls.process_new_packets() {
-                let _ = tls.write_tls(tcp);
-                return Err(format!("TLS: {e}"));
-            }
-            let closed = drain_plaintext(tls, &mut plain);
-            if !plain.is_empty() {
-                conn.last_in.store(conns.event(), Ordering::SeqCst);
-                unix.write_all(&plain).map_err(|e| format!("HTTP layer: {e}"))?;
-                plain.clear();
-            }
-            while tls.wants_write() {
-                tls.write_tls(tcp).map_err(|e| format!("writing to the client: {e}"))?;
-            }
-            if closed {
-                client_open = false;
-                let _ = unix.shutdown(Direction::Write);
-            }
+        // Records already buffered (e.g. a request sent right behind the client's Finished,
+        // which the handshake read but did not decrypt) must be processed before waiting.
+        if client_open && forward_requests(tls, tcp, unix, &mut plain, conn, conns)? {
+            client_open = false;
         }
         let ready = wait(tcp, client_open, unix, shared.limits.idle_timeout).map_err(|e| format!("poll: {e}"))?;
         let Some((from_client, from_backend)) = ready else {
@@ -381,7 +365,9 @@ fn pump(
                 Chunk::End => return Ok(()),
             }
             let mut open = true;
-            while missing_body(&pending).is_some() && readable_within(unix, COALESCE_WAIT) {
+            while missing_body(&pending).is_some()
+                && matches!(wait(tcp, false, unix, COALESCE_WAIT), Ok(Some((_, true))))
+            {
                 match read_some(unix, &mut pending) {
                     Chunk::Data => {}
                     Chunk::Nothing => break,
@@ -415,27 +401,45 @@ fn pump(
             }
             conn.last_in.store(conns.event(), Ordering::SeqCst);
             let mut incoming = &buf[..n];
-            while !incoming.is_empty() {
+            while !incoming.is_empty() && client_open {
                 tls.read_tls(&mut incoming).map_err(|e| format!("TLS: {e}"))?;
-                if let Err(e) = tls.process_new_packets() {
-                    // Send the alert, then give up on this connection.
-                    let _ = tls.write_tls(tcp);
-                    return Err(format!("TLS: {e}"));
-                }
-                if drain_plaintext(tls, &mut plain) {
+                if forward_requests(tls, tcp, unix, &mut plain, conn, conns)? {
                     client_open = false;
-                    break;
                 }
-            }
-            if !plain.is_empty() {
-                unix.write_all(&plain).map_err(|e| format!("HTTP layer: {e}"))?;
-                plain.clear();
-            }
-            if !client_open {
-                let _ = unix.shutdown(Direction::Write);
             }
         }
     }
+}
+
+/// Decrypts the TLS records rustls holds and writes the plain bytes to the HTTP layer, then
+/// sends whatever rustls has to say (an alert first if the records were bad). Returns true
+/// when the client sent close_notify; the HTTP layer then sees end of stream.
+fn forward_requests(
+    tls: &mut ServerConnection,
+    tcp: &mut TcpStream,
+    unix: &mut UnixStream,
+    plain: &mut Vec<u8>,
+    conn: &Conn,
+    conns: &Conns,
+) -> Result<bool, String> {
+    if let Err(e) = tls.process_new_packets() {
+        // Send the alert, then give up on this connection.
+        let _ = tls.write_tls(tcp);
+        return Err(format!("TLS: {e}"));
+    }
+    let closed = drain_plaintext(tls, plain);
+    if !plain.is_empty() {
+        conn.last_in.store(conns.event(), Ordering::SeqCst);
+        unix.write_all(plain).map_err(|e| format!("HTTP layer: {e}"))?;
+        plain.clear();
+    }
+    while tls.wants_write() {
+        tls.write_tls(tcp).map_err(|e| format!("writing to the client: {e}"))?;
+    }
+    if closed {
+        let _ = unix.shutdown(Direction::Write);
+    }
+    Ok(closed)
 }
 
 /// Moves decrypted bytes into `out`; returns true when the client sent close_notify.
@@ -487,7 +491,7 @@ fn wait(
     Ok(Some((client_open && any(&fds[1]), any(&fds[0]))))
 }
 
-/// How long the response pump waits for more of a response body (see [`pump_responses`]);
+/// How long the pump waits for more of a response body (see [`pump`]);
 /// tiny_http writes the body microseconds after the head.
 const COALESCE_WAIT: Duration = Duration::from_millis(5);
 
@@ -497,22 +501,10 @@ const COALESCE_MAX: usize = 1024 * 1024;
 enum Chunk {
     /// Bytes were appended.
     Data,
-    /// The read timed out or was interrupted.
+    /// The read was interrupted by a signal.
     Nothing,
     /// End of stream or a hard error.
     End,
-}
-
-/// Whether `unix` has bytes (or end of stream) to read within `wait`.
-fn readable_within(unix: &UnixStream, wait: Duration) -> bool {
-    let mut fd = libc::pollfd {
-        fd: unix.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let millis = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: one valid pollfd, for a descriptor `unix` keeps open during the call.
-    unsafe { libc::poll(&mut fd, 1, millis) > 0 }
 }
 
 /// Reads what is there (up to 8 KiB) and appends it to `buf`.
@@ -524,14 +516,7 @@ fn read_some(unix: &mut UnixStream, buf: &mut Vec<u8>) -> Chunk {
             buf.extend_from_slice(&chunk[..n]);
             Chunk::Data
         }
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
-            ) =>
-        {
-            Chunk::Nothing
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Chunk::Nothing,
         Err(_) => Chunk::End,
     }
 }
