@@ -90,13 +90,7 @@ impl Backend {
         };
         match UnixStream::connect(&path) {
             Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-                {
-                    let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-                    if current.generation == generation && !current.dead {
-                        log::error!(socket:% = path.display(); "the HTTP layer stopped accepting; starting a new one");
-                        current.dead = true;
-                    }
-                }
+                self.mark_dead(generation, &format!("{}: {e}", path.display()));
                 for _ in 0..30 {
                     std::thread::sleep(Duration::from_millis(100));
                     let c = self.current.read().unwrap_or_else(|e| e.into_inner());
@@ -136,13 +130,18 @@ impl Backend {
                 Ok(None) => {}
                 Err(e) => {
                     app.metrics.inc("hook_errors_total", &[("kind", "accept")]);
-                    log::error!(error:% = e; "the HTTP layer stopped accepting; starting a new one");
-                    let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-                    if current.generation == generation {
-                        current.dead = true;
-                    }
+                    self.mark_dead(generation, &e);
                 }
             }
+        }
+    }
+
+    /// Marks server `generation` as dead (once, with one log line) so a worker replaces it.
+    fn mark_dead(&self, generation: u64, cause: &dyn std::fmt::Display) {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if current.generation == generation && !current.dead {
+            log::error!(error:% = cause; "the HTTP layer stopped accepting; starting a new one");
+            current.dead = true;
         }
     }
 
