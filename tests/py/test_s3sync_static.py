@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from etcdsnap_driver import free_port
 from waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,12 +54,6 @@ def static_s3sync() -> Path:
     assert done.returncode == 0, done.stderr[-4000:]
     assert STATIC_BIN.is_file(), f"the build did not produce {STATIC_BIN}"
     return STATIC_BIN
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RcloneS3:
