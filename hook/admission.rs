@@ -6,10 +6,16 @@
 //! injection gets a patch, or is denied with a message naming the annotation at fault.
 //! A body that is not an AdmissionReview gets HTTP 400 with a plain-text reason.
 
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::annotations::{self, Defaults};
+use crate::annotations::{self, clip, Defaults, MAX_KEY_BYTES};
 use crate::inject::{self, Context, Names};
+use crate::pod::Pod;
+
+/// Denial messages (and the log lines and audit annotations made from them) are at most this long.
+const MAX_MESSAGE: usize = 1024;
 
 /// What the hook was configured with, shared by every request.
 pub struct Config {
@@ -57,6 +63,7 @@ pub struct Answer {
 }
 
 fn invalid(detail: String) -> Answer {
+    let detail = clip(&detail, MAX_MESSAGE);
     Answer {
         status: 400,
         body: format!("{detail}\n"),
@@ -67,82 +74,139 @@ fn invalid(detail: String) -> Answer {
     }
 }
 
+/// The AdmissionReview envelope (`admission.k8s.io/v1`), without the object.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Review {
+    api_version: Option<String>,
+    kind: Option<String>,
+    request: Option<Request>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Request {
+    uid: Option<String>,
+    kind: Option<GroupVersionKind>,
+    sub_resource: Option<String>,
+    operation: Option<String>,
+    namespace: Option<String>,
+    object: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct GroupVersionKind {
+    group: Option<String>,
+    kind: Option<String>,
+}
+
+/// The second look at the same body: only the object, as the Pod the hook reads.
+#[derive(Deserialize)]
+struct ObjectOnly {
+    request: ObjectRequest,
+}
+
+#[derive(Deserialize)]
+struct ObjectRequest {
+    object: Option<Pod>,
+}
+
+/// The `response` of an AdmissionReview.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Response<'a> {
+    uid: &'a str,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit_annotations: Option<Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+}
+
+impl<'a> Response<'a> {
+    fn allow(uid: &'a str) -> Response<'a> {
+        Response {
+            uid,
+            allowed: true,
+            status: None,
+            patch_type: None,
+            patch: None,
+            audit_annotations: None,
+            warnings: Vec::new(),
+        }
+    }
+}
+
 /// Decides on one AdmissionReview body.
 pub fn review(body: &[u8], config: &Config) -> Answer {
-    let review: Value = match serde_json::from_slice(body) {
+    let review: Review = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(e) => return invalid(format!("the body is not valid JSON: {e}")),
+        Err(e) => return invalid(format!("the body is not an AdmissionReview: {e}")),
     };
-    if review.get("apiVersion").and_then(Value::as_str) != Some("admission.k8s.io/v1")
-        || review.get("kind").and_then(Value::as_str) != Some("AdmissionReview")
+    if review.api_version.as_deref() != Some("admission.k8s.io/v1") || review.kind.as_deref() != Some("AdmissionReview")
     {
         return invalid("expected an AdmissionReview with apiVersion admission.k8s.io/v1".into());
     }
-    let Some(request) = review.get("request").filter(|r| r.is_object()) else {
+    let Some(request) = review.request else {
         return invalid("the AdmissionReview has no request".into());
     };
-    let Some(uid) = request.get("uid").and_then(Value::as_str).filter(|u| !u.is_empty()) else {
+    let Some(uid) = request.uid.filter(|u| !u.is_empty()) else {
         return invalid("the AdmissionReview request has no uid".into());
     };
-    let uid = uid.to_string();
-    let respond = |response: Value, outcome: Outcome, detail: String, annotation: &str| {
-        let body = json!({
+    let respond = |response: Response<'_>, outcome: Outcome, detail: String, annotation: &str| Answer {
+        status: 200,
+        body: json!({
             "apiVersion": "admission.k8s.io/v1",
             "kind": "AdmissionReview",
             "response": response,
-        });
-        Answer {
-            status: 200,
-            body: body.to_string(),
-            outcome,
-            detail,
-            uid: uid.clone(),
-            annotation: annotation.to_string(),
-        }
+        })
+        .to_string(),
+        outcome,
+        detail,
+        uid: uid.clone(),
+        annotation: annotation.to_string(),
     };
-    let allow = |detail: &str| {
-        respond(
-            json!({"uid": uid, "allowed": true}),
-            Outcome::Skipped,
-            detail.to_string(),
-            "",
-        )
-    };
+    let allow = |detail: &str| respond(Response::allow(&uid), Outcome::Skipped, detail.to_string(), "");
 
-    let kind = request.get("kind");
-    let is_pod = kind.and_then(|k| k.get("kind")).and_then(Value::as_str) == Some("Pod")
-        && kind
-            .and_then(|k| k.get("group"))
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .is_empty()
-        && request
-            .get("subResource")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .is_empty();
+    let kind = request.kind.as_ref();
+    let is_pod = kind.and_then(|k| k.kind.as_deref()) == Some("Pod")
+        && kind.and_then(|k| k.group.as_deref()).unwrap_or("").is_empty()
+        && request.sub_resource.as_deref().unwrap_or("").is_empty();
     if !is_pod {
         return allow("not a Pod");
     }
-    if request.get("operation").and_then(Value::as_str) != Some("CREATE") {
+    if request.operation.as_deref() != Some("CREATE") {
         return allow("not a CREATE");
     }
     let deny = |message: String, annotation: &str| {
-        let detail = message.clone();
-        let mut response = json!({
-            "uid": uid,
-            "allowed": false,
-            "status": {"status": "Failure", "code": 400, "reason": "BadRequest", "message": message},
-        });
+        let message = clip(&message, MAX_MESSAGE);
+        let annotation = clip(annotation, MAX_KEY_BYTES);
+        let mut response = Response::allow(&uid);
+        response.allowed = false;
+        response.status = Some(json!({"status": "Failure", "code": 400, "reason": "BadRequest", "message": message}));
         if !annotation.is_empty() {
-            response["auditAnnotations"] = json!({ "denied-annotation": annotation });
+            response.audit_annotations = Some(json!({ "denied-annotation": annotation }));
         }
-        respond(response, Outcome::Denied, detail, annotation)
+        respond(response, Outcome::Denied, message.clone(), &annotation)
     };
-    let Some(pod) = request.get("object").filter(|o| o.is_object()) else {
-        return deny("the request carries no Pod object".into(), "");
+    let pod = match request
+        .object
+        .is_some()
+        .then(|| serde_json::from_slice::<ObjectOnly>(body))
+    {
+        Some(Ok(ObjectOnly {
+            request: ObjectRequest { object: Some(pod) },
+        })) => pod,
+        Some(Err(e)) => return deny(format!("the request's object is not a Pod: {e}"), ""),
+        _ => return deny("the request carries no Pod object".into(), ""),
     };
-    let annotations = pod.pointer("/metadata/annotations").and_then(Value::as_object);
+    let annotations = pod.annotations();
     if annotations::is_injected(annotations, &config.prefix) {
         return allow("already injected");
     }
@@ -152,9 +216,9 @@ pub fn review(body: &[u8], config: &Config) -> Answer {
         Err(denial) => return deny(denial.to_string(), &denial.annotation),
     };
     let namespace = request
-        .get("namespace")
-        .and_then(Value::as_str)
-        .or_else(|| pod.pointer("/metadata/namespace").and_then(Value::as_str))
+        .namespace
+        .as_deref()
+        .or_else(|| pod.metadata.as_ref().and_then(|m| m.namespace.as_deref()))
         .filter(|n| !n.is_empty())
         .unwrap_or("default");
     let ctx = Context {
@@ -163,11 +227,15 @@ pub fn review(body: &[u8], config: &Config) -> Answer {
         names: &config.names,
         hook_image: &config.defaults.hook_image,
     };
-    match inject::patch(pod, &settings, &ctx) {
-        Ok(ops) => {
-            let patch = serde_json::to_vec(&ops).expect("a patch always serialises");
+    match inject::patch(&pod, &settings, &ctx) {
+        Ok(injection) => {
+            let patch = serde_json::to_vec(&injection.ops).expect("a patch always serialises");
+            let mut response = Response::allow(&uid);
+            response.patch_type = Some("JSONPatch");
+            response.patch = Some(base64(&patch));
+            response.warnings = injection.warnings;
             respond(
-                json!({"uid": uid, "allowed": true, "patchType": "JSONPatch", "patch": base64(&patch)}),
+                response,
                 Outcome::Injected,
                 format!("{} database(s)", settings.paths.len()),
                 "",

@@ -13,6 +13,9 @@ use serde_json::{Map, Value};
 /// The prefix of every annotation when no VARIANT is set.
 pub const BASE_PREFIX: &str = "litestream-hook.kaidotio.github.io";
 
+/// The longest annotation key Kubernetes allows: a 253-byte prefix, `/`, a 63-byte name.
+pub const MAX_KEY_BYTES: usize = 317;
+
 /// The annotation keys (after `<prefix>/`) this hook understands.
 pub const KEYS: &[&str] = &[
     "inject",
@@ -135,7 +138,7 @@ pub fn parse(
         if let Some(rest) = key.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) {
             if !KEYS.contains(&rest) {
                 return Err(Denial {
-                    annotation: key.clone(),
+                    annotation: clip(key, MAX_KEY_BYTES),
                     message: format!(
                         "unknown annotation; known keys under {prefix}/ are: {}",
                         KEYS.join(", ")
@@ -155,7 +158,7 @@ pub fn parse(
     let region = reader.optional("region", defaults.region.as_deref(), check_region)?;
     let prefix_value = reader.optional("prefix", None, check_replica_segments)?;
     let name = reader.optional("name", None, check_replica_segments)?;
-    let sync_interval = reader.optional("sync-interval", None, check_go_duration)?;
+    let sync_interval = reader.optional("sync-interval", None, check_sync_interval)?;
     let native_sidecar = match reader.get("native-sidecar")? {
         None => defaults.native_sidecar,
         Some("true") => true,
@@ -236,8 +239,30 @@ fn quote(value: &str) -> String {
     }
 }
 
+/// At most this many databases per Pod.
+pub const MAX_DATABASES: usize = 16;
+
+/// `s` cut to at most `max` bytes (at a character boundary) with the full length said, so a
+/// huge value cannot flood a response, an audit annotation or a log line.
+pub fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &s[..end], s.len())
+}
+
 /// Splits the comma list of database paths and checks each one.
+///
+/// The count is checked first, in one pass, so a list of any length costs linear time.
 pub fn parse_paths(raw: &str) -> Result<Vec<String>, String> {
+    let entries = raw.bytes().filter(|&b| b == b',').count() + 1;
+    if entries > MAX_DATABASES {
+        return Err(format!("at most {MAX_DATABASES} databases per Pod, got {entries}"));
+    }
     let mut paths: Vec<String> = Vec::new();
     for part in raw.split(',') {
         let path = part.trim();
@@ -256,9 +281,6 @@ pub fn parse_paths(raw: &str) -> Result<Vec<String>, String> {
             ));
         }
         paths.push(path.to_string());
-    }
-    if paths.len() > 16 {
-        return Err("at most 16 databases per Pod".into());
     }
     Ok(paths)
 }
@@ -433,33 +455,80 @@ pub fn check_replica_segments(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A Go duration as Litestream parses it, positive: `1s`, `500ms`, `1m30s`.
-pub fn check_go_duration(s: &str) -> Result<(), String> {
+/// A Go duration (`time.ParseDuration`, unsigned): `1s`, `500ms`, `1m30s`, `1.5h`. Values Go
+/// cannot hold (over about 2562047h) are refused, as Go refuses them.
+pub fn parse_go_duration(s: &str) -> Result<std::time::Duration, String> {
     const WHY: &str = "must be a duration such as 1s, 500ms or 1m30s";
     let mut rest = s;
-    let mut any_nonzero = false;
     if rest.is_empty() || rest.len() > 32 {
         return Err(WHY.into());
     }
+    let mut total: u128 = 0;
     while !rest.is_empty() {
         let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or(WHY)?;
         let number = &rest[..digits];
         if number.is_empty() || number.starts_with('.') || number.ends_with('.') || number.matches('.').count() > 1 {
             return Err(WHY.into());
         }
-        any_nonzero |= number.chars().any(|c| ('1'..='9').contains(&c));
         rest = &rest[digits..];
-        let unit = ["ns", "us", "µs", "ms", "s", "m", "h"]
-            .into_iter()
-            .filter(|u| rest.starts_with(u))
-            .max_by_key(|u| u.len())
-            .ok_or(WHY)?;
+        let (unit, nanos) = [
+            ("ns", 1u128),
+            ("us", 1_000),
+            ("µs", 1_000),
+            ("ms", 1_000_000),
+            ("s", 1_000_000_000),
+            ("m", 60_000_000_000),
+            ("h", 3_600_000_000_000),
+        ]
+        .into_iter()
+        .filter(|(u, _)| rest.starts_with(u))
+        .max_by_key(|(u, _)| u.len())
+        .ok_or(WHY)?;
         rest = &rest[unit.len()..];
+        let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+        let whole: u128 = whole.parse().map_err(|_| WHY)?;
+        let mut part = whole.checked_mul(nanos).ok_or(WHY)?;
+        let mut scale = nanos;
+        for d in frac.bytes().take(18) {
+            scale /= 10;
+            part += u128::from(d - b'0') * scale;
+        }
+        total = total.checked_add(part).ok_or(WHY)?;
+        if total > i64::MAX as u128 {
+            return Err(format!("{WHY} (at most 2562047h, as Go allows)"));
+        }
     }
-    if !any_nonzero {
-        return Err(WHY.into());
+    Ok(std::time::Duration::from_nanos(total as u64))
+}
+
+/// A Go duration from `min` to `max`, for a Litestream setting.
+pub fn check_go_duration_in(s: &str, min: std::time::Duration, max: std::time::Duration) -> Result<(), String> {
+    let d = parse_go_duration(s)?;
+    if d < min || d > max {
+        return Err(format!(
+            "must be a duration from {} to {}",
+            show_duration(min),
+            show_duration(max)
+        ));
     }
     Ok(())
+}
+
+fn show_duration(d: std::time::Duration) -> String {
+    match d.as_millis() {
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+/// Litestream's `sync-interval`: from 10ms (shorter only burns CPU) to 24h (longer is no backup).
+pub fn check_sync_interval(s: &str) -> Result<(), String> {
+    check_go_duration_in(
+        s,
+        std::time::Duration::from_millis(10),
+        std::time::Duration::from_secs(24 * 3600),
+    )
 }
 
 #[cfg(test)]
@@ -543,12 +612,20 @@ mod tests {
         for bad in ["", "Gi", "1GB", "1 Gi", "1.2.3Gi", "0Gi", "0.0", "1e", "1e+", "."] {
             assert!(check_quantity(bad).is_err(), "{bad}");
         }
-        for ok in ["1s", "500ms", "1m30s", "1.5s", "2h"] {
-            assert!(check_go_duration(ok).is_ok(), "{ok}");
+        for ok in ["1s", "500ms", "1m30s", "1.5s", "2h", "24h", "10ms"] {
+            assert!(check_sync_interval(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "1", "s", "1x", "0s", "-1s", "1.s"] {
-            assert!(check_go_duration(bad).is_err(), "{bad}");
+        for bad in [
+            "", "1", "s", "1x", "0s", "-1s", "1.s", "9999999h", "25h", "1ms", "2562048h",
+        ] {
+            assert!(check_sync_interval(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            parse_go_duration("1m30.5s"),
+            Ok(std::time::Duration::from_millis(90_500))
+        );
+        assert_eq!(parse_go_duration("2562047h").map(|d| d.as_secs()), Ok(2562047 * 3600));
+        assert!(parse_go_duration("2562048h").is_err());
     }
 
     #[test]

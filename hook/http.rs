@@ -7,7 +7,9 @@
 //! refused, and a new tiny_http server on a new socket takes over (the old one keeps
 //! serving its open connections until they close).
 //!
-//! Routes (path only; the API server appends `?timeout=10s`): `POST /mutate`.
+//! Routes (path only; the API server appends `?timeout=10s`): `POST /mutate`. Every request
+//! arrives complete and carries its deadline (see `framing`): one found past it when a worker
+//! takes it up, or once its answer is ready, gets 504, as the API server has given up on it.
 
 use std::io::{ErrorKind, Read};
 use std::os::unix::fs::DirBuilderExt;
@@ -21,6 +23,7 @@ use tiny_http::{Header, Method, Request, Response};
 
 use crate::admission::{self, Outcome};
 use crate::annotations::KEYS;
+use crate::framing::{self, DEADLINE_HEADER};
 
 /// What the request handlers share.
 pub struct App {
@@ -219,7 +222,30 @@ fn handle(mut request: Request, app: &App) {
         .observe("hook_request_duration_seconds", &[], started.elapsed().as_secs_f64());
 }
 
+/// The deadline the front end gave the request, if any.
+fn deadline(request: &Request) -> Option<Instant> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv(DEADLINE_HEADER))
+        .and_then(|h| h.value.as_str().parse().ok())
+        .map(framing::from_micros)
+}
+
+fn too_late(app: &App) -> Response<std::io::Cursor<Vec<u8>>> {
+    app.metrics.inc("hook_errors_total", &[("kind", "deadline")]);
+    text(
+        504,
+        "the request's deadline (the API server's timeout) passed before it could be answered\n",
+    )
+}
+
 fn mutate(request: &mut Request, app: &App) -> Response<std::io::Cursor<Vec<u8>>> {
+    let deadline = deadline(request);
+    let late = || deadline.is_some_and(|d| Instant::now() >= d);
+    if late() {
+        return too_late(app);
+    }
     let content_type = request
         .headers()
         .iter()
@@ -246,6 +272,9 @@ fn mutate(request: &mut Request, app: &App) -> Response<std::io::Cursor<Vec<u8>>
         return text(413, format!("request body larger than {} bytes\n", app.max_body));
     }
     let answer = admission::review(&body, &app.admission);
+    if late() {
+        return too_late(app);
+    }
     app.metrics
         .inc("hook_admissions_total", &[("result", answer.outcome.label())]);
     match answer.outcome {

@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 
 use crate::annotations::{dir_name, Denial, Settings, MARKER};
 use crate::litestream_config::{self, CONFIG_ENV};
+use crate::pod::{Bounded, Container as PodContainer, Metadata, Pod, Spec, MAX_CONTAINERS, MAX_MOUNTS, MAX_VOLUMES};
 
 /// Where the config volume is mounted in the injected containers.
 pub const CONFIG_DIR: &str = "/etc/litestream-hook";
@@ -87,14 +88,19 @@ pub fn escape(segment: &str) -> String {
 /// A Pod with a fixed name (bare Pods, StatefulSet members) uses it. A Pod created with
 /// `generateName` uses that without its trailing `-`, and without the ReplicaSet's
 /// `-<pod-template-hash>` when labelled with it, so every Pod of a Deployment shares one name.
-pub fn owner_name(pod: &Value) -> Option<String> {
-    let meta = pod.get("metadata")?;
-    if let Some(name) = meta.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+pub fn owner_name(pod: &Pod) -> Option<String> {
+    let meta = pod.metadata.as_ref()?;
+    if let Some(name) = meta.name.as_deref().filter(|n| !n.is_empty()) {
         return Some(name.to_string());
     }
-    let generate = meta.get("generateName").and_then(Value::as_str)?;
+    let generate = meta.generate_name.as_deref()?;
     let mut name = generate.trim_end_matches('-').to_string();
-    if let Some(hash) = meta.pointer("/labels/pod-template-hash").and_then(Value::as_str) {
+    let hash = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("pod-template-hash"))
+        .and_then(Value::as_str);
+    if let Some(hash) = hash {
         if let Some(stripped) = name.strip_suffix(&format!("-{hash}")) {
             name = stripped.to_string();
         }
@@ -103,7 +109,7 @@ pub fn owner_name(pod: &Value) -> Option<String> {
 }
 
 /// The folder in the bucket for this Pod's databases: `[<prefix>/]<namespace>/<name>`.
-pub fn replica_base(pod: &Value, settings: &Settings, ctx: &Context<'_>) -> Result<String, Denial> {
+pub fn replica_base(pod: &Pod, settings: &Settings, ctx: &Context<'_>) -> Result<String, Denial> {
     let name = match &settings.name {
         Some(n) => n.clone(),
         None => owner_name(pod).ok_or_else(|| Denial {
@@ -142,37 +148,95 @@ pub fn mounts(paths: &[String]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The patch for `pod`, or the reason it cannot be injected.
-pub fn patch(pod: &Value, settings: &Settings, ctx: &Context<'_>) -> Result<Vec<Value>, Denial> {
-    let whole = |message: String| Denial {
+/// One JSON Patch operation; the hook only ever adds.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Op {
+    op: &'static str,
+    pub path: String,
+    pub value: Value,
+}
+
+fn add(path: &str, value: Value) -> Op {
+    Op {
+        op: "add",
+        path: path.to_string(),
+        value,
+    }
+}
+
+/// What [`patch`] returns for a Pod it can inject.
+#[derive(Debug)]
+pub struct Injection {
+    pub ops: Vec<Op>,
+    /// Risky but valid setups, for the AdmissionReview's `warnings`.
+    pub warnings: Vec<String>,
+}
+
+fn whole(message: String) -> Denial {
+    Denial {
         annotation: String::new(),
         message,
-    };
+    }
+}
+
+/// The patch for `pod`, or the reason it cannot be injected: the conflicts first, then the
+/// containers, then the operations that add them.
+pub fn patch(pod: &Pod, settings: &Settings, ctx: &Context<'_>) -> Result<Injection, Denial> {
+    let meta = pod
+        .metadata
+        .as_ref()
+        .ok_or_else(|| whole("the Pod has no metadata".into()))?;
+    let spec = pod.spec.as_ref().ok_or_else(|| whole("the Pod has no spec".into()))?;
+    check_bounds(spec)?;
+    if pod.containers().is_empty() {
+        return Err(whole("the Pod has no containers".into()));
+    }
+    let base = replica_base(pod, settings, ctx)?;
+    let mounts = mounts(&settings.paths);
+    check_conflicts(pod, &mounts, ctx)?;
+    let built = containers(pod, settings, ctx, &base, &mounts);
+    Ok(Injection {
+        ops: operations(meta, spec, pod, ctx, settings, built),
+        warnings: Vec::new(),
+    })
+}
+
+/// Refuses Pods whose lists are longer than the hook reads (see `pod`).
+fn check_bounds(spec: &Spec) -> Result<(), Denial> {
+    let count = |list: &Option<Bounded<PodContainer, MAX_CONTAINERS>>| list.as_ref().map_or(0, |b| b.total);
+    let containers = count(&spec.containers) + count(&spec.init_containers);
+    if containers > MAX_CONTAINERS {
+        return Err(whole(format!(
+            "the Pod has {containers} containers and init containers; this hook injects into at most {MAX_CONTAINERS}"
+        )));
+    }
+    if spec.volumes.as_ref().is_some_and(Bounded::truncated) {
+        return Err(whole(format!(
+            "the Pod has more than {MAX_VOLUMES} volumes, more than this hook reads"
+        )));
+    }
+    let all = spec.containers.iter().chain(spec.init_containers.iter());
+    if all
+        .flat_map(|b| b.items.iter())
+        .any(|c| c.volume_mounts.as_ref().is_some_and(Bounded::truncated))
+    {
+        return Err(whole(format!(
+            "a container has more than {MAX_MOUNTS} volume mounts, more than this hook reads"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses what the API server would refuse, with a reason the user can act on.
+fn check_conflicts(pod: &Pod, mounts: &[(String, String)], ctx: &Context<'_>) -> Result<(), Denial> {
+    let names = ctx.names;
     let path_denial = |message: String| Denial {
         annotation: format!("{}/path", ctx.prefix),
         message,
     };
-    let meta = pod
-        .get("metadata")
-        .filter(|m| m.is_object())
-        .ok_or_else(|| whole("the Pod has no metadata".into()))?;
-    let spec = pod
-        .get("spec")
-        .filter(|s| s.is_object())
-        .ok_or_else(|| whole("the Pod has no spec".into()))?;
-    let app_containers = array(spec, "containers");
-    let app_inits = array(spec, "initContainers");
-    if app_containers.is_empty() {
-        return Err(whole("the Pod has no containers".into()));
-    }
-    let names = ctx.names;
-    let base = replica_base(pod, settings, ctx)?;
-    let config = litestream_config::build(settings, &base).to_string();
-    let mounts = mounts(&settings.paths);
-
-    // Refuse what the API server would refuse, with a reason the user can act on.
-    for volume in array(spec, "volumes") {
-        let name = volume.get("name").and_then(Value::as_str).unwrap_or("");
+    let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
+    for volume in volumes.map_or(&[][..], |v| &v.items) {
+        let name = volume.name.as_deref().unwrap_or("");
         if name == names.data_volume || name == names.config_volume {
             return Err(whole(format!(
                 "the Pod already has a volume named {name:?}, which this hook adds"
@@ -182,28 +246,43 @@ pub fn patch(pod: &Value, settings: &Settings, ctx: &Context<'_>) -> Result<Vec<
     let ours = |name: &str| {
         name == names.config_container || name == names.replicate_container || name.starts_with(&names.restore_prefix)
     };
-    for c in app_containers.iter().chain(app_inits.iter()) {
-        let name = c.get("name").and_then(Value::as_str).unwrap_or("");
+    for c in pod.containers().iter().chain(pod.init_containers()) {
+        let name = c.name();
         if ours(name) {
             return Err(whole(format!(
-                "the Pod already has a container named {name:?}, which this hook adds"
+                "the Pod already has a container named {}, which this hook adds",
+                quote_short(name)
             )));
         }
-        for m in array(c, "volumeMounts") {
-            let at = m
-                .get("mountPath")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .trim_end_matches('/');
+        for m in c.mounts() {
+            let at = m.mount_path.as_deref().unwrap_or("").trim_end_matches('/');
             if let Some((dir, _)) = mounts.iter().find(|(dir, _)| dir == at) {
                 return Err(path_denial(format!(
-                    "container {name:?} already mounts a volume at {dir}, where this hook mounts the database folder"
+                    "container {} already mounts a volume at {dir}, where this hook mounts the database folder",
+                    quote_short(name)
                 )));
             }
         }
     }
+    Ok(())
+}
 
-    let security = security_context(spec, &app_containers, &app_inits);
+/// A name quoted for a message, at most about 100 bytes of it.
+fn quote_short(s: &str) -> String {
+    format!("{:?}", crate::annotations::clip(s, 100))
+}
+
+/// The containers to add, and the mounts every app container gets.
+struct Built {
+    data_mounts: Vec<VolumeMount>,
+    inits: Vec<Container>,
+    sidecars: Vec<Container>,
+}
+
+fn containers(pod: &Pod, settings: &Settings, ctx: &Context<'_>, base: &str, mounts: &[(String, String)]) -> Built {
+    let names = ctx.names;
+    let config = litestream_config::build(settings, base).to_string();
+    let security = security_context(pod);
     let data_mounts: Vec<VolumeMount> = mounts
         .iter()
         .map(|(dir, sub)| VolumeMount {
@@ -232,7 +311,7 @@ pub fn patch(pod: &Value, settings: &Settings, ctx: &Context<'_>) -> Result<Vec<
         }),
         ..EnvVar::default()
     });
-    let litestream = |name: String, args: Vec<String>| Container {
+    let litestream = |name: String, args: &[&str]| Container {
         name,
         image: Some(settings.image.clone()),
         image_pull_policy: Some("IfNotPresent".into()),
@@ -260,7 +339,7 @@ pub fn patch(pod: &Value, settings: &Settings, ctx: &Context<'_>) -> Result<Vec<
     for (i, db) in settings.paths.iter().enumerate() {
         inits.push(litestream(
             format!("{}{i}", names.restore_prefix),
-            [
+            &[
                 "restore",
                 "-config",
                 CONFIG_FILE,
@@ -268,16 +347,12 @@ pub fn patch(pod: &Value, settings: &Settings, ctx: &Context<'_>) -> Result<Vec<
                 "-if-db-not-exists",
                 "-if-replica-exists",
                 db,
-            ]
-            .map(String::from)
-            .to_vec(),
+            ],
         ));
     }
     let mut replicate = litestream(
         names.replicate_container.clone(),
-        ["replicate", "-config", CONFIG_FILE, "-no-expand-env"]
-            .map(String::from)
-            .to_vec(),
+        &["replicate", "-config", CONFIG_FILE, "-no-expand-env"],
     );
     let mut sidecars = Vec::new();
     if settings.native_sidecar {
@@ -286,18 +361,33 @@ pub fn patch(pod: &Value, settings: &Settings, ctx: &Context<'_>) -> Result<Vec<
     } else {
         sidecars.push(replicate);
     }
+    Built {
+        data_mounts,
+        inits,
+        sidecars,
+    }
+}
 
+/// The operations, in order: marker, volumes, the database mounts in every app container
+/// (before init containers shift), our init containers in front, the classic sidecar.
+fn operations(
+    meta: &Metadata,
+    spec: &Spec,
+    pod: &Pod,
+    ctx: &Context<'_>,
+    settings: &Settings,
+    built: Built,
+) -> Vec<Op> {
+    let names = ctx.names;
     let mut ops = Vec::new();
-    // 1. The marker annotation.
     let marker = format!("{}/{MARKER}", ctx.prefix);
-    match meta.get("annotations") {
-        Some(Value::Object(_)) => ops.push(add(
+    match &meta.annotations {
+        Some(_) => ops.push(add(
             &format!("/metadata/annotations/{}", escape(&marker)),
             json!("true"),
         )),
-        _ => ops.push(add("/metadata/annotations", json!({ marker: "true" }))),
+        None => ops.push(add("/metadata/annotations", json!({ marker: "true" }))),
     }
-    // 2. The volumes.
     let volumes = [
         Volume {
             name: names.data_volume.clone(),
@@ -317,38 +407,36 @@ pub fn patch(pod: &Value, settings: &Settings, ctx: &Context<'_>) -> Result<Vec<
         },
     ]
     .map(to_value);
-    append(&mut ops, spec, "/spec", "volumes", volumes.to_vec());
-    // 3. The database folders in every app container, before init containers shift.
-    let data_mounts: Vec<Value> = data_mounts.into_iter().map(to_value).collect();
-    for (field, list) in [("containers", &app_containers), ("initContainers", &app_inits)] {
+    append(&mut ops, spec.volumes.is_some(), "/spec/volumes", volumes.to_vec());
+    let data_mounts: Vec<Value> = built.data_mounts.into_iter().map(to_value).collect();
+    for (field, list) in [
+        ("containers", pod.containers()),
+        ("initContainers", pod.init_containers()),
+    ] {
         for (i, c) in list.iter().enumerate() {
             append(
                 &mut ops,
-                c,
-                &format!("/spec/{field}/{i}"),
-                "volumeMounts",
+                c.volume_mounts.is_some(),
+                &format!("/spec/{field}/{i}/volumeMounts"),
                 data_mounts.clone(),
             );
         }
     }
-    // 4. Init containers in front of the app's own, in order.
-    let inits: Vec<Value> = inits.into_iter().map(to_value).collect();
-    if spec.get("initContainers").is_some_and(Value::is_array) {
+    let inits: Vec<Value> = built.inits.into_iter().map(to_value).collect();
+    if spec.init_containers.is_some() {
         for (i, c) in inits.into_iter().enumerate() {
             ops.push(add(&format!("/spec/initContainers/{i}"), c));
         }
     } else {
         ops.push(add("/spec/initContainers", Value::Array(inits)));
     }
-    // 5. The classic sidecar, when not native.
     append(
         &mut ops,
-        spec,
-        "/spec",
-        "containers",
-        sidecars.into_iter().map(to_value).collect(),
+        true,
+        "/spec/containers",
+        built.sidecars.into_iter().map(to_value).collect(),
     );
-    Ok(ops)
+    ops
 }
 
 /// The securityContext of injected containers (see the module documentation).
@@ -358,25 +446,26 @@ pub fn patch(pod: &Value, settings: &Settings, ctx: &Context<'_>) -> Result<Vec<
 /// does. As root (the image's default user) they keep the default capabilities: root
 /// without CAP_DAC_OVERRIDE could not write the database files an app running as another
 /// user creates. Without a Pod-level seccomp profile they use `RuntimeDefault`.
-fn security_context(spec: &Value, containers: &[Value], inits: &[Value]) -> SecurityContext {
+fn security_context(pod: &Pod) -> SecurityContext {
     let mut sc = SecurityContext {
         allow_privilege_escalation: Some(false),
         ..SecurityContext::default()
     };
-    let pod = spec.get("securityContext");
-    let mut user = pod.and_then(|p| p.get("runAsUser")).and_then(Value::as_i64);
-    let mut non_root = pod.and_then(|p| p.get("runAsNonRoot")).and_then(Value::as_bool) == Some(true);
+    let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let mut user = pod_sc.and_then(|p| p.run_as_user);
+    let mut non_root = pod_sc.and_then(|p| p.run_as_non_root) == Some(true);
     if user.is_none() {
-        let first = containers
+        let first = pod
+            .containers()
             .iter()
-            .chain(inits)
-            .filter_map(|c| c.get("securityContext"))
-            .find(|s| s.get("runAsUser").is_some_and(Value::is_i64));
+            .chain(pod.init_containers())
+            .filter_map(|c| c.security_context.as_ref())
+            .find(|s| s.run_as_user.is_some());
         if let Some(app) = first {
-            sc.run_as_user = app.get("runAsUser").and_then(Value::as_i64);
-            sc.run_as_group = app.get("runAsGroup").and_then(Value::as_i64);
+            sc.run_as_user = app.run_as_user;
+            sc.run_as_group = app.run_as_group;
             user = sc.run_as_user;
-            if app.get("runAsNonRoot").and_then(Value::as_bool) == Some(true) {
+            if app.run_as_non_root == Some(true) {
                 sc.run_as_non_root = Some(true);
                 non_root = true;
             }
@@ -388,7 +477,7 @@ fn security_context(spec: &Value, containers: &[Value], inits: &[Value]) -> Secu
             add: None,
         });
     }
-    if pod.and_then(|p| p.get("seccompProfile")).is_none() {
+    if pod_sc.and_then(|p| p.seccomp_profile.as_ref()).is_none() {
         sc.seccomp_profile = Some(SeccompProfile {
             type_: "RuntimeDefault".into(),
             localhost_profile: None,
@@ -397,30 +486,22 @@ fn security_context(spec: &Value, containers: &[Value], inits: &[Value]) -> Secu
     sc
 }
 
-fn array(parent: &Value, field: &str) -> Vec<Value> {
-    parent.get(field).and_then(Value::as_array).cloned().unwrap_or_default()
-}
-
 fn to_value<T: serde::Serialize>(v: T) -> Value {
     serde_json::to_value(v).expect("Kubernetes types always serialise")
 }
 
-fn add(path: &str, value: Value) -> Value {
-    json!({ "op": "add", "path": path, "value": value })
-}
-
-/// Adds `items` to the array `parent[field]` at `at/field`: appended one by one when it
-/// exists, created whole when it does not.
-fn append(ops: &mut Vec<Value>, parent: &Value, at: &str, field: &str, items: Vec<Value>) {
+/// Adds `items` to the array at `at`: appended one by one when it `exists`, created whole
+/// when it does not.
+fn append(ops: &mut Vec<Op>, exists: bool, at: &str, items: Vec<Value>) {
     if items.is_empty() {
         return;
     }
-    if parent.get(field).is_some_and(Value::is_array) {
+    if exists {
         for item in items {
-            ops.push(add(&format!("{at}/{field}/-"), item));
+            ops.push(add(&format!("{at}/-"), item));
         }
     } else {
-        ops.push(add(&format!("{at}/{field}"), Value::Array(items)));
+        ops.push(add(at, Value::Array(items)));
     }
 }
 
@@ -428,6 +509,14 @@ fn append(ops: &mut Vec<Value>, parent: &Value, at: &str, field: &str, items: Ve
 mod tests {
     use super::*;
     use crate::annotations::{Defaults, BASE_PREFIX};
+
+    fn pod(v: Value) -> Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn op_paths(pod: &Pod, s: &Settings, ctx: &Context<'_>) -> Vec<String> {
+        patch(pod, s, ctx).unwrap().ops.into_iter().map(|o| o.path).collect()
+    }
 
     fn settings(paths: &[&str]) -> Settings {
         let d = Defaults::default();
@@ -448,13 +537,14 @@ mod tests {
 
     #[test]
     fn owner_names_are_stable() {
-        let rs = json!({"metadata": {"generateName": "web-7d9f8c6b5-", "labels": {"pod-template-hash": "7d9f8c6b5"}}});
+        let rs =
+            pod(json!({"metadata": {"generateName": "web-7d9f8c6b5-", "labels": {"pod-template-hash": "7d9f8c6b5"}}}));
         assert_eq!(owner_name(&rs).as_deref(), Some("web"));
-        let sts = json!({"metadata": {"name": "db-0", "generateName": "db-"}});
+        let sts = pod(json!({"metadata": {"name": "db-0", "generateName": "db-"}}));
         assert_eq!(owner_name(&sts).as_deref(), Some("db-0"));
-        let job = json!({"metadata": {"generateName": "migrate-"}});
+        let job = pod(json!({"metadata": {"generateName": "migrate-"}}));
         assert_eq!(owner_name(&job).as_deref(), Some("migrate"));
-        assert_eq!(owner_name(&json!({"metadata": {}})), None);
+        assert_eq!(owner_name(&pod(json!({"metadata": {}}))), None);
     }
 
     #[test]
@@ -496,9 +586,8 @@ mod tests {
     fn existing_arrays_get_appends_and_missing_ones_are_created() {
         let names = Names::new(None);
         let ctx = test_context(&names);
-        let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app"}]}});
-        let ops = patch(&pod, &settings(&["/mnt/x.db"]), &ctx).unwrap();
-        let paths: Vec<&str> = ops.iter().map(|o| o["path"].as_str().unwrap()).collect();
+        let p = pod(json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app"}]}}));
+        let paths = op_paths(&p, &settings(&["/mnt/x.db"]), &ctx);
         assert_eq!(
             paths,
             [
@@ -508,13 +597,12 @@ mod tests {
                 "/spec/initContainers"
             ]
         );
-        let pod = json!({"metadata": {"name": "p", "annotations": {}}, "spec": {
+        let p = pod(json!({"metadata": {"name": "p", "annotations": {}}, "spec": {
             "volumes": [], "initContainers": [{"name": "migrate", "volumeMounts": []}],
-            "containers": [{"name": "app", "volumeMounts": []}]}});
+            "containers": [{"name": "app", "volumeMounts": []}]}}));
         let mut s = settings(&["/mnt/x.db"]);
         s.native_sidecar = false;
-        let ops = patch(&pod, &s, &ctx).unwrap();
-        let paths: Vec<&str> = ops.iter().map(|o| o["path"].as_str().unwrap()).collect();
+        let paths = op_paths(&p, &s, &ctx);
         assert_eq!(
             paths,
             [
@@ -534,9 +622,9 @@ mod tests {
     fn a_mount_already_at_the_database_folder_is_denied() {
         let names = Names::new(None);
         let ctx = test_context(&names);
-        let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [
-            {"name": "app", "volumeMounts": [{"name": "v", "mountPath": "/mnt/"}]}]}});
-        let err = patch(&pod, &settings(&["/mnt/x.db"]), &ctx).unwrap_err();
+        let p = pod(json!({"metadata": {"name": "p"}, "spec": {"containers": [
+            {"name": "app", "volumeMounts": [{"name": "v", "mountPath": "/mnt/"}]}]}}));
+        let err = patch(&p, &settings(&["/mnt/x.db"]), &ctx).unwrap_err();
         assert_eq!(err.annotation, format!("{BASE_PREFIX}/path"));
     }
 }

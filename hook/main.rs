@@ -11,9 +11,11 @@
 mod admission;
 mod annotations;
 mod fds;
+mod framing;
 mod http;
 mod inject;
 mod litestream_config;
+mod pod;
 mod proxy;
 mod tls;
 
@@ -91,7 +93,12 @@ fn read_config() -> Result<Config, lifeboat::env::ConfigError> {
         annotations::check_region(v).map(|_| Some(v.to_string()))
     });
     let native_sidecar = env.bool("NATIVE_SIDECAR", true);
-    let max_body = env.number_in("MAX_BODY_BYTES", 6 * 1024 * 1024, 4096, 256 * 1024 * 1024);
+    // The API server refuses request bodies over 3 MiB (its MaxRequestBodyBytes: twice etcd's
+    // 1.5 MiB, for JSON against protobuf), so the Pod in an AdmissionReview is at most that;
+    // 256 KiB more covers the envelope (userInfo, options) and earlier webhooks' additions.
+    let max_body = env.number_in("MAX_BODY_BYTES", 3 * 1024 * 1024 + 256 * 1024, 4096, 256 * 1024 * 1024);
+    let max_head = env.number_in("MAX_HEADER_BYTES", 32 * 1024, 1024, 1024 * 1024);
+    let request_timeout = env.duration("REQUEST_TIMEOUT", Some(Duration::from_secs(10)));
     let max_connections = env.number_in("MAX_CONNECTIONS", 256, 1, 10_000);
     let workers = env.number_in("WORKERS", 4, 1, 256);
     let handshake_timeout = env.duration("HANDSHAKE_TIMEOUT", Some(Duration::from_secs(10)));
@@ -124,6 +131,11 @@ fn read_config() -> Result<Config, lifeboat::env::ConfigError> {
             max_connections,
             handshake_timeout: handshake_timeout.unwrap_or(Duration::from_secs(10)),
             idle_timeout: idle_timeout.unwrap_or(Duration::from_secs(120)),
+            request: framing::Limits {
+                max_head,
+                max_body,
+                request_timeout: request_timeout.unwrap_or(Duration::from_secs(10)),
+            },
         },
         workers,
         shutdown_timeout: shutdown_timeout.unwrap_or(Duration::from_secs(25)),

@@ -1,11 +1,15 @@
 //! The TLS front end: accepts TCP connections, terminates TLS with rustls, and pumps the
 //! plain bytes to and from the HTTP layer's private Unix socket.
 //!
-//! One thread per connection does the handshake and then carries the bytes both ways, waiting
-//! on both sockets with poll(). Connections are capped (`max_connections`):
-//! at the cap the accept loop waits, so extra clients queue in the kernel backlog instead of
-//! exhausting threads or file descriptors. An accept() error is logged, counted and retried
-//! after a short pause; it never ends the loop.
+//! One thread per connection does the handshake (within `handshake_timeout` in all, not per
+//! read) and then carries the bytes both ways, waiting on both sockets with poll(). Requests
+//! go through a [`Framer`]: only complete, bounded requests reach the HTTP layer (see
+//! `framing`). Connections are capped (`max_connections`): at the cap the accept loop closes
+//! the connection that has waited longest on its client (mid-handshake or mid-request first,
+//! then idle keep-alive ones; never one whose request is being answered), so slow clients
+//! cannot keep real requests out; with none to close it waits, and extra clients queue in the
+//! kernel backlog instead of exhausting threads or file descriptors. An accept() error is
+//! logged, counted and retried after a short pause; it never ends the loop.
 //!
 //! Shutdown ([`Front::drain`]) works like Go's `http.Server.Shutdown`: stop accepting, then
 //! half-close each connection as soon as it is idle (its last bytes were a response). A
@@ -24,6 +28,7 @@ use std::time::{Duration, Instant};
 use lifeboat::metrics::Registry;
 use rustls::{ServerConfig, ServerConnection};
 
+use crate::framing::{self, Framer, Reject, Step};
 use crate::http::Backend;
 
 /// Limits of the front end.
@@ -34,7 +39,17 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// How long a connection may sit without receiving a byte.
     pub idle_timeout: Duration,
+    /// Size and time limits of one request.
+    pub request: framing::Limits,
 }
+
+/// What a connection is doing, for choosing which to close at the connection cap.
+const WAITING_ON_CLIENT: u8 = 0;
+const IDLE: u8 = 1;
+const IN_FLIGHT: u8 = 2;
+
+/// A connection is closed at the cap only once it has waited this long on its client.
+const EVICT_MIN_AGE: Duration = Duration::from_millis(200);
 
 /// One open connection, as the drain sees it.
 struct Conn {
@@ -47,6 +62,18 @@ struct Conn {
     watched: AtomicU64,
     /// Kicks sent for this connection (at most [`MAX_KICKS`]).
     kicks: AtomicU64,
+    /// Event number of the last complete request forwarded to the HTTP layer.
+    forwarded: AtomicU64,
+    /// [`WAITING_ON_CLIENT`], [`IDLE`] or [`IN_FLIGHT`], and since when (µs, `framing::epoch`).
+    state: std::sync::atomic::AtomicU8,
+    since: AtomicU64,
+}
+
+impl Conn {
+    fn set_state(&self, state: u8) {
+        self.since.store(framing::to_micros(Instant::now()), Ordering::SeqCst);
+        self.state.store(state, Ordering::SeqCst);
+    }
 }
 
 /// Kicks per connection: a client that sends half a request and stops must not make the
@@ -196,6 +223,9 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, stop: &AtomicBool) 
         {
             let mut map = shared.conns.map.lock().unwrap_or_else(|e| e.into_inner());
             while map.len() >= shared.limits.max_connections && !stop.load(Ordering::SeqCst) {
+                if evict_one(&map, &shared.metrics) {
+                    // Its thread sees the closed socket and removes it: wait for that.
+                }
                 map = shared
                     .conns
                     .changed
@@ -235,6 +265,9 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, stop: &AtomicBool) 
             closing: AtomicBool::new(false),
             watched: AtomicU64::new(0),
             kicks: AtomicU64::new(0),
+            forwarded: AtomicU64::new(0),
+            state: std::sync::atomic::AtomicU8::new(WAITING_ON_CLIENT),
+            since: AtomicU64::new(framing::to_micros(Instant::now())),
         });
         shared
             .conns
@@ -260,6 +293,29 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, stop: &AtomicBool) 
     }
 }
 
+/// At the connection cap: closes the connection that has waited longest on its client
+/// (mid-handshake or mid-request first, then idle), if one has waited [`EVICT_MIN_AGE`].
+/// Returns whether one was closed.
+fn evict_one(map: &HashMap<u64, Arc<Conn>>, metrics: &Registry) -> bool {
+    let oldest_allowed = framing::to_micros(Instant::now()).saturating_sub(EVICT_MIN_AGE.as_micros() as u64);
+    let victim = map
+        .values()
+        .filter(|c| !c.closing.load(Ordering::SeqCst))
+        .filter_map(|c| {
+            let state = c.state.load(Ordering::SeqCst);
+            let since = c.since.load(Ordering::SeqCst);
+            (state != IN_FLIGHT && since <= oldest_allowed).then_some(((state, since), c))
+        })
+        .min_by_key(|(key, _)| *key);
+    let Some((_, conn)) = victim else {
+        return false;
+    };
+    conn.closing.store(true, Ordering::SeqCst);
+    let _ = conn.tcp.shutdown(Direction::Both);
+    metrics.inc("hook_errors_total", &[("kind", "evicted")]);
+    true
+}
+
 /// Works around a lost wake-up in tiny_http 0.12's thread pool (`TaskPool::spawn` queues a
 /// connection when a thread counts as waiting, but that thread may already have been
 /// notified for the previous one): when connections arrive together, one can sit in the
@@ -274,7 +330,7 @@ fn watchdog(shared: &Shared) {
         std::thread::sleep(Duration::from_millis(10));
         let mut stuck = 0;
         for conn in shared.conns.map.lock().unwrap_or_else(|e| e.into_inner()).values() {
-            let last_in = conn.last_in.load(Ordering::SeqCst);
+            let last_in = conn.forwarded.load(Ordering::SeqCst);
             let never_answered = conn.last_out.load(Ordering::SeqCst) == 0;
             if last_in > 0
                 && never_answered
@@ -294,16 +350,17 @@ fn watchdog(shared: &Shared) {
 /// Handshake, then pump until either side is done.
 fn serve(mut tcp: TcpStream, conn: &Arc<Conn>, shared: &Arc<Shared>) -> Result<(), String> {
     let _ = tcp.set_nodelay(true);
-    tcp.set_read_timeout(Some(shared.limits.handshake_timeout))
-        .and_then(|_| tcp.set_write_timeout(Some(shared.limits.handshake_timeout)))
-        .map_err(|e| e.to_string())?;
     let mut tls = ServerConnection::new(Arc::clone(&shared.tls)).map_err(|e| e.to_string())?;
-    while tls.is_handshaking() {
-        if let Err(e) = tls.complete_io(&mut tcp) {
-            shared.metrics.inc("hook_errors_total", &[("kind", "handshake")]);
-            return Err(format!("TLS handshake failed: {e}"));
-        }
+    // One deadline for the whole handshake: each read and write may only take what is left,
+    // so a client sending a byte at a time cannot stretch it. (rustls' `complete_io` reads
+    // again and again within one call, so it is not used here.)
+    let deadline = Instant::now() + shared.limits.handshake_timeout;
+    if let Err(e) = handshake(&mut tls, &mut tcp, deadline) {
+        shared.metrics.inc("hook_errors_total", &[("kind", "handshake")]);
+        return Err(format!("TLS handshake failed: {e}"));
     }
+    tcp.set_write_timeout(Some(shared.limits.handshake_timeout.max(Duration::from_secs(10))))
+        .map_err(|e| e.to_string())?;
     // From here on poll() does the waiting; the write timeouts bound a peer that stops reading.
     tcp.set_read_timeout(None).map_err(|e| e.to_string())?;
     let mut unix = shared.backend.connect().map_err(|e| {
@@ -319,14 +376,54 @@ fn serve(mut tcp: TcpStream, conn: &Arc<Conn>, shared: &Arc<Shared>) -> Result<(
             break;
         }
     }
+    if let Ok(Some(discard)) = &result {
+        linger(&mut tcp, *discard);
+    }
     let _ = tcp.shutdown(Direction::Both);
-    result
+    result.map(|_| ())
+}
+
+/// Drives the TLS handshake to its end, or fails once `deadline` has passed.
+fn handshake(tls: &mut ServerConnection, tcp: &mut TcpStream, deadline: Instant) -> std::io::Result<()> {
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake deadline passed");
+    loop {
+        while tls.wants_write() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(timed_out());
+            }
+            tcp.set_write_timeout(Some(left))?;
+            tls.write_tls(tcp)?;
+        }
+        if !tls.is_handshaking() {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        tcp.set_read_timeout(Some(left))?;
+        match tls.read_tls(tcp) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Err(timed_out()),
+            Err(e) => return Err(e),
+        }
+        if let Err(e) = tls.process_new_packets() {
+            // Send the alert, then give up.
+            let _ = tls.write_tls(tcp);
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+        }
+    }
 }
 
 /// Carries bytes both ways on one thread: TLS records from the client are decrypted and
-/// written to the HTTP layer; its responses are encrypted and sent to the client. Ends when
-/// the HTTP layer closes its side (after the client closed theirs, or on its own), or after
-/// `idle_timeout` with nothing from either side.
+/// framed ([`Framer`]), each complete request is written to the HTTP layer; its responses are
+/// encrypted and sent to the client. Ends when the HTTP layer closes its side (after the
+/// client closed theirs, or on its own), after `idle_timeout` with nothing from either side,
+/// or when the front end answers a request itself (`Ok(Some(bytes to discard))`, see
+/// [`linger`]): refused, or not complete by its deadline.
 ///
 /// tiny_http writes a response's head and body with two separate writes. Sending each as it
 /// comes would cost the client two TLS records, two TCP segments and two wake-ups per
@@ -339,30 +436,49 @@ fn pump(
     tls: &mut ServerConnection,
     conn: &Conn,
     shared: &Shared,
-) -> Result<(), String> {
+) -> Result<Option<u64>, String> {
     let conns = &shared.conns;
     let mut buf = vec![0u8; 8 * 1024];
-    let mut plain = Vec::new();
+    let mut framer = Framer::new(shared.limits.request);
     let mut pending = Vec::new();
     let mut client_open = true;
     loop {
         // Records already buffered (e.g. a request sent right behind the client's Finished,
         // which the handshake read but did not decrypt) must be processed before waiting.
-        if client_open && forward_requests(tls, tcp, unix, &mut plain, conn, conns)? {
-            client_open = false;
+        if client_open {
+            match forward_requests(tls, tcp, unix, &mut framer, conn, shared)? {
+                Flow::Open => {}
+                Flow::Closed => client_open = false,
+                Flow::Answered(discard) => return Ok(Some(discard)),
+            }
         }
-        let ready = wait(tcp, client_open, unix, shared.limits.idle_timeout).map_err(|e| format!("poll: {e}"))?;
+        let deadline = framer.deadline().filter(|_| client_open);
+        let timeout = match deadline {
+            Some(d) => shared
+                .limits
+                .idle_timeout
+                .min(d.saturating_duration_since(Instant::now())),
+            None => shared.limits.idle_timeout,
+        };
+        let ready = wait(tcp, client_open, unix, timeout).map_err(|e| format!("poll: {e}"))?;
         let Some((from_client, from_backend)) = ready else {
             continue; // Interrupted by a signal.
         };
         if !from_client && !from_backend {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                answer(tls, tcp, &framer.timed_out(), shared)?;
+                return Ok(Some(0));
+            }
+            if deadline.is_some() && timeout < shared.limits.idle_timeout {
+                continue; // Woken early for a deadline that has not quite passed.
+            }
             return Err("idle for too long".into());
         }
         if from_backend {
             match read_some(unix, &mut pending) {
                 Chunk::Data => {}
                 Chunk::Nothing => continue,
-                Chunk::End => return Ok(()),
+                Chunk::End => return Ok(None),
             }
             let mut open = true;
             while missing_body(&pending).is_some()
@@ -383,8 +499,9 @@ fn pump(
                 tls.write_tls(tcp).map_err(|e| format!("writing to the client: {e}"))?;
             }
             conn.last_out.store(conns.event(), Ordering::SeqCst);
+            conn.set_state(if framer.partial() { WAITING_ON_CLIENT } else { IDLE });
             if !open {
-                return Ok(());
+                return Ok(None);
             }
         }
         if from_client {
@@ -403,43 +520,135 @@ fn pump(
             let mut incoming = &buf[..n];
             while !incoming.is_empty() && client_open {
                 tls.read_tls(&mut incoming).map_err(|e| format!("TLS: {e}"))?;
-                if forward_requests(tls, tcp, unix, &mut plain, conn, conns)? {
-                    client_open = false;
+                match forward_requests(tls, tcp, unix, &mut framer, conn, shared)? {
+                    Flow::Open => {}
+                    Flow::Closed => client_open = false,
+                    Flow::Answered(discard) => return Ok(Some(discard)),
                 }
             }
         }
     }
 }
 
-/// Decrypts the TLS records rustls holds and writes the plain bytes to the HTTP layer, then
-/// sends whatever rustls has to say (an alert first if the records were bad). Returns true
-/// when the client sent close_notify; the HTTP layer then sees end of stream.
+/// What [`forward_requests`] leaves the connection in.
+enum Flow {
+    Open,
+    /// The client sent close_notify.
+    Closed,
+    /// The front end answered a request itself; close after discarding this many bytes.
+    Answered(u64),
+}
+
+/// Decrypts the TLS records rustls holds, frames them, and writes each complete request to
+/// the HTTP layer, then sends whatever rustls has to say (an alert first if the records were
+/// bad). A request the framer refuses is answered here.
 fn forward_requests(
     tls: &mut ServerConnection,
     tcp: &mut TcpStream,
     unix: &mut UnixStream,
-    plain: &mut Vec<u8>,
+    framer: &mut Framer,
     conn: &Conn,
-    conns: &Conns,
-) -> Result<bool, String> {
+    shared: &Shared,
+) -> Result<Flow, String> {
     if let Err(e) = tls.process_new_packets() {
         // Send the alert, then give up on this connection.
         let _ = tls.write_tls(tcp);
         return Err(format!("TLS: {e}"));
     }
-    let closed = drain_plaintext(tls, plain);
+    let mut plain = Vec::new();
+    let closed = drain_plaintext(tls, &mut plain);
+    let now = Instant::now();
     if !plain.is_empty() {
-        conn.last_in.store(conns.event(), Ordering::SeqCst);
-        unix.write_all(plain).map_err(|e| format!("HTTP layer: {e}"))?;
-        plain.clear();
+        conn.last_in.store(shared.conns.event(), Ordering::SeqCst);
+        if conn.state.load(Ordering::SeqCst) == IDLE {
+            conn.set_state(WAITING_ON_CLIENT);
+        }
+        framer.push(&plain, now);
+    }
+    loop {
+        match framer.next(now) {
+            Step::NeedMore => break,
+            Step::Forward(request) => {
+                let event = shared.conns.event();
+                conn.last_in.store(event, Ordering::SeqCst);
+                conn.forwarded.store(event, Ordering::SeqCst);
+                conn.set_state(IN_FLIGHT);
+                unix.write_all(&request).map_err(|e| format!("HTTP layer: {e}"))?;
+            }
+            Step::Continue => {
+                tls.writer()
+                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    .map_err(|e| format!("TLS: {e}"))?;
+            }
+            Step::Reject(reject) => {
+                answer(tls, tcp, &reject, shared)?;
+                return Ok(Flow::Answered(reject.discard));
+            }
+        }
     }
     while tls.wants_write() {
         tls.write_tls(tcp).map_err(|e| format!("writing to the client: {e}"))?;
     }
     if closed {
         let _ = unix.shutdown(Direction::Write);
+        return Ok(Flow::Closed);
     }
-    Ok(closed)
+    Ok(Flow::Open)
+}
+
+/// Sends the front end's own answer to a refused request (`Connection: close`) and counts it.
+fn answer(tls: &mut ServerConnection, tcp: &mut TcpStream, reject: &Reject, shared: &Shared) -> Result<(), String> {
+    shared
+        .metrics
+        .inc("hook_requests_total", &[("code", &reject.status.to_string())]);
+    shared.metrics.inc("hook_errors_total", &[("kind", reject.kind)]);
+    let reason = match reject.status {
+        400 => "Bad Request",
+        408 => "Request Timeout",
+        413 => "Payload Too Large",
+        417 => "Expectation Failed",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        505 => "HTTP Version Not Supported",
+        _ => "Error",
+    };
+    let response = format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        reject.status,
+        reject.message.len(),
+        reject.message
+    );
+    tls.writer()
+        .write_all(response.as_bytes())
+        .map_err(|e| format!("TLS: {e}"))?;
+    while tls.wants_write() {
+        tls.write_tls(tcp).map_err(|e| format!("writing to the client: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Bytes and time [`linger`] spends at most on a refused client's unread body.
+const LINGER_MAX_BYTES: u64 = 16 * 1024 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(5);
+
+/// After the front end's own answer: ends our side, then reads and drops what the client is
+/// still sending (its announced body, bounded), as Go's server does, so that a client that
+/// writes its whole body before reading sees the answer instead of a connection reset.
+fn linger(tcp: &mut TcpStream, discard: u64) {
+    let _ = tcp.shutdown(Direction::Write);
+    let mut left = discard.min(LINGER_MAX_BYTES) + 64 * 1024;
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut buf = [0u8; 16 * 1024];
+    while left > 0 {
+        let rest = deadline.saturating_duration_since(Instant::now());
+        if rest.is_zero() || tcp.set_read_timeout(Some(rest)).is_err() {
+            return;
+        }
+        match tcp.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n as u64),
+        }
+    }
 }
 
 /// Moves decrypted bytes into `out`; returns true when the client sent close_notify.

@@ -436,3 +436,110 @@ fn conflicts_the_api_server_would_reject_are_denied_instead() {
         .unwrap()
         .contains(&format!("{PREFIX}/name")));
 }
+
+/// The hook's peak resident memory (VmHWM) in KiB.
+fn peak_rss_kib(hook: &Hook) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", hook.proc.pid())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Sends `bodies` at once, one connection each; returns the parsed answers.
+fn concurrently(hook: &Hook, bodies: Vec<String>) -> Vec<Value> {
+    let threads: Vec<_> = bodies
+        .into_iter()
+        .map(|body| {
+            let (addr, config) = (hook.addr, client_config(&hook.ca_pem));
+            std::thread::spawn(move || {
+                let mut c = Client::try_connect(addr, &config).unwrap();
+                let r = c.post("/mutate?timeout=10s", "application/json", body.as_bytes());
+                assert_eq!(r.status, 200, "{}", r.text());
+                serde_json::from_slice::<Value>(&r.body).unwrap()
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+#[test]
+fn a_path_list_of_any_length_is_denied_at_once() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    // 30,000 entries (about 390 KB): quadratic checking took most of a minute.
+    let long: Vec<String> = (0..30_000).map(|i| format!("/d/{i}.db")).collect();
+    let pod = deployment_pod(annotations(&[("inject", "true"), ("path", &long.join(","))]));
+    let body = review("long", "ns", "CREATE", pod, false).to_string();
+    let started = std::time::Instant::now();
+    let answers = concurrently(&hook, vec![body; 4]);
+    for a in &answers {
+        assert_eq!(a["response"]["allowed"], false);
+        let message = a["response"]["status"]["message"].as_str().unwrap();
+        assert!(message.contains("at most 16") && message.contains("30000"), "{message}");
+    }
+    // Generous for a loaded debug build; the quadratic code needed over 50 s per request.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let r = hook.review(&review(
+        "ok",
+        "ns",
+        "CREATE",
+        deployment_pod(annotations(&[("inject", "true")])),
+        false,
+    ));
+    assert_eq!(r["response"]["allowed"], true);
+}
+
+#[test]
+fn a_pod_with_70000_containers_costs_little_memory() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    let mut pod = deployment_pod(annotations(&[("inject", "true"), ("path", "/a/x.db,/b/y.db")]));
+    let containers: Vec<Value> = (0..70_000)
+        .map(|i| json!({"name": format!("c{i}"), "image": "i"}))
+        .collect();
+    pod["spec"]["containers"] = Value::Array(containers);
+    let body = review("many", "ns", "CREATE", pod, false).to_string();
+    assert!(body.len() > 2_000_000 && body.len() < 3_200_000, "{}", body.len());
+    let before = peak_rss_kib(&hook);
+    let answers = concurrently(&hook, vec![body; 4]);
+    for a in &answers {
+        assert_eq!(a["response"]["allowed"], false);
+        let message = a["response"]["status"]["message"].as_str().unwrap();
+        assert!(message.contains("70000 containers"), "{message}");
+    }
+    // Four bodies of 2.3 MB each in flight; parsed into a tree they took 1.5 GiB.
+    let grown = peak_rss_kib(&hook).saturating_sub(before);
+    assert!(grown < 48 * 1024, "peak RSS grew by {grown} KiB");
+}
+
+#[test]
+fn denials_echo_a_bounded_part_of_what_they_refuse() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    let key = format!("{PREFIX}/{}", "k".repeat(200_000));
+    let mut pod = deployment_pod(annotations(&[("inject", "true")]));
+    pod["metadata"]["annotations"][&key] = json!("1");
+    let r = hook.review(&review("big-key", "ns", "CREATE", pod, false));
+    let resp = &r["response"];
+    assert_eq!(resp["allowed"], false);
+    let message = resp["status"]["message"].as_str().unwrap();
+    assert!(
+        message.len() < 1200 && message.contains("200"),
+        "{} bytes",
+        message.len()
+    );
+    let audit = resp["auditAnnotations"]["denied-annotation"].as_str().unwrap();
+    assert!(audit.len() < 400, "{} bytes", audit.len());
+    // A container name as long (the API server validates names only after admission).
+    let mut pod = deployment_pod(annotations(&[("inject", "true")]));
+    pod["spec"]["containers"][0]["name"] = json!(format!("litestream-hook-restore-{}", "x".repeat(200_000)));
+    let r = hook.review(&review("big-name", "ns", "CREATE", pod, false));
+    let message = r["response"]["status"]["message"].as_str().unwrap();
+    assert!(message.len() < 1200, "{} bytes", message.len());
+    for line in hook.log_text().lines() {
+        assert!(line.len() < 4096, "a log line of {} bytes", line.len());
+    }
+}

@@ -1,0 +1,177 @@
+//! The parts of a Pod the hook reads, typed, with every list bounded while it is parsed.
+//!
+//! An AdmissionReview can carry a Pod of up to the body limit with any number of containers,
+//! volumes or mounts. Parsing it into a `serde_json::Value` tree costs many times its size,
+//! and a patch entry per container and mount multiplies it again (70,000 small containers
+//! made a 24.5 MB patch). Here only the fields the hook uses are kept; everything else is
+//! skipped without being stored, and each list keeps at most its bound ([`Bounded`]) while
+//! counting the rest, so one request costs little more than its body, and a Pod over a bound
+//! is denied by [`crate::inject`] with the count.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{Deserialize, Deserializer, IgnoredAny, SeqAccess, Visitor};
+use serde::Deserialize as DeriveDeserialize;
+use serde_json::{Map, Value};
+
+/// App containers plus app init containers the hook injects into, at most.
+pub const MAX_CONTAINERS: usize = 128;
+/// Volumes of a Pod, and volume mounts of one container, at most.
+pub const MAX_VOLUMES: usize = 1024;
+pub const MAX_MOUNTS: usize = 1024;
+
+/// A JSON list of which the first `N` items are kept; `total` counts them all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bounded<T, const N: usize> {
+    pub items: Vec<T>,
+    pub total: usize,
+}
+
+impl<T, const N: usize> Bounded<T, N> {
+    /// Whether items were dropped.
+    pub fn truncated(&self) -> bool {
+        self.total > self.items.len()
+    }
+}
+
+impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for Bounded<T, N> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Seq<T, const N: usize>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for Seq<T, N> {
+            type Value = Bounded<T, N>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                let mut total = 0;
+                loop {
+                    if items.len() < N {
+                        match seq.next_element::<T>()? {
+                            Some(item) => items.push(item),
+                            None => break,
+                        }
+                    } else if seq.next_element::<IgnoredAny>()?.is_none() {
+                        break;
+                    }
+                    total += 1;
+                }
+                Ok(Bounded { items, total })
+            }
+        }
+        deserializer.deserialize_seq(Seq::<T, N>(PhantomData))
+    }
+}
+
+#[derive(Clone, Debug, Default, DeriveDeserialize)]
+pub struct Pod {
+    pub metadata: Option<Metadata>,
+    pub spec: Option<Spec>,
+}
+
+#[derive(Clone, Debug, Default, DeriveDeserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Metadata {
+    pub name: Option<String>,
+    pub generate_name: Option<String>,
+    pub namespace: Option<String>,
+    pub annotations: Option<Map<String, Value>>,
+    pub labels: Option<Map<String, Value>>,
+}
+
+#[derive(Clone, Debug, Default, DeriveDeserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Spec {
+    pub containers: Option<Bounded<Container, MAX_CONTAINERS>>,
+    pub init_containers: Option<Bounded<Container, MAX_CONTAINERS>>,
+    pub volumes: Option<Bounded<Named, MAX_VOLUMES>>,
+    pub security_context: Option<PodSecurityContext>,
+}
+
+/// Anything with a name (a volume).
+#[derive(Clone, Debug, Default, DeriveDeserialize)]
+pub struct Named {
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, DeriveDeserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    pub name: Option<String>,
+    pub volume_mounts: Option<Bounded<VolumeMount, MAX_MOUNTS>>,
+    pub security_context: Option<SecurityContext>,
+}
+
+#[derive(Clone, Debug, Default, DeriveDeserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeMount {
+    pub mount_path: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, DeriveDeserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSecurityContext {
+    pub run_as_user: Option<i64>,
+    pub run_as_non_root: Option<bool>,
+    pub seccomp_profile: Option<IgnoredAny>,
+}
+
+#[derive(Clone, Debug, Default, DeriveDeserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityContext {
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    pub run_as_non_root: Option<bool>,
+}
+
+impl Pod {
+    pub fn containers(&self) -> &[Container] {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.containers.as_ref())
+            .map_or(&[], |b| &b.items)
+    }
+
+    pub fn init_containers(&self) -> &[Container] {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_ref())
+            .map_or(&[], |b| &b.items)
+    }
+
+    pub fn annotations(&self) -> Option<&Map<String, Value>> {
+        self.metadata.as_ref().and_then(|m| m.annotations.as_ref())
+    }
+}
+
+impl Container {
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("")
+    }
+
+    pub fn mounts(&self) -> &[VolumeMount] {
+        self.volume_mounts.as_ref().map_or(&[], |b| &b.items)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_keep_their_bound_and_count_the_rest() {
+        let containers: Vec<Value> = (0..1000)
+            .map(|i| serde_json::json!({"name": format!("c{i}")}))
+            .collect();
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "unknown": {"deep": [1, 2, 3]}},
+            "spec": {"containers": containers, "nodeName": "n"}
+        }))
+        .unwrap();
+        let list = pod.spec.as_ref().unwrap().containers.as_ref().unwrap();
+        assert_eq!((list.items.len(), list.total), (MAX_CONTAINERS, 1000));
+        assert!(list.truncated());
+        assert_eq!(pod.containers()[127].name(), "c127");
+    }
+}
