@@ -10,6 +10,8 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+pub use crate::values::*;
+
 /// The prefix of every annotation when no VARIANT is set.
 pub const BASE_PREFIX: &str = "litestream-hook.kaidotio.github.io";
 
@@ -31,6 +33,10 @@ pub const KEYS: &[&str] = &[
     "name",
     "sync-interval",
     "native-sidecar",
+    "cpu-request",
+    "cpu-limit",
+    "memory-request",
+    "memory-limit",
 ];
 
 /// The marker annotation (after `<prefix>/`) put on every Pod the hook injected.
@@ -50,6 +56,47 @@ pub struct Defaults {
     pub region: Option<String>,
     /// Whether the replicate sidecar is a native sidecar (init container, `restartPolicy: Always`).
     pub native_sidecar: bool,
+    /// Requests and limits of each injected container.
+    pub resources: Resources,
+}
+
+/// CPU and memory requests and limits (Kubernetes quantities) of injected containers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub cpu_request: Option<String>,
+    pub cpu_limit: Option<String>,
+    pub memory_request: Option<String>,
+    pub memory_limit: Option<String>,
+}
+
+impl Resources {
+    /// The defaults: enough for Litestream on a small database, and all four set, so a
+    /// namespace with a ResourceQuota on requests or limits (and no LimitRange) admits the Pod.
+    pub fn builtin() -> Resources {
+        Resources {
+            cpu_request: Some("10m".into()),
+            cpu_limit: Some("1".into()),
+            memory_request: Some("64Mi".into()),
+            memory_limit: Some("256Mi".into()),
+        }
+    }
+
+    /// Refuses a request above its limit (the API server would refuse the Pod).
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        type Parse = fn(&str) -> Result<f64, String>;
+        let pairs: [(&str, &Option<String>, &Option<String>, Parse); 2] = [
+            ("cpu", &self.cpu_request, &self.cpu_limit, check_cpu),
+            ("memory", &self.memory_request, &self.memory_limit, check_bytes),
+        ];
+        for (what, request, limit, parse) in pairs {
+            if let (Some(r), Some(l)) = (request, limit) {
+                if parse(r).unwrap_or(0.0) > parse(l).unwrap_or(f64::MAX) {
+                    return Err((what, format!("the {what} request {r} is above the {what} limit {l}")));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for Defaults {
@@ -64,6 +111,7 @@ impl Default for Defaults {
             endpoint: None,
             region: None,
             native_sidecar: true,
+            resources: Resources::builtin(),
         }
     }
 }
@@ -87,6 +135,7 @@ pub struct Settings {
     /// Litestream's `sync-interval` (a Go duration such as `1s`).
     pub sync_interval: Option<String>,
     pub native_sidecar: bool,
+    pub resources: Resources,
 }
 
 /// A reason to refuse a Pod, naming the annotation at fault.
@@ -165,6 +214,20 @@ pub fn parse(
         Some("false") => false,
         Some(_) => return Err(reader.deny("native-sidecar", "must be \"true\" or \"false\"")),
     };
+    let d = &defaults.resources;
+    let resources = Resources {
+        cpu_request: reader.optional("cpu-request", d.cpu_request.as_deref(), |v| check_cpu(v).map(|_| ()))?,
+        cpu_limit: reader.optional("cpu-limit", d.cpu_limit.as_deref(), |v| check_cpu(v).map(|_| ()))?,
+        memory_request: reader.optional("memory-request", d.memory_request.as_deref(), |v| {
+            check_bytes(v).map(|_| ())
+        })?,
+        memory_limit: reader.optional("memory-limit", d.memory_limit.as_deref(), |v| {
+            check_bytes(v).map(|_| ())
+        })?,
+    };
+    resources
+        .check()
+        .map_err(|(what, m)| reader.deny(&format!("{what}-request"), &m))?;
     Ok(Some(Settings {
         storage,
         image,
@@ -177,6 +240,7 @@ pub fn parse(
         name,
         sync_interval,
         native_sidecar,
+        resources,
     }))
 }
 
@@ -305,8 +369,10 @@ fn check_db_path(path: &str) -> Result<(), String> {
     if path.len() > 1024 {
         return Err("each path must be at most 1024 bytes".into());
     }
-    if path.chars().any(|c| c.is_control() || c == ':' || c == '\\') {
-        return Err("paths must not contain control characters, ':' or '\\'".into());
+    if path.chars().any(|c| c == ':' || c == '\\') || !yaml_printable(path) {
+        return Err(
+            "paths must not contain control characters, Unicode non-characters (U+FFFE...), ':' or '\\'".into(),
+        );
     }
     let segments: Vec<&str> = path[1..].split('/').collect();
     if segments.len() < 2 {
@@ -315,220 +381,18 @@ fn check_db_path(path: &str) -> Result<(), String> {
     if segments.iter().any(|s| s.is_empty() || *s == "." || *s == "..") {
         return Err("paths must be clean: no empty, '.' or '..' segments, no trailing '/'".into());
     }
-    Ok(())
-}
-
-/// A Kubernetes resource quantity, positive (e.g. `1Gi`, `500M`, `1.5G`, `2e9`).
-pub fn check_quantity(s: &str) -> Result<(), String> {
-    const WHY: &str = "must be a Kubernetes quantity greater than zero such as 1Gi, 500Mi or 2G";
-    let (number, suffix) = split_number(s);
-    if number.is_empty() || number.len() > 40 {
-        return Err(WHY.into());
-    }
-    let digits = number.strip_prefix('+').unwrap_or(number);
-    let mut parts = digits.splitn(2, '.');
-    let whole = parts.next().unwrap_or("");
-    let frac = parts.next();
-    let digits_ok = |d: &str| d.chars().all(|c| c.is_ascii_digit());
-    if !digits_ok(whole) || !frac.is_none_or(digits_ok) || (whole.is_empty() && frac.is_none_or(str::is_empty)) {
-        return Err(WHY.into());
-    }
-    let suffix_ok = match suffix {
-        "" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" | "n" | "u" | "m" | "k" | "M" | "G" | "T" | "P" | "E" => true,
-        exp => {
-            let rest = exp.strip_prefix(['e', 'E']);
-            rest.is_some_and(|r| {
-                let r = r.strip_prefix(['+', '-']).unwrap_or(r);
-                !r.is_empty() && r.len() <= 3 && r.chars().all(|c| c.is_ascii_digit())
-            })
-        }
-    };
-    if !suffix_ok {
-        return Err(WHY.into());
-    }
-    if !digits.chars().any(|c| ('1'..='9').contains(&c)) {
-        return Err(WHY.into());
-    }
-    Ok(())
-}
-
-fn split_number(s: &str) -> (&str, &str) {
-    let end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+'))
-        .unwrap_or(s.len());
-    (&s[..end], &s[end..])
-}
-
-/// A container image reference: registry/name[:tag][@digest], no spaces or control characters.
-pub fn check_image(s: &str) -> Result<(), String> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || "._-/:@".contains(c);
-    if s.is_empty() || s.len() > 512 || !s.chars().all(ok_char) || s.starts_with(['-', '/', ':', '@', '.']) {
-        return Err("must be a container image reference such as litestream/litestream:0.5.17".into());
-    }
-    Ok(())
-}
-
-/// An S3 bucket name: 3 to 63 lower-case letters, digits, dots and hyphens.
-pub fn check_bucket(s: &str) -> Result<(), String> {
-    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-';
-    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    if !(3..=63).contains(&s.len())
-        || !s.chars().all(ok_char)
-        || !edge_ok(s.chars().next())
-        || !edge_ok(s.chars().last())
-    {
-        return Err("must be an S3 bucket name: 3 to 63 lower-case letters, digits, '.' and '-'".into());
-    }
-    Ok(())
-}
-
-/// A Kubernetes object name (RFC 1123 subdomain), as a Secret name must be.
-pub fn check_dns_subdomain(s: &str) -> Result<(), String> {
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if s.is_empty() || s.len() > 253 || !s.split('.').all(label_ok) {
-        return Err("must be a Kubernetes object name (lower-case letters, digits, '-' and '.')".into());
-    }
-    Ok(())
-}
-
-/// An RFC 1123 label (VARIANT), at most `max` characters.
-pub fn check_dns_label(s: &str, max: usize) -> Result<(), String> {
-    let ok = !s.is_empty()
-        && s.len() <= max
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !s.starts_with('-')
-        && !s.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "must be a DNS label of at most {max} lower-case letters, digits and '-'"
-        ))
-    }
-}
-
-/// An http(s) URL without spaces, quotes or control characters.
-pub fn check_endpoint(s: &str) -> Result<(), String> {
-    const WHY: &str = "must be an http:// or https:// URL such as http://minio.storage:9000";
-    let rest = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"))
-        .ok_or(WHY)?;
-    let host = rest.split('/').next().unwrap_or("");
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || "-._~:/[]%@!$&'()*+,;=".contains(c);
-    if host.is_empty() || s.len() > 2048 || !s.chars().all(ok_char) || s.contains('\'') {
-        return Err(WHY.into());
-    }
-    Ok(())
-}
-
-/// A region name such as `us-east-1`.
-pub fn check_region(s: &str) -> Result<(), String> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-    if s.len() > 64 || !s.chars().all(ok_char) {
-        return Err("must be a region name such as us-east-1".into());
-    }
-    Ok(())
-}
-
-/// Folders of a replica path: segments of letters, digits, '.', '_' and '-', joined by '/'.
-pub fn check_replica_segments(s: &str) -> Result<(), String> {
-    let segment_ok = |seg: &str| {
-        !seg.is_empty()
-            && seg != "."
-            && seg != ".."
-            && seg.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-    };
-    if s.len() > 512 || !s.split('/').all(segment_ok) {
-        return Err(
-            "must be folder names of letters, digits, '.', '_' and '-' joined by '/', without leading or trailing '/'"
-                .into(),
-        );
-    }
-    Ok(())
-}
-
-/// A Go duration (`time.ParseDuration`, unsigned): `1s`, `500ms`, `1m30s`, `1.5h`. Values Go
-/// cannot hold (over about 2562047h) are refused, as Go refuses them.
-pub fn parse_go_duration(s: &str) -> Result<std::time::Duration, String> {
-    const WHY: &str = "must be a duration such as 1s, 500ms or 1m30s";
-    let mut rest = s;
-    if rest.is_empty() || rest.len() > 32 {
-        return Err(WHY.into());
-    }
-    let mut total: u128 = 0;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or(WHY)?;
-        let number = &rest[..digits];
-        if number.is_empty() || number.starts_with('.') || number.ends_with('.') || number.matches('.').count() > 1 {
-            return Err(WHY.into());
-        }
-        rest = &rest[digits..];
-        let (unit, nanos) = [
-            ("ns", 1u128),
-            ("us", 1_000),
-            ("µs", 1_000),
-            ("ms", 1_000_000),
-            ("s", 1_000_000_000),
-            ("m", 60_000_000_000),
-            ("h", 3_600_000_000_000),
-        ]
-        .into_iter()
-        .filter(|(u, _)| rest.starts_with(u))
-        .max_by_key(|(u, _)| u.len())
-        .ok_or(WHY)?;
-        rest = &rest[unit.len()..];
-        let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
-        let whole: u128 = whole.parse().map_err(|_| WHY)?;
-        let mut part = whole.checked_mul(nanos).ok_or(WHY)?;
-        let mut scale = nanos;
-        for d in frac.bytes().take(18) {
-            scale /= 10;
-            part += u128::from(d - b'0') * scale;
-        }
-        total = total.checked_add(part).ok_or(WHY)?;
-        if total > i64::MAX as u128 {
-            return Err(format!("{WHY} (at most 2562047h, as Go allows)"));
-        }
-    }
-    Ok(std::time::Duration::from_nanos(total as u64))
-}
-
-/// A Go duration from `min` to `max`, for a Litestream setting.
-pub fn check_go_duration_in(s: &str, min: std::time::Duration, max: std::time::Duration) -> Result<(), String> {
-    let d = parse_go_duration(s)?;
-    if d < min || d > max {
+    // The config volume is mounted at CONFIG_DIR in the injected containers: a database folder
+    // there or below would be a second mount at the same place, or inside the 1Mi config
+    // volume; a database folder above it (`/etc`) would hide the image's /etc (its CA
+    // certificates, so no TLS to S3) in every container.
+    let dir = dir_name(path);
+    let config_dir = crate::inject::CONFIG_DIR;
+    if dir == config_dir || dir.starts_with(&format!("{config_dir}/")) || config_dir.starts_with(&format!("{dir}/")) {
         return Err(format!(
-            "must be a duration from {} to {}",
-            show_duration(min),
-            show_duration(max)
+            "a database folder must not be {config_dir}, inside it, or above it (this hook mounts its config there)"
         ));
     }
     Ok(())
-}
-
-fn show_duration(d: std::time::Duration) -> String {
-    match d.as_millis() {
-        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
-        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
-        ms => format!("{ms}ms"),
-    }
-}
-
-/// Litestream's `sync-interval`: from 10ms (shorter only burns CPU) to 24h (longer is no backup).
-pub fn check_sync_interval(s: &str) -> Result<(), String> {
-    check_go_duration_in(
-        s,
-        std::time::Duration::from_millis(10),
-        std::time::Duration::from_secs(24 * 3600),
-    )
 }
 
 #[cfg(test)]
@@ -602,30 +466,6 @@ mod tests {
         let err = parse_pairs(&[("inject", "true"), ("buckt", "x")]).unwrap_err();
         assert_eq!(err.annotation, format!("{BASE_PREFIX}/buckt"));
         assert!(err.message.contains("bucket"), "{err}");
-    }
-
-    #[test]
-    fn quantities_and_durations() {
-        for ok in ["1Gi", "500Mi", "1.5G", "2e9", "100", "+1Ki", "0.5Gi", "1E3"] {
-            assert!(check_quantity(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "Gi", "1GB", "1 Gi", "1.2.3Gi", "0Gi", "0.0", "1e", "1e+", "."] {
-            assert!(check_quantity(bad).is_err(), "{bad}");
-        }
-        for ok in ["1s", "500ms", "1m30s", "1.5s", "2h", "24h", "10ms"] {
-            assert!(check_sync_interval(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "", "1", "s", "1x", "0s", "-1s", "1.s", "9999999h", "25h", "1ms", "2562048h",
-        ] {
-            assert!(check_sync_interval(bad).is_err(), "{bad}");
-        }
-        assert_eq!(
-            parse_go_duration("1m30.5s"),
-            Ok(std::time::Duration::from_millis(90_500))
-        );
-        assert_eq!(parse_go_duration("2562047h").map(|d| d.as_secs()), Ok(2562047 * 3600));
-        assert!(parse_go_duration("2562048h").is_err());
     }
 
     #[test]

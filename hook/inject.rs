@@ -20,8 +20,8 @@
 //! so Litestream can read and write the database files the app creates.
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, SeccompProfile, SecretKeySelector,
-    SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::{json, Value};
@@ -193,11 +193,11 @@ pub fn patch(pod: &Pod, settings: &Settings, ctx: &Context<'_>) -> Result<Inject
     }
     let base = replica_base(pod, settings, ctx)?;
     let mounts = mounts(&settings.paths);
-    check_conflicts(pod, &mounts, ctx)?;
+    check_conflicts(pod, settings, &mounts, ctx)?;
     let built = containers(pod, settings, ctx, &base, &mounts);
     Ok(Injection {
         ops: operations(meta, spec, pod, ctx, settings, built),
-        warnings: Vec::new(),
+        warnings: warnings(pod, settings, ctx),
     })
 }
 
@@ -228,7 +228,23 @@ fn check_bounds(spec: &Spec) -> Result<(), Denial> {
 }
 
 /// Refuses what the API server would refuse, with a reason the user can act on.
-fn check_conflicts(pod: &Pod, mounts: &[(String, String)], ctx: &Context<'_>) -> Result<(), Denial> {
+fn check_conflicts(
+    pod: &Pod,
+    settings: &Settings,
+    mounts: &[(String, String)],
+    ctx: &Context<'_>,
+) -> Result<(), Denial> {
+    if pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.os.as_ref())
+        .and_then(|o| o.name.as_deref())
+        == Some("windows")
+    {
+        return Err(whole(
+            "the Pod runs on Windows (spec.os.name); Litestream's image is Linux-only".into(),
+        ));
+    }
     let names = ctx.names;
     let path_denial = |message: String| Denial {
         annotation: format!("{}/path", ctx.prefix),
@@ -255,16 +271,69 @@ fn check_conflicts(pod: &Pod, mounts: &[(String, String)], ctx: &Context<'_>) ->
             )));
         }
         for m in c.mounts() {
-            let at = m.mount_path.as_deref().unwrap_or("").trim_end_matches('/');
-            if let Some((dir, _)) = mounts.iter().find(|(dir, _)| dir == at) {
+            let at = normalize(m.mount_path.as_deref().unwrap_or(""));
+            if let Some(problem) = shadowing(&at, mounts, &settings.paths) {
                 return Err(path_denial(format!(
-                    "container {} already mounts a volume at {dir}, where this hook mounts the database folder",
-                    quote_short(name)
+                    "container {} mounts a volume at {}, {problem}",
+                    quote_short(name),
+                    quote_short(m.mount_path.as_deref().unwrap_or(""))
                 )));
             }
         }
     }
     Ok(())
+}
+
+/// A mount path as the container runtime resolves it: `//mnt`, `/./mnt`, `/mnt/.` and
+/// `/mnt/` are all `/mnt`; `..` goes up (never above `/`).
+pub fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for segment in path.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// Whether `inner` is `outer` or below it (both normalised).
+fn within(inner: &str, outer: &str) -> bool {
+    inner == outer || outer == "/" || inner.strip_prefix(outer).is_some_and(|r| r.starts_with('/'))
+}
+
+/// Why an app mount at `at` (normalised) breaks a database, if it does: at one of our mount
+/// folders (the API server would also refuse a duplicate), or between our mount and a
+/// database folder, or at a database file (or its -wal/-shm), so that the app would write
+/// the database into its own volume while Litestream watches ours, an empty folder.
+fn shadowing(at: &str, mounts: &[(String, String)], paths: &[String]) -> Option<String> {
+    if let Some((dir, _)) = mounts.iter().find(|(dir, _)| dir == at) {
+        return Some(format!(
+            "where this hook mounts the database folder {dir}; use another folder for the database or the volume"
+        ));
+    }
+    for db in paths {
+        let dir = dir_name(db);
+        let ours = mounts
+            .iter()
+            .map(|(d, _)| d.as_str())
+            .find(|d| within(dir, d))
+            .unwrap_or(dir);
+        if within(at, ours) && within(dir, at) {
+            return Some(format!(
+                "which hides the database folder {dir} from the volume Litestream replicates: the app would write {db} into its own volume and nothing would be backed up"
+            ));
+        }
+        if [db.clone(), format!("{db}-wal"), format!("{db}-shm")].contains(&at.to_string()) {
+            return Some(format!(
+                "at the database file {db} (or its -wal/-shm): the app would write it into its own volume and nothing would be backed up"
+            ));
+        }
+    }
+    None
 }
 
 /// A name quoted for a message, at most about 100 bytes of it.
@@ -283,6 +352,7 @@ fn containers(pod: &Pod, settings: &Settings, ctx: &Context<'_>, base: &str, mou
     let names = ctx.names;
     let config = litestream_config::build(settings, base).to_string();
     let security = security_context(pod);
+    let resources = resources(pod, &settings.resources);
     let data_mounts: Vec<VolumeMount> = mounts
         .iter()
         .map(|(dir, sub)| VolumeMount {
@@ -319,6 +389,7 @@ fn containers(pod: &Pod, settings: &Settings, ctx: &Context<'_>, base: &str, mou
         env: Some(credentials.to_vec()),
         volume_mounts: Some(litestream_mounts.clone()),
         security_context: Some(security.clone()),
+        resources: Some(resources.clone()),
         ..Container::default()
     };
 
@@ -334,6 +405,7 @@ fn containers(pod: &Pod, settings: &Settings, ctx: &Context<'_>, base: &str, mou
         }]),
         volume_mounts: Some(vec![config_mount.clone()]),
         security_context: Some(security.clone()),
+        resources: Some(resources.clone()),
         ..Container::default()
     }];
     for (i, db) in settings.paths.iter().enumerate() {
@@ -439,16 +511,37 @@ fn operations(
     ops
 }
 
+/// Sidecars of service meshes, whose user says nothing about who writes the database files
+/// (istio-proxy runs as 1337 and is exempt from the mesh's own traffic redirect).
+const MESH_CONTAINERS: &[&str] = &[
+    "istio-proxy",
+    "istio-init",
+    "istio-validation",
+    "linkerd-proxy",
+    "linkerd-init",
+    "linkerd-network-validator",
+    "kuma-sidecar",
+    "kuma-init",
+    "consul-dataplane",
+    "consul-connect-inject-init",
+];
+
+/// The user for injected containers when the Pod must run as non-root but names no user
+/// (the distroless "nonroot" user, as the original litestream-hook used).
+pub const NON_ROOT_USER: i64 = 65532;
+
 /// The securityContext of injected containers (see the module documentation).
 ///
 /// Known to run as non-root (a non-zero `runAsUser` or `runAsNonRoot: true`), they also drop
 /// every capability, so they pass the "restricted" Pod Security Standard wherever the app
 /// does. As root (the image's default user) they keep the default capabilities: root
 /// without CAP_DAC_OVERRIDE could not write the database files an app running as another
-/// user creates. Without a Pod-level seccomp profile they use `RuntimeDefault`.
+/// user creates. Without a Pod-level seccomp profile they use `RuntimeDefault`. Their root
+/// filesystem is read-only: they write only to their volumes.
 fn security_context(pod: &Pod) -> SecurityContext {
     let mut sc = SecurityContext {
         allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
         ..SecurityContext::default()
     };
     let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
@@ -459,6 +552,7 @@ fn security_context(pod: &Pod) -> SecurityContext {
             .containers()
             .iter()
             .chain(pod.init_containers())
+            .filter(|c| !MESH_CONTAINERS.contains(&c.name()))
             .filter_map(|c| c.security_context.as_ref())
             .find(|s| s.run_as_user.is_some());
         if let Some(app) = first {
@@ -470,6 +564,15 @@ fn security_context(pod: &Pod) -> SecurityContext {
                 non_root = true;
             }
         }
+    }
+    if user.is_none() && non_root {
+        // runAsNonRoot without a user: the litestream image's user is root, which the kubelet
+        // refuses to start; run as a fixed non-root user (group too, unless the Pod sets one).
+        sc.run_as_user = Some(NON_ROOT_USER);
+        if pod_sc.and_then(|p| p.run_as_group).is_none() {
+            sc.run_as_group = Some(NON_ROOT_USER);
+        }
+        user = sc.run_as_user;
     }
     if non_root || user.is_some_and(|u| u != 0) {
         sc.capabilities = Some(Capabilities {
@@ -484,6 +587,70 @@ fn security_context(pod: &Pod) -> SecurityContext {
         });
     }
     sc
+}
+
+/// Whether the Pod is in the Guaranteed QoS class: every container (init containers too)
+/// has CPU and memory limits, and requests equal to them where given.
+fn guaranteed(pod: &Pod) -> bool {
+    let all: Vec<&PodContainer> = pod.containers().iter().chain(pod.init_containers()).collect();
+    !all.is_empty()
+        && all.iter().all(|c| {
+            let Some(r) = c.resources.as_ref() else {
+                return false;
+            };
+            ["cpu", "memory"].iter().all(|k| {
+                let limit = r.limits.as_ref().and_then(|l| l.get(*k));
+                let request = r.requests.as_ref().and_then(|l| l.get(*k));
+                limit.is_some() && request.is_none_or(|q| Some(q) == limit)
+            })
+        })
+}
+
+/// The requests and limits of injected containers. In a Guaranteed Pod they are made equal
+/// (each the limit, or the request when no limit is set) so the Pod stays Guaranteed.
+fn resources(pod: &Pod, settings: &crate::annotations::Resources) -> ResourceRequirements {
+    let map = |pairs: [(&str, &Option<String>); 2]| {
+        let m: std::collections::BTreeMap<String, Quantity> = pairs
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), Quantity(v.clone()))))
+            .collect();
+        (!m.is_empty()).then_some(m)
+    };
+    if guaranteed(pod) {
+        let cpu = settings.cpu_limit.clone().or_else(|| settings.cpu_request.clone());
+        let memory = settings
+            .memory_limit
+            .clone()
+            .or_else(|| settings.memory_request.clone());
+        let both = map([("cpu", &cpu), ("memory", &memory)]);
+        return ResourceRequirements {
+            requests: both.clone(),
+            limits: both,
+            ..ResourceRequirements::default()
+        };
+    }
+    ResourceRequirements {
+        requests: map([("cpu", &settings.cpu_request), ("memory", &settings.memory_request)]),
+        limits: map([("cpu", &settings.cpu_limit), ("memory", &settings.memory_limit)]),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// Risky but valid setups, returned as admission warnings (`kubectl` prints them).
+fn warnings(pod: &Pod, settings: &Settings, ctx: &Context<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    match pod.controller_kind() {
+        Some("ReplicaSet") => out.push(format!(
+            "litestream-hook: every Pod of this Deployment replicates to the same replica path ({}); with more than one replica, or while a rolling update surges, several Litestream processes write it at once and corrupt the backup: use replicas: 1 with strategy Recreate, or a StatefulSet",
+            settings.name.as_deref().map_or("derived from the Deployment's name", |_| "set by the name annotation")
+        )),
+        Some("DaemonSet") => out.push(format!(
+            "litestream-hook: every Pod of this DaemonSet replicates to the same replica path (and the {}/name annotation is the same on each), so the Pods on different nodes overwrite one backup: use a StatefulSet",
+            ctx.prefix
+        )),
+        _ => {}
+    }
+    out
 }
 
 fn to_value<T: serde::Serialize>(v: T) -> Value {
@@ -532,6 +699,7 @@ mod tests {
             name: None,
             sync_interval: None,
             native_sidecar: true,
+            resources: crate::annotations::Resources::builtin(),
         }
     }
 

@@ -104,6 +104,7 @@ mod tests {
             name: None,
             sync_interval: Some("1s".into()),
             native_sidecar: true,
+            resources: crate::annotations::Resources::builtin(),
         }
     }
 

@@ -18,6 +18,7 @@ mod litestream_config;
 mod pod;
 mod proxy;
 mod tls;
+mod values;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -93,6 +94,38 @@ fn read_config() -> Result<Config, lifeboat::env::ConfigError> {
         annotations::check_region(v).map(|_| Some(v.to_string()))
     });
     let native_sidecar = env.bool("NATIVE_SIDECAR", true);
+    // Requests and limits of injected containers; `none` leaves one out.
+    let quantity = |env: &mut Env, var: &str, default: Option<String>, check: fn(&str) -> Result<f64, String>| {
+        env.parse_with(var, default, |v| match v {
+            "none" => Ok(None),
+            v => check(v).map(|_| Some(v.to_string())),
+        })
+    };
+    let base = annotations::Resources::builtin();
+    let resources = annotations::Resources {
+        cpu_request: quantity(
+            &mut env,
+            "DEFAULT_CPU_REQUEST",
+            base.cpu_request,
+            annotations::check_cpu,
+        ),
+        cpu_limit: quantity(&mut env, "DEFAULT_CPU_LIMIT", base.cpu_limit, annotations::check_cpu),
+        memory_request: quantity(
+            &mut env,
+            "DEFAULT_MEMORY_REQUEST",
+            base.memory_request,
+            annotations::check_bytes,
+        ),
+        memory_limit: quantity(
+            &mut env,
+            "DEFAULT_MEMORY_LIMIT",
+            base.memory_limit,
+            annotations::check_bytes,
+        ),
+    };
+    if let Err((what, message)) = resources.check() {
+        env.problem(&format!("DEFAULT_{}_REQUEST", what.to_uppercase()), &message);
+    }
     // The API server refuses request bodies over 3 MiB (its MaxRequestBodyBytes: twice etcd's
     // 1.5 MiB, for JSON against protobuf), so the Pod in an AdmissionReview is at most that;
     // 256 KiB more covers the envelope (userInfo, options) and earlier webhooks' additions.
@@ -125,6 +158,7 @@ fn read_config() -> Result<Config, lifeboat::env::ConfigError> {
             endpoint,
             region,
             native_sidecar,
+            resources,
         },
         max_body,
         limits: proxy::Limits {

@@ -20,6 +20,8 @@ pub const MAX_CONTAINERS: usize = 128;
 /// Volumes of a Pod, and volume mounts of one container, at most.
 pub const MAX_VOLUMES: usize = 1024;
 pub const MAX_MOUNTS: usize = 1024;
+/// Owner references looked at (only the controller matters).
+const MAX_OWNERS: usize = 16;
 
 /// A JSON list of which the first `N` items are kept; `total` counts them all.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +80,13 @@ pub struct Metadata {
     pub namespace: Option<String>,
     pub annotations: Option<Map<String, Value>>,
     pub labels: Option<Map<String, Value>>,
+    pub owner_references: Option<Bounded<OwnerReference, MAX_OWNERS>>,
+}
+
+#[derive(Clone, Debug, Default, DeriveDeserialize)]
+pub struct OwnerReference {
+    pub kind: Option<String>,
+    pub controller: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, DeriveDeserialize)]
@@ -87,9 +96,10 @@ pub struct Spec {
     pub init_containers: Option<Bounded<Container, MAX_CONTAINERS>>,
     pub volumes: Option<Bounded<Named, MAX_VOLUMES>>,
     pub security_context: Option<PodSecurityContext>,
+    pub os: Option<Named>,
 }
 
-/// Anything with a name (a volume).
+/// Anything with a name (a volume; `spec.os`).
 #[derive(Clone, Debug, Default, DeriveDeserialize)]
 pub struct Named {
     pub name: Option<String>,
@@ -101,6 +111,7 @@ pub struct Container {
     pub name: Option<String>,
     pub volume_mounts: Option<Bounded<VolumeMount, MAX_MOUNTS>>,
     pub security_context: Option<SecurityContext>,
+    pub resources: Option<Resources>,
 }
 
 #[derive(Clone, Debug, Default, DeriveDeserialize)]
@@ -113,6 +124,7 @@ pub struct VolumeMount {
 #[serde(rename_all = "camelCase")]
 pub struct PodSecurityContext {
     pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
     pub run_as_non_root: Option<bool>,
     pub seccomp_profile: Option<IgnoredAny>,
 }
@@ -123,6 +135,12 @@ pub struct SecurityContext {
     pub run_as_user: Option<i64>,
     pub run_as_group: Option<i64>,
     pub run_as_non_root: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, DeriveDeserialize)]
+pub struct Resources {
+    pub requests: Option<Map<String, Value>>,
+    pub limits: Option<Map<String, Value>>,
 }
 
 impl Pod {
@@ -142,6 +160,16 @@ impl Pod {
 
     pub fn annotations(&self) -> Option<&Map<String, Value>> {
         self.metadata.as_ref().and_then(|m| m.annotations.as_ref())
+    }
+
+    /// The kind of the controlling owner (`ReplicaSet`, `DaemonSet`, ...), if any.
+    pub fn controller_kind(&self) -> Option<&str> {
+        let owners = self.metadata.as_ref()?.owner_references.as_ref()?;
+        owners
+            .items
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .and_then(|o| o.kind.as_deref())
     }
 }
 

@@ -543,3 +543,235 @@ fn denials_echo_a_bounded_part_of_what_they_refuse() {
         assert!(line.len() < 4096, "a log line of {} bytes", line.len());
     }
 }
+
+/// The denial message for `pod`, or None when it was allowed.
+fn denial(hook: &Hook, pod: Value) -> Option<String> {
+    let r = hook.review(&review("d", "ns", "CREATE", pod, false));
+    (r["response"]["allowed"] == false).then(|| r["response"]["status"]["message"].as_str().unwrap().to_string())
+}
+
+fn with_mount(path: &str, mount: &str) -> Value {
+    let mut pod = deployment_pod(annotations(&[("inject", "true"), ("path", path)]));
+    pod["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "app-data", "emptyDir": {}}));
+    pod["spec"]["containers"][0]["volumeMounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "app-data", "mountPath": mount}));
+    pod
+}
+
+#[test]
+fn an_app_mount_that_would_hide_a_database_from_litestream_is_denied() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    for (path, mount) in [
+        // Between our mount (/data) and the second database's folder.
+        ("/data/a.db,/data/sub/b.db", "/data/sub"),
+        ("/data/a.db,/data/sub/deeper/b.db", "/data/sub"),
+        // At a database file, or its WAL.
+        ("/data/a.db,/data/sub/b.db", "/data/sub/b.db"),
+        ("/data/a.db", "/data/a.db-wal"),
+        // Our own mount folder, however it is spelt.
+        ("/mnt/x.db", "/mnt/"),
+        ("/mnt/x.db", "/mnt/."),
+        ("/mnt/x.db", "//mnt"),
+        ("/mnt/x.db", "/./mnt"),
+        ("/mnt/x.db", "/mnt/sub/.."),
+        ("/data/a.db,/data/sub/b.db", "//data//sub/"),
+    ] {
+        let message = denial(&hook, with_mount(path, mount))
+            .unwrap_or_else(|| panic!("{path} with a mount at {mount} was allowed"));
+        assert!(message.contains(&format!("{PREFIX}/path")), "{message}");
+    }
+    // Mounts beside a database, or above our mount, hide nothing: allowed, and valid.
+    for (path, mount) in [
+        ("/data/a.db", "/data/cache"),
+        ("/var/lib/app/a.db", "/var"),
+        ("/data/a.db", "/database"),
+    ] {
+        let pod = with_mount(path, mount);
+        let r = hook.review(&review("ok", "ns", "CREATE", pod.clone(), false));
+        assert_eq!(r["response"]["allowed"], true, "{path} with {mount}: {r}");
+        apply(&pod, &r);
+    }
+}
+
+#[test]
+fn a_database_in_or_above_the_config_folder_is_denied() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    for path in [
+        "/etc/litestream-hook/x.db",
+        "/etc/litestream-hook/sub/x.db",
+        "/etc/x.db",
+    ] {
+        let pod = deployment_pod(annotations(&[("inject", "true"), ("path", path)]));
+        let message = denial(&hook, pod).unwrap_or_else(|| panic!("{path} was allowed"));
+        assert!(message.contains(&format!("{PREFIX}/path")), "{message}");
+    }
+    let pod = deployment_pod(annotations(&[
+        ("inject", "true"),
+        ("path", "/etc/litestream-hookish/x.db"),
+    ]));
+    let r = hook.review(&review("ok", "ns", "CREATE", pod.clone(), false));
+    apply(&pod, &r);
+}
+
+fn injected(patched: &Value) -> Vec<Value> {
+    let spec = &patched["spec"];
+    spec["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(spec["containers"].as_array().unwrap())
+        .filter(|c| c["name"].as_str().unwrap().starts_with("litestream-hook"))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn the_injected_user_can_start_and_is_the_apps_not_the_meshs() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    // The restricted Pod: runAsNonRoot without a user. The litestream image runs as root,
+    // which the kubelet refuses: a fixed non-root user instead.
+    let mut pod = deployment_pod(annotations(&[("inject", "true")]));
+    pod["spec"]["securityContext"] = json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}});
+    let patched = apply(&pod, &hook.review(&review("u", "ns", "CREATE", pod.clone(), false)));
+    for c in injected(&patched) {
+        let sc = &c["securityContext"];
+        assert_eq!(
+            (sc["runAsUser"].as_i64(), sc["runAsGroup"].as_i64()),
+            (Some(65532), Some(65532)),
+            "{c}"
+        );
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(sc["readOnlyRootFilesystem"], true);
+    }
+    // A Pod-level group is kept.
+    pod["spec"]["securityContext"]["runAsGroup"] = json!(3000);
+    let patched = apply(&pod, &hook.review(&review("u", "ns", "CREATE", pod.clone(), false)));
+    assert!(injected(&patched)[0]["securityContext"].get("runAsGroup").is_none());
+    // A mesh proxy's user is not the app's: istio-proxy (1337) injected first is skipped.
+    let mut pod = deployment_pod(annotations(&[("inject", "true")]));
+    let app = pod["spec"]["containers"][0].clone();
+    let proxy = json!({"name": "istio-proxy", "image": "istio/proxyv2:1.24", "securityContext": {"runAsUser": 1337, "runAsGroup": 1337}});
+    pod["spec"]["containers"] = json!([proxy, app]);
+    pod["spec"]["initContainers"] =
+        json!([{"name": "linkerd-init", "image": "l", "securityContext": {"runAsUser": 2102}}]);
+    let patched = apply(&pod, &hook.review(&review("u", "ns", "CREATE", pod.clone(), false)));
+    for c in injected(&patched) {
+        assert!(c["securityContext"].get("runAsUser").is_none(), "{c}");
+    }
+    pod["spec"]["containers"][1]["securityContext"] = json!({"runAsUser": 1000});
+    let patched = apply(&pod, &hook.review(&review("u", "ns", "CREATE", pod.clone(), false)));
+    for c in injected(&patched) {
+        assert_eq!(c["securityContext"]["runAsUser"], 1000, "{c}");
+    }
+}
+
+#[test]
+fn injected_containers_request_resources_and_keep_a_pod_guaranteed() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(
+        &setup,
+        &[("DEFAULT_CPU_LIMIT", "none"), ("DEFAULT_MEMORY_LIMIT", "128Mi")],
+    );
+    let pod = deployment_pod(annotations(&[("inject", "true")]));
+    let patched = apply(&pod, &hook.review(&review("r", "ns", "CREATE", pod.clone(), false)));
+    for c in injected(&patched) {
+        assert_eq!(
+            c["resources"],
+            json!({"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}}),
+            "{}",
+            c["name"]
+        );
+    }
+    // Per-Pod annotations win.
+    let pod = deployment_pod(annotations(&[
+        ("inject", "true"),
+        ("cpu-request", "250m"),
+        ("memory-limit", "1Gi"),
+        ("cpu-limit", "2"),
+    ]));
+    let patched = apply(&pod, &hook.review(&review("r", "ns", "CREATE", pod.clone(), false)));
+    assert_eq!(
+        injected(&patched)[1]["resources"],
+        json!({"requests": {"cpu": "250m", "memory": "64Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}})
+    );
+    // A Guaranteed Pod (limits = requests everywhere) stays Guaranteed.
+    let mut pod = deployment_pod(annotations(&[("inject", "true"), ("cpu-request", "100m")]));
+    pod["spec"]["containers"][0]["resources"] =
+        json!({"limits": {"cpu": "1", "memory": "256Mi"}, "requests": {"cpu": "1", "memory": "256Mi"}});
+    let patched = apply(&pod, &hook.review(&review("r", "ns", "CREATE", pod.clone(), false)));
+    for c in injected(&patched) {
+        assert_eq!(
+            c["resources"],
+            json!({"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "100m", "memory": "128Mi"}}),
+            "{}",
+            c["name"]
+        );
+    }
+    // A request above its limit would be refused by the API server: denied here, named.
+    let pod = deployment_pod(annotations(&[("inject", "true"), ("memory-request", "1Gi")]));
+    let message = denial(&hook, pod).expect("denied");
+    assert!(message.contains(&format!("{PREFIX}/memory-request")), "{message}");
+}
+
+#[test]
+fn values_litestream_or_the_runtime_would_reject_are_denied() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    for (key, value) in [
+        ("sync-interval", "9999999h"),
+        ("sync-interval", "48h"),
+        ("path", "/data/a\u{FFFE}.db"),
+        ("path", "/data/a\u{FDD0}.db"),
+        ("storage", "100m"),
+        ("storage", "0.5"),
+        ("image", "Litestream/Litestream:0.5.17"),
+        ("image", "litestream/litestream:"),
+        ("endpoint", "http://@"),
+        ("endpoint", "http://minio:99999"),
+        ("endpoint", "http://user:secret@minio:9000"),
+        ("cpu-request", "0.1m"),
+        ("memory-limit", "500m"),
+    ] {
+        let pod = deployment_pod(annotations(&[("inject", "true"), (key, value)]));
+        let message = denial(&hook, pod).unwrap_or_else(|| panic!("{key}={value:?} was allowed"));
+        assert!(message.contains(&format!("{PREFIX}/{key}")), "{key}: {message}");
+    }
+}
+
+#[test]
+fn several_writers_get_a_warning_and_windows_pods_are_denied() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    // A Deployment's Pod (ReplicaSet owner): admitted, with a warning kubectl shows.
+    let pod = deployment_pod(annotations(&[("inject", "true")]));
+    let r = hook.review(&review("w", "ns", "CREATE", pod, false));
+    let warnings = r["response"]["warnings"].as_array().expect("warnings");
+    assert!(warnings[0].as_str().unwrap().contains("replicas: 1"), "{warnings:?}");
+    let mut pod = deployment_pod(annotations(&[("inject", "true")]));
+    pod["metadata"]["ownerReferences"][0]["kind"] = json!("DaemonSet");
+    let r = hook.review(&review("w", "ns", "CREATE", pod, false));
+    assert!(
+        r["response"]["warnings"][0].as_str().unwrap().contains("DaemonSet"),
+        "{r}"
+    );
+    // A StatefulSet member has its own replica path: no warning.
+    let mut pod = deployment_pod(annotations(&[("inject", "true")]));
+    pod["metadata"]["ownerReferences"][0]["kind"] = json!("StatefulSet");
+    pod["metadata"]["name"] = json!("db-0");
+    let r = hook.review(&review("w", "ns", "CREATE", pod, false));
+    assert!(r["response"].get("warnings").is_none(), "{r}");
+    // Windows: the Litestream image is Linux-only and the injected securityContext fields are
+    // forbidden there.
+    let mut pod = deployment_pod(annotations(&[("inject", "true")]));
+    pod["spec"]["os"] = json!({"name": "windows"});
+    let message = denial(&hook, pod).expect("denied");
+    assert!(message.contains("Windows"), "{message}");
+}
