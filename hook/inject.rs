@@ -15,20 +15,19 @@
 //! Every `$` in injected args and env values is doubled, so Kubernetes' `$(VAR)` expansion
 //! cannot splice a variable (say, the secret key) into a value taken from an annotation.
 //!
-//! Injected containers run as the Pod runs: with a Pod-level `runAsUser` they inherit it;
-//! otherwise they copy `runAsUser`/`runAsGroup` from the first app container that sets them,
-//! so Litestream can read and write the database files the app creates.
+//! What the Pod must not have is checked first (`conflicts`); how the injected containers run
+//! (user, security context, resources) and what is worth a warning is in `run`.
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ResourceRequirements, SeccompProfile,
-    SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, SecretKeySelector, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::{json, Value};
 
 use crate::annotations::{dir_name, Denial, Settings, MARKER};
 use crate::litestream_config::{self, CONFIG_ENV};
-use crate::pod::{Bounded, Container as PodContainer, Metadata, Pod, Spec, MAX_CONTAINERS, MAX_MOUNTS, MAX_VOLUMES};
+use crate::pod::{Metadata, Pod, Spec};
+use crate::{conflicts, run};
 
 /// Where the config volume is mounted in the injected containers.
 pub const CONFIG_DIR: &str = "/etc/litestream-hook";
@@ -172,7 +171,7 @@ pub struct Injection {
     pub warnings: Vec<String>,
 }
 
-fn whole(message: String) -> Denial {
+pub(crate) fn whole(message: String) -> Denial {
     Denial {
         annotation: String::new(),
         message,
@@ -187,158 +186,18 @@ pub fn patch(pod: &Pod, settings: &Settings, ctx: &Context<'_>) -> Result<Inject
         .as_ref()
         .ok_or_else(|| whole("the Pod has no metadata".into()))?;
     let spec = pod.spec.as_ref().ok_or_else(|| whole("the Pod has no spec".into()))?;
-    check_bounds(spec)?;
+    conflicts::check_bounds(spec)?;
     if pod.containers().is_empty() {
         return Err(whole("the Pod has no containers".into()));
     }
     let base = replica_base(pod, settings, ctx)?;
     let mounts = mounts(&settings.paths);
-    check_conflicts(pod, settings, &mounts, ctx)?;
+    conflicts::check_conflicts(pod, settings, &mounts, ctx)?;
     let built = containers(pod, settings, ctx, &base, &mounts);
     Ok(Injection {
         ops: operations(meta, spec, pod, ctx, settings, built),
-        warnings: warnings(pod, settings, ctx),
+        warnings: run::warnings(pod, settings, ctx),
     })
-}
-
-/// Refuses Pods whose lists are longer than the hook reads (see `pod`).
-fn check_bounds(spec: &Spec) -> Result<(), Denial> {
-    let count = |list: &Option<Bounded<PodContainer, MAX_CONTAINERS>>| list.as_ref().map_or(0, |b| b.total);
-    let containers = count(&spec.containers) + count(&spec.init_containers);
-    if containers > MAX_CONTAINERS {
-        return Err(whole(format!(
-            "the Pod has {containers} containers and init containers; this hook injects into at most {MAX_CONTAINERS}"
-        )));
-    }
-    if spec.volumes.as_ref().is_some_and(Bounded::truncated) {
-        return Err(whole(format!(
-            "the Pod has more than {MAX_VOLUMES} volumes, more than this hook reads"
-        )));
-    }
-    let all = spec.containers.iter().chain(spec.init_containers.iter());
-    if all
-        .flat_map(|b| b.items.iter())
-        .any(|c| c.volume_mounts.as_ref().is_some_and(Bounded::truncated))
-    {
-        return Err(whole(format!(
-            "a container has more than {MAX_MOUNTS} volume mounts, more than this hook reads"
-        )));
-    }
-    Ok(())
-}
-
-/// Refuses what the API server would refuse, with a reason the user can act on.
-fn check_conflicts(
-    pod: &Pod,
-    settings: &Settings,
-    mounts: &[(String, String)],
-    ctx: &Context<'_>,
-) -> Result<(), Denial> {
-    if pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.os.as_ref())
-        .and_then(|o| o.name.as_deref())
-        == Some("windows")
-    {
-        return Err(whole(
-            "the Pod runs on Windows (spec.os.name); Litestream's image is Linux-only".into(),
-        ));
-    }
-    let names = ctx.names;
-    let path_denial = |message: String| Denial {
-        annotation: format!("{}/path", ctx.prefix),
-        message,
-    };
-    let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
-    for volume in volumes.map_or(&[][..], |v| &v.items) {
-        let name = volume.name.as_deref().unwrap_or("");
-        if name == names.data_volume || name == names.config_volume {
-            return Err(whole(format!(
-                "the Pod already has a volume named {name:?}, which this hook adds"
-            )));
-        }
-    }
-    let ours = |name: &str| {
-        name == names.config_container || name == names.replicate_container || name.starts_with(&names.restore_prefix)
-    };
-    for c in pod.containers().iter().chain(pod.init_containers()) {
-        let name = c.name();
-        if ours(name) {
-            return Err(whole(format!(
-                "the Pod already has a container named {}, which this hook adds",
-                quote_short(name)
-            )));
-        }
-        for m in c.mounts() {
-            let at = normalize(m.mount_path.as_deref().unwrap_or(""));
-            if let Some(problem) = shadowing(&at, mounts, &settings.paths) {
-                return Err(path_denial(format!(
-                    "container {} mounts a volume at {}, {problem}",
-                    quote_short(name),
-                    quote_short(m.mount_path.as_deref().unwrap_or(""))
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A mount path as the container runtime resolves it: `//mnt`, `/./mnt`, `/mnt/.` and
-/// `/mnt/` are all `/mnt`; `..` goes up (never above `/`).
-pub fn normalize(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for segment in path.split('/') {
-        match segment {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            s => parts.push(s),
-        }
-    }
-    format!("/{}", parts.join("/"))
-}
-
-/// Whether `inner` is `outer` or below it (both normalised).
-fn within(inner: &str, outer: &str) -> bool {
-    inner == outer || outer == "/" || inner.strip_prefix(outer).is_some_and(|r| r.starts_with('/'))
-}
-
-/// Why an app mount at `at` (normalised) breaks a database, if it does: at one of our mount
-/// folders (the API server would also refuse a duplicate), or between our mount and a
-/// database folder, or at a database file (or its -wal/-shm), so that the app would write
-/// the database into its own volume while Litestream watches ours, an empty folder.
-fn shadowing(at: &str, mounts: &[(String, String)], paths: &[String]) -> Option<String> {
-    if let Some((dir, _)) = mounts.iter().find(|(dir, _)| dir == at) {
-        return Some(format!(
-            "where this hook mounts the database folder {dir}; use another folder for the database or the volume"
-        ));
-    }
-    for db in paths {
-        let dir = dir_name(db);
-        let ours = mounts
-            .iter()
-            .map(|(d, _)| d.as_str())
-            .find(|d| within(dir, d))
-            .unwrap_or(dir);
-        if within(at, ours) && within(dir, at) {
-            return Some(format!(
-                "which hides the database folder {dir} from the volume Litestream replicates: the app would write {db} into its own volume and nothing would be backed up"
-            ));
-        }
-        if [db.clone(), format!("{db}-wal"), format!("{db}-shm")].contains(&at.to_string()) {
-            return Some(format!(
-                "at the database file {db} (or its -wal/-shm): the app would write it into its own volume and nothing would be backed up"
-            ));
-        }
-    }
-    None
-}
-
-/// A name quoted for a message, at most about 100 bytes of it.
-fn quote_short(s: &str) -> String {
-    format!("{:?}", crate::annotations::clip(s, 100))
 }
 
 /// The containers to add, and the mounts every app container gets.
@@ -351,8 +210,8 @@ struct Built {
 fn containers(pod: &Pod, settings: &Settings, ctx: &Context<'_>, base: &str, mounts: &[(String, String)]) -> Built {
     let names = ctx.names;
     let config = litestream_config::build(settings, base).to_string();
-    let security = security_context(pod);
-    let resources = resources(pod, &settings.resources);
+    let security = run::security_context(pod);
+    let resources = run::resources(pod, &settings.resources);
     let data_mounts: Vec<VolumeMount> = mounts
         .iter()
         .map(|(dir, sub)| VolumeMount {
@@ -509,148 +368,6 @@ fn operations(
         built.sidecars.into_iter().map(to_value).collect(),
     );
     ops
-}
-
-/// Sidecars of service meshes, whose user says nothing about who writes the database files
-/// (istio-proxy runs as 1337 and is exempt from the mesh's own traffic redirect).
-const MESH_CONTAINERS: &[&str] = &[
-    "istio-proxy",
-    "istio-init",
-    "istio-validation",
-    "linkerd-proxy",
-    "linkerd-init",
-    "linkerd-network-validator",
-    "kuma-sidecar",
-    "kuma-init",
-    "consul-dataplane",
-    "consul-connect-inject-init",
-];
-
-/// The user for injected containers when the Pod must run as non-root but names no user
-/// (the distroless "nonroot" user, as the original litestream-hook used).
-pub const NON_ROOT_USER: i64 = 65532;
-
-/// The securityContext of injected containers (see the module documentation).
-///
-/// Known to run as non-root (a non-zero `runAsUser` or `runAsNonRoot: true`), they also drop
-/// every capability, so they pass the "restricted" Pod Security Standard wherever the app
-/// does. As root (the image's default user) they keep the default capabilities: root
-/// without CAP_DAC_OVERRIDE could not write the database files an app running as another
-/// user creates. Without a Pod-level seccomp profile they use `RuntimeDefault`. Their root
-/// filesystem is read-only: they write only to their volumes.
-fn security_context(pod: &Pod) -> SecurityContext {
-    let mut sc = SecurityContext {
-        allow_privilege_escalation: Some(false),
-        read_only_root_filesystem: Some(true),
-        ..SecurityContext::default()
-    };
-    let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
-    let mut user = pod_sc.and_then(|p| p.run_as_user);
-    let mut non_root = pod_sc.and_then(|p| p.run_as_non_root) == Some(true);
-    if user.is_none() {
-        let first = pod
-            .containers()
-            .iter()
-            .chain(pod.init_containers())
-            .filter(|c| !MESH_CONTAINERS.contains(&c.name()))
-            .filter_map(|c| c.security_context.as_ref())
-            .find(|s| s.run_as_user.is_some());
-        if let Some(app) = first {
-            sc.run_as_user = app.run_as_user;
-            sc.run_as_group = app.run_as_group;
-            user = sc.run_as_user;
-            if app.run_as_non_root == Some(true) {
-                sc.run_as_non_root = Some(true);
-                non_root = true;
-            }
-        }
-    }
-    if user.is_none() && non_root {
-        // runAsNonRoot without a user: the litestream image's user is root, which the kubelet
-        // refuses to start; run as a fixed non-root user (group too, unless the Pod sets one).
-        sc.run_as_user = Some(NON_ROOT_USER);
-        if pod_sc.and_then(|p| p.run_as_group).is_none() {
-            sc.run_as_group = Some(NON_ROOT_USER);
-        }
-        user = sc.run_as_user;
-    }
-    if non_root || user.is_some_and(|u| u != 0) {
-        sc.capabilities = Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            add: None,
-        });
-    }
-    if pod_sc.and_then(|p| p.seccomp_profile.as_ref()).is_none() {
-        sc.seccomp_profile = Some(SeccompProfile {
-            type_: "RuntimeDefault".into(),
-            localhost_profile: None,
-        });
-    }
-    sc
-}
-
-/// Whether the Pod is in the Guaranteed QoS class: every container (init containers too)
-/// has CPU and memory limits, and requests equal to them where given.
-fn guaranteed(pod: &Pod) -> bool {
-    let all: Vec<&PodContainer> = pod.containers().iter().chain(pod.init_containers()).collect();
-    !all.is_empty()
-        && all.iter().all(|c| {
-            let Some(r) = c.resources.as_ref() else {
-                return false;
-            };
-            ["cpu", "memory"].iter().all(|k| {
-                let limit = r.limits.as_ref().and_then(|l| l.get(*k));
-                let request = r.requests.as_ref().and_then(|l| l.get(*k));
-                limit.is_some() && request.is_none_or(|q| Some(q) == limit)
-            })
-        })
-}
-
-/// The requests and limits of injected containers. In a Guaranteed Pod they are made equal
-/// (each the limit, or the request when no limit is set) so the Pod stays Guaranteed.
-fn resources(pod: &Pod, settings: &crate::annotations::Resources) -> ResourceRequirements {
-    let map = |pairs: [(&str, &Option<String>); 2]| {
-        let m: std::collections::BTreeMap<String, Quantity> = pairs
-            .into_iter()
-            .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), Quantity(v.clone()))))
-            .collect();
-        (!m.is_empty()).then_some(m)
-    };
-    if guaranteed(pod) {
-        let cpu = settings.cpu_limit.clone().or_else(|| settings.cpu_request.clone());
-        let memory = settings
-            .memory_limit
-            .clone()
-            .or_else(|| settings.memory_request.clone());
-        let both = map([("cpu", &cpu), ("memory", &memory)]);
-        return ResourceRequirements {
-            requests: both.clone(),
-            limits: both,
-            ..ResourceRequirements::default()
-        };
-    }
-    ResourceRequirements {
-        requests: map([("cpu", &settings.cpu_request), ("memory", &settings.memory_request)]),
-        limits: map([("cpu", &settings.cpu_limit), ("memory", &settings.memory_limit)]),
-        ..ResourceRequirements::default()
-    }
-}
-
-/// Risky but valid setups, returned as admission warnings (`kubectl` prints them).
-fn warnings(pod: &Pod, settings: &Settings, ctx: &Context<'_>) -> Vec<String> {
-    let mut out = Vec::new();
-    match pod.controller_kind() {
-        Some("ReplicaSet") => out.push(format!(
-            "litestream-hook: every Pod of this Deployment replicates to the same replica path ({}); with more than one replica, or while a rolling update surges, several Litestream processes write it at once and corrupt the backup: use replicas: 1 with strategy Recreate, or a StatefulSet",
-            settings.name.as_deref().map_or("derived from the Deployment's name", |_| "set by the name annotation")
-        )),
-        Some("DaemonSet") => out.push(format!(
-            "litestream-hook: every Pod of this DaemonSet replicates to the same replica path (and the {}/name annotation is the same on each), so the Pods on different nodes overwrite one backup: use a StatefulSet",
-            ctx.prefix
-        )),
-        _ => {}
-    }
-    out
 }
 
 fn to_value<T: serde::Serialize>(v: T) -> Value {

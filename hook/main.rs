@@ -10,6 +10,7 @@
 
 mod admission;
 mod annotations;
+mod conflicts;
 mod fds;
 mod framing;
 mod http;
@@ -17,6 +18,7 @@ mod inject;
 mod litestream_config;
 mod pod;
 mod proxy;
+mod run;
 mod tls;
 mod values;
 
