@@ -10,8 +10,8 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::annotations::{self, clip, Defaults, MAX_KEY_BYTES};
-use crate::inject::{self, Context, Names};
+use crate::annotations::{self, clip, Defaults, Denial, MAX_KEY_BYTES};
+use crate::inject::{self, Context, Injection, Names};
 use crate::pod::Pod;
 
 /// Denial messages (and the log lines and audit annotations made from them) are at most this long.
@@ -206,42 +206,60 @@ pub fn review(body: &[u8], config: &Config) -> Answer {
         Some(Err(e)) => return deny(format!("the request's object is not a Pod: {e}"), ""),
         _ => return deny("the request carries no Pod object".into(), ""),
     };
-    let annotations = pod.annotations();
-    if annotations::is_injected(annotations, &config.prefix) {
-        return allow("already injected");
-    }
-    let settings = match annotations::parse(annotations, &config.prefix, &config.defaults) {
-        Ok(Some(s)) => s,
-        Ok(None) => return allow("injection not requested"),
-        Err(denial) => return deny(denial.to_string(), &denial.annotation),
-    };
     let namespace = request
         .namespace
         .as_deref()
         .or_else(|| pod.metadata.as_ref().and_then(|m| m.namespace.as_deref()))
         .filter(|n| !n.is_empty())
         .unwrap_or("default");
+    match decide(&pod, namespace, config) {
+        Decision::Skip(why) => allow(why),
+        Decision::Deny(denial) => deny(denial.to_string(), &denial.annotation),
+        Decision::Inject { injection, databases } => {
+            let patch = serde_json::to_vec(&injection.ops).expect("a patch always serialises");
+            let mut response = Response::allow(&uid);
+            response.patch_type = Some("JSONPatch");
+            response.patch = Some(base64(&patch));
+            response.warnings = injection.warnings;
+            respond(response, Outcome::Injected, format!("{databases} database(s)"), "")
+        }
+    }
+}
+
+/// What to do with one Pod.
+pub enum Decision {
+    /// Leave it unchanged, for this reason.
+    Skip(&'static str),
+    Inject {
+        injection: Injection,
+        databases: usize,
+    },
+    Deny(Denial),
+}
+
+/// Decides on one Pod in `namespace`: the same for `/mutate` and `hook inject`.
+pub fn decide(pod: &Pod, namespace: &str, config: &Config) -> Decision {
+    let annotations = pod.annotations();
+    if annotations::is_injected(annotations, &config.prefix) {
+        return Decision::Skip("already injected");
+    }
+    let settings = match annotations::parse(annotations, &config.prefix, &config.defaults) {
+        Ok(Some(s)) => s,
+        Ok(None) => return Decision::Skip("injection not requested"),
+        Err(denial) => return Decision::Deny(denial),
+    };
     let ctx = Context {
         namespace,
         prefix: &config.prefix,
         names: &config.names,
         hook_image: &config.defaults.hook_image,
     };
-    match inject::patch(&pod, &settings, &ctx) {
-        Ok(injection) => {
-            let patch = serde_json::to_vec(&injection.ops).expect("a patch always serialises");
-            let mut response = Response::allow(&uid);
-            response.patch_type = Some("JSONPatch");
-            response.patch = Some(base64(&patch));
-            response.warnings = injection.warnings;
-            respond(
-                response,
-                Outcome::Injected,
-                format!("{} database(s)", settings.paths.len()),
-                "",
-            )
-        }
-        Err(denial) => deny(denial.to_string(), &denial.annotation),
+    match inject::patch(pod, &settings, &ctx) {
+        Ok(injection) => Decision::Inject {
+            injection,
+            databases: settings.paths.len(),
+        },
+        Err(denial) => Decision::Deny(denial),
     }
 }
 

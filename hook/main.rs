@@ -5,6 +5,7 @@
 //! Pod asks for) → `inject` (the JSON Patch) with `litestream_config` (the Litestream config).
 //! Metrics and health are served on plain HTTP by `lifeboat::ops_http`.
 //!
+//! `hook inject -f FILE` runs the same decision offline (see `offline`).
 //! `hook write-config FILE` is the other mode: the init container that writes the config
 //! from its environment into the Pod's config volume (see `litestream_config`).
 
@@ -16,6 +17,7 @@ mod framing;
 mod http;
 mod inject;
 mod litestream_config;
+mod offline;
 mod pod;
 mod proxy;
 mod run;
@@ -49,17 +51,9 @@ struct Config {
     socket_dir: PathBuf,
 }
 
-fn read_config() -> Result<Config, lifeboat::env::ConfigError> {
-    let mut env = Env::from_process();
+/// What shapes the injection (for serving and for `hook inject`): VARIANT and the defaults.
+fn read_injection(mut env: Env) -> (Env, Option<String>, Defaults) {
     let builtin = Defaults::default();
-    let listen = env.optional("LISTEN_ADDR").unwrap_or_else(|| "0.0.0.0:9443".into());
-    let metrics_listen = env.optional("METRICS_ADDR").unwrap_or_else(|| "0.0.0.0:8080".into());
-    let cert = PathBuf::from(env.required("TLS_CERT_FILE"));
-    let key = PathBuf::from(env.required("TLS_KEY_FILE"));
-    let reload_interval = env
-        .duration("TLS_RELOAD_INTERVAL", Some(Duration::from_secs(1)))
-        .unwrap_or(Duration::from_secs(1))
-        .max(Duration::from_millis(10));
     let variant = env.parse_with("VARIANT", None, |v| {
         annotations::check_dns_label(v, 20).map(|_| Some(v.to_string()))
     });
@@ -128,6 +122,30 @@ fn read_config() -> Result<Config, lifeboat::env::ConfigError> {
     if let Err((what, message)) = resources.check() {
         env.problem(&format!("DEFAULT_{}_REQUEST", what.to_uppercase()), &message);
     }
+    let defaults = Defaults {
+        image,
+        hook_image,
+        bucket,
+        secret,
+        storage,
+        endpoint,
+        region,
+        native_sidecar,
+        resources,
+    };
+    (env, variant, defaults)
+}
+
+fn read_config() -> Result<Config, lifeboat::env::ConfigError> {
+    let (mut env, variant, defaults) = read_injection(Env::from_process());
+    let listen = env.optional("LISTEN_ADDR").unwrap_or_else(|| "0.0.0.0:9443".into());
+    let metrics_listen = env.optional("METRICS_ADDR").unwrap_or_else(|| "0.0.0.0:8080".into());
+    let cert = PathBuf::from(env.required("TLS_CERT_FILE"));
+    let key = PathBuf::from(env.required("TLS_KEY_FILE"));
+    let reload_interval = env
+        .duration("TLS_RELOAD_INTERVAL", Some(Duration::from_secs(1)))
+        .unwrap_or(Duration::from_secs(1))
+        .max(Duration::from_millis(10));
     // The API server refuses request bodies over 3 MiB (its MaxRequestBodyBytes: twice etcd's
     // 1.5 MiB, for JSON against protobuf), so the Pod in an AdmissionReview is at most that;
     // 256 KiB more covers the envelope (userInfo, options) and earlier webhooks' additions.
@@ -151,17 +169,7 @@ fn read_config() -> Result<Config, lifeboat::env::ConfigError> {
         key,
         reload_interval,
         variant,
-        defaults: Defaults {
-            image,
-            hook_image,
-            bucket,
-            secret,
-            storage,
-            endpoint,
-            region,
-            native_sidecar,
-            resources,
-        },
+        defaults,
         max_body,
         limits: proxy::Limits {
             max_connections,
@@ -215,8 +223,11 @@ fn main() {
     if args.first().map(String::as_str) == Some("write-config") {
         std::process::exit(write_config(&args[1..]));
     }
+    if args.first().map(String::as_str) == Some("inject") {
+        std::process::exit(inject(&args[1..]));
+    }
     if let Some(arg) = args.first() {
-        log::error!(argument = arg.as_str(); "unknown argument; usage: hook (serve) | hook write-config FILE");
+        log::error!(argument = arg.as_str(); "unknown argument; usage: hook (serve) | hook inject -f FILE [-n NAMESPACE] | hook write-config FILE");
         std::process::exit(2);
     }
     let config = match (level, read_config()) {
@@ -238,6 +249,21 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// `hook inject`: the configuration of serving minus the serving part (see `offline`).
+fn inject(args: &[String]) -> i32 {
+    let (env, variant, defaults) = read_injection(Env::from_process());
+    if let Err(e) = env.finish() {
+        log::error!(error:% = e; "cannot inject");
+        return 2;
+    }
+    let config = admission::Config {
+        prefix: annotations::prefix_for(variant.as_deref()),
+        names: inject::Names::new(variant.as_deref()),
+        defaults,
+    };
+    offline::run(args, &config)
 }
 
 fn write_config(args: &[String]) -> i32 {

@@ -775,3 +775,95 @@ fn several_writers_get_a_warning_and_windows_pods_are_denied() {
     let message = denial(&hook, pod).expect("denied");
     assert!(message.contains("Windows"), "{message}");
 }
+
+/// Runs `hook inject -f <object as a file> args...`; returns (exit code, stdout as JSON or Null, stderr).
+fn inject_offline(object: &Value, args: &[&str]) -> (i32, Value, String) {
+    let dir = support::temp_dir("inject");
+    let file = dir.path().join("in.json");
+    std::fs::write(&file, object.to_string()).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hook"));
+    support::scrub(&mut cmd);
+    for var in ["VARIANT", "NATIVE_SIDECAR", "LOG_LEVEL"] {
+        cmd.env_remove(var);
+    }
+    let out = cmd
+        .env("HOOK_IMAGE", HOOK_IMAGE)
+        .args(["inject", "-f", path_str(&file)])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (
+        out.status.code().unwrap_or(-1),
+        stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn deployment(replicas: u32, annotations: Value) -> Value {
+    let pod = deployment_pod(annotations);
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}, "annotations": pod["metadata"]["annotations"]},
+                "spec": pod["spec"]}}
+    })
+}
+
+#[test]
+fn hook_inject_offline_makes_the_webhooks_decision() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    let a = annotations(&[("inject", "true"), ("path", "/var/lib/app/main.db")]);
+    let (code, out, stderr) = inject_offline(&deployment(1, a.clone()), &[]);
+    assert_eq!(code, 0, "{stderr}");
+    // A valid Deployment (strict 1.33 schema), its template injected as the webhook injects
+    // the Deployment's Pods.
+    run_python(
+        "import json,sys,kubernetes_validate; kubernetes_validate.validate(json.loads(sys.argv[1]), '1.33', strict=True)",
+        &[&out.to_string()],
+    );
+    let template = &out["spec"]["template"];
+    let pod = deployment_pod(a.clone());
+    let webhook = apply(&pod, &hook.review(&review("u", "shop", "CREATE", pod.clone(), false)));
+    assert_eq!(template["spec"]["initContainers"], webhook["spec"]["initContainers"]);
+    assert_eq!(template["spec"]["volumes"], webhook["spec"]["volumes"]);
+    assert_eq!(template["spec"]["containers"], webhook["spec"]["containers"]);
+    assert_eq!(config_of(template)["dbs"][0]["replica"]["path"], "shop/web/main.db");
+    assert_eq!(
+        template["metadata"]["annotations"][format!("{PREFIX}/injected")],
+        "true"
+    );
+    // The same warnings as the webhook's, on stderr.
+    assert!(stderr.contains("replicas: 1"), "{stderr}");
+    // Injected once: the webhook leaves the Pods of the result alone, and so does inject.
+    let (code, again, _) = inject_offline(&out, &[]);
+    assert_eq!((code, &again), (0, &out));
+    // A CronJob's template, a List, a namespace from -n.
+    let cron = json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "nightly"},
+        "spec": {"schedule": "0 1 * * *", "jobTemplate": {"spec": {"template": {
+            "metadata": {"annotations": a.clone()},
+            "spec": {"restartPolicy": "OnFailure", "containers": [{"name": "job", "image": "job:1"}]}}}}}});
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": [cron, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}]});
+    let (code, _, stderr) = inject_offline(&list, &["-n", "batch"]);
+    assert_eq!(code, 1, "a ConfigMap has no Pod template: {stderr}");
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": [list["items"][0].clone()]});
+    let (code, out, stderr) = inject_offline(&list, &["-n", "batch"]);
+    assert_eq!(code, 0, "{stderr}");
+    let template = &out["items"][0]["spec"]["jobTemplate"]["spec"]["template"];
+    assert_eq!(
+        config_of(template)["dbs"][0]["replica"]["path"],
+        "batch/nightly/main.db"
+    );
+    // Denials exit 1 naming the annotation; a StatefulSet of several Pods needs the webhook.
+    let bad = annotations(&[("inject", "true"), ("storage", "100m")]);
+    let (code, _, stderr) = inject_offline(&deployment(1, bad), &[]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains(&format!("{PREFIX}/storage")), "{stderr}");
+    let mut sts = deployment(3, a);
+    sts["kind"] = json!("StatefulSet");
+    let (code, _, stderr) = inject_offline(&sts, &[]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("own replica path"), "{stderr}");
+}
