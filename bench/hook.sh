@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Benchmarks hook on loopback over TLS with keep-alive: start-up time, latency (p50/p99) and
-# throughput at concurrency 1 and 32, and peak RSS. Release build, no gRPC.
+# Benchmarks hook on loopback over TLS with keep-alive against a floor run side by side:
+# examples/hook_floor.rs, the least a webhook built from the same crates does (rustls 0.23,
+# serde_json, one thread per connection, an answer of the same size as the hook's). Both
+# servers get the same load client and body, in alternating rounds; each measure is printed
+# for both with the ratio hook/floor: server CPU per request, latency (p50/p99) and throughput
+# at concurrency 1 and 32 (closed loop), open-loop p99 at RATES, peak RSS and threads.
+# Release build, no gRPC.
 #
 #   bash bench/hook.sh            # REQUESTS=3000 per connection at c=1, 500 per connection at c=32
-#                                 # (closed loop), then 100 per connection at RATES="1000 2000 4000"/s
+#                                 # (closed loop), then 100 per connection at RATES="1000 2000"/s
 #
 # The request is a realistic Pod CREATE AdmissionReview (a Deployment's Pod with managedFields,
 # asking for injection of two databases), so every request produces a full patch.
@@ -12,12 +17,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REQ1=${REQUESTS:-3000}
 REQ32=${REQUESTS32:-500}
 
-cargo build --quiet --release --no-default-features --bin hook --example hook_load
+cargo build --quiet --release --no-default-features --bin hook --example hook_load --example hook_floor
 bin=${HOOK_BIN:-target/release/hook}   # HOOK_BIN: compare another build side by side
 load=target/release/examples/hook_load
+floor=target/release/examples/hook_floor
 
 work=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+pid=; fpid=
+trap 'kill "$pid" "$fpid" 2>/dev/null || true; rm -rf "$work"' EXIT
 openssl ecparam -name prime256v1 -genkey -noout -out "$work/ca.key" 2>/dev/null
 openssl req -x509 -new -key "$work/ca.key" -subj /CN=bench-ca -days 1 -out "$work/ca.crt" 2>/dev/null
 openssl ecparam -name prime256v1 -genkey -noout -out "$work/tls.key" 2>/dev/null   # SEC1, as cert-manager writes
@@ -30,26 +37,71 @@ cat >"$work/body.json" <<'JSON'
 {"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":"bench-0001","kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},"requestKind":{"group":"","version":"v1","kind":"Pod"},"requestResource":{"group":"","version":"v1","resource":"pods"},"namespace":"shop","operation":"CREATE","userInfo":{"username":"system:serviceaccount:kube-system:replicaset-controller","groups":["system:serviceaccounts","system:authenticated"]},"object":{"metadata":{"generateName":"web-7d9f8c6b5-","labels":{"app":"web","pod-template-hash":"7d9f8c6b5"},"annotations":{"litestream-hook.kaidotio.github.io/inject":"true","litestream-hook.kaidotio.github.io/path":"/var/lib/app/main.db,/cache/c.db","litestream-hook.kaidotio.github.io/endpoint":"http://minio.storage:9000"},"ownerReferences":[{"apiVersion":"apps/v1","kind":"ReplicaSet","name":"web-7d9f8c6b5","uid":"0b7f7b5e-8d1c-4a55-9f7b-3c1d2e4f5a6b","controller":true,"blockOwnerDeletion":true}],"managedFields":[{"manager":"kube-controller-manager","operation":"Update","apiVersion":"v1","time":"2026-11-24T06:00:00Z","fieldsType":"FieldsV1","fieldsV1":{"f:metadata":{"f:generateName":{},"f:labels":{".":{},"f:app":{}}}}}]},"spec":{"volumes":[{"name":"kube-api-access-abcde","projected":{"sources":[{"serviceAccountToken":{"expirationSeconds":3607,"path":"token"}}],"defaultMode":420}}],"containers":[{"name":"app","image":"registry.example/web:1.2.3","ports":[{"containerPort":8080,"protocol":"TCP"}],"resources":{"limits":{"memory":"128Mi"}},"volumeMounts":[{"name":"kube-api-access-abcde","readOnly":true,"mountPath":"/var/run/secrets/kubernetes.io/serviceaccount"}],"terminationMessagePath":"/dev/termination-log","terminationMessagePolicy":"File","imagePullPolicy":"IfNotPresent"}],"restartPolicy":"Always","terminationGracePeriodSeconds":30,"dnsPolicy":"ClusterFirst","serviceAccountName":"default","securityContext":{},"schedulerName":"default-scheduler","tolerations":[{"key":"node.kubernetes.io/not-ready","operator":"Exists","effect":"NoExecute","tolerationSeconds":300}],"priority":0,"enableServiceLinks":true,"preemptionPolicy":"PreemptLowerPriority"},"status":{}},"oldObject":null,"dryRun":false,"options":{"kind":"CreateOptions","apiVersion":"meta.k8s.io/v1"}}}
 JSON
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port); mport=$(free_port); fport=$(free_port)
 start_ns=$(date +%s%N)
 LISTEN_ADDR=127.0.0.1:$port METRICS_ADDR=127.0.0.1:$mport TLS_CERT_FILE=$work/tls.crt TLS_KEY_FILE=$work/tls.key \
   HOOK_IMAGE=registry.example/lifeboat:bench SOCKET_DIR=$work LOG_LEVEL=warn "$bin" 2>"$work/hook.log" &
 pid=$!
-
 echo "binary: $(du -h "$bin" | cut -f1), $(nproc) cores, body $(wc -c <"$work/body.json") bytes"
-"$load" "127.0.0.1:$port" "$work/ca.crt" "$work/body.json" 1 0 "$start_ns"
-echo "{\"idle_rss_kb\":$(awk '/VmRSS/ {print $2}' /proc/$pid/status)}"
-"$load" "127.0.0.1:$port" "$work/ca.crt" "$work/body.json" 1 "$REQ1"
-echo "{\"rss_after_c1_kb\":$(awk '/VmRSS/ {print $2}' /proc/$pid/status)}"
-"$load" "127.0.0.1:$port" "$work/ca.crt" "$work/body.json" 32 "$REQ32"
-echo "{\"peak_rss_after_c32_kb\":$(awk '/VmHWM/ {print $2}' /proc/$pid/status)}"
+SAVE_RESPONSE=$work/answer.json "$load" "127.0.0.1:$port" "$work/ca.crt" "$work/body.json" 1 0 "$start_ns"
+"$floor" "127.0.0.1:$fport" "$work/tls.crt" "$work/tls.key" "$work/answer.json" &
+fpid=$!
+"$load" "127.0.0.1:$fport" "$work/ca.crt" "$work/body.json" 1 0 "$(date +%s%N)" >/dev/null
+echo "answer: $(wc -c <"$work/answer.json") bytes from both"
+echo "{\"idle_rss_kb\":{\"hook\":$(awk '/VmRSS/ {print $2}' /proc/$pid/status),\"floor\":$(awk '/VmRSS/ {print $2}' /proc/$fpid/status)}}"
+
+# CPU ticks (user + system, all threads, dead ones included) of a process.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+# One round: the same load on the hook, then on the floor; prints both lines, the server CPU
+# per request of each, and the ratios of p50, p99, throughput and CPU.
+round() {
+  local label=$1; shift
+  local out=() cpu=()
+  for target in "$pid:$port" "$fpid:$fport"; do
+    local p=${target%%:*} prt=${target##*:} t0 t1 line
+    t0=$(ticks "$p")
+    line=$("$@" "127.0.0.1:$prt" "$work/ca.crt" "$work/body.json" "${ARGS[@]}")
+    t1=$(ticks "$p")
+    out+=("$line"); cpu+=("$((t1 - t0))")
+  done
+  python3 - "$label" "$hz" "${out[0]}" "${out[1]}" "${cpu[0]}" "${cpu[1]}" <<'PY'
+import json, sys
+label, hz, a, b, ca, cb = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+us = lambda ticks, r: ticks * 1e6 / hz / max(r["requests"], 1)
+ratio = lambda x, y: round(x / y, 2) if y else None
+print(json.dumps({"round": label,
+    "hook": {k: a[k] for k in ("p50_ms", "p99_ms", "req_per_s", "errors")} | {"cpu_us_per_req": round(us(ca, a))},
+    "floor": {k: b[k] for k in ("p50_ms", "p99_ms", "req_per_s", "errors")} | {"cpu_us_per_req": round(us(cb, b))},
+    "ratio_hook_to_floor": {"p50": ratio(a["p50_ms"], b["p50_ms"]), "p99": ratio(a["p99_ms"], b["p99_ms"]),
+        "req_per_s": ratio(a["req_per_s"], b["req_per_s"]), "cpu_per_req": ratio(us(ca, a), us(cb, b))}}))
+PY
+}
+ARGS=(1 "$REQ1"); round "closed c=1" "$load"
+ARGS=(32 "$REQ32"); round "closed c=32" "$load"
 # Open loop: 32 connections together starting RATE requests per second on a fixed schedule
 # (latency counted from each request's scheduled start), as an API server under load sends them.
-for rate in ${RATES:-1000 2000 4000}; do
-  RATE=$rate "$load" "127.0.0.1:$port" "$work/ca.crt" "$work/body.json" 32 "$((REQ32 / 5))"
+for rate in ${RATES:-1000 2000}; do
+  ARGS=(32 "$((REQ32 / 5))"); RATE=$rate round "open $rate/s c=32" "$load"
 done
+# And once more with slow clients holding connections alongside (64 trickling a ClientHello).
+python3 - "$port" "$fport" <<'PY' &
+import socket, sys, time
+socks = []
+for port in map(int, sys.argv[1:]):
+    for _ in range(64):
+        s = socket.create_connection(("127.0.0.1", port)); s.send(b"\x16"); socks.append(s)
+time.sleep(60)
+PY
+slow=$!
+sleep 1
+ARGS=(32 "$((REQ32 / 5))"); RATE=2000 round "open 2000/s c=32, 64 slow clients" "$load"
+kill "$slow" 2>/dev/null || true
 echo "load average: $(cut -d" " -f1-3 /proc/loadavg)"
-echo "{\"peak_rss_kb\":$(awk '/VmHWM/ {print $2}' /proc/$pid/status),\"threads_now\":$(awk '/Threads/ {print $2}' /proc/$pid/status)}"
+for p in "$pid" "$fpid"; do
+  echo "{\"pid\":$p,\"peak_rss_kb\":$(awk '/VmHWM/ {print $2}' /proc/$p/status),\"threads_now\":$(awk '/Threads/ {print $2}' /proc/$p/status)}"
+done
+kill "$fpid"
 kill -TERM "$pid"
 wait "$pid" && echo "exit after SIGTERM: 0"

@@ -3,7 +3,8 @@
 //!
 //! Usage: hook_load ADDR CA_FILE BODY_FILE CONCURRENCY REQUESTS_PER_CONNECTION [START_NS]
 //! With START_NS (nanoseconds since the epoch when the server was spawned) it first polls
-//! until a request succeeds and prints the start-up time, then runs the load.
+//! until a request succeeds and prints the start-up time (and with `SAVE_RESPONSE=FILE` saves
+//! that answer, for `hook_floor`), then runs the load.
 //! Prints one JSON line: concurrency, requests, p50/p90/p99/max in ms, req/s, errors.
 //!
 //! Closed loop by default: each connection sends its next request as soon as the previous
@@ -34,6 +35,14 @@ fn exchange(
     stream: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
     request: &[u8],
 ) -> std::io::Result<u16> {
+    exchange_body(stream, request).map(|(status, _)| status)
+}
+
+/// Like [`exchange`], also returning the body.
+fn exchange_body(
+    stream: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    request: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
     stream.write_all(request)?;
     stream.flush()?;
     let mut reader = BufReader::new(stream);
@@ -59,7 +68,7 @@ fn exchange(
     }
     let mut body = vec![0; len];
     reader.read_exact(&mut body)?;
-    Ok(status)
+    Ok((status, body))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -98,7 +107,10 @@ fn main() {
         // Bounded: 10 s of 1 ms attempts.
         for _ in 0..10_000 {
             if let Ok(mut s) = connect(addr, &config) {
-                if exchange(&mut s, &request).ok() == Some(200) {
+                if let Ok((200, answer)) = exchange_body(&mut s, &request) {
+                    if let Ok(path) = std::env::var("SAVE_RESPONSE") {
+                        std::fs::write(path, answer).expect("SAVE_RESPONSE");
+                    }
                     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
                     println!("{{\"startup_ms\":{:.1}}}", (now - start_ns) as f64 / 1e6);
                     break;
