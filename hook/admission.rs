@@ -240,12 +240,13 @@ pub enum Decision {
 /// Decides on one Pod in `namespace`: the same for `/mutate` and `hook inject`.
 pub fn decide(pod: &Pod, namespace: &str, config: &Config) -> Decision {
     let annotations = pod.annotations();
-    if annotations::is_injected(annotations, &config.prefix) {
-        return Decision::Skip("already injected");
-    }
+    let injected = annotations::is_injected(annotations, &config.prefix);
     let settings = match annotations::parse(annotations, &config.prefix, &config.defaults) {
         Ok(Some(s)) => s,
+        Ok(None) if injected => return Decision::Skip("already injected"),
         Ok(None) => return Decision::Skip("injection not requested"),
+        // Injected under other defaults or by hand: left as it is.
+        Err(_) if injected => return Decision::Skip("already injected"),
         Err(denial) => return Decision::Deny(denial),
     };
     let ctx = Context {
@@ -254,6 +255,17 @@ pub fn decide(pod: &Pod, namespace: &str, config: &Config) -> Decision {
         names: &config.names,
         hook_image: &config.defaults.hook_image,
     };
+    if injected {
+        // Called again (reinvocation): only what a later webhook's containers lack.
+        return match inject::top_up(pod, &settings, &ctx) {
+            Ok(Some(injection)) => Decision::Inject {
+                injection,
+                databases: settings.paths.len(),
+            },
+            Ok(None) => Decision::Skip("already injected"),
+            Err(denial) => Decision::Deny(denial),
+        };
+    }
     match inject::patch(pod, &settings, &ctx) {
         Ok(injection) => Decision::Inject {
             injection,

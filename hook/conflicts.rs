@@ -113,7 +113,7 @@ fn within(inner: &str, outer: &str) -> bool {
 /// folders (the API server would also refuse a duplicate), or between our mount and a
 /// database folder, or at a database file (or its -wal/-shm), so that the app would write
 /// the database into its own volume while Litestream watches ours, an empty folder.
-fn shadowing(at: &str, mounts: &[(String, String)], paths: &[String]) -> Option<String> {
+pub fn shadowing(at: &str, mounts: &[(String, String)], paths: &[String]) -> Option<String> {
     if let Some((dir, _)) = mounts.iter().find(|(dir, _)| dir == at) {
         return Some(format!(
             "where this hook mounts the database folder {dir}; use another folder for the database or the volume"
@@ -141,6 +141,6 @@ fn shadowing(at: &str, mounts: &[(String, String)], paths: &[String]) -> Option<
 }
 
 /// A name quoted for a message, at most about 100 bytes of it.
-fn quote_short(s: &str) -> String {
+pub fn quote_short(s: &str) -> String {
     format!("{:?}", crate::annotations::clip(s, 100))
 }

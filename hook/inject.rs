@@ -178,6 +178,69 @@ pub(crate) fn whole(message: String) -> Denial {
     }
 }
 
+/// For a Pod injected before (reinvocation, `reinvocationPolicy: IfNeeded`): the database
+/// mounts for app containers a later webhook added (Istio's, Vault's...), which have none.
+/// `None` when every app container has them.
+pub fn top_up(pod: &Pod, settings: &Settings, ctx: &Context<'_>) -> Result<Option<Injection>, Denial> {
+    let names = ctx.names;
+    let ours = |name: &str| {
+        name == names.config_container || name == names.replicate_container || name.starts_with(&names.restore_prefix)
+    };
+    let mounts = mounts(&settings.paths);
+    let data_mounts: Vec<Value> = mounts
+        .iter()
+        .map(|(dir, sub)| {
+            to_value(VolumeMount {
+                name: names.data_volume.clone(),
+                mount_path: dir.clone(),
+                sub_path: Some(sub.clone()),
+                ..VolumeMount::default()
+            })
+        })
+        .collect();
+    let mut ops = Vec::new();
+    for (field, list) in [
+        ("containers", pod.containers()),
+        ("initContainers", pod.init_containers()),
+    ] {
+        for (i, c) in list.iter().enumerate() {
+            if ours(c.name()) {
+                continue;
+            }
+            let has_ours = c
+                .mounts()
+                .iter()
+                .any(|m| m.name.as_deref() == Some(names.data_volume.as_str()));
+            if has_ours {
+                continue;
+            }
+            for m in c.mounts() {
+                let at = conflicts::normalize(m.mount_path.as_deref().unwrap_or(""));
+                if let Some(problem) = conflicts::shadowing(&at, &mounts, &settings.paths) {
+                    return Err(Denial {
+                        annotation: format!("{}/path", ctx.prefix),
+                        message: format!(
+                            "container {} (added after the injection) mounts a volume at {}, {problem}",
+                            conflicts::quote_short(c.name()),
+                            conflicts::quote_short(m.mount_path.as_deref().unwrap_or(""))
+                        ),
+                    });
+                }
+            }
+            append(
+                &mut ops,
+                c.volume_mounts.is_some(),
+                &format!("/spec/{field}/{i}/volumeMounts"),
+                data_mounts.clone(),
+            );
+        }
+    }
+    Ok((!ops.is_empty()).then_some(Injection {
+        ops,
+        warnings: Vec::new(),
+    }))
+}
+
 /// The patch for `pod`, or the reason it cannot be injected: the conflicts first, then the
 /// containers, then the operations that add them.
 pub fn patch(pod: &Pod, settings: &Settings, ctx: &Context<'_>) -> Result<Injection, Denial> {

@@ -117,6 +117,7 @@ pub struct Container {
 #[derive(Clone, Debug, Default, DeriveDeserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeMount {
+    pub name: Option<String>,
     pub mount_path: Option<String>,
 }
 

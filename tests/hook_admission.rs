@@ -867,3 +867,66 @@ fn hook_inject_offline_makes_the_webhooks_decision() {
     assert_eq!(code, 1);
     assert!(stderr.contains("own replica path"), "{stderr}");
 }
+
+#[test]
+fn a_reinvocation_gives_containers_added_later_the_database_mounts() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    let pod = deployment_pod(annotations(&[
+        ("inject", "true"),
+        ("path", "/var/lib/app/main.db,/cache/c.db"),
+    ]));
+    let first = apply(&pod, &hook.review(&review("u1", "ns", "CREATE", pod.clone(), false)));
+    // A later webhook (vault-agent, say) adds a container and an init container; with
+    // reinvocationPolicy: IfNeeded the API server calls the hook again.
+    let mut later = first.clone();
+    later["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "vault-agent", "image": "hashicorp/vault:1.18"}));
+    later["spec"]["initContainers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "vault-agent-init", "image": "hashicorp/vault:1.18", "volumeMounts": []}));
+    let r = hook.review(&review("u2", "ns", "CREATE", later.clone(), false));
+    let again = apply(&later, &r);
+    let mounts = |c: &Value| -> Vec<String> {
+        c["volumeMounts"]
+            .as_array()
+            .map(|m| m.iter().map(|m| m["mountPath"].as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    let spec = &again["spec"];
+    let agent = spec["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "vault-agent")
+        .unwrap();
+    assert_eq!(mounts(agent), ["/cache", "/var/lib/app"]);
+    let init = spec["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "vault-agent-init")
+        .unwrap();
+    assert_eq!(mounts(init), ["/cache", "/var/lib/app"]);
+    // Nothing else changed: the containers injected the first time are as they were.
+    assert_eq!(spec["initContainers"][0], first["spec"]["initContainers"][0]);
+    assert_eq!(spec["containers"][0], first["spec"]["containers"][0]);
+    // Called once more, nothing is missing: no patch.
+    let r = hook.review(&review("u3", "ns", "CREATE", again.clone(), false));
+    assert!(r["response"].get("patch").is_none(), "{r}");
+    // A later container whose own mount would hide a database: denied.
+    let mut bad = first.clone();
+    bad["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "x", "emptyDir": {}}));
+    bad["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "late", "image": "i", "volumeMounts": [{"name": "x", "mountPath": "/cache/"}]}));
+    let message = denial(&hook, bad).expect("denied");
+    assert!(message.contains("late"), "{message}");
+}

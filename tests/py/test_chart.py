@@ -507,6 +507,15 @@ def test_hook_webhook_reaches_the_pods_over_the_service(helm):
     assert selector_matches(pdb["spec"]["selector"], pod["metadata"]["labels"])
 
 
+def test_hook_reinvocation_is_a_choice(helm):
+    """IfNeeded lets the hook give containers added by later webhooks the database mounts."""
+    (hook,) = one(render(helm, {"hook": {"webhook": {"reinvocationPolicy": "IfNeeded"}}}),
+                  "MutatingWebhookConfiguration")["webhooks"]
+    assert hook["reinvocationPolicy"] == "IfNeeded"
+    with pytest.raises(Exception, match="reinvocationPolicy"):
+        render(helm, {"hook": {"webhook": {"reinvocationPolicy": "Always"}}})
+
+
 def test_hook_never_intercepts_its_own_pods_or_kube_system(helm):
     values = SCENARIOS["everything"]
     objects = render(helm, values)
