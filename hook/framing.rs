@@ -131,6 +131,11 @@ impl Framer {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Bytes held for the request being collected.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() + self.chunks.len()
+    }
+
     /// Whether part of a request has arrived and not yet been forwarded.
     pub fn partial(&self) -> bool {
         !self.buf.is_empty()

@@ -117,6 +117,40 @@ struct Shared {
     metrics: Registry,
     limits: Limits,
     conns: Arc<Conns>,
+    /// Bytes of incomplete requests held by all connections' framers together.
+    buffered: std::sync::atomic::AtomicUsize,
+}
+
+impl Shared {
+    /// At most this many bytes of incomplete requests are held at once (all connections): 32
+    /// MiB, or two bodies when MAX_BODY_BYTES is larger. Past it, connections holding part of
+    /// a request are not read from (TCP pushes back) until others complete or time out.
+    fn buffer_budget(&self) -> usize {
+        (32 * 1024 * 1024).max(2 * self.limits.request.max_body)
+    }
+}
+
+/// Keeps [`Shared::buffered`] equal to what one framer holds, and gives it back at the end.
+struct Held<'a> {
+    shared: &'a Shared,
+    bytes: usize,
+}
+
+impl Held<'_> {
+    fn update(&mut self, now: usize) {
+        if now > self.bytes {
+            self.shared.buffered.fetch_add(now - self.bytes, Ordering::SeqCst);
+        } else {
+            self.shared.buffered.fetch_sub(self.bytes - now, Ordering::SeqCst);
+        }
+        self.bytes = now;
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.update(0);
+    }
 }
 
 impl Front {
@@ -138,6 +172,7 @@ impl Front {
             metrics,
             limits,
             conns: Arc::clone(&conns),
+            buffered: std::sync::atomic::AtomicUsize::new(0),
         });
         let watched = Arc::clone(&shared);
         std::thread::Builder::new()
@@ -440,31 +475,43 @@ fn pump(
     let conns = &shared.conns;
     let mut buf = vec![0u8; 8 * 1024];
     let mut framer = Framer::new(shared.limits.request);
+    let mut held = Held { shared, bytes: 0 };
     let mut pending = Vec::new();
     let mut client_open = true;
     loop {
         // Records already buffered (e.g. a request sent right behind the client's Finished,
         // which the handshake read but did not decrypt) must be processed before waiting.
         if client_open {
-            match forward_requests(tls, tcp, unix, &mut framer, conn, shared)? {
+            let flow = forward_requests(tls, tcp, unix, &mut framer, conn, shared);
+            held.update(framer.buffered());
+            match flow? {
                 Flow::Open => {}
                 Flow::Closed => client_open = false,
                 Flow::Answered(discard) => return Ok(Some(discard)),
             }
         }
         let deadline = framer.deadline().filter(|_| client_open);
-        let timeout = match deadline {
+        let mut timeout = match deadline {
             Some(d) => shared
                 .limits
                 .idle_timeout
                 .min(d.saturating_duration_since(Instant::now())),
             None => shared.limits.idle_timeout,
         };
-        let ready = wait(tcp, client_open, unix, timeout).map_err(|e| format!("poll: {e}"))?;
+        // Over the budget, a connection holding part of a request waits before reading more.
+        let over_budget = framer.partial() && shared.buffered.load(Ordering::SeqCst) > shared.buffer_budget();
+        if over_budget {
+            timeout = timeout.min(Duration::from_millis(10));
+        }
+        let reading = client_open && !over_budget;
+        let ready = wait(tcp, reading, unix, timeout).map_err(|e| format!("poll: {e}"))?;
         let Some((from_client, from_backend)) = ready else {
             continue; // Interrupted by a signal.
         };
         if !from_client && !from_backend {
+            if over_budget && deadline.is_none_or(|d| Instant::now() < d) {
+                continue;
+            }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 answer(tls, tcp, &framer.timed_out(), shared)?;
                 return Ok(Some(0));
@@ -520,7 +567,9 @@ fn pump(
             let mut incoming = &buf[..n];
             while !incoming.is_empty() && client_open {
                 tls.read_tls(&mut incoming).map_err(|e| format!("TLS: {e}"))?;
-                match forward_requests(tls, tcp, unix, &mut framer, conn, shared)? {
+                let flow = forward_requests(tls, tcp, unix, &mut framer, conn, shared);
+                held.update(framer.buffered());
+                match flow? {
                     Flow::Open => {}
                     Flow::Closed => client_open = false,
                     Flow::Answered(discard) => return Ok(Some(discard)),

@@ -690,3 +690,53 @@ fn framing_problems_get_an_answer_the_client_can_read() {
     );
     assert_eq!(hook.metric("hook_errors_total{kind=\"bad_request\"}"), 2.0);
 }
+
+#[test]
+fn many_large_requests_held_incomplete_stay_within_a_memory_budget() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[("REQUEST_TIMEOUT", "6s")]);
+    let before = peak_rss_kib(&hook);
+    // 48 clients each send all of a 3 MiB body but its last byte: 144 MiB if all were held.
+    let senders: Vec<_> = (0..48)
+        .map(|_| {
+            let (addr, config) = (hook.addr, client_config(&hook.ca_pem));
+            std::thread::spawn(move || {
+                let Ok(mut c) = Client::try_connect(addr, &config) else {
+                    return;
+                };
+                let len = 3 * 1024 * 1024;
+                let head = format!(
+                    "POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+                );
+                if c.send(head.as_bytes()).is_err() {
+                    return;
+                }
+                let chunk = vec![b' '; 64 * 1024];
+                for _ in 0..len / chunk.len() - 1 {
+                    if c.send(&chunk).is_err() {
+                        return;
+                    }
+                }
+                let _ = c.send(&chunk[1..]);
+                let _ = c.read_reply();
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    // Meanwhile a real request is served (it arrives whole, so it is read at once).
+    let body = pod_review("during").to_string();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        hook.client()
+            .post("/mutate", "application/json", body.as_bytes())
+            .status,
+        200
+    );
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    for s in senders {
+        s.join().unwrap();
+    }
+    let grown = peak_rss_kib(&hook).saturating_sub(before);
+    assert!(grown < 80 * 1024, "peak RSS grew by {grown} KiB");
+    assert!(hook.metric("hook_errors_total{kind=\"timeout\"}") >= 1.0);
+}
