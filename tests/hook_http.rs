@@ -740,3 +740,33 @@ fn many_large_requests_held_incomplete_stay_within_a_memory_budget() {
     assert!(grown < 80 * 1024, "peak RSS grew by {grown} KiB");
     assert!(hook.metric("hook_errors_total{kind=\"timeout\"}") >= 1.0);
 }
+
+#[test]
+fn a_request_whose_deadline_passed_while_queued_gets_504() {
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[("WORKERS", "1")]);
+    // Keep the only worker busy: requests with 100,000 annotations each (about 2.4 MB).
+    let mut pod = deployment_pod(annotations(&[("inject", "true")]));
+    for i in 0..100_000 {
+        pod["metadata"]["annotations"][format!("example.com/k{i}")] = json!("v");
+    }
+    let heavy = std::sync::Arc::new(review("heavy", "ns", "CREATE", pod, false).to_string());
+    let busy: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, config, heavy) = (hook.addr, client_config(&hook.ca_pem), heavy.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::try_connect(addr, &config).unwrap();
+                c.try_post("/mutate?timeout=30s", "application/json", heavy.as_bytes()).map(|r| r.status)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // The API server gave this one 1 ms: by the time the worker gets to it, it is past.
+    let body = pod_review("late").to_string();
+    let reply = hook.client().post("/mutate?timeout=1ms", "application/json", body.as_bytes());
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    for b in busy {
+        assert_eq!(b.join().unwrap(), Ok(200));
+    }
+    assert!(hook.metric("hook_errors_total{kind=\"deadline\"}") >= 1.0);
+}
