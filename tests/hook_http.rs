@@ -756,14 +756,17 @@ fn a_request_whose_deadline_passed_while_queued_gets_504() {
             let (addr, config, heavy) = (hook.addr, client_config(&hook.ca_pem), heavy.clone());
             std::thread::spawn(move || {
                 let mut c = Client::try_connect(addr, &config).unwrap();
-                c.try_post("/mutate?timeout=30s", "application/json", heavy.as_bytes()).map(|r| r.status)
+                c.try_post("/mutate?timeout=30s", "application/json", heavy.as_bytes())
+                    .map(|r| r.status)
             })
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     // The API server gave this one 1 ms: by the time the worker gets to it, it is past.
     let body = pod_review("late").to_string();
-    let reply = hook.client().post("/mutate?timeout=1ms", "application/json", body.as_bytes());
+    let reply = hook
+        .client()
+        .post("/mutate?timeout=1ms", "application/json", body.as_bytes());
     assert_eq!(reply.status, 504, "{}", reply.text());
     for b in busy {
         assert_eq!(b.join().unwrap(), Ok(200));

@@ -30,8 +30,13 @@ struct PodRunner {
     volumes: HashMap<String, PathBuf>,
     /// (secret name, key) → value.
     secrets: HashMap<(String, String), String>,
-    /// Working folder of every process: a shell injection would leave files here.
+    /// Working folder, HOME and TMPDIR of every process: the container's root filesystem,
+    /// read-only for injected containers, so nothing may be written here (a shell injection
+    /// would leave files here too).
     cwd: PathBuf,
+    /// Init containers with a read-only root filesystem run under strace: (name, trace file,
+    /// the folders their volumes are mounted at or come from).
+    traces: std::cell::RefCell<Vec<(String, PathBuf, Vec<PathBuf>)>>,
 }
 
 impl PodRunner {
@@ -60,6 +65,7 @@ impl PodRunner {
             volumes,
             secrets,
             cwd,
+            traces: Default::default(),
         }
     }
 
@@ -85,6 +91,7 @@ impl PodRunner {
             tool("litestream")
         };
         let mut rewrites: Vec<(String, PathBuf)> = Vec::new();
+        let mut writable: Vec<PathBuf> = Vec::new();
         for m in c["volumeMounts"].as_array().into_iter().flatten() {
             let Some(volume) = self.volumes.get(m["name"].as_str().unwrap()) else {
                 continue;
@@ -95,6 +102,8 @@ impl PodRunner {
             };
             std::fs::create_dir_all(&host).unwrap();
             let at = m["mountPath"].as_str().unwrap();
+            writable.push(host.clone());
+            writable.push(PathBuf::from(at));
             if at.starts_with("/etc/") {
                 rewrites.push((at.to_string(), host));
             } else {
@@ -104,8 +113,35 @@ impl PodRunner {
                 std::os::unix::fs::symlink(&host, link).unwrap();
             }
         }
-        let mut cmd = Command::new(program);
-        cmd.env_clear().env("HOME", &self.cwd).current_dir(&self.cwd);
+        let read_only = c["securityContext"]["readOnlyRootFilesystem"] == true;
+        let strace = Path::new("/usr/bin/strace");
+        let traced = read_only && c["restartPolicy"] != "Always" && strace.exists();
+        let mut cmd = if traced {
+            let trace = self.cwd.join(format!("../trace-{}", c["name"].as_str().unwrap()));
+            self.traces
+                .borrow_mut()
+                .push((c["name"].as_str().unwrap().to_string(), trace.clone(), writable));
+            let mut cmd = Command::new(strace);
+            cmd.args([
+                "-f",
+                "-qq",
+                "-e",
+                "trace=open,openat,creat,mkdir,mkdirat,rename,renameat,renameat2,unlink,unlinkat,truncate,symlink,link",
+            ])
+            .arg("-o")
+            .arg(&trace)
+            .arg("--")
+            .arg(program);
+            cmd
+        } else {
+            Command::new(program)
+        };
+        let tmp = self.cwd.join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        cmd.env_clear()
+            .env("HOME", &self.cwd)
+            .env("TMPDIR", &tmp)
+            .current_dir(&self.cwd);
         // Env values first (each may refer to the ones before it), then args, both through
         // the kubelet's $(VAR) expansion.
         let mut env: Vec<(String, String)> = Vec::new();
@@ -145,6 +181,41 @@ impl PodRunner {
         }
         cmd.envs(env);
         cmd
+    }
+
+    /// Every path the traced init containers opened for writing, created, renamed or removed
+    /// outside their volumes (and /dev): with a read-only root filesystem each would fail.
+    fn writes_outside_volumes(&self) -> Vec<String> {
+        let mut outside = Vec::new();
+        for (name, trace, writable) in self.traces.borrow().iter() {
+            let text = std::fs::read_to_string(trace).unwrap_or_default();
+            for line in text.lines() {
+                let call = line.split_whitespace().nth(1).unwrap_or("");
+                let is_open = call.starts_with("open") || call.starts_with("creat");
+                if is_open
+                    && !["O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC"]
+                        .iter()
+                        .any(|f| line.contains(f))
+                {
+                    continue;
+                }
+                let Some(start) = line.find('"') else { continue };
+                let mut path = String::new();
+                let mut chars = line[start + 1..].chars();
+                while let Some(ch) = chars.next() {
+                    match ch {
+                        '\\' => path.push(chars.next().unwrap_or('\\')),
+                        '"' => break,
+                        ch => path.push(ch),
+                    }
+                }
+                let inside = path.starts_with("/dev/") || writable.iter().any(|w| Path::new(&path).starts_with(w));
+                if !inside {
+                    outside.push(format!("{name}: {line}"));
+                }
+            }
+        }
+        outside
     }
 
     /// The sidecar's log file (appended).
@@ -205,7 +276,7 @@ fn replicated_rows(runner: &PodRunner, config: &Path, db: &str, scratch: &Path) 
     let _ = std::fs::remove_file(scratch);
     let mut cmd = Command::new(tool("litestream"));
     cmd.env_clear()
-        .env("HOME", &runner.cwd)
+        .env("HOME", runner.cwd.join("../checker-home"))
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
         .args(["restore", "-no-expand-env", "-config"])
@@ -294,15 +365,18 @@ fn injected_pod_replicates_and_restores_after_a_restart() {
     });
     drop(sidecar);
 
-    // No shell ever ran the hostile name; the secret is nowhere on disk.
+    // No shell ever ran the hostile name, and nothing wrote to the (read-only) root
+    // filesystem: its stand-in, the working folder, HOME and TMPDIR, is as it was.
     let leftovers: Vec<_> = std::fs::read_dir(&runner.cwd)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert!(
-        leftovers.iter().all(|n| !n.to_string_lossy().starts_with("pwned")),
-        "{leftovers:?}"
-    );
+    assert_eq!(leftovers, ["tmp"], "written outside the volumes");
+    assert_eq!(std::fs::read_dir(runner.cwd.join("tmp")).unwrap().count(), 0);
+    assert_eq!(runner.writes_outside_volumes(), Vec::<String>::new());
+    if Path::new("/usr/bin/strace").exists() {
+        assert!(runner.traces.borrow().len() >= 3, "the init containers were traced");
+    }
     assert!(!std::fs::read_to_string(&config).unwrap().contains(SECRET_KEY));
     assert!(!hook.log_text().contains(SECRET_KEY));
 }
