@@ -108,3 +108,21 @@ refused. Call with (list .Values.s3sync.extraEnv (list "LOG_LEVEL" ...) "s3sync"
 {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/*
+The hook's annotation prefix ("<variant>.litestream-hook.kaidotio.github.io" with a variant).
+*/}}
+{{- define "lifeboat.hookPrefix" -}}
+{{- $prefix := "litestream-hook.kaidotio.github.io" -}}
+{{- if .Values.hook.variant }}{{ $prefix = printf "%s.%s" .Values.hook.variant $prefix }}{{ end -}}
+{{- $prefix -}}
+{{- end -}}
+
+{{/*
+The label only the hook's own Pods carry; its webhook never selects a Pod that has it (the hook
+cannot wait for itself to start). A label of its own, not app.kubernetes.io/instance: another
+application installed under the same release name must still be injected.
+*/}}
+{{- define "lifeboat.hookSelfLabel" -}}
+{{- printf "%s/webhook-self" (include "lifeboat.hookPrefix" .) -}}
+{{- end -}}
