@@ -27,6 +27,16 @@ pod and container security contexts, so the Pod Security "restricted" profile ho
 {{- printf "%s-%s" (include "lifeboat.fullname" $root | trunc (int (sub 62 (len $component)))) $component | trimSuffix "-" -}}
 {{- end -}}
 
+{{/*
+Name of a cluster-scoped object of a component: the component name plus the release namespace,
+so two releases of the same name in different namespaces never collide.
+Call with (list $ "etcdsnap").
+*/}}
+{{- define "lifeboat.clusterScopedName" -}}
+{{- $root := index . 0 -}}
+{{- printf "%s-%s" (include "lifeboat.componentName" .) $root.Release.Namespace | trunc 253 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "lifeboat.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}

@@ -125,17 +125,17 @@ SCENARIOS = {
 }
 
 
-def render_raw(helm, values):
+def render_raw(helm, values, namespace=NAMESPACE):
     with helm.Chart.load(str(CHART)) as chart:
         chart.validate_schema(copy.deepcopy(values))
-        return chart.render(copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE,
+        return chart.render(copy.deepcopy(values), name=RELEASE, namespace=namespace,
                             is_install=True)
 
 
-def render(helm, values):
+def render(helm, values, namespace=NAMESPACE):
     """Rendered objects (dicts) of every template except NOTES.txt."""
     objects = []
-    for path, text in sorted(render_raw(helm, values).items()):
+    for path, text in sorted(render_raw(helm, values, namespace).items()):
         if path.endswith("NOTES.txt"):
             continue
         for doc in yaml.safe_load_all(text):
@@ -325,6 +325,21 @@ def test_names_are_unique_per_kind_and_namespace(scenario):
         key = (obj["apiVersion"], obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"])
         assert key not in seen, f"duplicate {key}"
         seen.add(key)
+
+
+def test_two_releases_of_one_name_in_two_namespaces_share_no_cluster_scoped_name(helm):
+    """Cluster-scoped objects (classes, cluster roles and bindings, the webhook) carry the
+    release namespace: a second release of the same name elsewhere does not overwrite them."""
+    def cluster_scoped(namespace, driver):
+        values = {"etcdsnap": {"enabled": True, "driverName": driver, "handles": [{"cluster": "main"}]}}
+        return {(o["kind"], o["metadata"]["name"]) for o in render(helm, values, namespace)
+                if "namespace" not in o["metadata"]}
+    a, b = cluster_scoped("team-a", "etcdsnap.a.example"), cluster_scoped("team-b", "etcdsnap.b.example")
+    kinds = {kind for kind, _ in a}
+    assert {"VolumeSnapshotClass", "VolumeGroupSnapshotClass", "ClusterRole", "ClusterRoleBinding",
+            "MutatingWebhookConfiguration", "CSIDriver", "PersistentVolume"} <= kinds
+    assert not a & b, sorted(a & b)
+
 
 
 # ---------------------------------------------------------------------------------------------
