@@ -122,6 +122,11 @@ SCENARIOS = {
         },
     },
     "nothing": {"hook": {"enabled": False}},
+    "monitoring": {
+        "s3sync": S3_ON, "etcdsnap": {"enabled": True, "handles": [{"cluster": "main"}]},
+        "monitoring": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+                       "grafanaDashboard": {"enabled": True}},
+    },
 }
 
 
