@@ -951,7 +951,8 @@ def test_only_etcdsnap_gets_kubernetes_api_credentials(helm):
 # Helm's own checks, and the image side
 
 
-@pytest.mark.parametrize("scenario_name", ["defaults", "everything", "etcdsnap-only", "hook-own-tls-variant"])
+@pytest.mark.parametrize("scenario_name", ["defaults", "everything", "etcdsnap-only", "hook-own-tls-variant",
+                                           "monitoring"])
 @pytest.mark.parametrize("kube", [f"v{v}.0" for v in KUBE_VERSIONS])
 def test_helm_lint_strict_is_clean(helm, scenario_name, kube):
     report = helm.lint(str(CHART), copy.deepcopy(SCENARIOS[scenario_name]), strict=True, kube_version=kube)
@@ -963,6 +964,8 @@ def test_chart_yaml_and_values_yaml_are_well_formed(helm):
     meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert meta["apiVersion"] == "v2" and meta["name"] == "lifeboat"
     assert meta["kubeVersion"] == f">={KUBE_VERSIONS[0]}.0-0"
+    assert meta["home"].startswith("https://") and meta["sources"] and meta["icon"].endswith("/chart/icon.svg")
+    assert (CHART / "icon.svg").read_text().startswith("<svg")
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     with helm.Chart.load(str(CHART)) as chart:
         assert chart.values == values
