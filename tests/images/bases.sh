@@ -11,7 +11,8 @@
 # Needs root, podman and debootstrap (installed with apt-get when missing).
 set -euo pipefail
 cache="${LIFEBOAT_CACHE:-$HOME/.cache/lifeboat}/images"
-key=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)
+include=ca-certificates,tzdata,netbase,gcc,g++,make,binutils,libc6-dev,pkg-config,python3,python3-pip,python-is-python3,libssl3t64,libstdc++6,libgcc-s1
+key=$(echo "trixie minbase $include" | sha256sum | cut -c1-16)
 rootfs="$cache/trixie-$key"
 arch=$(dpkg --print-architecture)
 toolchain="1.95.0-$(uname -m)-unknown-linux-gnu"
@@ -36,9 +37,7 @@ if [[ ! -f "$rootfs/.done" ]]; then
   rm -rf "$rootfs"
   mkdir -p "$cache"
   echo "bases.sh: debootstrap trixie ($arch) into $rootfs" >&2
-  debootstrap --variant=minbase --arch="$arch" \
-    --include=ca-certificates,tzdata,netbase,gcc,g++,make,binutils,libc6-dev,pkg-config,python3,python3-pip,python-is-python3,libssl3t64,libstdc++6,libgcc-s1 \
-    trixie "$rootfs" "$mirror" >&2
+  debootstrap --variant=minbase --arch="$arch" --include="$include" trixie "$rootfs" "$mirror" >&2
   echo "deb $mirror trixie main" > "$rootfs/etc/apt/sources.list"
   rm -rf "$rootfs/var/cache/apt/archives/"*.deb "$rootfs/var/lib/apt/lists/"*
   touch "$rootfs/.done"
@@ -53,7 +52,7 @@ import_dir() { # dir, name, --change...
 
 if ! have docker.io/library/python:3.13-slim-trixie; then
   import_dir "$rootfs" docker.io/library/python:3.13-slim-trixie \
-    --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' --change 'CMD ["python3"]'
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' --change 'CMD ["python3"]'
 fi
 
 if ! have docker.io/library/rust:1.95-trixie; then
@@ -71,6 +70,24 @@ if ! have docker.io/library/rust:1.95-trixie; then
     --change 'ENV CARGO_HOME=/usr/local/cargo' \
     --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
   rm -rf "$work/root"
+fi
+
+# The build stand-ins trust what this machine trusts: a build host behind a TLS-inspecting proxy
+# adds its CAs to its build images the same way (cargo and apt in the build stage go through it).
+# A layer on top, labelled with the CAs' hash, so a change of CAs rebuilds only that layer.
+extra=(/usr/local/share/ca-certificates/*.crt)
+if [[ -e ${extra[0]} ]]; then
+  cas=$(cat "${extra[@]}" | sha256sum | cut -c1-16)
+  for name in docker.io/library/python:3.13-slim-trixie docker.io/library/rust:1.95-trixie; do
+    [[ $(podman image inspect --format '{{ index .Labels "lifeboat.local-ca" }}' "$name") == "$cas" ]] && continue
+    ctx=$(mktemp -d)
+    cp "${extra[@]}" "$ctx/"
+    printf 'FROM %s\nCOPY *.crt /usr/local/share/ca-certificates/\nRUN /usr/sbin/update-ca-certificates\nLABEL lifeboat.local-ca=%s\n' \
+      "$name" "$cas" > "$ctx/Containerfile"
+    podman build --pull=never --isolation=chroot -q -t "$name" "$ctx" >/dev/null
+    rm -rf "$ctx"
+    echo "bases.sh: $name trusts this machine's extra CAs" >&2
+  done
 fi
 
 distroless() { # name, packages...

@@ -75,7 +75,7 @@ def exported(bin_dir, tmp_path_factory, stubs):
         "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:9", "insecure-skip-tls-verify": True}}],
         "users": [{"name": "u", "user": {"token": "not-a-token"}}],
         "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u", "namespace": "default"}}]}))
-    for driver in running_driver(bin_dir, work / "etcdsnap", kubeconfig, stubs):
+    with running_driver(bin_dir, work / "etcdsnap", kubeconfig, stubs) as driver:
         names |= scrape(driver.metrics_port)
     assert any(n.startswith("hook_") for n in names) and any(n.startswith("etcdsnap_") for n in names), names
     return names
