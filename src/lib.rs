@@ -8,6 +8,8 @@
 //! - [`metrics`]: a small Prometheus registry and its text format.
 //! - [`ops_http`]: the plain-HTTP `/metrics`, `/healthz`, `/readyz` endpoint of the servers.
 
+#![forbid(unsafe_code)]
+
 pub mod env;
 pub mod log;
 pub mod metrics;

@@ -27,6 +27,16 @@ pod and container security contexts, so the Pod Security "restricted" profile ho
 {{- printf "%s-%s" (include "lifeboat.fullname" $root | trunc (int (sub 62 (len $component)))) $component | trimSuffix "-" -}}
 {{- end -}}
 
+{{/*
+Name of a cluster-scoped object of a component: the component name plus the release namespace,
+so two releases of the same name in different namespaces never collide.
+Call with (list $ "etcdsnap").
+*/}}
+{{- define "lifeboat.clusterScopedName" -}}
+{{- $root := index . 0 -}}
+{{- printf "%s-%s" (include "lifeboat.componentName" .) $root.Release.Namespace | trunc 253 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "lifeboat.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
@@ -107,4 +117,22 @@ refused. Call with (list .Values.s3sync.extraEnv (list "LOG_LEVEL" ...) "s3sync"
   value: {{ $value | toString | quote }}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/*
+The hook's annotation prefix ("<variant>.litestream-hook.kaidotio.github.io" with a variant).
+*/}}
+{{- define "lifeboat.hookPrefix" -}}
+{{- $prefix := "litestream-hook.kaidotio.github.io" -}}
+{{- if .Values.hook.variant }}{{ $prefix = printf "%s.%s" .Values.hook.variant $prefix }}{{ end -}}
+{{- $prefix -}}
+{{- end -}}
+
+{{/*
+The label only the hook's own Pods carry; its webhook never selects a Pod that has it (the hook
+cannot wait for itself to start). A label of its own, not app.kubernetes.io/instance: another
+application installed under the same release name must still be injected.
+*/}}
+{{- define "lifeboat.hookSelfLabel" -}}
+{{- printf "%s/webhook-self" (include "lifeboat.hookPrefix" .) -}}
 {{- end -}}

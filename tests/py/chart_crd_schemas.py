@@ -136,3 +136,51 @@ for _version in ("v1", "v1beta2", "v1beta1"):
     _api = f"groupsnapshot.storage.k8s.io/{_version}"
     SCHEMAS[(_api, "VolumeGroupSnapshotClass")] = _resource(
         [_api], "VolumeGroupSnapshotClass", False, None, SNAPSHOT_CLASS_TOP, ("driver", "deletionPolicy"))
+
+# Prometheus Operator (monitoring.coreos.com/v1), written from its API reference for the fields
+# the chart uses; the rest of each spec is allowed as documented but not modelled field by field.
+LABEL_SELECTOR = {"type": "object", "properties": {"matchLabels": STRING_MAP, "matchExpressions": {"type": "array"}},
+                  "additionalProperties": False}
+PROM_DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+SERVICE_MONITOR_SPEC = {
+    "type": "object",
+    "properties": {
+        "selector": LABEL_SELECTOR,
+        "namespaceSelector": {"type": "object", "properties": {"any": {"type": "boolean"},
+                                                               "matchNames": {"type": "array", "items": {"type": "string"}}},
+                              "additionalProperties": False},
+        "jobLabel": {"type": "string"},
+        "endpoints": {"type": "array", "minItems": 1, "items": {
+            "type": "object",
+            "properties": {"port": {"type": "string", "minLength": 1}, "path": {"type": "string", "pattern": "^/"},
+                           "scheme": {"enum": ["http", "https"]},
+                           "interval": {"type": "string", "pattern": PROM_DURATION},
+                           "scrapeTimeout": {"type": "string", "pattern": PROM_DURATION},
+                           "honorLabels": {"type": "boolean"}, "tlsConfig": {"type": "object"},
+                           "relabelings": {"type": "array"}, "metricRelabelings": {"type": "array"}},
+            "additionalProperties": False}},
+    },
+    "required": ["selector"],
+    "additionalProperties": False,
+}
+RULE = {"type": "object",
+        "properties": {"alert": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                       "record": {"type": "string"},
+                       "expr": {"type": "string", "minLength": 1},
+                       "for": {"type": "string", "pattern": PROM_DURATION},
+                       "keep_firing_for": {"type": "string", "pattern": PROM_DURATION},
+                       "labels": STRING_MAP, "annotations": STRING_MAP},
+        "required": ["expr"], "additionalProperties": False}
+PROMETHEUS_RULE_SPEC = {
+    "type": "object",
+    "properties": {"groups": {"type": "array", "items": {
+        "type": "object",
+        "properties": {"name": {"type": "string", "minLength": 1}, "interval": {"type": "string", "pattern": PROM_DURATION},
+                       "rules": {"type": "array", "items": RULE}},
+        "required": ["name", "rules"], "additionalProperties": False}}},
+    "additionalProperties": False,
+}
+SCHEMAS[("monitoring.coreos.com/v1", "ServiceMonitor")] = _resource(
+    ["monitoring.coreos.com/v1"], "ServiceMonitor", True, SERVICE_MONITOR_SPEC)
+SCHEMAS[("monitoring.coreos.com/v1", "PrometheusRule")] = _resource(
+    ["monitoring.coreos.com/v1"], "PrometheusRule", True, PROMETHEUS_RULE_SPEC)
