@@ -85,7 +85,7 @@ class Image:
 
     def resolve(self, name: str) -> str | None:
         p = self.programs.get(name) or self.programs.get(os.path.basename(name))
-        return str(p) if p else None
+        return os.path.realpath(p) if p else None  # the real file: symlinks may leave the host folders
 
 
 def unshare_unavailable() -> str | None:
@@ -554,8 +554,9 @@ class _PodWorker(threading.Thread):
                         for m in self.mains:
                             m.state = {"waiting": {"reason": "ContainerCreating"}}
                     changed = True
-                elif c.done:  # failed for good
-                    self.phase = "Failed"
+                elif c.done:  # failed for good: Never fails the Pod, otherwise it stays Pending
+                    if self.policy == "Never":
+                        self.phase = "Failed"
                     self.write_status()
                     return self._wait_deletion()
             else:
@@ -638,7 +639,8 @@ class ProcessKubelet:
 
     def log_path(self, ns: str, pod: str, container: str, previous: bool) -> Path | None:
         with self._lock:
-            w = next((w for w in self.workers.values() if w.ns == ns and w.pname == pod), None)
+            # the newest Pod of that name (an earlier one may still be stopping)
+            w = next((w for w in reversed(self.workers.values()) if w.ns == ns and w.pname == pod), None)
         if w is None:
             return None
         c = next((c for c in w.inits + w.mains if c.name == container), None)
@@ -707,7 +709,8 @@ class ProcessKubelet:
                     "metadata": {"name": md["name"], "namespace": md["namespace"], "uid": md["uid"]},
                     "target": {"apiVersion": "v1", "kind": "Node", "name": self.node_name}})
             except KubeError as e:
-                if e.status not in (404, 409):
+                # gone, already bound, or its namespace is being deleted (a scheduler drops it too)
+                if e.status not in (404, 409) and "being terminated" not in str(e):
                     raise
         mine = self.node.get("/api/v1/pods?fieldSelector=" + urllib.parse.quote(f"spec.nodeName={self.node_name}"))
         seen = set()

@@ -23,7 +23,8 @@ import pytest
 from etcd_cluster import free_ports, scrubbed_env
 from kube_control_plane import KubeError, ns_path
 from pki import make_ca
-from waiting import wait_for
+from process_kubelet import Image
+from waiting import WaitTimeout, wait_for
 
 PREFIX = "litestream-hook.kaidotio.github.io"
 HOOK_IMAGE = "registry.example/lifeboat:test"
@@ -167,3 +168,122 @@ def test_unannotated_pods_and_bad_annotations_through_the_real_chain(kube_plane,
     assert err.value.status == 400, err.value.body
     assert "denied the request" in err.value.body["message"] and f"{PREFIX}/storage" in err.value.body["message"]
     assert not admin.exists(ns_path(kube_ns, "pods", "bad"))
+
+
+# ---- the injected Pod runs: Litestream round trip through the apiserver and the process kubelet
+
+ACCESS_KEY, SECRET_KEY = "AKIDKUBETEST", "kube-test-secret-5c4b3a"
+LITESTREAM_IMAGE = "litestream/litestream:0.5.17"
+APP = r"""
+import sqlite3, sys, time
+for db, n in ((sys.argv[1], 100), (sys.argv[2], 7)):
+    c = sqlite3.connect(db)
+    c.execute("pragma journal_mode=wal")
+    c.execute("create table if not exists t (id integer primary key, v text)")
+    before = c.execute("select count(*), coalesce(sum(id), 0) from t").fetchone()
+    if before[0] == 0:
+        c.executemany("insert into t (id, v) values (?, ?)", [(i, "row %d" % i) for i in range(n)])
+        c.commit()
+    print(db, "before", before, "now", c.execute("select count(*), coalesce(sum(id), 0) from t").fetchone(),
+          flush=True)
+    c.close()
+time.sleep(3600)
+"""
+COUNT = r"""
+import sqlite3, sys
+c = sqlite3.connect("file:%s?mode=ro" % sys.argv[1], uri=True)
+print(c.execute("select count(*), coalesce(sum(id), 0) from t").fetchone())
+"""
+
+
+@pytest.fixture
+def s3(tmp_path, tools_bin):
+    """`rclone serve s3` over a folder with bucket `pods`."""
+    root = tmp_path / "s3"
+    (root / "pods").mkdir(parents=True)
+    [port] = free_ports(1)
+    proc = subprocess.Popen([str(tools_bin / "rclone"), "serve", "s3", "--addr", f"127.0.0.1:{port}",
+                             "--auth-key", f"{ACCESS_KEY},{SECRET_KEY}", "--log-level", "ERROR", str(root)],
+                            env=scrubbed_env({"RCLONE_CONFIG": "/dev/null"}), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        import socket
+
+        def listening():
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+        wait_for(lambda: proc.poll() is None and listening(), 30, "rclone serve s3")
+        yield {"endpoint": f"http://127.0.0.1:{port}", "root": root}
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def replicated_rows(tools_bin, config, db, scratch):
+    """Restores `db` from S3 with the host's litestream into `scratch`; its rows, or None."""
+    scratch.unlink(missing_ok=True)
+    env = scrubbed_env({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                        "HOME": str(scratch.parent)})
+    r = subprocess.run([str(tools_bin / "litestream"), "restore", "-no-expand-env", "-config", str(config),
+                        "-o", str(scratch), db], env=env, capture_output=True, timeout=60)
+    if r.returncode != 0 or not scratch.exists():
+        return None
+    return subprocess.run(["/usr/bin/python3", "-c", COUNT, str(scratch)], capture_output=True, text=True,
+                          timeout=30).stdout.strip()
+
+
+def test_the_injected_pod_replicates_and_restores_through_the_real_api_and_node(
+        kube_plane, kube_node, kube_ns, webhook, s3, tools_bin, bin_dir, tmp_path):
+    admin = kube_plane.admin
+    kube_node.images[HOOK_IMAGE] = Image(programs={"hook": bin_dir.resolve() / "hook"}, entrypoint=["hook"])
+    kube_node.images[LITESTREAM_IMAGE] = Image(programs={"litestream": tools_bin / "litestream"},
+                                               entrypoint=["litestream"])
+    kube_node.images["local/app:1"] = Image(programs={"python3": "/usr/bin/python3"}, entrypoint=["python3"])
+    admin.create(ns_path(kube_ns, "secrets"), {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"},
+        "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}})
+    dbs = ["/var/lib/app/main.db", "/cache/c.db"]
+
+    def app(name):
+        p = app_pod(name, endpoint=s3["endpoint"], bucket="pods", **{"sync-interval": "200ms", "path": ",".join(dbs)})
+        p["spec"]["containers"][0].update({"command": ["python3", "-c", APP, *dbs]})
+        p["spec"]["terminationGracePeriodSeconds"] = 5
+        return p
+
+    def app_log(name):
+        def lines():
+            status, body = admin.request("GET", ns_path(kube_ns, "pods", name) + "/log?container=app")
+            out = body if status == 200 and isinstance(body, str) else ""
+            return out if out.count("\n") >= 2 else None
+        try:
+            return wait_for(lines, 90, f"the app of pod {name} to report both databases", interval=0.3)
+        except WaitTimeout as e:
+            status = admin.get(ns_path(kube_ns, "pods", name)).get("status", {})
+            raise WaitTimeout(f"{e}\npod status: {status}") from None
+
+    stored = admin.create(ns_path(kube_ns, "pods"), app("db"))
+    assert stored["metadata"]["annotations"][f"{PREFIX}/injected"] == "true"
+    first = app_log("db")
+    assert "main.db before (0, 0) now (100, 4950)" in first and "c.db before (0, 0) now (7, 21)" in first, first
+    # The rows reach S3 (restored on the host from what the sidecar replicated).
+    pod = admin.get(ns_path(kube_ns, "pods", "db"))
+    config = kube_node.dir / "pods" / pod["metadata"]["uid"] / "volumes" / "litestream-hook-config" / "litestream.yml"
+    scratch = tmp_path / "scratch.db"
+    for db, rows in zip(dbs, ["(100, 4950)", "(7, 21)"]):
+        wait_for(lambda: replicated_rows(tools_bin, config, db, scratch) == rows, 90, f"{db} rows in S3", interval=0.5)
+    keys = [str(p.relative_to(s3["root"] / "pods")) for p in (s3["root"] / "pods").rglob("*") if p.is_file()]
+    assert keys and all(k.startswith(f"{kube_ns}/db/") for k in keys), keys
+
+    # The Pod is deleted (the kubelet stops it and removes it) and created again: empty volumes,
+    # the restore init containers bring the rows back before the app starts.
+    admin.delete(ns_path(kube_ns, "pods", "db"))
+    wait_for(lambda: not admin.exists(ns_path(kube_ns, "pods", "db")), 60, "pod db to be gone", interval=0.3)
+    admin.create(ns_path(kube_ns, "pods"), app("db"))
+    again = app_log("db")
+    assert "main.db before (100, 4950)" in again and "c.db before (7, 21)" in again, again
+    pod = admin.get(ns_path(kube_ns, "pods", "db"))
+    inits = {s["name"]: s for s in pod["status"]["initContainerStatuses"]}
+    assert all(s["state"]["terminated"]["exitCode"] == 0 for s in inits.values()), inits
+    # No secret in any log the node kept.
+    for log in (kube_node.dir / "pods").rglob("log"):
+        assert SECRET_KEY not in log.read_text(errors="replace"), log
