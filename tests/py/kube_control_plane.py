@@ -167,6 +167,15 @@ def tail(path: Path, lines: int = 30) -> str:
         return ""
 
 
+class _Etcd(EtcdCluster):
+    """EtcdCluster whose member dies with the test process too (spawn above)."""
+
+    def _spawn(self, m) -> None:
+        if m.running():
+            return
+        m.proc = spawn(self._args(m), m.log_path, env=scrubbed_env(), cwd=self.dir)
+
+
 # ---- client ---------------------------------------------------------------------------------
 
 
@@ -338,7 +347,7 @@ class ControlPlane:
 
     def start(self) -> "ControlPlane":
         try:
-            self.etcd = EtcdCluster(self.dir / "etcd", members=1, tools=self.tools)
+            self.etcd = _Etcd(self.dir / "etcd", members=1, tools=self.tools)
             self.etcd.start()
             self._write_files()
             for attempt in range(3):  # a port taken between choosing and binding: choose again
