@@ -89,16 +89,16 @@ def main() -> None:
     if os.path.isdir("/etc/ssl"):
         os.mkdir(f"{root}/etc/ssl")
         bind("/etc/ssl", f"{root}/etc/ssl", True, recursive=True)
-    os.makedirs(f"{root}/dev")
+    os.makedirs(f"{root}/dev", exist_ok=True)
     for dev in ("null", "zero", "full", "random", "urandom"):
         open(f"{root}/dev/{dev}", "a").close()
         mount(f"/dev/{dev}", f"{root}/dev/{dev}", None, MS_BIND)
     os.symlink("/proc/self/fd", f"{root}/dev/fd")
     for i, name in enumerate(("stdin", "stdout", "stderr")):
         os.symlink(f"/proc/self/fd/{i}", f"{root}/dev/{name}")
-    os.makedirs(f"{root}/proc")
+    os.makedirs(f"{root}/proc", exist_ok=True)
     bind("/proc", f"{root}/proc", True, recursive=True)
-    os.makedirs(f"{root}/tmp")
+    os.makedirs(f"{root}/tmp", exist_ok=True)
     os.chmod(f"{root}/tmp", 0o1777)
     # Volume mounts, parents before children (as the kubelet orders them for runc).
     for m in sorted(spec["mounts"], key=lambda m: m["target"].rstrip("/").count("/")):
