@@ -685,16 +685,17 @@ class ProcessKubelet:
         return self
 
     def _loop(self) -> None:
+        failures = 0
         for _ in range(MAX_SYNCS):
             if self._stop.wait(SYNC_INTERVAL):
                 return
             try:
                 self._sync()
-            except Exception as e:  # noqa: BLE001 - a hiccup of the apiserver; recorded
-                if not self._stop.is_set():
-                    self.problems.append(f"sync: {type(e).__name__}: {e}")
-                    if len(self.problems) > 50:
-                        del self.problems[:25]
+                failures = 0
+            except Exception as e:  # noqa: BLE001 - one hiccup is retried; five in a row are a problem
+                failures += 1
+                if failures >= 5 and not self._stop.is_set() and len(self.problems) < 50:
+                    self.problems.append(f"sync failed {failures} times in a row: {type(e).__name__}: {e}")
 
     def _sync(self) -> None:
         # schedule: every unscheduled Pod goes to this node
