@@ -37,7 +37,8 @@ network, podIP 127.0.0.1, no Services), resource limits, probes, lifecycle hooks
 and native sidecar containers, projected/downwardAPI/hostPath/CSI volumes (a Pod using one
 gets a container waiting with reason CreateContainerConfigError naming it), atomic `..data`
 updates of secret and configMap volumes after start, capabilities and seccomp, node status
-heartbeats and leases, `follow` and timestamps for logs, exec/attach/port-forward. Restarts
+heartbeats and leases, `follow` and timestamps for logs, exec/attach/port-forward; a claim must
+exist but its binding (phase Bound, the PV) is not checked. Restarts
 stop after `MAX_RESTARTS` (the container then stays waiting in CrashLoopBackOff). Every loop is
 bounded in count and time.
 """
