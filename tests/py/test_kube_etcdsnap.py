@@ -2,7 +2,8 @@
 rendered RBAC (applied to the apiserver) and a token from the real token controller; the
 snapshot Job runs through the real job controller and the process kubelet (real etcdctl and
 etcdutl, the client TLS Secret and the snapshot PVC mounted where the Job says); the garbage
-collector is real. 1.20's job controller labels Pods `job-name` only (`batch.kubernetes.io/job-name`,
+collector is real. Its requests pass through a recording proxy that validates every object it
+sends strictly against Kubernetes 1.33. 1.20's job controller labels Pods `job-name` only (`batch.kubernetes.io/job-name`,
 which etcdsnap selects on, came in 1.27): a test webhook adds that label, as 1.27+ does, and
 nothing else. Every request the driver made is read back from the apiserver's audit log:
 none was refused, and no granted permission went unused except the ones named below with why."""
@@ -24,6 +25,7 @@ from etcd_cluster import free_ports
 from etcdsnap_driver import running_driver
 from pki import make_ca
 from kube_control_plane import ns_path
+from kube_recorder import Recorder
 from process_kubelet import Image
 from waiting import wait_for
 
@@ -179,6 +181,11 @@ def test_group_snapshot_through_the_real_api_with_exactly_the_charts_rbac(
             etcd_cluster.put(f"/kube-e2e/key-{i}", f"value-{i}")
         token = kube_plane.sa_token(ns, sa)
         kubeconfig = kube_plane.kubeconfig(tmp_path / "etcdsnap.kubeconfig", token=token)
+        # etcdsnap talks to the apiserver through the recording proxy (strict 1.33 schema check).
+        recorder = Recorder(kube_plane).start()
+        cfg = json.loads(kubeconfig.read_text())
+        cfg["clusters"][0]["cluster"]["server"] = recorder.url
+        kubeconfig.write_text(json.dumps(cfg))
         pb2, _ = stubs
         user = f"system:serviceaccount:{ns}:{sa}"
         with running_driver(bin_dir, tmp_path / "driver", kubeconfig, stubs, JOB_BACKOFF_LIMIT=0,
@@ -212,8 +219,12 @@ def test_group_snapshot_through_the_real_api_with_exactly_the_charts_rbac(
             wait_for(lambda: not admin.exists(ns_path(ns, "jobs", name, group="batch")), 90,
                      "the garbage collector to delete the Job", interval=0.5)
             wait_for(lambda: admin.get(ns_path(ns, "pods"))["items"] == [], 90, "the Job's Pod to go", interval=0.5)
+        recorder.stop()
     finally:
         admin.request("DELETE", f"/api/v1/persistentvolumes/{ns}-main-handle")
+    # Every object etcdsnap sent is valid for Kubernetes 1.33 (1.20 would drop unknown fields).
+    assert any(m == "POST" for m, _, _ in recorder.requests), recorder.requests
+    assert recorder.schema_failures == [], recorder.schema_failures
     # Least privilege, from the apiserver's audit log.
     events = [e for e in kube_plane.audit_events() if e.get("user", {}).get("username") == user]
     assert events, "no request of the driver in the audit log"
