@@ -77,3 +77,7 @@ def stubs(tmp_path_factory):
 
     return generate_stubs(tmp_path_factory.mktemp("stubs"))
 
+
+
+# The real control plane (etcd, kube-apiserver, kube-controller-manager) and the process kubelet.
+from kube_fixtures import kube_node, kube_ns, kube_plane  # noqa: E402,F401

@@ -1,0 +1,289 @@
+"""The hook through the real admission chain of kube-apiserver 1.20: the chart's
+MutatingWebhookConfiguration as rendered (TLS mode "secret", its caBundle a CA made at test time;
+`clientConfig.url` instead of the Service, as the hook runs on this machine) registered on the
+apiserver; Pods created through the API come back stored with the patch applied, after the
+apiserver's own defaulting and validation of the patched Pod.
+
+1.20 has no native sidecars (an init container's `restartPolicy: Always` is dropped silently) and
+no `matchConditions` (dropped too: the hook itself leaves unannotated Pods alone), so these Pods
+use `native-sidecar: "false"`; native mode stays covered by schema validation (test_chart.py and
+the hook's patch tests).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import os
+import signal
+import subprocess
+
+import pytest
+
+from etcd_cluster import free_ports, scrubbed_env
+from kube_control_plane import KubeError, ns_path
+from pki import make_ca
+from process_kubelet import Image
+from waiting import WaitTimeout, wait_for
+
+PREFIX = "litestream-hook.kaidotio.github.io"
+HOOK_IMAGE = "registry.example/lifeboat:test"
+
+
+@pytest.fixture
+def hook(tmp_path, bin_dir):
+    """target/debug/hook serving HTTPS on 127.0.0.1 with a leaf of a CA made here."""
+    ca = make_ca(tmp_path / "pki", "hook-ca")
+    cert, key = ca.issue(tmp_path / "pki", "hook", ["127.0.0.1", "localhost"], client=False, server=True)
+    port, metrics = free_ports(2)
+    (tmp_path / "run").mkdir()
+    env = scrubbed_env({
+        "LISTEN_ADDR": f"127.0.0.1:{port}", "METRICS_ADDR": f"127.0.0.1:{metrics}",
+        "TLS_CERT_FILE": str(cert), "TLS_KEY_FILE": str(key), "HOOK_IMAGE": HOOK_IMAGE,
+        "SOCKET_DIR": str(tmp_path / "run"), "LOG_LEVEL": "debug",
+    })
+    for var in ("VARIANT", "NATIVE_SIDECAR", "LITESTREAM_IMAGE"):
+        env.pop(var, None)
+    log = tmp_path / "hook.log"
+    exe = bin_dir / "hook"
+    assert exe.exists(), f"{exe} missing: cargo build --bins"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(exe)], env=env, stdout=subprocess.DEVNULL, stderr=out, start_new_session=True)
+    try:
+        wait_for(lambda: proc.poll() is not None or '"msg":"serving"' in log.read_text(errors="replace"), 30,
+                 "the hook to log serving")
+        assert proc.poll() is None, f"hook exited {proc.returncode}: {log.read_text()}"
+        yield {"port": port, "ca": ca, "log": log, "metrics": metrics}
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+def rendered_webhook(ns: str, ca_pem: bytes, port: int) -> dict:
+    """The chart's MutatingWebhookConfiguration for a release in `ns`, pointed at the local hook
+    and limited to `ns` through the chart's own namespaceSelectorExpressions value."""
+    import helm_python
+    import yaml
+
+    from test_chart import CHART  # the chart folder; rendering as test_chart.py does
+
+    values = {
+        "hook": {"tls": {"mode": "secret", "secretName": "hook-tls", "caBundle": base64.b64encode(ca_pem).decode()},
+                 "webhook": {"namespaceSelectorExpressions": [
+                     {"key": "kubernetes.io/metadata.name", "operator": "In", "values": [ns]}]}},
+    }
+    with helm_python.Chart.load(str(CHART)) as chart:
+        chart.validate_schema(copy.deepcopy(values))
+        files = chart.render(copy.deepcopy(values), name="rel", namespace=ns, is_install=True)
+    docs = [d for path, text in files.items() if not path.endswith("NOTES.txt")
+            for d in yaml.safe_load_all(text) if d]
+    [mwc] = [d for d in docs if d["kind"] == "MutatingWebhookConfiguration"]
+    for w in mwc["webhooks"]:
+        assert w["clientConfig"]["service"]["path"] == "/mutate"
+        w["clientConfig"] = {"url": f"https://127.0.0.1:{port}/mutate", "caBundle": w["clientConfig"]["caBundle"]}
+    return mwc
+
+
+@pytest.fixture
+def webhook(kube_plane, kube_ns, hook):
+    admin = kube_plane.admin
+    # 1.21+ labels every namespace with its name; 1.20 does not, so the chart's selector needs it.
+    admin.patch(f"/api/v1/namespaces/{kube_ns}",
+                {"metadata": {"labels": {"kubernetes.io/metadata.name": kube_ns}}})
+    mwc = rendered_webhook(kube_ns, hook["ca"].cert_pem, hook["port"])
+    path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+    admin.create(path, mwc)
+    name = mwc["metadata"]["name"]
+    try:
+        # The apiserver picks the configuration up through an informer: wait until a dry-run
+        # create of an annotated Pod comes back injected.
+        probe = app_pod("probe")
+
+        def effective():
+            out = admin.create(ns_path(kube_ns, "pods") + "?dryRun=All", probe)
+            return out["metadata"].get("annotations", {}).get(f"{PREFIX}/injected") == "true"
+        wait_for(effective, 30, "the webhook configuration to take effect", interval=0.3)
+        yield mwc
+    finally:
+        admin.request("DELETE", f"{path}/{name}")
+
+
+def app_pod(name: str, **annotations) -> dict:
+    ann = {f"{PREFIX}/inject": "true", f"{PREFIX}/native-sidecar": "false",
+           f"{PREFIX}/path": "/var/lib/app/main.db,/cache/c.db", f"{PREFIX}/bucket": "backups",
+           f"{PREFIX}/endpoint": "http://127.0.0.1:9", f"{PREFIX}/secret": "s3"}
+    ann.update({f"{PREFIX}/{k}": v for k, v in annotations.items()})
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "annotations": ann},
+            "spec": {"restartPolicy": "Always", "securityContext": {"runAsUser": 1000, "runAsNonRoot": True},
+                     "containers": [{"name": "app", "image": "local/app:1",
+                                     "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}],
+                     "volumes": [{"name": "scratch", "emptyDir": {}}]}}
+
+
+def test_an_annotated_pod_is_stored_with_the_patch_the_apiserver_validated(kube_plane, kube_ns, webhook, hook):
+    admin = kube_plane.admin
+    stored = admin.create(ns_path(kube_ns, "pods"), app_pod("app"))
+    md, spec = stored["metadata"], stored["spec"]
+    assert md["annotations"][f"{PREFIX}/injected"] == "true"
+    inits = [c["name"] for c in spec["initContainers"]]
+    assert inits == ["litestream-hook-config", "litestream-hook-restore-0", "litestream-hook-restore-1"], inits
+    names = [c["name"] for c in spec["containers"]]
+    assert names == ["app", "litestream-hook-replicate"], names
+    # The apiserver defaulted the injected containers (what only a real apiserver does).
+    for c in spec["initContainers"] + spec["containers"]:
+        assert c["terminationMessagePath"] == "/dev/termination-log" and c["imagePullPolicy"], c["name"]
+    vols = {v["name"]: v for v in spec["volumes"]}
+    assert set(vols) == {"scratch", "litestream-hook-data", "litestream-hook-config"} | {
+        v for v in vols if v.startswith("default-token-")}, vols
+    assert vols["litestream-hook-data"]["emptyDir"]["sizeLimit"] == "1Gi"
+    app = spec["containers"][0]
+    mounts = {m["mountPath"]: m for m in app["volumeMounts"]}
+    db_mounts = [mounts["/var/lib/app"], mounts["/cache"]]
+    assert {m["name"] for m in db_mounts} == {"litestream-hook-data"}
+    assert sorted(m["subPath"] for m in db_mounts) == ["db0", "db1"], db_mounts
+    assert "/scratch" in mounts
+    replicate = spec["containers"][1]
+    assert replicate["image"].startswith("litestream/litestream:")
+    env = {e["name"]: e for e in replicate.get("env", [])}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "s3", "key": "AWS_SECRET_ACCESS_KEY"}
+    # What is stored is what a GET returns: the patch went through the apiserver's storage.
+    assert admin.get(ns_path(kube_ns, "pods", "app"))["spec"]["containers"][1]["name"] == "litestream-hook-replicate"
+
+
+def test_unannotated_pods_and_bad_annotations_through_the_real_chain(kube_plane, kube_ns, webhook):
+    admin = kube_plane.admin
+    plain = app_pod("plain")
+    plain["metadata"]["annotations"] = {}
+    stored = admin.create(ns_path(kube_ns, "pods"), plain)
+    assert [c["name"] for c in stored["spec"]["containers"]] == ["app"]
+    assert "initContainers" not in stored["spec"]
+    with pytest.raises(KubeError) as err:
+        admin.create(ns_path(kube_ns, "pods"), app_pod("bad", storage="-1Gi"))
+    # The apiserver reports the webhook's denial with the hook's message, naming the annotation.
+    assert err.value.status == 400, err.value.body
+    assert "denied the request" in err.value.body["message"] and f"{PREFIX}/storage" in err.value.body["message"]
+    assert not admin.exists(ns_path(kube_ns, "pods", "bad"))
+
+
+# ---- the injected Pod runs: Litestream round trip through the apiserver and the process kubelet
+
+ACCESS_KEY, SECRET_KEY = "AKIDKUBETEST", "kube-test-secret-5c4b3a"
+LITESTREAM_IMAGE = "litestream/litestream:0.5.17"
+APP = r"""
+import sqlite3, sys, time
+for db, n in ((sys.argv[1], 100), (sys.argv[2], 7)):
+    c = sqlite3.connect(db)
+    c.execute("pragma journal_mode=wal")
+    c.execute("create table if not exists t (id integer primary key, v text)")
+    before = c.execute("select count(*), coalesce(sum(id), 0) from t").fetchone()
+    if before[0] == 0:
+        c.executemany("insert into t (id, v) values (?, ?)", [(i, "row %d" % i) for i in range(n)])
+        c.commit()
+    print(db, "before", before, "now", c.execute("select count(*), coalesce(sum(id), 0) from t").fetchone(),
+          flush=True)
+    c.close()
+time.sleep(3600)
+"""
+COUNT = r"""
+import sqlite3, sys
+c = sqlite3.connect("file:%s?mode=ro" % sys.argv[1], uri=True)
+print(c.execute("select count(*), coalesce(sum(id), 0) from t").fetchone())
+"""
+
+
+@pytest.fixture
+def s3(tmp_path, tools_bin):
+    """`rclone serve s3` over a folder with bucket `pods`."""
+    root = tmp_path / "s3"
+    (root / "pods").mkdir(parents=True)
+    [port] = free_ports(1)
+    proc = subprocess.Popen([str(tools_bin / "rclone"), "serve", "s3", "--addr", f"127.0.0.1:{port}",
+                             "--auth-key", f"{ACCESS_KEY},{SECRET_KEY}", "--log-level", "ERROR", str(root)],
+                            env=scrubbed_env({"RCLONE_CONFIG": "/dev/null"}), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        import socket
+
+        def listening():
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+        wait_for(lambda: proc.poll() is None and listening(), 30, "rclone serve s3")
+        yield {"endpoint": f"http://127.0.0.1:{port}", "root": root}
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def replicated_rows(tools_bin, config, db, scratch):
+    """Restores `db` from S3 with the host's litestream into `scratch`; its rows, or None."""
+    scratch.unlink(missing_ok=True)
+    env = scrubbed_env({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                        "HOME": str(scratch.parent)})
+    r = subprocess.run([str(tools_bin / "litestream"), "restore", "-no-expand-env", "-config", str(config),
+                        "-o", str(scratch), db], env=env, capture_output=True, timeout=60)
+    if r.returncode != 0 or not scratch.exists():
+        return None
+    return subprocess.run(["/usr/bin/python3", "-c", COUNT, str(scratch)], capture_output=True, text=True,
+                          timeout=30).stdout.strip()
+
+
+def test_the_injected_pod_replicates_and_restores_through_the_real_api_and_node(
+        kube_plane, kube_node, kube_ns, webhook, s3, tools_bin, bin_dir, tmp_path):
+    admin = kube_plane.admin
+    kube_node.images[HOOK_IMAGE] = Image(programs={"hook": bin_dir.resolve() / "hook"}, entrypoint=["hook"])
+    kube_node.images[LITESTREAM_IMAGE] = Image(programs={"litestream": tools_bin / "litestream"},
+                                               entrypoint=["litestream"])
+    kube_node.images["local/app:1"] = Image(programs={"python3": "/usr/bin/python3"}, entrypoint=["python3"])
+    admin.create(ns_path(kube_ns, "secrets"), {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"},
+        "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}})
+    dbs = ["/var/lib/app/main.db", "/cache/c.db"]
+
+    def app(name):
+        p = app_pod(name, endpoint=s3["endpoint"], bucket="pods", **{"sync-interval": "200ms", "path": ",".join(dbs)})
+        p["spec"]["containers"][0].update({"command": ["python3", "-c", APP, *dbs]})
+        p["spec"]["terminationGracePeriodSeconds"] = 5
+        return p
+
+    def app_log(name):
+        def lines():
+            status, body = admin.request("GET", ns_path(kube_ns, "pods", name) + "/log?container=app")
+            out = body if status == 200 and isinstance(body, str) else ""
+            return out if out.count("\n") >= 2 else None
+        try:
+            return wait_for(lines, 90, f"the app of pod {name} to report both databases", interval=0.3)
+        except WaitTimeout as e:
+            status = admin.get(ns_path(kube_ns, "pods", name)).get("status", {})
+            raise WaitTimeout(f"{e}\npod status: {status}") from None
+
+    stored = admin.create(ns_path(kube_ns, "pods"), app("db"))
+    assert stored["metadata"]["annotations"][f"{PREFIX}/injected"] == "true"
+    first = app_log("db")
+    assert "main.db before (0, 0) now (100, 4950)" in first and "c.db before (0, 0) now (7, 21)" in first, first
+    # The rows reach S3 (restored on the host from what the sidecar replicated).
+    pod = admin.get(ns_path(kube_ns, "pods", "db"))
+    config = kube_node.dir / "pods" / pod["metadata"]["uid"] / "volumes" / "litestream-hook-config" / "litestream.yml"
+    scratch = tmp_path / "scratch.db"
+    for db, rows in zip(dbs, ["(100, 4950)", "(7, 21)"]):
+        wait_for(lambda: replicated_rows(tools_bin, config, db, scratch) == rows, 90, f"{db} rows in S3", interval=0.5)
+    keys = [str(p.relative_to(s3["root"] / "pods")) for p in (s3["root"] / "pods").rglob("*") if p.is_file()]
+    assert keys and all(k.startswith(f"{kube_ns}/db/") for k in keys), keys
+
+    # The Pod is deleted (the kubelet stops it and removes it) and created again: empty volumes,
+    # the restore init containers bring the rows back before the app starts.
+    admin.delete(ns_path(kube_ns, "pods", "db"))
+    wait_for(lambda: not admin.exists(ns_path(kube_ns, "pods", "db")), 60, "pod db to be gone", interval=0.3)
+    admin.create(ns_path(kube_ns, "pods"), app("db"))
+    again = app_log("db")
+    assert "main.db before (100, 4950)" in again and "c.db before (7, 21)" in again, again
+    pod = admin.get(ns_path(kube_ns, "pods", "db"))
+    inits = {s["name"]: s for s in pod["status"]["initContainerStatuses"]}
+    assert all(s["state"]["terminated"]["exitCode"] == 0 for s in inits.values()), inits
+    # No secret in any log the node kept.
+    for log in (kube_node.dir / "pods").rglob("log"):
+        assert SECRET_KEY not in log.read_text(errors="replace"), log
