@@ -13,6 +13,7 @@ use protobuf::{EnumOrUnknown, MessageField};
 
 use crate::engine::{Engine, SnapshotView};
 use crate::ids;
+use crate::params;
 use crate::proto::csi;
 use crate::proto::csi::controller_service_capability::rpc::Type as RpcType;
 use crate::status::Status;
@@ -91,7 +92,8 @@ impl Controller {
         if req.source_volume_id.is_empty() {
             return Err(Status::invalid("CreateSnapshot: source_volume_id is required"));
         }
-        let snap = self.engine.create_snapshot(&req.name, &req.source_volume_id)?;
+        let params = params::parse(&req.parameters, params::For::Snapshot, "CreateSnapshot")?;
+        let snap = self.engine.create_snapshot(&req.name, &req.source_volume_id, &params)?;
         let mut resp = csi::CreateSnapshotResponse::new();
         resp.snapshot = MessageField::some(to_proto(&snap));
         Ok(resp)

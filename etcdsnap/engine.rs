@@ -35,6 +35,7 @@ use crate::kube::{batch_path, core_path, Kube};
 use crate::lifecycle::failure_status;
 use crate::locks::KeyLocks;
 use crate::metadata::{GroupRecord, SnapshotRecord, State, Store, Time};
+use crate::params::{GroupConsistency, Member, Params};
 use crate::status::{truncate, Code, Status};
 
 pub const SNAPSHOTS_TOTAL: &str = "etcdsnap_snapshots_total";
@@ -183,6 +184,36 @@ pub fn paginate<T>(mut items: Vec<T>, max_entries: i32, token: &str) -> Result<(
     Ok((items.split_off(start), next))
 }
 
+/// ALREADY_EXISTS when a snapshot or group of this name was created with other parameters.
+/// Records of older drivers did not keep them and match any.
+fn check_same_parameters(
+    what: &str,
+    stored: Option<&std::collections::BTreeMap<String, String>>,
+    params: &Params,
+) -> Result<(), Status> {
+    match stored {
+        Some(stored) if *stored != params.given => Err(Status::new(
+            Code::AlreadyExists,
+            format!(
+                "{what} already exists with parameters {stored:?}, not {:?}",
+                params.given
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// FAILED_PRECONDITION when `snapshot_ids` (optional) are not exactly the group's snapshots.
+fn check_snapshot_ids(group: &GroupRecord, snapshot_ids: &[String]) -> Result<(), Status> {
+    if snapshot_ids.is_empty() || same_volumes(&group.snapshot_ids, snapshot_ids) {
+        return Ok(());
+    }
+    Err(Status::precondition(format!(
+        "snapshot_ids {snapshot_ids:?} are not the snapshots of group snapshot {} ({:?})",
+        group.id, group.snapshot_ids
+    )))
+}
+
 pub struct Engine {
     pub(crate) kube: Arc<Kube>,
     pub(crate) store: Store,
@@ -253,7 +284,7 @@ impl Engine {
     // ---- single snapshots (Controller) ----
 
     /// CreateSnapshot: idempotent by `name`; OK only once etcd has cut the snapshot.
-    pub fn create_snapshot(&self, name: &str, volume_id: &str) -> Result<SnapshotView, Status> {
+    pub fn create_snapshot(&self, name: &str, volume_id: &str, params: &Params) -> Result<SnapshotView, Status> {
         let sid = ids::snapshot_id(&self.cfg.driver_name, name);
         {
             let _guard = self.locks.lock(&sid, LOCK_WAIT)?;
@@ -268,10 +299,11 @@ impl Engine {
                             ),
                         ));
                     }
+                    check_same_parameters(&format!("snapshot {name:?}"), rec.parameters.as_ref(), params)?;
                 }
                 None => {
                     let (target, health) = self.healthy_target(volume_id)?;
-                    self.start(&sid, None, name, volume_id, &target, &health, Time::now())?;
+                    self.start(&sid, None, name, volume_id, &target, &health, Time::now(), params)?;
                 }
             }
         }
@@ -320,6 +352,16 @@ impl Engine {
             return Ok(());
         }
         let _guard = self.locks.lock(sid, LOCK_WAIT)?;
+        if let Some(rec) = self.store.get::<SnapshotRecord>(sid)? {
+            if let Some(gid) = &rec.group_id {
+                if self.store.get::<GroupRecord>(gid)?.is_some() {
+                    return Err(Status::precondition(format!(
+                        "snapshot {sid} is a member of group snapshot {gid}: it is deleted with the group \
+                         (DeleteVolumeGroupSnapshot), not alone"
+                    )));
+                }
+            }
+        }
         self.delete_snapshot_locked(sid)
     }
 
@@ -391,14 +433,14 @@ impl Engine {
 
     /// CreateVolumeGroupSnapshot: idempotent by `name`; ALREADY_EXISTS for other volumes;
     /// OK only once etcd has cut every member.
-    pub fn create_group(&self, name: &str, volume_ids: &[String]) -> Result<GroupView, Status> {
+    pub fn create_group(&self, name: &str, volume_ids: &[String], params: &Params) -> Result<GroupView, Status> {
         let gid = ids::group_id(&self.cfg.driver_name, name);
         let what = format!("CreateVolumeGroupSnapshot {name:?}");
         {
             let _guard = self.locks.lock(&gid, LOCK_WAIT)?;
             match self.store.get::<GroupRecord>(&gid)? {
-                Some(group) => self.check_same_volumes(name, &group, volume_ids)?,
-                None => self.start_group(&gid, name, volume_ids)?,
+                Some(group) => self.check_same_volumes(name, &group, volume_ids, params)?,
+                None => self.start_group(&gid, name, volume_ids, params)?,
             }
         }
         let started = Instant::now();
@@ -428,7 +470,18 @@ impl Engine {
 
     /// Checks every cluster, then writes the group record and starts every member; all or
     /// nothing.
-    fn start_group(&self, gid: &str, name: &str, volume_ids: &[String]) -> Result<(), Status> {
+    fn start_group(&self, gid: &str, name: &str, volume_ids: &[String], params: &Params) -> Result<(), Status> {
+        if volume_ids.len() > 1 && params.group_consistency == GroupConsistency::Strict {
+            return Err(Status::invalid(format!(
+                "CreateVolumeGroupSnapshot {name:?}: source volumes {} would be {} separate etcd snapshots (one Job \
+                 each) with no common point in time, so the group would not be write-order consistent; snapshot \
+                 each in a group of its own, or set the class parameter {}: per-volume to accept one point in time \
+                 per volume",
+                volume_ids.join(", "),
+                volume_ids.len(),
+                crate::params::GROUP_CONSISTENCY
+            )));
+        }
         // Resolve and check every cluster before creating anything, so a refusal leaves nothing.
         let mut checked = Vec::new();
         for v in volume_ids {
@@ -442,6 +495,7 @@ impl Engine {
             snapshot_ids: volume_ids.iter().map(|v| ids::member_snapshot_id(gid, v)).collect(),
             created,
             complete: false,
+            parameters: Some(params.given.clone()),
         };
         if !self.store.create(&group)? {
             // Another driver instance created it meanwhile.
@@ -451,12 +505,12 @@ impl Engine {
                     format!("group snapshot {gid} changed concurrently; retry"),
                 )
             })?;
-            return self.check_same_volumes(name, &group, volume_ids);
+            return self.check_same_volumes(name, &group, volume_ids, params);
         }
         for ((target, health), (sid, v)) in checked.iter().zip(group.snapshot_ids.iter().zip(volume_ids)) {
             let started_one = {
                 let _g = self.locks.lock(sid, LOCK_WAIT)?;
-                self.start(sid, Some(gid), "", v, target, health, created)
+                self.start(sid, Some(gid), "", v, target, health, created, params)
             };
             if let Err(e) = started_one {
                 // Undo the whole group: a group snapshot is all or nothing.
@@ -481,9 +535,15 @@ impl Engine {
         Ok(())
     }
 
-    fn check_same_volumes(&self, name: &str, group: &GroupRecord, volume_ids: &[String]) -> Result<(), Status> {
+    fn check_same_volumes(
+        &self,
+        name: &str,
+        group: &GroupRecord,
+        volume_ids: &[String],
+        params: &Params,
+    ) -> Result<(), Status> {
         if same_volumes(&group.volume_ids, volume_ids) {
-            return Ok(());
+            return check_same_parameters(&format!("group snapshot {name:?}"), group.parameters.as_ref(), params);
         }
         Err(Status::new(
             Code::AlreadyExists,
@@ -511,13 +571,14 @@ impl Engine {
     }
 
     /// GetVolumeGroupSnapshot: NOT_FOUND for an unknown id.
-    pub fn get_group(&self, gid: &str) -> Result<GroupView, Status> {
+    pub fn get_group(&self, gid: &str, snapshot_ids: &[String]) -> Result<GroupView, Status> {
         let not_found = || Status::not_found(format!("group snapshot {gid} not found"));
         if !ids::is_our_id(gid, "g-") {
             return Err(not_found());
         }
         let _guard = self.locks.lock(gid, LOCK_WAIT)?;
         let group = self.store.get::<GroupRecord>(gid)?.ok_or_else(not_found)?;
+        check_snapshot_ids(&group, snapshot_ids)?;
         Ok(self.group_progress(&group)?.0)
     }
 
@@ -530,6 +591,7 @@ impl Engine {
         let _guard = self.locks.lock(gid, LOCK_WAIT)?;
         let mut members: Vec<String> = Vec::new();
         if let Some(group) = self.store.get::<GroupRecord>(gid)? {
+            check_snapshot_ids(&group, snapshot_ids)?;
             members.extend(group.snapshot_ids);
         }
         for sid in snapshot_ids {
@@ -619,8 +681,18 @@ impl Engine {
         target: &Target,
         health: &Healthy,
         created: Time,
+        params: &Params,
     ) -> Result<SnapshotRecord, Status> {
         let object = ids::object_name(sid);
+        let member_url = match params.member {
+            Member::Leader => health.member_url.clone(),
+            Member::Follower => health.follower_urls.first().cloned().ok_or_else(|| {
+                Status::precondition(format!(
+                    "etcd cluster {}: the class asks for member: follower, but no follower is healthy",
+                    target.cluster_id()
+                ))
+            })?,
+        };
         let ns = target.volume.namespace.clone();
         let size = job::pvc_size(health.db_size, self.cfg.pvc_min_bytes, self.cfg.pvc_headroom_percent);
         let record = SnapshotRecord {
@@ -631,7 +703,7 @@ impl Engine {
             cluster: target.cluster_id(),
             namespace: ns.clone(),
             object: object.clone(),
-            member_url: health.member_url.clone(),
+            member_url: member_url.clone(),
             tls_secret: target.tls_secret.clone(),
             created,
             state: State::Pending,
@@ -646,6 +718,7 @@ impl Engine {
             cut_pod: None,
             failure: None,
             reverify_attempts: 0,
+            parameters: Some(params.given.clone()),
         };
         if !self.store.create(&record)? {
             // Left over from an earlier attempt (another instance, or a crash): follow it.
@@ -660,9 +733,10 @@ impl Engine {
             group_id: gid.map(str::to_string),
             namespace: ns.clone(),
             name: object.clone(),
-            member_url: health.member_url.clone(),
+            member_url: member_url.clone(),
             tls_secret: target.tls_secret.clone(),
             size_bytes: size,
+            storage_class: params.storage_class.clone(),
         };
         let made = (|| -> Result<SnapshotRecord, Status> {
             let pvc_path = core_path(&ns, "persistentvolumeclaims", None);
@@ -701,7 +775,7 @@ impl Engine {
         match made {
             Ok(rec) => {
                 log::info!(snapshot = sid, volume = volume_id, cluster = record.cluster.as_str(),
-                    member = health.member_url.as_str(), job = format!("{ns}/{object}").as_str(), pvc_bytes = size;
+                    member = member_url.as_str(), job = format!("{ns}/{object}").as_str(), pvc_bytes = size;
                     "snapshot job started");
                 Ok(rec)
             }

@@ -55,6 +55,8 @@ pub struct Plan {
     pub member_url: String,
     pub tls_secret: String,
     pub size_bytes: u64,
+    /// The snapshot PVC's storage class (class parameter), else `STORAGE_CLASS`.
+    pub storage_class: Option<String>,
 }
 
 /// The labels every object of one snapshot carries. All values are short ids.
@@ -91,7 +93,7 @@ pub fn pvc(plan: &Plan, cfg: &EngineConfig) -> PersistentVolumeClaim {
         },
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".to_string()]),
-            storage_class_name: cfg.storage_class.clone(),
+            storage_class_name: plan.storage_class.clone().or_else(|| cfg.storage_class.clone()),
             volume_mode: Some("Filesystem".to_string()),
             resources: Some(VolumeResourceRequirements {
                 requests: Some(BTreeMap::from([("storage".to_string(), quantity(plan.size_bytes))])),
@@ -496,6 +498,7 @@ mod tests {
             member_url: "https://etcd-0.etcd.etcd.svc:2379".into(),
             tls_secret: "main-client-tls".into(),
             size_bytes: 3 << 30,
+            storage_class: None,
         }
     }
 
@@ -541,6 +544,10 @@ mod tests {
         assert_eq!(v["kind"], "PersistentVolumeClaim");
         assert_eq!(v["spec"]["resources"]["requests"]["storage"], "3072Mi");
         assert_eq!(v["spec"]["storageClassName"], "fast");
+        let mut p = plan();
+        p.storage_class = Some("etcd-snapshots".into());
+        let v = serde_json::to_value(pvc(&p, &cfg())).unwrap();
+        assert_eq!(v["spec"]["storageClassName"], "etcd-snapshots");
         assert_eq!(
             v["metadata"]["labels"][LABEL_GROUP],
             "g-0123456789abcdef0123456789abcdef"

@@ -291,6 +291,7 @@ impl Engine {
                     member_url: rec.member_url.clone(),
                     tls_secret: rec.tls_secret.clone(),
                     size_bytes: rec.pvc_bytes,
+                    storage_class: None,
                 };
                 match self
                     .kube

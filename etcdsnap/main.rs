@@ -24,6 +24,7 @@ mod kube;
 mod lifecycle;
 mod locks;
 mod metadata;
+mod params;
 mod proto;
 mod restore;
 mod status;

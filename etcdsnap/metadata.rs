@@ -152,6 +152,9 @@ pub struct SnapshotRecord {
     /// was read (see `lifecycle`).
     #[serde(default)]
     pub reverify_attempts: u32,
+    /// The class parameters it was created with (`None` in records of older drivers).
+    #[serde(default)]
+    pub parameters: Option<BTreeMap<String, String>>,
 }
 
 /// A group snapshot: its name, volumes and member snapshots.
@@ -168,6 +171,9 @@ pub struct GroupRecord {
     /// is missing was interrupted while being created.
     #[serde(default)]
     pub complete: bool,
+    /// The class parameters it was created with (`None` in records of older drivers).
+    #[serde(default)]
+    pub parameters: Option<BTreeMap<String, String>>,
 }
 
 /// What the store needs to know about a record type.
@@ -351,6 +357,7 @@ mod tests {
             cut_pod: None,
             failure: None,
             reverify_attempts: 0,
+            parameters: None,
         }
     }
 

@@ -50,14 +50,14 @@ def records(kube):
             if o["metadata"].get("labels", {}).get("app.kubernetes.io/managed-by") == "etcdsnap"}
 
 
-def create_group(d, pb2, name, volumes, budget: float = 60):
+def create_group(d, pb2, name, volumes, budget: float = 60, parameters=None):
     """CreateVolumeGroupSnapshot as the sidecar calls it: again while the answer is ABORTED (the
     snapshot is not cut yet), bounded by `budget`."""
     deadline = time.monotonic() + budget
     while True:
         try:
-            return d.group.CreateVolumeGroupSnapshot(
-                pb2.CreateVolumeGroupSnapshotRequest(name=name, source_volume_ids=volumes), timeout=30).group_snapshot
+            return d.group.CreateVolumeGroupSnapshot(pb2.CreateVolumeGroupSnapshotRequest(
+                name=name, source_volume_ids=volumes, parameters=parameters or {}), timeout=30).group_snapshot
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.ABORTED or time.monotonic() > deadline:
                 raise
@@ -166,7 +166,8 @@ def test_group_snapshot_end_to_end(driver, kube, etcd_cluster, volume, stubs, to
 
 def test_two_clusters_in_one_group(driver, kube, etcd_cluster, stubs, tools_bin):
     """Two handle PVCs (here both for the same real cluster, via a Service's Endpoints and via
-    the annotation) give one snapshot each in one group."""
+    the annotation) give one snapshot each in one group, when the class accepts one point in time
+    per volume (groupConsistency: per-volume; refused otherwise, see test_etcdsnap_params)."""
     pb2, _ = stubs
     a = seed_cluster(kube, etcd_cluster, NS, "main")
     # The second handle finds its members through a Service and its Endpoints.
@@ -181,7 +182,7 @@ def test_two_clusters_in_one_group(driver, kube, etcd_cluster, stubs, tools_bin)
                      "metadata": {"name": "svc-handle", "namespace": NS, "labels": {"etcd.io/cluster": "svc"}},
                      "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Mi"}}}})
     b = f"{NS}/svc-handle"
-    g = create_group(driver, pb2, "two", [a, b])
+    g = create_group(driver, pb2, "two", [a, b], parameters={"groupConsistency": "per-volume"})
     assert [s.source_volume_id for s in g.snapshots] == [a, b]
     assert len({s.snapshot_id for s in g.snapshots}) == 2
     done = wait_for(lambda: (lambda r: r if r.ready_to_use else None)(get_group(driver, pb2, g.group_snapshot_id)),
@@ -465,9 +466,10 @@ def test_interrupted_group_create_recovers(driver, kube, etcd_cluster, volume, s
     g = create_group(driver, pb2, "interrupted", [volume])
     assert g.group_snapshot_id == gid and g.snapshots[0].snapshot_id == sid
     wait_for(lambda: get_group(driver, pb2, gid).ready_to_use, 60, "ready")
-    # A member deleted on its own: the group reports what is left, and deletes cleanly.
-    driver.controller.DeleteSnapshot(pb2.DeleteSnapshotRequest(snapshot_id=sid))
-    assert list(get_group(driver, pb2, gid).snapshots) == []
+    # A member is not deleted on its own (issue 9.7): the group stays whole, and deletes cleanly.
+    code, details = code_of(lambda: driver.controller.DeleteSnapshot(pb2.DeleteSnapshotRequest(snapshot_id=sid)))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and gid in details, details
+    assert [s.snapshot_id for s in get_group(driver, pb2, gid).snapshots] == [sid]
     driver.group.DeleteVolumeGroupSnapshot(pb2.DeleteVolumeGroupSnapshotRequest(group_snapshot_id=gid))
     assert records(kube) == {} and kube.objects("jobs", NS) == []
 
