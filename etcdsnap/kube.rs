@@ -260,6 +260,12 @@ impl Kube {
         })
     }
 
+    /// Test-only: a client for the plain-HTTP in-memory API on 127.0.0.1 (`fake_api`).
+    #[cfg(test)]
+    pub(crate) fn plain_http_for_tests(server: &str) -> Kube {
+        Kube::new(server.to_string(), None, None, Auth::None, Duration::from_secs(5)).expect("a client")
+    }
+
     /// The API server's base URL.
     pub fn server(&self) -> &str {
         &self.server

@@ -489,4 +489,247 @@ mod tests {
             );
         }
     }
+
+    // ---- the state machine against the in-memory API (fake_api) ----
+
+    use crate::fake_api::FakeApi;
+    use crate::metadata::Store;
+    use serde_json::{json, Value};
+
+    const SID: &str = "s-0123456789abcdef0123456789abcdef";
+    const OBJ: &str = "etcdsnap-s-0123456789abcdef0123456789abcdef";
+    const JOBS: &str = "/apis/batch/v1/namespaces/etcd/jobs";
+    const PODS: &str = "/api/v1/namespaces/etcd/pods";
+    const PVCS: &str = "/api/v1/namespaces/etcd/persistentvolumeclaims";
+    const STATUS_LOG: &str = "{\"hash\":7,\"revision\":42,\"totalKey\":3,\"totalSize\":20480}";
+    const SAVE_LOG: &str = "{\"ts\":1800000000.25,\"msg\":\"opened snapshot stream; downloading\"}\n";
+
+    fn engine(api: &FakeApi) -> Engine {
+        let cfg = crate::config::Config::from_env(lifeboat::env::Env::from_pairs([("JOB_TIMEOUT", "60s")]), None)
+            .unwrap()
+            .engine;
+        let metrics = lifeboat::metrics::Registry::new();
+        crate::engine::register_metrics(&metrics);
+        Engine::new(api.kube(), cfg, metrics)
+    }
+
+    fn running(age_secs: i64) -> SnapshotRecord {
+        let mut rec = failed(None, "");
+        rec.id = SID.into();
+        rec.object = OBJ.into();
+        rec.state = State::Running;
+        rec.reason = None;
+        rec.created = Time {
+            seconds: Time::now().seconds - age_secs,
+            nanos: 0,
+        };
+        rec
+    }
+
+    fn job(conditions: Value) -> Value {
+        json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": OBJ, "namespace": "etcd"},
+               "status": {"startTime": "2027-01-15T08:00:00Z", "conditions": conditions}})
+    }
+
+    fn cond(type_: &str, reason: &str) -> Value {
+        json!([{"type": type_, "status": "True", "reason": reason, "message": "m"}])
+    }
+
+    fn pod(name: &str, save: Option<i32>, verify: Option<i32>) -> Value {
+        let st = |c: &str, code: Option<i32>| match code {
+            Some(code) => json!({"name": c, "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": code, "startedAt": "2027-01-15T08:00:01Z"}}}),
+            None => json!({"name": c, "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "PodInitializing"}}}),
+        };
+        let mut status = json!({"phase": if verify == Some(0) { "Succeeded" } else { "Running" }, "containerStatuses": [st("verify", verify)]});
+        if save.is_some() {
+            status["initContainerStatuses"] = json!([st("save", save)]);
+        }
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": "etcd", "labels": {LABEL_SNAPSHOT: SID}}, "status": status})
+    }
+
+    /// One row: what the API holds, and what the refresh must make of the record.
+    struct Case {
+        name: &'static str,
+        record: SnapshotRecord,
+        job: Option<Value>,
+        pods: Vec<Value>,
+        logs: Vec<(&'static str, &'static str)>,
+        failing: Option<&'static str>,
+        state: State,
+        failure: Option<FailureKind>,
+        cut: Option<f64>,
+        revision: Option<i64>,
+        verify_job: bool,
+    }
+
+    fn case(name: &'static str) -> Case {
+        Case {
+            name,
+            record: running(5),
+            job: Some(job(json!([]))),
+            pods: Vec::new(),
+            logs: Vec::new(),
+            failing: None,
+            state: State::Running,
+            failure: None,
+            cut: None,
+            revision: None,
+            verify_job: false,
+        }
+    }
+
+    #[test]
+    fn the_state_machine_follows_the_job() {
+        let saved = |name| pod(name, Some(0), None);
+        let verified = |name| pod(name, Some(0), Some(0));
+        let mut cut_by_a = running(5);
+        cut_by_a.cut = Some(Time {
+            seconds: 1_800_000_000,
+            nanos: 0,
+        });
+        cut_by_a.cut_pod = Some("p-a".into());
+        let mut pending_old = running(600);
+        pending_old.state = State::Pending;
+        let table = vec![
+            Case {
+                ..case("job not started yet: running, no cut")
+            },
+            Case {
+                pods: vec![saved("p-a")],
+                logs: vec![("/api/v1/namespaces/etcd/pods/p-a/log", SAVE_LOG)],
+                cut: Some(1_800_000_000.25),
+                ..case("save step done: the cut from etcdctl's log")
+            },
+            Case {
+                pods: vec![saved("p-a")],
+                cut: Some(1_800_000_001.0),
+                ..case("save step done, no log line: the container's start")
+            },
+            Case {
+                job: Some(job(cond("Complete", "CompletionsReached"))),
+                pods: vec![verified("p-a")],
+                logs: vec![("/api/v1/namespaces/etcd/pods/p-a/log", STATUS_LOG)],
+                state: State::Ready,
+                revision: Some(42),
+                cut: Some(1_800_000_001.0),
+                ..case("job complete: ready with etcdutl's result")
+            },
+            Case {
+                job: Some(job(cond("Complete", "CompletionsReached"))),
+                pods: vec![verified("p-a")],
+                failing: Some("/api/v1/namespaces/etcd/pods/p-a/log"),
+                // The save log is unreadable too: the cut waits for the next refresh as well.
+                ..case("result unreadable (500): still running, not failed")
+            },
+            Case {
+                job: Some(job(cond("Complete", "CompletionsReached"))),
+                verify_job: true,
+                cut: Some(1_800_000_000.0),
+                ..case("pods gone: a verify-only Job, cut from the Job's start")
+            },
+            Case {
+                job: Some(job(cond("Complete", "CompletionsReached"))),
+                pods: vec![verified("p-a")],
+                logs: vec![("/api/v1/namespaces/etcd/pods/p-a/log", "Error: no status here")],
+                state: State::Failed,
+                failure: Some(FailureKind::Unverified),
+                cut: Some(1_800_000_001.0),
+                ..case("verify printed no status: failed, unverified")
+            },
+            Case {
+                record: cut_by_a,
+                job: Some(job(cond("Complete", "CompletionsReached"))),
+                pods: vec![pod("p-a", Some(0), Some(1)), verified("p-b")],
+                logs: vec![("/api/v1/namespaces/etcd/pods/p-b/log", STATUS_LOG)],
+                state: State::Failed,
+                failure: Some(FailureKind::Unverified),
+                cut: Some(1_800_000_000.0),
+                ..case("saved again after the cut: failed, not the point in time reported")
+            },
+            Case {
+                job: Some(job(cond("Failed", "DeadlineExceeded"))),
+                state: State::Failed,
+                failure: Some(FailureKind::TimedOut),
+                ..case("job past its deadline: timed out")
+            },
+            Case {
+                job: Some(job(cond("Failed", "BackoffLimitExceeded"))),
+                state: State::Failed,
+                failure: Some(FailureKind::JobFailed),
+                ..case("job failed: job failed")
+            },
+            Case {
+                job: None,
+                state: State::Failed,
+                failure: Some(FailureKind::Lost),
+                ..case("job vanished: lost")
+            },
+            Case {
+                record: running(200),
+                state: State::Failed,
+                failure: Some(FailureKind::TimedOut),
+                ..case("job never ran past JOB_TIMEOUT + grace: timed out")
+            },
+            Case {
+                record: pending_old,
+                job: None,
+                state: State::Failed,
+                failure: Some(FailureKind::Lost),
+                ..case("pending for too long: lost")
+            },
+        ];
+        for c in table {
+            let api = FakeApi::start();
+            let engine = engine(&api);
+            let store = Store::new(api.kube(), "kube-system", "etcdsnap.lifeboat.dev");
+            assert!(store.create(&c.record).unwrap(), "{}", c.name);
+            api.put(
+                &format!("{PVCS}/{OBJ}"),
+                json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": OBJ, "namespace": "etcd"}}),
+            );
+            if let Some(j) = &c.job {
+                api.put(&format!("{JOBS}/{OBJ}"), j.clone());
+            }
+            for p in &c.pods {
+                let name = p["metadata"]["name"].as_str().unwrap();
+                api.put(&format!("{PODS}/{name}"), p.clone());
+            }
+            for (path, text) in &c.logs {
+                api.set_log(path, text);
+            }
+            if let Some(prefix) = c.failing {
+                api.fail(prefix, 500);
+            }
+            let rec = store.get::<SnapshotRecord>(SID).unwrap().unwrap();
+            let out = engine.refresh_locked(rec).unwrap();
+            let stored = store.get::<SnapshotRecord>(SID).unwrap().unwrap();
+            assert_eq!(out, stored, "{}: the answer is what is stored", c.name);
+            assert_eq!(stored.state, c.state, "{}", c.name);
+            assert_eq!(stored.failure, c.failure, "{}", c.name);
+            assert_eq!(stored.revision, c.revision, "{}", c.name);
+            let cut = stored.cut.map(Time::as_secs_f64);
+            match (cut, c.cut) {
+                (Some(got), Some(want)) => assert!((got - want).abs() < 1e-3, "{}: cut {got} != {want}", c.name),
+                (got, want) => assert_eq!(got, want, "{}: cut", c.name),
+            }
+            let verify = api.get(&format!("{JOBS}/{OBJ}-verify")).is_some();
+            assert_eq!(verify, c.verify_job, "{}: verify-only Job", c.name);
+            if c.state == State::Failed {
+                // A failure removes the Jobs and the PVC.
+                assert!(api.get(&format!("{JOBS}/{OBJ}")).is_none(), "{}", c.name);
+                assert!(api.get(&format!("{PVCS}/{OBJ}")).is_none(), "{}", c.name);
+            } else {
+                assert!(api.get(&format!("{PVCS}/{OBJ}")).is_some(), "{}: the PVC stays", c.name);
+                assert!(
+                    !api.requests().iter().any(|(m, _)| m == "DELETE"),
+                    "{}: nothing deleted",
+                    c.name
+                );
+            }
+        }
+    }
 }

@@ -173,6 +173,10 @@ fn serve(cfg: Config) -> Result<(), String> {
     Ok(())
 }
 
+/// The in-memory Kubernetes API of the state machine's unit tests.
+#[cfg(test)]
+mod fake_api;
+
 #[cfg(test)]
 mod tests {
     use super::*;
