@@ -737,6 +737,7 @@ impl Engine {
             tls_secret: target.tls_secret.clone(),
             size_bytes: size,
             storage_class: params.storage_class.clone(),
+            trial_restore: params.trial_restore,
         };
         let made = (|| -> Result<SnapshotRecord, Status> {
             let pvc_path = core_path(&ns, "persistentvolumeclaims", None);

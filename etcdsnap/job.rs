@@ -27,6 +27,9 @@ use crate::config::EngineConfig;
 use crate::metadata::Time;
 
 pub const SAVE_CONTAINER: &str = "save";
+pub const TRIAL_RESTORE_CONTAINER: &str = "trial-restore";
+/// Where the trial restore writes (an emptyDir as large as the snapshot PVC).
+pub const SCRATCH_DIR: &str = "/scratch";
 pub const VERIFY_CONTAINER: &str = "verify";
 /// Where the snapshot PVC is mounted in the Job, and the file in it.
 pub const SNAPSHOT_DIR: &str = "/snapshot";
@@ -57,6 +60,8 @@ pub struct Plan {
     pub size_bytes: u64,
     /// The snapshot PVC's storage class (class parameter), else `STORAGE_CLASS`.
     pub storage_class: Option<String>,
+    /// Restore the file into a scratch folder before verifying it (class parameter).
+    pub trial_restore: bool,
 }
 
 /// The labels every object of one snapshot carries. All values are short ids.
@@ -184,7 +189,51 @@ pub fn job(plan: &Plan, cfg: &EngineConfig, pvc_uid: &str) -> Job {
         }),
         ..Default::default()
     };
-    job_object(plan, cfg, pvc_uid, &plan.name, vec![save], vec![tls])
+    let mut init = vec![save];
+    let mut volumes = vec![tls];
+    if plan.trial_restore {
+        let (container, scratch) = trial_restore(plan, cfg);
+        init.push(container);
+        volumes.push(scratch);
+    }
+    job_object(plan, cfg, pvc_uid, &plan.name, init, volumes)
+}
+
+/// `etcdutl snapshot restore` of the file into an emptyDir: a full restore, which also checks
+/// the SHA-256 etcd appended to the snapshot; the data is thrown away with the pod.
+fn trial_restore(plan: &Plan, cfg: &EngineConfig) -> (Container, Volume) {
+    let container = Container {
+        name: TRIAL_RESTORE_CONTAINER.to_string(),
+        image: Some(cfg.etcd_image.clone()),
+        command: Some(vec![ETCDUTL.to_string()]),
+        args: Some(vec![
+            "snapshot".to_string(),
+            "restore".to_string(),
+            SNAPSHOT_FILE.to_string(),
+            format!("--data-dir={SCRATCH_DIR}/restore"),
+        ]),
+        volume_mounts: Some(vec![
+            snapshot_mount(true),
+            VolumeMount {
+                name: "scratch".to_string(),
+                mount_path: SCRATCH_DIR.to_string(),
+                ..Default::default()
+            },
+        ]),
+        resources: Some(small_resources()),
+        security_context: Some(hardened()),
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+        ..Default::default()
+    };
+    let scratch = Volume {
+        name: "scratch".to_string(),
+        empty_dir: Some(k8s_openapi::api::core::v1::EmptyDirVolumeSource {
+            size_limit: Some(quantity(plan.size_bytes)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    (container, scratch)
 }
 
 /// A Job that only verifies the file already on the PVC (named [`verify_job_name`]): used
@@ -499,6 +548,7 @@ mod tests {
             tls_secret: "main-client-tls".into(),
             size_bytes: 3 << 30,
             storage_class: None,
+            trial_restore: false,
         }
     }
 
@@ -622,6 +672,34 @@ mod tests {
         assert_eq!((t.seconds, t.nanos), (12, 500_000_000));
         assert_eq!(cut_time_from_log("Snapshot saved at x\nnot json"), None);
         assert_eq!(cut_time_from_log("{\"ts\":-1,\"msg\":\"fetching snapshot\"}"), None);
+    }
+
+    #[test]
+    fn trial_restore_is_an_init_container_into_scratch() {
+        let mut p = plan();
+        p.trial_restore = true;
+        let v = serde_json::to_value(job(&p, &cfg(), "uid-1")).unwrap();
+        let spec = &v["spec"]["template"]["spec"];
+        assert_eq!(spec["initContainers"][0]["name"], SAVE_CONTAINER);
+        let t = &spec["initContainers"][1];
+        assert_eq!(t["name"], TRIAL_RESTORE_CONTAINER);
+        assert_eq!(t["command"][0], ETCDUTL);
+        assert_eq!(t["args"][1], "restore");
+        let scratch = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "scratch")
+            .unwrap();
+        assert_eq!(scratch["emptyDir"]["sizeLimit"], "3072Mi");
+        let without = serde_json::to_value(job(&plan(), &cfg(), "uid-1")).unwrap();
+        assert_eq!(
+            without["spec"]["template"]["spec"]["initContainers"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -292,6 +292,7 @@ impl Engine {
                     tls_secret: rec.tls_secret.clone(),
                     size_bytes: rec.pvc_bytes,
                     storage_class: None,
+                    trial_restore: false,
                 };
                 match self
                     .kube

@@ -5,6 +5,7 @@
 //! |---|---|---|---|
 //! | `storageClassName` | a StorageClass name | both | storage class of the snapshot PVCs (default `STORAGE_CLASS`) |
 //! | `member` | `leader` (default), `follower` | both | which healthy member etcdctl saves from |
+//! | `trialRestore` | `false` (default), `true` | both | before the file is verified, restore it into a scratch folder with `etcdutl snapshot restore`, which also checks the SHA-256 etcd appended to it |
 //! | `groupConsistency` | `strict` (default), `per-volume` | group | `strict` refuses a group of more than one volume: each volume is its own etcd snapshot Job, with no common point in time; `per-volume` accepts that, one point in time per volume |
 //!
 //! Keys under `csi.storage.k8s.io/` are the sidecar's own (`--extra-create-metadata`, secret
@@ -20,6 +21,7 @@ use crate::status::Status;
 pub const STORAGE_CLASS: &str = "storageClassName";
 pub const MEMBER: &str = "member";
 pub const GROUP_CONSISTENCY: &str = "groupConsistency";
+pub const TRIAL_RESTORE: &str = "trialRestore";
 /// The sidecar's own keys.
 const SIDECAR_PREFIX: &str = "csi.storage.k8s.io/";
 
@@ -55,6 +57,7 @@ pub struct Params {
     pub storage_class: Option<String>,
     pub member: Member,
     pub group_consistency: GroupConsistency,
+    pub trial_restore: bool,
     /// The known keys as given (what the record keeps and compares).
     pub given: BTreeMap<String, String>,
 }
@@ -89,6 +92,17 @@ pub fn parse(raw: &HashMap<String, String>, rpc: For, what: &str) -> Result<Para
                     }
                 }
             }
+            TRIAL_RESTORE => {
+                p.trial_restore = match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(Status::invalid(format!(
+                            "{what}: parameter {TRIAL_RESTORE} must be \"true\" or \"false\", got {value:?}"
+                        )))
+                    }
+                }
+            }
             GROUP_CONSISTENCY if rpc == For::Group => {
                 p.group_consistency = match value.as_str() {
                     "strict" => GroupConsistency::Strict,
@@ -102,8 +116,8 @@ pub fn parse(raw: &HashMap<String, String>, rpc: For, what: &str) -> Result<Para
             }
             _ => {
                 let known = match rpc {
-                    For::Snapshot => format!("{STORAGE_CLASS}, {MEMBER}"),
-                    For::Group => format!("{STORAGE_CLASS}, {MEMBER}, {GROUP_CONSISTENCY}"),
+                    For::Snapshot => format!("{STORAGE_CLASS}, {MEMBER}, {TRIAL_RESTORE}"),
+                    For::Group => format!("{STORAGE_CLASS}, {MEMBER}, {TRIAL_RESTORE}, {GROUP_CONSISTENCY}"),
                 };
                 return Err(Status::invalid(format!(
                     "{what}: unknown parameter {:?} (known: {known}, and the sidecar's {SIDECAR_PREFIX}* keys)",
@@ -144,6 +158,12 @@ mod tests {
         assert_eq!(p.member, Member::Follower);
         // Only the known keys are kept (the sidecar's change per object).
         assert_eq!(p.given.len(), 2);
+        assert!(
+            parse(&map(&[("trialRestore", "true")]), For::Snapshot, "X")
+                .unwrap()
+                .trial_restore
+        );
+        assert!(parse(&map(&[("trialRestore", "yes")]), For::Snapshot, "X").is_err());
         let g = parse(&map(&[("groupConsistency", "per-volume")]), For::Group, "X").unwrap();
         assert_eq!(g.group_consistency, GroupConsistency::PerVolume);
         // (parameters, rpc) -> the message names what is wrong.

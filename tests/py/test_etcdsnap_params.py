@@ -117,3 +117,18 @@ def test_group_members_are_not_deleted_alone_and_snapshot_ids_must_match(driver,
     assert kube.objects("jobs", NS) == []
     assert [c for c in kube.objects("configmaps", META)
             if c["metadata"].get("labels", {}).get("app.kubernetes.io/managed-by") == "etcdsnap"] == []
+
+
+def test_trial_restore_before_ready(driver, kube, etcd_cluster, volume, stubs):
+    """trialRestore: true restores the file into a scratch emptyDir with etcdutl (which checks
+    the SHA-256 etcd appended to it) before it is verified; an invalid value is refused."""
+    pb2, _ = stubs
+    code, details = code_of(lambda: driver.controller.CreateSnapshot(pb2.CreateSnapshotRequest(
+        name="trial", source_volume_id=volume, parameters={"trialRestore": "yes"}), timeout=60))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "trialRestore" in details
+    content = Sidecar(driver, pb2).create_snapshot("trial", volume, parameters={"trialRestore": "true"})
+    assert content.ready and content.restore_size > 0
+    obj = "etcdsnap-" + content.snapshot_handle
+    init = kube.get_object("jobs", NS, obj)["spec"]["template"]["spec"]["initContainers"]
+    assert [c["name"] for c in init] == ["save", "trial-restore"]
+    assert "restored snapshot" in kube.job_logs(NS, obj)
