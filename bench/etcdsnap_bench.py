@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "py"))
 
 from etcd_cluster import EtcdCluster, tools_bin  # noqa: E402
-from etcdsnap_driver import Driver, generate_stubs, seed_cluster  # noqa: E402
+from etcdsnap_driver import Driver, create_group_when_cut, generate_stubs, seed_cluster  # noqa: E402
 from kube_standin import KubeStandin  # noqa: E402
 
 SIZE_MB = int(os.environ.get("BENCH_SIZE_MB", "50"))
@@ -67,8 +67,7 @@ def main():
                 raw.append(time.perf_counter() - t)
                 out.unlink()
                 t = time.perf_counter()
-                g = driver.group.CreateVolumeGroupSnapshot(pb2.CreateVolumeGroupSnapshotRequest(
-                    name=f"bench-{i}", source_volume_ids=[volume]), timeout=60).group_snapshot
+                g = create_group_when_cut(driver, pb2, f"bench-{i}", [volume], budget=600)
                 for _ in range(100000):
                     got = driver.group.GetVolumeGroupSnapshot(pb2.GetVolumeGroupSnapshotRequest(
                         group_snapshot_id=g.group_snapshot_id), timeout=60).group_snapshot

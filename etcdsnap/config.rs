@@ -46,6 +46,9 @@ pub struct EngineConfig {
     pub etcd_timeout: Duration,
     /// How often the monitor looks at running snapshot Jobs.
     pub poll_interval: Duration,
+    /// How long Create waits for etcd's snapshot to be cut before it answers ABORTED (the
+    /// sidecar retries); below the csi-snapshotter's `--timeout`.
+    pub create_wait: Duration,
 }
 
 pub const DEFAULT_ENDPOINT: &str = "unix:///csi/csi.sock";
@@ -102,6 +105,7 @@ impl Config {
         let job_backoff_limit = env.number_in("JOB_BACKOFF_LIMIT", 1i32, 0, 10);
         let etcd_timeout = env.duration("ETCD_TIMEOUT", Some(Duration::from_secs(5)));
         let poll_interval = env.duration("POLL_INTERVAL", Some(Duration::from_secs(2)));
+        let create_wait = env.duration("CREATE_WAIT", Some(Duration::from_secs(45)));
         let grpc_threads = env.number_in("GRPC_THREADS", 4usize, 1, 64);
         let shutdown_grace = env.duration("SHUTDOWN_GRACE", Some(Duration::from_secs(30)));
         let job_timeout = job_timeout.unwrap_or_default();
@@ -111,6 +115,13 @@ impl Config {
         let poll_interval = poll_interval.unwrap_or_default();
         if poll_interval < Duration::from_millis(100) || poll_interval > Duration::from_secs(60) {
             env.problem("POLL_INTERVAL", "must be between 100ms and 60s");
+        }
+        let create_wait = create_wait.unwrap_or_default();
+        if create_wait < Duration::from_secs(1) || create_wait > Duration::from_secs(600) {
+            env.problem(
+                "CREATE_WAIT",
+                "must be between 1s and 10m (and below the sidecar's --timeout)",
+            );
         }
         let etcd_timeout = etcd_timeout.unwrap_or_default();
         if etcd_timeout.is_zero() {
@@ -133,6 +144,7 @@ impl Config {
                 job_backoff_limit,
                 etcd_timeout,
                 poll_interval,
+                create_wait,
             },
             grpc_threads,
             shutdown_grace: shutdown_grace.unwrap_or_default(),

@@ -1,8 +1,10 @@
 //! The CSI Controller service, reduced to what a snapshot-only driver needs:
 //! ControllerGetCapabilities (CREATE_DELETE_SNAPSHOT, without which the csi-snapshotter
-//! sidecar exits), CreateSnapshot and DeleteSnapshot on the shared [`Engine`]. Every other
-//! Controller RPC is unregistered, so gRPC answers UNIMPLEMENTED, as the spec allows for
-//! capabilities a plugin does not report.
+//! sidecar exits; LIST_SNAPSHOTS, without which the sidecar takes every member of a group
+//! snapshot for ready at once; GET_SNAPSHOT), CreateSnapshot, DeleteSnapshot, ListSnapshots
+//! and GetSnapshot on the shared [`Engine`], and ValidateVolumeCapabilities, which the spec
+//! requires of every Controller plugin. Every other Controller RPC is unregistered, so gRPC
+//! answers UNIMPLEMENTED, as the spec allows for capabilities a plugin does not report.
 
 use std::sync::Arc;
 
@@ -11,6 +13,7 @@ use protobuf::{EnumOrUnknown, MessageField};
 
 use crate::engine::{Engine, SnapshotView};
 use crate::ids;
+use crate::params;
 use crate::proto::csi;
 use crate::proto::csi::controller_service_capability::rpc::Type as RpcType;
 use crate::status::Status;
@@ -69,12 +72,18 @@ impl Controller {
         &self,
         _req: csi::ControllerGetCapabilitiesRequest,
     ) -> Result<csi::ControllerGetCapabilitiesResponse, Status> {
-        let mut rpc = csi::controller_service_capability::RPC::new();
-        rpc.type_ = EnumOrUnknown::new(RpcType::CREATE_DELETE_SNAPSHOT);
-        let mut cap = csi::ControllerServiceCapability::new();
-        cap.set_rpc(rpc);
         let mut resp = csi::ControllerGetCapabilitiesResponse::new();
-        resp.capabilities.push(cap);
+        for t in [
+            RpcType::CREATE_DELETE_SNAPSHOT,
+            RpcType::LIST_SNAPSHOTS,
+            RpcType::GET_SNAPSHOT,
+        ] {
+            let mut rpc = csi::controller_service_capability::RPC::new();
+            rpc.type_ = EnumOrUnknown::new(t);
+            let mut cap = csi::ControllerServiceCapability::new();
+            cap.set_rpc(rpc);
+            resp.capabilities.push(cap);
+        }
         Ok(resp)
     }
 
@@ -83,9 +92,74 @@ impl Controller {
         if req.source_volume_id.is_empty() {
             return Err(Status::invalid("CreateSnapshot: source_volume_id is required"));
         }
-        let snap = self.engine.create_snapshot(&req.name, &req.source_volume_id)?;
+        let params = params::parse(&req.parameters, params::For::Snapshot, "CreateSnapshot")?;
+        let snap = self.engine.create_snapshot(&req.name, &req.source_volume_id, &params)?;
         let mut resp = csi::CreateSnapshotResponse::new();
         resp.snapshot = MessageField::some(to_proto(&snap));
+        Ok(resp)
+    }
+
+    pub fn list_snapshots(&self, req: csi::ListSnapshotsRequest) -> Result<csi::ListSnapshotsResponse, Status> {
+        let (snaps, next) = self.engine.list_snapshots(
+            &req.snapshot_id,
+            &req.source_volume_id,
+            req.max_entries,
+            &req.starting_token,
+        )?;
+        let mut resp = csi::ListSnapshotsResponse::new();
+        for s in &snaps {
+            let mut entry = csi::list_snapshots_response::Entry::new();
+            entry.snapshot = MessageField::some(to_proto(s));
+            resp.entries.push(entry);
+        }
+        resp.next_token = next;
+        Ok(resp)
+    }
+
+    pub fn get_snapshot(&self, req: csi::GetSnapshotRequest) -> Result<csi::GetSnapshotResponse, Status> {
+        if req.snapshot_id.is_empty() {
+            return Err(Status::invalid("GetSnapshot: snapshot_id is required"));
+        }
+        let snap = self.engine.get_snapshot(&req.snapshot_id)?;
+        let mut resp = csi::GetSnapshotResponse::new();
+        resp.snapshot = MessageField::some(to_proto(&snap));
+        Ok(resp)
+    }
+
+    /// The volumes are handles that stand for etcd clusters: they are snapshotted, never
+    /// published or mounted (etcdsnap has no Node service), so no capability is confirmed;
+    /// the answer says why. Arguments are checked as the spec asks first.
+    pub fn validate_volume_capabilities(
+        &self,
+        req: csi::ValidateVolumeCapabilitiesRequest,
+    ) -> Result<csi::ValidateVolumeCapabilitiesResponse, Status> {
+        if req.volume_id.is_empty() {
+            return Err(Status::invalid("ValidateVolumeCapabilities: volume_id is required"));
+        }
+        if req.volume_capabilities.is_empty() {
+            return Err(Status::invalid(
+                "ValidateVolumeCapabilities: volume_capabilities is required",
+            ));
+        }
+        for (i, cap) in req.volume_capabilities.iter().enumerate() {
+            if cap.access_type.is_none() {
+                return Err(Status::invalid(format!(
+                    "ValidateVolumeCapabilities: volume_capabilities[{i}] has no access type (block or mount)"
+                )));
+            }
+            if cap.access_mode.is_none() {
+                return Err(Status::invalid(format!(
+                    "ValidateVolumeCapabilities: volume_capabilities[{i}] has no access mode"
+                )));
+            }
+        }
+        self.engine.volume_exists(&req.volume_id)?;
+        let mut resp = csi::ValidateVolumeCapabilitiesResponse::new();
+        resp.message = format!(
+            "volume {} stands for an etcd cluster and is only snapshotted: etcdsnap has no Node service, \
+             so it cannot be published or mounted with any access mode",
+            req.volume_id
+        );
         Ok(resp)
     }
 

@@ -40,6 +40,25 @@ impl Target {
     }
 }
 
+/// NOT_FOUND unless `volume_id` is a handle PVC: `namespace/name` of a PVC with the
+/// cluster label.
+pub fn handle_exists(kube: &Kube, cluster_label: &str, volume_id: &str) -> Result<(), Status> {
+    let not_found = || Status::not_found(format!("volume {volume_id:?} not found"));
+    let volume = ids::parse_volume_id(volume_id).map_err(|_| not_found())?;
+    let pvc: Option<PersistentVolumeClaim> = kube.get(&core_path(
+        &volume.namespace,
+        "persistentvolumeclaims",
+        Some(&volume.name),
+    ))?;
+    match pvc {
+        Some(p) if p.metadata.labels.as_ref().is_some_and(|l| l.contains_key(cluster_label)) => Ok(()),
+        Some(_) => Err(Status::not_found(format!(
+            "volume {volume_id:?} not found: PersistentVolumeClaim {volume} has no {cluster_label} label, so it is no etcdsnap volume"
+        ))),
+        None => Err(not_found()),
+    }
+}
+
 /// Looks up the handle PVC and everything it points to.
 pub fn resolve(kube: &Kube, cluster_label: &str, volume_id: &str) -> Result<Target, Status> {
     let volume = ids::parse_volume_id(volume_id)?;

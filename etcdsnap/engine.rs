@@ -1,5 +1,5 @@
-//! Snapshot orchestration: the one place that creates, follows and removes snapshots,
-//! shared by Controller (one volume) and GroupController (a group of volumes).
+//! The CSI snapshot operations, shared by Controller (one volume) and GroupController (a
+//! group of volumes). Each one validates, takes the id's lock ([`KeyLocks`]), acts, answers.
 //!
 //! Creating a snapshot of a volume:
 //! 1. resolve the handle PVC to its etcd cluster (`discovery`) and check the cluster's
@@ -7,36 +7,35 @@
 //! 2. write the snapshot record (state `pending`) *before* creating anything, so a crash at
 //!    any later point leaves a record that names what to clean up;
 //! 3. create the PVC, then the Job owned by the PVC; the record becomes `running`;
-//! 4. return at once with ready_to_use=false: the csi-snapshotter sidecar times an RPC out
-//!    after a minute and retries, so Create never waits for the Job.
+//! 4. wait, at most `CREATE_WAIT` (below the csi-snapshotter's `--timeout`), until etcd
+//!    has cut the snapshot (the Job's save step is done): the spec lets Create answer OK
+//!    only once the snapshot is cut, with `creation_time` the time of the cut. Until then
+//!    the answer is ABORTED ("operation pending"), which the sidecar treats as not final
+//!    and retries. After the cut it answers OK with ready_to_use=false until the file is
+//!    verified; the sidecar polls Create (single snapshots) and ListSnapshots (members of
+//!    a group) until ready.
 //!
-//! A running snapshot is followed by [`Engine::refresh`], called by every RPC that looks at
-//! it and by the monitor thread ([`Engine::monitor`]) every `POLL_INTERVAL`, which also
-//! resumes after a restart from the records' state labels. A completed Job's verify log
-//! gives the file's size, revision and hash (`ready`). A failed or timed-out Job is
-//! recorded with its reason and its PVC and Job are removed (`failed`); the next Create
-//! with the same name reports that reason once, clears the record, and the retry after
-//! that starts afresh.
-//!
-//! One operation per id at a time inside this process ([`KeyLocks`]); across processes
-//! and restarts the records' resourceVersion keeps updates from being lost.
+//! How a record follows its Job is the state machine in `lifecycle`, driven by every RPC
+//! that looks at a snapshot and by the monitor thread every `POLL_INTERVAL`. A failed
+//! snapshot is reported once by the next Create with the same name, which clears it; the
+//! retry after that starts afresh.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use lifeboat::metrics::Registry;
-use lifeboat::shutdown::Shutdown;
 
 use crate::config::EngineConfig;
 use crate::discovery::{self, Target};
 use crate::etcd::{EtcdClient, Healthy};
 use crate::ids;
-use crate::job::{self, JobState, Plan};
+use crate::job::{self, Plan};
 use crate::kube::{batch_path, core_path, Kube};
-use crate::metadata::{GroupRecord, SnapshotRecord, State, Store, Time, MAX_REASON};
+use crate::lifecycle::failure_status;
+use crate::locks::KeyLocks;
+use crate::metadata::{GroupRecord, SnapshotRecord, State, Store, Time};
+use crate::params::{GroupConsistency, Member, Params};
 use crate::status::{truncate, Code, Status};
 
 pub const SNAPSHOTS_TOTAL: &str = "etcdsnap_snapshots_total";
@@ -47,12 +46,12 @@ pub const ETCD_MEMBERS_HEALTHY: &str = "etcdsnap_etcd_members_healthy";
 pub const ETCD_HEALTHY: &str = "etcdsnap_etcd_healthy";
 pub const ETCD_CHECKS: &str = "etcdsnap_etcd_health_checks_total";
 
-/// A record stuck in `pending` this long was interrupted (the driver died mid-create).
-const PENDING_GRACE: Duration = Duration::from_secs(120);
-/// How long after JOB_TIMEOUT the driver itself gives up on a Job that shows no result.
-const JOB_GRACE: Duration = Duration::from_secs(30);
 /// How long an RPC waits for another operation on the same id.
-const LOCK_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(30);
+/// How often a waiting Create looks again, at most.
+const CUT_POLL: Duration = Duration::from_millis(500);
+/// Entries of one ListSnapshots answer at most, whatever max_entries asks.
+pub const MAX_LIST_ENTRIES: usize = 500;
 
 /// Declares the engine's metrics.
 pub fn register_metrics(m: &Registry) {
@@ -120,76 +119,107 @@ fn view(rec: &SnapshotRecord) -> SnapshotView {
         } else {
             0
         },
-        created: rec.created,
+        // Until the cut the record's creation is the best there is; no RPC answers OK then.
+        created: rec.cut.unwrap_or(rec.created),
         ready: rec.state == State::Ready,
     }
 }
 
-/// Per-id mutual exclusion inside this process.
-#[derive(Default)]
-pub struct KeyLocks {
-    held: Mutex<HashSet<String>>,
-    freed: Condvar,
+/// Whether etcd has cut this snapshot (a verified one necessarily has).
+fn is_cut(rec: &SnapshotRecord) -> bool {
+    rec.cut.is_some() || rec.state == State::Ready
 }
 
-pub struct KeyGuard<'a> {
-    locks: &'a KeyLocks,
-    key: String,
+/// ABORTED while the snapshot is not cut yet: the sidecar retries the same Create.
+fn not_cut_yet(what: &str, rec: &SnapshotRecord, waited: Duration) -> Status {
+    Status::new(
+        Code::Aborted,
+        format!(
+            "{what}: etcd has not cut the snapshot of volume {} yet (Job {}/{} has not finished its save step after {:.0}s); retry",
+            rec.volume_id,
+            rec.namespace,
+            rec.object,
+            waited.as_secs_f64()
+        ),
+    )
 }
 
-impl Drop for KeyGuard<'_> {
-    fn drop(&mut self) {
-        let mut held = self.locks.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.remove(&self.key);
-        self.locks.freed.notify_all();
+/// One page of `items` for ListSnapshots: at most `max_entries` (0: [`MAX_LIST_ENTRIES`])
+/// from the offset in `token` (empty: the start), and the token of the next page (empty:
+/// none). A token that is not an offset within the list is ABORTED, as the spec asks.
+pub fn paginate<T>(mut items: Vec<T>, max_entries: i32, token: &str) -> Result<(Vec<T>, String), Status> {
+    if max_entries < 0 {
+        return Err(Status::invalid(format!(
+            "ListSnapshots: max_entries must not be negative, got {max_entries}"
+        )));
+    }
+    let bad_token = || {
+        Status::new(
+            Code::Aborted,
+            format!(
+                "ListSnapshots: starting_token {:?} is not one this driver handed out (or the list has shrunk since)",
+                truncate(token, 64)
+            ),
+        )
+    };
+    let start: usize = if token.is_empty() {
+        0
+    } else {
+        token.parse().map_err(|_| bad_token())?
+    };
+    if start > items.len() || (start == items.len() && start > 0) {
+        return Err(bad_token());
+    }
+    let page = match max_entries {
+        0 => MAX_LIST_ENTRIES,
+        n => (n as usize).min(MAX_LIST_ENTRIES),
+    };
+    let end = (start + page).min(items.len());
+    let next = if end < items.len() {
+        end.to_string()
+    } else {
+        String::new()
+    };
+    items.truncate(end);
+    Ok((items.split_off(start), next))
+}
+
+/// ALREADY_EXISTS when a snapshot or group of this name was created with other parameters.
+/// Records of older drivers did not keep them and match any.
+fn check_same_parameters(
+    what: &str,
+    stored: Option<&std::collections::BTreeMap<String, String>>,
+    params: &Params,
+) -> Result<(), Status> {
+    match stored {
+        Some(stored) if *stored != params.given => Err(Status::new(
+            Code::AlreadyExists,
+            format!(
+                "{what} already exists with parameters {stored:?}, not {:?}",
+                params.given
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
-impl KeyLocks {
-    /// Waits up to `wait` for `key`; ABORTED ("operation pending") after that, as CSI asks.
-    pub fn lock(&self, key: &str, wait: Duration) -> Result<KeyGuard<'_>, Status> {
-        let deadline = std::time::Instant::now() + wait;
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        while held.contains(key) {
-            let now = std::time::Instant::now();
-            if now >= deadline {
-                return Err(Status::new(
-                    Code::Aborted,
-                    format!("an operation on {key} is already in progress; retry"),
-                ));
-            }
-            held = self
-                .freed
-                .wait_timeout(held, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        held.insert(key.to_string());
-        Ok(KeyGuard {
-            locks: self,
-            key: key.to_string(),
-        })
+/// FAILED_PRECONDITION when `snapshot_ids` (optional) are not exactly the group's snapshots.
+fn check_snapshot_ids(group: &GroupRecord, snapshot_ids: &[String]) -> Result<(), Status> {
+    if snapshot_ids.is_empty() || same_volumes(&group.snapshot_ids, snapshot_ids) {
+        return Ok(());
     }
-
-    pub fn try_lock(&self, key: &str) -> Option<KeyGuard<'_>> {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if held.contains(key) {
-            return None;
-        }
-        held.insert(key.to_string());
-        Some(KeyGuard {
-            locks: self,
-            key: key.to_string(),
-        })
-    }
+    Err(Status::precondition(format!(
+        "snapshot_ids {snapshot_ids:?} are not the snapshots of group snapshot {} ({:?})",
+        group.id, group.snapshot_ids
+    )))
 }
 
 pub struct Engine {
-    kube: Arc<Kube>,
-    store: Store,
-    cfg: EngineConfig,
-    metrics: Registry,
-    locks: KeyLocks,
+    pub(crate) kube: Arc<Kube>,
+    pub(crate) store: Store,
+    pub(crate) cfg: EngineConfig,
+    pub(crate) metrics: Registry,
+    pub(crate) locks: KeyLocks,
 }
 
 fn same_volumes(a: &[String], b: &[String]) -> bool {
@@ -244,31 +274,76 @@ impl Engine {
         result.map(|h| (target, h))
     }
 
+    // ---- volumes ----
+
+    /// NOT_FOUND unless `volume_id` names a handle PVC (one with the cluster label).
+    pub fn volume_exists(&self, volume_id: &str) -> Result<(), Status> {
+        discovery::handle_exists(&self.kube, &self.cfg.cluster_label, volume_id)
+    }
+
     // ---- single snapshots (Controller) ----
 
-    /// CreateSnapshot: idempotent by `name`.
-    pub fn create_snapshot(&self, name: &str, volume_id: &str) -> Result<SnapshotView, Status> {
+    /// CreateSnapshot: idempotent by `name`; OK only once etcd has cut the snapshot.
+    pub fn create_snapshot(&self, name: &str, volume_id: &str, params: &Params) -> Result<SnapshotView, Status> {
         let sid = ids::snapshot_id(&self.cfg.driver_name, name);
-        let _guard = self.locks.lock(&sid, LOCK_WAIT)?;
-        if let Some(rec) = self.store.get::<SnapshotRecord>(&sid)? {
-            if rec.volume_id != volume_id {
-                return Err(Status::new(
-                    Code::AlreadyExists,
-                    format!(
-                        "snapshot {name:?} already exists for source volume {:?}, not {volume_id:?}",
-                        rec.volume_id
-                    ),
-                ));
+        {
+            let _guard = self.locks.lock(&sid, LOCK_WAIT)?;
+            match self.store.get::<SnapshotRecord>(&sid)? {
+                Some(rec) => {
+                    if rec.volume_id != volume_id {
+                        return Err(Status::new(
+                            Code::AlreadyExists,
+                            format!(
+                                "snapshot {name:?} already exists for source volume {:?}, not {volume_id:?}",
+                                rec.volume_id
+                            ),
+                        ));
+                    }
+                    check_same_parameters(&format!("snapshot {name:?}"), rec.parameters.as_ref(), params)?;
+                }
+                None => {
+                    let (target, health) = self.healthy_target(volume_id)?;
+                    self.start(&sid, None, name, volume_id, &target, &health, Time::now(), params)?;
+                }
             }
-            let rec = self.refresh_locked(rec)?;
-            if rec.state == State::Failed {
-                return Err(self.report_failure_and_clear(&rec));
-            }
-            return Ok(view(&rec));
         }
-        let (target, health) = self.healthy_target(volume_id)?;
-        let rec = self.start(&sid, None, name, volume_id, &target, &health, Time::now())?;
+        let what = format!("CreateSnapshot {name:?}");
+        let rec = self.await_cut(&[sid], &what)?.remove(0);
+        if rec.state == State::Failed {
+            let _guard = self.locks.lock(&rec.id, LOCK_WAIT)?;
+            return Err(self.report_failure_and_clear(&rec));
+        }
         Ok(view(&rec))
+    }
+
+    /// Refreshes the records of `sids` until every one is cut or one failed, for at most
+    /// CREATE_WAIT; ABORTED after that. Each record is refreshed under its own lock, which
+    /// is not held while waiting, so other RPCs and the monitor go on meanwhile.
+    fn await_cut(&self, sids: &[String], what: &str) -> Result<Vec<SnapshotRecord>, Status> {
+        let started = Instant::now();
+        let poll = self.cfg.poll_interval.min(CUT_POLL);
+        loop {
+            let mut recs = Vec::with_capacity(sids.len());
+            for sid in sids {
+                let _g = self.locks.lock(sid, LOCK_WAIT)?;
+                let rec = self.store.get::<SnapshotRecord>(sid)?.ok_or_else(|| {
+                    Status::new(
+                        Code::Aborted,
+                        format!("{what}: snapshot {sid} was deleted meanwhile; retry"),
+                    )
+                })?;
+                recs.push(self.refresh_locked(rec)?);
+            }
+            if recs.iter().any(|r| r.state == State::Failed) || recs.iter().all(is_cut) {
+                return Ok(recs);
+            }
+            let waited = started.elapsed();
+            if waited >= self.cfg.create_wait {
+                let pending = recs.iter().find(|r| !is_cut(r)).unwrap_or(&recs[0]);
+                return Err(not_cut_yet(what, pending, waited));
+            }
+            std::thread::sleep(poll.min(self.cfg.create_wait - waited));
+        }
     }
 
     /// DeleteSnapshot: removes Job, PVC and record; succeeds when there is nothing.
@@ -277,6 +352,16 @@ impl Engine {
             return Ok(());
         }
         let _guard = self.locks.lock(sid, LOCK_WAIT)?;
+        if let Some(rec) = self.store.get::<SnapshotRecord>(sid)? {
+            if let Some(gid) = &rec.group_id {
+                if self.store.get::<GroupRecord>(gid)?.is_some() {
+                    return Err(Status::precondition(format!(
+                        "snapshot {sid} is a member of group snapshot {gid}: it is deleted with the group \
+                         (DeleteVolumeGroupSnapshot), not alone"
+                    )));
+                }
+            }
+        }
         self.delete_snapshot_locked(sid)
     }
 
@@ -289,14 +374,113 @@ impl Engine {
         Ok(())
     }
 
+    /// The record of a snapshot that exists for the CO: cut and not failed. Refreshed
+    /// when its lock is free (a busy lock means another RPC is refreshing it right now).
+    fn listed(&self, sid: &str) -> Result<Option<SnapshotRecord>, Status> {
+        let Some(rec) = self.store.get::<SnapshotRecord>(sid)? else {
+            return Ok(None);
+        };
+        let rec = match self.locks.try_lock(sid) {
+            Some(_g) => self.refresh_locked(rec)?,
+            None => rec,
+        };
+        Ok((is_cut(&rec) && rec.state != State::Failed).then_some(rec))
+    }
+
+    /// GetSnapshot: NOT_FOUND for an unknown id, and for a snapshot not cut yet or failed.
+    pub fn get_snapshot(&self, sid: &str) -> Result<SnapshotView, Status> {
+        let not_found = || Status::not_found(format!("snapshot {sid} not found"));
+        if !ids::is_our_id(sid, "s-") {
+            return Err(not_found());
+        }
+        self.listed(sid)?.map(|r| view(&r)).ok_or_else(not_found)
+    }
+
+    /// ListSnapshots: the snapshots that exist (cut, not failed), by id, optionally only
+    /// `snapshot_id` or only those of `volume_id`; pages of at most `max_entries` (0: the
+    /// driver's maximum), `token` being the offset the previous page handed out.
+    pub fn list_snapshots(
+        &self,
+        snapshot_id: &str,
+        volume_id: &str,
+        max_entries: i32,
+        token: &str,
+    ) -> Result<(Vec<SnapshotView>, String), Status> {
+        let mut all: Vec<SnapshotRecord> = if !snapshot_id.is_empty() {
+            if ids::is_our_id(snapshot_id, "s-") {
+                self.listed(snapshot_id)?.into_iter().collect()
+            } else {
+                Vec::new()
+            }
+        } else {
+            let mut found = Vec::new();
+            for rec in self.store.snapshots_in(&[State::Running, State::Ready])? {
+                if is_cut(&rec) {
+                    found.push(rec);
+                }
+            }
+            found
+        };
+        if !volume_id.is_empty() {
+            all.retain(|r| r.volume_id == volume_id);
+        }
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        let (page, next) = paginate(all, max_entries, token)?;
+        Ok((page.iter().map(view).collect(), next))
+    }
+
     // ---- group snapshots (GroupController) ----
 
-    /// CreateVolumeGroupSnapshot: idempotent by `name`; ALREADY_EXISTS for other volumes.
-    pub fn create_group(&self, name: &str, volume_ids: &[String]) -> Result<GroupView, Status> {
+    /// CreateVolumeGroupSnapshot: idempotent by `name`; ALREADY_EXISTS for other volumes;
+    /// OK only once etcd has cut every member.
+    pub fn create_group(&self, name: &str, volume_ids: &[String], params: &Params) -> Result<GroupView, Status> {
         let gid = ids::group_id(&self.cfg.driver_name, name);
-        let _guard = self.locks.lock(&gid, LOCK_WAIT)?;
-        if let Some(group) = self.store.get::<GroupRecord>(&gid)? {
-            return self.existing_group(name, group, volume_ids);
+        let what = format!("CreateVolumeGroupSnapshot {name:?}");
+        {
+            let _guard = self.locks.lock(&gid, LOCK_WAIT)?;
+            match self.store.get::<GroupRecord>(&gid)? {
+                Some(group) => self.check_same_volumes(name, &group, volume_ids, params)?,
+                None => self.start_group(&gid, name, volume_ids, params)?,
+            }
+        }
+        let started = Instant::now();
+        let poll = self.cfg.poll_interval.min(CUT_POLL);
+        loop {
+            let (view, cut) = {
+                let _guard = self.locks.lock(&gid, LOCK_WAIT)?;
+                let group = self.store.get::<GroupRecord>(&gid)?.ok_or_else(|| {
+                    Status::new(
+                        Code::Aborted,
+                        format!("{what}: group snapshot {gid} was deleted meanwhile; retry"),
+                    )
+                })?;
+                self.progress_or_clear(&group)?
+            };
+            if let Some(pending) = cut {
+                let waited = started.elapsed();
+                if waited >= self.cfg.create_wait {
+                    return Err(not_cut_yet(&what, &pending, waited));
+                }
+                std::thread::sleep(poll.min(self.cfg.create_wait - waited));
+                continue;
+            }
+            return Ok(view);
+        }
+    }
+
+    /// Checks every cluster, then writes the group record and starts every member; all or
+    /// nothing.
+    fn start_group(&self, gid: &str, name: &str, volume_ids: &[String], params: &Params) -> Result<(), Status> {
+        if volume_ids.len() > 1 && params.group_consistency == GroupConsistency::Strict {
+            return Err(Status::invalid(format!(
+                "CreateVolumeGroupSnapshot {name:?}: source volumes {} would be {} separate etcd snapshots (one Job \
+                 each) with no common point in time, so the group would not be write-order consistent; snapshot \
+                 each in a group of its own, or set the class parameter {}: per-volume to accept one point in time \
+                 per volume",
+                volume_ids.join(", "),
+                volume_ids.len(),
+                crate::params::GROUP_CONSISTENCY
+            )));
         }
         // Resolve and check every cluster before creating anything, so a refusal leaves nothing.
         let mut checked = Vec::new();
@@ -305,73 +489,76 @@ impl Engine {
         }
         let created = Time::now();
         let group = GroupRecord {
-            id: gid.clone(),
+            id: gid.to_string(),
             name: name.to_string(),
             volume_ids: volume_ids.to_vec(),
-            snapshot_ids: volume_ids.iter().map(|v| ids::member_snapshot_id(&gid, v)).collect(),
+            snapshot_ids: volume_ids.iter().map(|v| ids::member_snapshot_id(gid, v)).collect(),
             created,
             complete: false,
+            parameters: Some(params.given.clone()),
         };
         if !self.store.create(&group)? {
             // Another driver instance created it meanwhile.
-            let group = self.store.get::<GroupRecord>(&gid)?.ok_or_else(|| {
+            let group = self.store.get::<GroupRecord>(gid)?.ok_or_else(|| {
                 Status::new(
                     Code::Aborted,
                     format!("group snapshot {gid} changed concurrently; retry"),
                 )
             })?;
-            return self.existing_group(name, group, volume_ids);
+            return self.check_same_volumes(name, &group, volume_ids, params);
         }
-        let mut started = Vec::new();
         for ((target, health), (sid, v)) in checked.iter().zip(group.snapshot_ids.iter().zip(volume_ids)) {
             let started_one = {
                 let _g = self.locks.lock(sid, LOCK_WAIT)?;
-                self.start(sid, Some(&gid), "", v, target, health, created)
+                self.start(sid, Some(gid), "", v, target, health, created, params)
             };
-            match started_one {
-                Ok(rec) => started.push(view(&rec)),
-                Err(e) => {
-                    // Undo the whole group: a group snapshot is all or nothing.
-                    for sid in &group.snapshot_ids {
-                        let _g = self.locks.lock(sid, LOCK_WAIT)?;
-                        if let Err(e) = self.delete_snapshot_locked(sid) {
-                            log::warn!(snapshot = sid.as_str(), error = e.message.as_str(); "cleanup after a failed group create");
-                        }
+            if let Err(e) = started_one {
+                // Undo the whole group: a group snapshot is all or nothing.
+                for sid in &group.snapshot_ids {
+                    let _g = self.locks.lock(sid, LOCK_WAIT)?;
+                    if let Err(e) = self.delete_snapshot_locked(sid) {
+                        log::warn!(snapshot = sid.as_str(), error = e.message.as_str(); "cleanup after a failed group create");
                     }
-                    if let Err(e) = self.store.delete(&gid) {
-                        log::warn!(group = gid.as_str(), error = e.message.as_str(); "cleanup after a failed group create");
-                    }
-                    return Err(e);
                 }
+                if let Err(e) = self.store.delete(gid) {
+                    log::warn!(group = gid, error = e.message.as_str(); "cleanup after a failed group create");
+                }
+                return Err(e);
             }
         }
-        self.store.update::<GroupRecord>(&gid, |g| {
+        self.store.update::<GroupRecord>(gid, |g| {
             let changed = !g.complete;
             g.complete = true;
             changed
         })?;
-        log::info!(group = gid.as_str(), volumes = volume_ids.len(); "group snapshot started");
-        Ok(GroupView {
-            id: gid,
-            ready: started.iter().all(|s| s.ready),
-            snapshots: started,
-            created,
-        })
+        log::info!(group = gid, volumes = volume_ids.len(); "group snapshot started");
+        Ok(())
     }
 
-    fn existing_group(&self, name: &str, group: GroupRecord, volume_ids: &[String]) -> Result<GroupView, Status> {
-        if !same_volumes(&group.volume_ids, volume_ids) {
-            return Err(Status::new(
-                Code::AlreadyExists,
-                format!(
-                    "group snapshot {name:?} already exists with source volumes {:?}, not {volume_ids:?}",
-                    group.volume_ids
-                ),
-            ));
+    fn check_same_volumes(
+        &self,
+        name: &str,
+        group: &GroupRecord,
+        volume_ids: &[String],
+        params: &Params,
+    ) -> Result<(), Status> {
+        if same_volumes(&group.volume_ids, volume_ids) {
+            return check_same_parameters(&format!("group snapshot {name:?}"), group.parameters.as_ref(), params);
         }
-        match self.group_view(&group) {
+        Err(Status::new(
+            Code::AlreadyExists,
+            format!(
+                "group snapshot {name:?} already exists with source volumes {:?}, not {volume_ids:?}",
+                group.volume_ids
+            ),
+        ))
+    }
+
+    /// The group's progress; a failed group is reported once and cleared, so the CO's next
+    /// retry starts afresh. The caller holds the group's lock.
+    fn progress_or_clear(&self, group: &GroupRecord) -> Result<(GroupView, Option<SnapshotRecord>), Status> {
+        match self.group_progress(group) {
             Err(failed) if failed.code != Code::Unavailable && failed.code != Code::Aborted => {
-                // Report the failure once and clear it: the CO's next retry starts afresh.
                 for sid in &group.snapshot_ids {
                     let _g = self.locks.lock(sid, LOCK_WAIT)?;
                     self.delete_snapshot_locked(sid)?;
@@ -384,14 +571,15 @@ impl Engine {
     }
 
     /// GetVolumeGroupSnapshot: NOT_FOUND for an unknown id.
-    pub fn get_group(&self, gid: &str) -> Result<GroupView, Status> {
+    pub fn get_group(&self, gid: &str, snapshot_ids: &[String]) -> Result<GroupView, Status> {
         let not_found = || Status::not_found(format!("group snapshot {gid} not found"));
         if !ids::is_our_id(gid, "g-") {
             return Err(not_found());
         }
         let _guard = self.locks.lock(gid, LOCK_WAIT)?;
         let group = self.store.get::<GroupRecord>(gid)?.ok_or_else(not_found)?;
-        self.group_view(&group)
+        check_snapshot_ids(&group, snapshot_ids)?;
+        Ok(self.group_progress(&group)?.0)
     }
 
     /// DeleteVolumeGroupSnapshot: removes every member and the group; succeeds when absent.
@@ -403,6 +591,7 @@ impl Engine {
         let _guard = self.locks.lock(gid, LOCK_WAIT)?;
         let mut members: Vec<String> = Vec::new();
         if let Some(group) = self.store.get::<GroupRecord>(gid)? {
+            check_snapshot_ids(&group, snapshot_ids)?;
             members.extend(group.snapshot_ids);
         }
         for sid in snapshot_ids {
@@ -423,9 +612,12 @@ impl Engine {
         Ok(())
     }
 
-    /// The group with every member refreshed; an error when a member failed or vanished.
-    fn group_view(&self, group: &GroupRecord) -> Result<GroupView, Status> {
+    /// The group with every member refreshed, and the first member not cut yet, if any; an
+    /// error when a member failed or vanished. The group's creation_time is its last cut.
+    fn group_progress(&self, group: &GroupRecord) -> Result<(GroupView, Option<SnapshotRecord>), Status> {
         let mut snapshots = Vec::new();
+        let mut pending = None;
+        let mut last_cut: Option<Time> = None;
         for (sid, volume) in group.snapshot_ids.iter().zip(&group.volume_ids) {
             let rec = match self.store.get::<SnapshotRecord>(sid)? {
                 Some(rec) => {
@@ -448,14 +640,24 @@ impl Engine {
             if rec.state == State::Failed {
                 return Err(failure_status(&rec).context(format!("group snapshot {}", group.id)));
             }
-            snapshots.push(view(&rec));
+            let v = view(&rec);
+            if is_cut(&rec) {
+                last_cut = Some(match last_cut {
+                    Some(t) if t.as_secs_f64() >= v.created.as_secs_f64() => t,
+                    _ => v.created,
+                });
+            } else if pending.is_none() {
+                pending = Some(rec);
+            }
+            snapshots.push(v);
         }
-        Ok(GroupView {
+        let view = GroupView {
             id: group.id.clone(),
             ready: snapshots.iter().all(|s| s.ready),
             snapshots,
-            created: group.created,
-        })
+            created: last_cut.filter(|_| pending.is_none()).unwrap_or(group.created),
+        };
+        Ok((view, pending))
     }
 
     fn report_failure_and_clear(&self, rec: &SnapshotRecord) -> Status {
@@ -479,8 +681,18 @@ impl Engine {
         target: &Target,
         health: &Healthy,
         created: Time,
+        params: &Params,
     ) -> Result<SnapshotRecord, Status> {
         let object = ids::object_name(sid);
+        let member_url = match params.member {
+            Member::Leader => health.member_url.clone(),
+            Member::Follower => health.follower_urls.first().cloned().ok_or_else(|| {
+                Status::precondition(format!(
+                    "etcd cluster {}: the class asks for member: follower, but no follower is healthy",
+                    target.cluster_id()
+                ))
+            })?,
+        };
         let ns = target.volume.namespace.clone();
         let size = job::pvc_size(health.db_size, self.cfg.pvc_min_bytes, self.cfg.pvc_headroom_percent);
         let record = SnapshotRecord {
@@ -491,7 +703,7 @@ impl Engine {
             cluster: target.cluster_id(),
             namespace: ns.clone(),
             object: object.clone(),
-            member_url: health.member_url.clone(),
+            member_url: member_url.clone(),
             tls_secret: target.tls_secret.clone(),
             created,
             state: State::Pending,
@@ -502,6 +714,11 @@ impl Engine {
             hash: None,
             total_keys: None,
             finished: None,
+            cut: None,
+            cut_pod: None,
+            failure: None,
+            reverify_attempts: 0,
+            parameters: Some(params.given.clone()),
         };
         if !self.store.create(&record)? {
             // Left over from an earlier attempt (another instance, or a crash): follow it.
@@ -516,9 +733,11 @@ impl Engine {
             group_id: gid.map(str::to_string),
             namespace: ns.clone(),
             name: object.clone(),
-            member_url: health.member_url.clone(),
+            member_url: member_url.clone(),
             tls_secret: target.tls_secret.clone(),
             size_bytes: size,
+            storage_class: params.storage_class.clone(),
+            trial_restore: params.trial_restore,
         };
         let made = (|| -> Result<SnapshotRecord, Status> {
             let pvc_path = core_path(&ns, "persistentvolumeclaims", None);
@@ -557,7 +776,7 @@ impl Engine {
         match made {
             Ok(rec) => {
                 log::info!(snapshot = sid, volume = volume_id, cluster = record.cluster.as_str(),
-                    member = health.member_url.as_str(), job = format!("{ns}/{object}").as_str(), pvc_bytes = size;
+                    member = member_url.as_str(), job = format!("{ns}/{object}").as_str(), pvc_bytes = size;
                     "snapshot job started");
                 Ok(rec)
             }
@@ -572,236 +791,6 @@ impl Engine {
             }
         }
     }
-
-    /// Deletes the Job (its pods go with it) and the PVC; absent objects are fine.
-    fn remove_objects(&self, ns: &str, object: &str) -> Result<(), Status> {
-        self.kube.delete(&batch_path(ns, "jobs", Some(object)))?;
-        self.kube
-            .delete(&core_path(ns, "persistentvolumeclaims", Some(object)))?;
-        Ok(())
-    }
-
-    /// Brings a record up to date with its Job. The caller holds the record's lock.
-    fn refresh_locked(&self, rec: SnapshotRecord) -> Result<SnapshotRecord, Status> {
-        match rec.state {
-            State::Ready | State::Failed => Ok(rec),
-            State::Pending => {
-                let age = Time::now().as_secs_f64() - rec.created.as_secs_f64();
-                if age > PENDING_GRACE.as_secs_f64() {
-                    self.fail(&rec, "creating the snapshot's PVC and Job was interrupted".to_string())
-                } else {
-                    Ok(rec)
-                }
-            }
-            State::Running => {
-                let job_path = batch_path(&rec.namespace, "jobs", Some(&rec.object));
-                let Some(job) = self.kube.get::<Job>(&job_path)? else {
-                    return self.fail(
-                        &rec,
-                        format!("Job {}/{} disappeared before finishing", rec.namespace, rec.object),
-                    );
-                };
-                match job::job_state(&job) {
-                    JobState::Running => {
-                        let age = Time::now().as_secs_f64() - rec.created.as_secs_f64();
-                        // The Job's own deadline fires first; this catches a Job that never ran
-                        // (a Job controller that is down, a suspended Job).
-                        let limit = (self.cfg.job_timeout + JOB_GRACE).as_secs_f64();
-                        if age > limit {
-                            self.fail(
-                                &rec,
-                                format!(
-                                    "timed out: Job {}/{} showed no result {:.0}s after it was created (JOB_TIMEOUT {:.0}s)",
-                                    rec.namespace,
-                                    rec.object,
-                                    age,
-                                    self.cfg.job_timeout.as_secs_f64()
-                                ),
-                            )
-                        } else {
-                            Ok(rec)
-                        }
-                    }
-                    JobState::Succeeded => match self.read_result(&rec) {
-                        Ok(st) => self.succeed(&rec, st),
-                        Err(why) => self.fail(&rec, why),
-                    },
-                    JobState::Failed(reason) => {
-                        let pods = self.job_pods(&rec).unwrap_or_default();
-                        let mut why = format!("Job {}/{} failed: {reason}", rec.namespace, rec.object);
-                        for f in job::container_failures(&pods) {
-                            why.push_str("; ");
-                            why.push_str(&f);
-                        }
-                        self.fail(&rec, why)
-                    }
-                }
-            }
-        }
-    }
-
-    fn job_pods(&self, rec: &SnapshotRecord) -> Result<Vec<Pod>, Status> {
-        let selector = format!("batch.kubernetes.io/job-name={}", rec.object);
-        Ok(self.kube.list(&core_path(&rec.namespace, "pods", None), &selector)?)
-    }
-
-    /// The verify container's verdict on the file, from its log (or its termination message).
-    fn read_result(&self, rec: &SnapshotRecord) -> Result<job::FileStatus, String> {
-        let pods = self
-            .job_pods(rec)
-            .map_err(|e| format!("listing the Job's pods: {}", e.message))?;
-        let succeeded: Vec<&Pod> = pods
-            .iter()
-            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"))
-            .collect();
-        let Some(pod) = succeeded.last() else {
-            return Err(format!(
-                "Job {}/{} completed but none of its pods succeeded",
-                rec.namespace, rec.object
-            ));
-        };
-        let pod_name = pod.metadata.name.clone().unwrap_or_default();
-        let log_path = format!("{}/log", core_path(&rec.namespace, "pods", Some(&pod_name)));
-        let log = self
-            .kube
-            .get_text(&log_path, &[("container", job::VERIFY_CONTAINER)])
-            .map_err(|e| format!("reading the verify log: {}", e.message))?;
-        if let Some(text) = log {
-            return job::parse_file_status(&text);
-        }
-        let message = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_ref())
-            .and_then(|cs| cs.iter().find(|c| c.name == job::VERIFY_CONTAINER))
-            .and_then(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
-            .unwrap_or_default();
-        job::parse_file_status(&message)
-    }
-
-    fn succeed(&self, rec: &SnapshotRecord, st: job::FileStatus) -> Result<SnapshotRecord, Status> {
-        let (updated, took) = self.finish(
-            rec,
-            "ready",
-            |state| state == State::Running,
-            |r| {
-                r.state = State::Ready;
-                r.size_bytes = st.total_size;
-                r.revision = Some(st.revision);
-                r.hash = Some(st.hash);
-                r.total_keys = Some(st.total_key);
-            },
-        )?;
-        if let Some(secs) = took {
-            self.metrics.observe(SNAPSHOT_BYTES, &[], st.total_size as f64);
-            log::info!(snapshot = rec.id.as_str(), volume = rec.volume_id.as_str(), size = st.total_size,
-                revision = st.revision, hash = st.hash, keys = st.total_key, seconds = secs; "snapshot ready");
-        }
-        Ok(updated)
-    }
-
-    /// Records the failure, then removes the Job and PVC.
-    fn fail(&self, rec: &SnapshotRecord, reason: String) -> Result<SnapshotRecord, Status> {
-        let reason = truncate(&reason, MAX_REASON);
-        let (updated, took) = self.finish(
-            rec,
-            "failed",
-            |state| !matches!(state, State::Ready | State::Failed),
-            |r| {
-                r.state = State::Failed;
-                r.reason = Some(reason.clone());
-            },
-        )?;
-        if took.is_some() {
-            log::warn!(snapshot = rec.id.as_str(), volume = rec.volume_id.as_str(), reason = reason.as_str(); "snapshot failed");
-        }
-        if updated.state == State::Failed {
-            self.remove_objects(&rec.namespace, &rec.object)?;
-        }
-        Ok(updated)
-    }
-
-    /// Moves a record to a final state, if `may_finish` allows it from the state it is in:
-    /// `apply` fills in the outcome and the finish time is stamped. Returns the stored record
-    /// and, when this call made the move, the snapshot's duration in seconds, which is also
-    /// counted in the metrics under `result`.
-    fn finish(
-        &self,
-        rec: &SnapshotRecord,
-        result: &str,
-        may_finish: impl Fn(State) -> bool,
-        apply: impl Fn(&mut SnapshotRecord),
-    ) -> Result<(SnapshotRecord, Option<f64>), Status> {
-        let mut transitioned = false;
-        let now = Time::now();
-        let updated = self
-            .store
-            .update::<SnapshotRecord>(&rec.id, |r| {
-                if !may_finish(r.state) {
-                    return false;
-                }
-                apply(r);
-                r.finished = Some(now);
-                transitioned = true;
-                true
-            })?
-            .ok_or_else(|| Status::not_found(format!("snapshot {} was deleted", rec.id)))?;
-        if !transitioned {
-            return Ok((updated, None));
-        }
-        let secs = now.as_secs_f64() - rec.created.as_secs_f64();
-        self.metrics.inc(SNAPSHOTS_TOTAL, &[("result", result)]);
-        self.metrics.observe(SNAPSHOT_SECONDS, &[("result", result)], secs);
-        Ok((updated, Some(secs)))
-    }
-
-    // ---- the monitor ----
-
-    /// Follows unfinished snapshots every `poll_interval` until shutdown (also right after
-    /// start, which resumes the snapshots a previous run left behind).
-    pub fn monitor(&self, shutdown: &Shutdown) {
-        loop {
-            match self.store.snapshots_in(&[State::Pending, State::Running]) {
-                Ok(records) => {
-                    for rec in records {
-                        if shutdown.requested().is_some() {
-                            return;
-                        }
-                        let Some(_g) = self.locks.try_lock(&rec.id) else {
-                            continue;
-                        };
-                        // Re-read under the lock: an RPC may have moved it on.
-                        let fresh = match self.store.get::<SnapshotRecord>(&rec.id) {
-                            Ok(Some(r)) => r,
-                            Ok(None) => continue,
-                            Err(e) => {
-                                log::warn!(snapshot = rec.id.as_str(), error = e.message.as_str(); "monitor: reading a record");
-                                continue;
-                            }
-                        };
-                        if let Err(e) = self.refresh_locked(fresh) {
-                            log::warn!(snapshot = rec.id.as_str(), error = e.message.as_str(); "monitor: following a snapshot");
-                        }
-                    }
-                }
-                Err(e) => log::warn!(error = e.message.as_str(); "monitor: listing unfinished snapshots"),
-            }
-            if shutdown.wait_timeout(self.cfg.poll_interval).is_some() {
-                return;
-            }
-        }
-    }
-}
-
-/// The status an RPC returns for a failed snapshot.
-fn failure_status(rec: &SnapshotRecord) -> Status {
-    let reason = rec.reason.clone().unwrap_or_else(|| "failed".to_string());
-    let code = if reason.starts_with("timed out") || reason.contains(" failed: DeadlineExceeded") {
-        Code::DeadlineExceeded
-    } else {
-        Code::Internal
-    };
-    Status::new(code, format!("snapshot of volume {} failed: {reason}", rec.volume_id))
 }
 
 #[cfg(test)]
@@ -817,37 +806,31 @@ mod tests {
     }
 
     #[test]
-    fn key_locks_exclude_and_time_out() {
-        let locks = Arc::new(KeyLocks::default());
-        let g = locks.lock("g-1", Duration::from_secs(1)).unwrap();
-        assert!(locks.try_lock("g-1").is_none());
-        assert!(locks.try_lock("g-2").is_some());
-        let err = locks.lock("g-1", Duration::from_millis(50)).err().unwrap();
-        assert_eq!(err.code, Code::Aborted);
-        let l2 = Arc::clone(&locks);
-        let waiter = std::thread::spawn(move || l2.lock("g-1", Duration::from_secs(10)).is_ok());
-        std::thread::sleep(Duration::from_millis(50));
-        drop(g);
-        assert!(waiter.join().unwrap());
-    }
-
-    #[test]
-    fn failures_map_to_codes() {
-        let mut rec: SnapshotRecord = serde_json::from_value(serde_json::json!({
-            "id": "s-1", "volume_id": "etcd/main", "cluster": "etcd/main", "namespace": "etcd", "object": "o",
-            "member_url": "https://x", "tls_secret": "t", "created": {"seconds": 1, "nanos": 0}, "state": "failed",
-            "reason": "Job etcd/o failed: DeadlineExceeded: Job was active longer than specified deadline"
-        }))
-        .unwrap();
-        assert_eq!(failure_status(&rec).code, Code::DeadlineExceeded);
-        rec.reason = Some("Job etcd/o failed: BackoffLimitExceeded".into());
-        let st = failure_status(&rec);
-        assert_eq!(st.code, Code::Internal);
-        assert!(
-            st.message.contains("volume etcd/main failed: Job etcd/o failed"),
-            "{}",
-            st.message
-        );
-        assert!(!view(&rec).ready && view(&rec).size_bytes == 0);
+    fn list_pages() {
+        let items: Vec<u32> = (0..7).collect();
+        // (max_entries, token) -> (page, next token) or the error code.
+        type Want = Result<(Vec<u32>, &'static str), Code>;
+        let table: [(i32, &str, Want); 9] = [
+            (0, "", Ok(((0..7).collect(), ""))),
+            (3, "", Ok((vec![0, 1, 2], "3"))),
+            (3, "3", Ok((vec![3, 4, 5], "6"))),
+            (3, "6", Ok((vec![6], ""))),
+            (7, "", Ok(((0..7).collect(), ""))),
+            (3, "7", Err(Code::Aborted)),
+            (3, "8", Err(Code::Aborted)),
+            (3, "x", Err(Code::Aborted)),
+            (-1, "", Err(Code::InvalidArgument)),
+        ];
+        for (max, token, want) in table {
+            let got = paginate(items.clone(), max, token);
+            match want {
+                Ok((page, next)) => assert_eq!(got.unwrap(), (page, next.to_string()), "{max} {token:?}"),
+                Err(code) => assert_eq!(got.unwrap_err().code, code, "{max} {token:?}"),
+            }
+        }
+        assert_eq!(paginate(Vec::<u32>::new(), 0, "").unwrap(), (vec![], String::new()));
+        let many: Vec<usize> = (0..MAX_LIST_ENTRIES + 1).collect();
+        let (page, next) = paginate(many, 0, "").unwrap();
+        assert_eq!((page.len(), next), (MAX_LIST_ENTRIES, MAX_LIST_ENTRIES.to_string()));
     }
 }

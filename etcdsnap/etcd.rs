@@ -104,6 +104,8 @@ pub struct Healthy {
     pub db_size: u64,
     pub voting_members: usize,
     pub healthy_members: usize,
+    /// Client URLs of the healthy members that are not the leader.
+    pub follower_urls: Vec<String>,
 }
 
 /// Talks to one etcd cluster's client endpoints.
@@ -309,7 +311,13 @@ impl EtcdClient {
             .map(|(_, st)| st.db_size)
             .max()
             .unwrap_or(leader_status.db_size);
+        let follower_urls = healthy
+            .iter()
+            .filter(|(m, st)| m.id != leader && st.header.member_id != leader)
+            .filter_map(|(m, _)| m.client_urls.first().cloned())
+            .collect();
         Ok(Healthy {
+            follower_urls,
             member_url: leader_url,
             member_name: leader_member.name.clone(),
             db_size,

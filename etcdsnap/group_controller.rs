@@ -12,6 +12,7 @@ use protobuf::{EnumOrUnknown, MessageField};
 use crate::controller::{check_name, timestamp, to_proto};
 use crate::engine::{Engine, GroupView};
 use crate::ids::MAX_GROUP_VOLUMES;
+use crate::params;
 use crate::proto::csi;
 use crate::proto::csi::group_controller_service_capability::rpc::Type as RpcType;
 use crate::status::Status;
@@ -81,7 +82,8 @@ impl GroupController {
     ) -> Result<csi::CreateVolumeGroupSnapshotResponse, Status> {
         check_name(&req.name, "CreateVolumeGroupSnapshot")?;
         check_volumes(&req.source_volume_ids)?;
-        let group = self.engine.create_group(&req.name, &req.source_volume_ids)?;
+        let params = params::parse(&req.parameters, params::For::Group, "CreateVolumeGroupSnapshot")?;
+        let group = self.engine.create_group(&req.name, &req.source_volume_ids, &params)?;
         let mut resp = csi::CreateVolumeGroupSnapshotResponse::new();
         resp.group_snapshot = MessageField::some(to_proto_group(&group));
         Ok(resp)
@@ -91,7 +93,7 @@ impl GroupController {
         if req.group_snapshot_id.is_empty() {
             return Err(Status::invalid("GetVolumeGroupSnapshot: group_snapshot_id is required"));
         }
-        let group = self.engine.get_group(&req.group_snapshot_id)?;
+        let group = self.engine.get_group(&req.group_snapshot_id, &req.snapshot_ids)?;
         let mut resp = csi::GetVolumeGroupSnapshotResponse::new();
         resp.group_snapshot = MessageField::some(to_proto_group(&group));
         Ok(resp)

@@ -80,6 +80,24 @@ unary_method!(
     csi::DeleteSnapshotResponse
 );
 unary_method!(
+    LIST_SNAPSHOTS,
+    "/csi.v1.Controller/ListSnapshots",
+    csi::ListSnapshotsRequest,
+    csi::ListSnapshotsResponse
+);
+unary_method!(
+    GET_SNAPSHOT,
+    "/csi.v1.Controller/GetSnapshot",
+    csi::GetSnapshotRequest,
+    csi::GetSnapshotResponse
+);
+unary_method!(
+    VALIDATE_VOLUME_CAPABILITIES,
+    "/csi.v1.Controller/ValidateVolumeCapabilities",
+    csi::ValidateVolumeCapabilitiesRequest,
+    csi::ValidateVolumeCapabilitiesResponse
+);
+unary_method!(
     GROUP_CONTROLLER_GET_CAPABILITIES,
     "/csi.v1.GroupController/GroupControllerGetCapabilities",
     csi::GroupControllerGetCapabilitiesRequest,
@@ -325,8 +343,16 @@ pub fn services(
     });
     let c = Arc::clone(&controller);
     ctl = unary(ctl, &CREATE_SNAPSHOT, shared, false, move |r| c.create_snapshot(r));
-    let c = controller;
+    let c = Arc::clone(&controller);
     ctl = unary(ctl, &DELETE_SNAPSHOT, shared, false, move |r| c.delete_snapshot(r));
+    let c = Arc::clone(&controller);
+    ctl = unary(ctl, &LIST_SNAPSHOTS, shared, false, move |r| c.list_snapshots(r));
+    let c = Arc::clone(&controller);
+    ctl = unary(ctl, &GET_SNAPSHOT, shared, false, move |r| c.get_snapshot(r));
+    let c = controller;
+    ctl = unary(ctl, &VALIDATE_VOLUME_CAPABILITIES, shared, false, move |r| {
+        c.validate_volume_capabilities(r)
+    });
 
     let mut grp = ServiceBuilder::new();
     let g = Arc::clone(&group);

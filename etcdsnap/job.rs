@@ -24,8 +24,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use serde::Deserialize;
 
 use crate::config::EngineConfig;
+use crate::metadata::Time;
 
 pub const SAVE_CONTAINER: &str = "save";
+pub const TRIAL_RESTORE_CONTAINER: &str = "trial-restore";
+/// Where the trial restore writes (an emptyDir as large as the snapshot PVC).
+pub const SCRATCH_DIR: &str = "/scratch";
 pub const VERIFY_CONTAINER: &str = "verify";
 /// Where the snapshot PVC is mounted in the Job, and the file in it.
 pub const SNAPSHOT_DIR: &str = "/snapshot";
@@ -54,6 +58,10 @@ pub struct Plan {
     pub member_url: String,
     pub tls_secret: String,
     pub size_bytes: u64,
+    /// The snapshot PVC's storage class (class parameter), else `STORAGE_CLASS`.
+    pub storage_class: Option<String>,
+    /// Restore the file into a scratch folder before verifying it (class parameter).
+    pub trial_restore: bool,
 }
 
 /// The labels every object of one snapshot carries. All values are short ids.
@@ -90,7 +98,7 @@ pub fn pvc(plan: &Plan, cfg: &EngineConfig) -> PersistentVolumeClaim {
         },
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".to_string()]),
-            storage_class_name: cfg.storage_class.clone(),
+            storage_class_name: plan.storage_class.clone().or_else(|| cfg.storage_class.clone()),
             volume_mode: Some("Filesystem".to_string()),
             resources: Some(VolumeResourceRequirements {
                 requests: Some(BTreeMap::from([("storage".to_string(), quantity(plan.size_bytes))])),
@@ -133,9 +141,8 @@ fn small_resources() -> ResourceRequirements {
     }
 }
 
-/// The Job; `pvc_uid` makes the PVC its owner.
+/// The Job that saves and verifies the snapshot; `pvc_uid` makes the PVC its owner.
 pub fn job(plan: &Plan, cfg: &EngineConfig, pvc_uid: &str) -> Job {
-    let labels = labels(&cfg.driver_name, &plan.snapshot_id, plan.group_id.as_deref());
     let timeout_secs = cfg.job_timeout.as_secs().max(10);
     // etcdctl gives up before the Job's deadline, so a failure says what etcdctl saw.
     let command_timeout = (timeout_secs * 4 / 5).max(5);
@@ -148,12 +155,6 @@ pub fn job(plan: &Plan, cfg: &EngineConfig, pvc_uid: &str) -> Job {
         format!("--command-timeout={command_timeout}s"),
     ];
     save_args.extend(tls_args());
-    let snapshot_mount = |read_only: bool| VolumeMount {
-        name: "snapshot".to_string(),
-        mount_path: SNAPSHOT_DIR.to_string(),
-        read_only: Some(read_only),
-        ..Default::default()
-    };
     let save = Container {
         name: SAVE_CONTAINER.to_string(),
         image: Some(cfg.etcd_image.clone()),
@@ -173,6 +174,101 @@ pub fn job(plan: &Plan, cfg: &EngineConfig, pvc_uid: &str) -> Job {
         termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         ..Default::default()
     };
+    let key = |k: &str| KeyToPath {
+        key: k.to_string(),
+        path: k.to_string(),
+        mode: None,
+    };
+    let tls = Volume {
+        name: "etcd-client-tls".to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(plan.tls_secret.clone()),
+            items: Some(vec![key("ca.crt"), key("tls.crt"), key("tls.key")]),
+            default_mode: Some(0o440),
+            optional: Some(false),
+        }),
+        ..Default::default()
+    };
+    let mut init = vec![save];
+    let mut volumes = vec![tls];
+    if plan.trial_restore {
+        let (container, scratch) = trial_restore(plan, cfg);
+        init.push(container);
+        volumes.push(scratch);
+    }
+    job_object(plan, cfg, pvc_uid, &plan.name, init, volumes)
+}
+
+/// `etcdutl snapshot restore` of the file into an emptyDir: a full restore, which also checks
+/// the SHA-256 etcd appended to the snapshot; the data is thrown away with the pod.
+fn trial_restore(plan: &Plan, cfg: &EngineConfig) -> (Container, Volume) {
+    let container = Container {
+        name: TRIAL_RESTORE_CONTAINER.to_string(),
+        image: Some(cfg.etcd_image.clone()),
+        command: Some(vec![ETCDUTL.to_string()]),
+        args: Some(vec![
+            "snapshot".to_string(),
+            "restore".to_string(),
+            SNAPSHOT_FILE.to_string(),
+            format!("--data-dir={SCRATCH_DIR}/restore"),
+        ]),
+        volume_mounts: Some(vec![
+            snapshot_mount(true),
+            VolumeMount {
+                name: "scratch".to_string(),
+                mount_path: SCRATCH_DIR.to_string(),
+                ..Default::default()
+            },
+        ]),
+        resources: Some(small_resources()),
+        security_context: Some(hardened()),
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+        ..Default::default()
+    };
+    let scratch = Volume {
+        name: "scratch".to_string(),
+        empty_dir: Some(k8s_openapi::api::core::v1::EmptyDirVolumeSource {
+            size_limit: Some(quantity(plan.size_bytes)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    (container, scratch)
+}
+
+/// A Job that only verifies the file already on the PVC (named [`verify_job_name`]): used
+/// when the first Job succeeded but its pods, and with them the verify result, were gone
+/// before the driver read it.
+pub fn verify_job(plan: &Plan, cfg: &EngineConfig, pvc_uid: &str) -> Job {
+    job_object(plan, cfg, pvc_uid, &verify_job_name(&plan.name), Vec::new(), Vec::new())
+}
+
+/// The name of the verify-only Job of the snapshot whose objects are called `object`.
+pub fn verify_job_name(object: &str) -> String {
+    format!("{object}-verify")
+}
+
+fn snapshot_mount(read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: "snapshot".to_string(),
+        mount_path: SNAPSHOT_DIR.to_string(),
+        read_only: Some(read_only),
+        ..Default::default()
+    }
+}
+
+/// The Job around the verify container, after `init` containers, with the snapshot PVC and
+/// `volumes` mounted.
+fn job_object(
+    plan: &Plan,
+    cfg: &EngineConfig,
+    pvc_uid: &str,
+    name: &str,
+    init: Vec<Container>,
+    mut volumes: Vec<Volume>,
+) -> Job {
+    let labels = labels(&cfg.driver_name, &plan.snapshot_id, plan.group_id.as_deref());
+    let timeout_secs = cfg.job_timeout.as_secs().max(10);
     let verify = Container {
         name: VERIFY_CONTAINER.to_string(),
         image: Some(cfg.etcd_image.clone()),
@@ -189,14 +285,20 @@ pub fn job(plan: &Plan, cfg: &EngineConfig, pvc_uid: &str) -> Job {
         termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         ..Default::default()
     };
-    let key = |k: &str| KeyToPath {
-        key: k.to_string(),
-        path: k.to_string(),
-        mode: None,
-    };
+    volumes.insert(
+        0,
+        Volume {
+            name: "snapshot".to_string(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: plan.name.clone(),
+                read_only: Some(false),
+            }),
+            ..Default::default()
+        },
+    );
     Job {
         metadata: ObjectMeta {
-            name: Some(plan.name.clone()),
+            name: Some(name.to_string()),
             namespace: Some(plan.namespace.clone()),
             labels: Some(labels.clone()),
             owner_references: Some(vec![OwnerReference {
@@ -232,28 +334,9 @@ pub fn job(plan: &Plan, cfg: &EngineConfig, pvc_uid: &str) -> Job {
                         }),
                         ..Default::default()
                     }),
-                    init_containers: Some(vec![save]),
+                    init_containers: if init.is_empty() { None } else { Some(init) },
                     containers: vec![verify],
-                    volumes: Some(vec![
-                        Volume {
-                            name: "snapshot".to_string(),
-                            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                                claim_name: plan.name.clone(),
-                                read_only: Some(false),
-                            }),
-                            ..Default::default()
-                        },
-                        Volume {
-                            name: "etcd-client-tls".to_string(),
-                            secret: Some(SecretVolumeSource {
-                                secret_name: Some(plan.tls_secret.clone()),
-                                items: Some(vec![key("ca.crt"), key("tls.crt"), key("tls.key")]),
-                                default_mode: Some(0o440),
-                                optional: Some(false),
-                            }),
-                            ..Default::default()
-                        },
-                    ]),
+                    volumes: Some(volumes),
                     ..Default::default()
                 }),
             },
@@ -268,8 +351,12 @@ pub fn job(plan: &Plan, cfg: &EngineConfig, pvc_uid: &str) -> Job {
 pub enum JobState {
     Running,
     Succeeded,
-    /// The Job's own reason (condition reason and message).
-    Failed(String),
+    /// The Job's condition: its machine-readable `reason` (`DeadlineExceeded`,
+    /// `BackoffLimitExceeded`, ...) and `reason: message` for people.
+    Failed {
+        reason: String,
+        text: String,
+    },
 }
 
 /// Reads the Job's conditions like `kubectl wait --for=condition=complete|failed`.
@@ -284,11 +371,12 @@ pub fn job_state(job: &Job) -> JobState {
             "Failed" | "FailureTarget" => {
                 let reason = c.reason.clone().unwrap_or_else(|| "Failed".to_string());
                 let message = c.message.clone().unwrap_or_default();
-                return JobState::Failed(if message.is_empty() {
-                    reason
+                let text = if message.is_empty() {
+                    reason.clone()
                 } else {
                     format!("{reason}: {message}")
-                });
+                };
+                return JobState::Failed { reason, text };
             }
             _ => {}
         }
@@ -297,6 +385,60 @@ pub fn job_state(job: &Job) -> JobState {
         return JobState::Succeeded;
     }
     JobState::Running
+}
+
+/// The terminated state of container `name` of `pod` (init or regular), if it has ended.
+fn terminated<'a>(pod: &'a Pod, name: &str) -> Option<&'a k8s_openapi::api::core::v1::ContainerStateTerminated> {
+    let status = pod.status.as_ref()?;
+    status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .find(|c| c.name == name)?
+        .state
+        .as_ref()?
+        .terminated
+        .as_ref()
+}
+
+/// Whether container `name` of `pod` ended with exit code 0.
+pub fn exited_ok(pod: &Pod, name: &str) -> bool {
+    terminated(pod, name).is_some_and(|t| t.exit_code == 0)
+}
+
+/// When container `name` of `pod` started, if it has ended.
+pub fn started_at(pod: &Pod, name: &str) -> Option<Time> {
+    let t = terminated(pod, name)?.started_at.as_ref()?;
+    Some(Time {
+        seconds: t.0.as_second(),
+        nanos: t.0.subsec_nanosecond(),
+    })
+}
+
+/// When etcd cut the snapshot, from `etcdctl snapshot save`'s log: the time of its "opened
+/// snapshot stream" line (the server takes its read transaction as that stream opens), else
+/// of "fetching snapshot" (just before). etcd logs Unix seconds with microseconds.
+pub fn cut_time_from_log(log: &str) -> Option<Time> {
+    let mut fetching = None;
+    for line in log.lines().take(10_000) {
+        let Ok(serde_json::Value::Object(o)) = serde_json::from_str::<serde_json::Value>(line.trim()) else {
+            continue;
+        };
+        let (Some(msg), Some(ts)) = (
+            o.get("msg").and_then(|m| m.as_str()),
+            o.get("ts").and_then(|t| t.as_f64()),
+        ) else {
+            continue;
+        };
+        if msg.starts_with("opened snapshot stream") {
+            return Time::from_secs_f64(ts);
+        }
+        if msg == "fetching snapshot" && fetching.is_none() {
+            fetching = Time::from_secs_f64(ts);
+        }
+    }
+    fetching
 }
 
 /// Why the containers of a Job's pods failed: each non-zero exit with its reason and the
@@ -405,6 +547,8 @@ mod tests {
             member_url: "https://etcd-0.etcd.etcd.svc:2379".into(),
             tls_secret: "main-client-tls".into(),
             size_bytes: 3 << 30,
+            storage_class: None,
+            trial_restore: false,
         }
     }
 
@@ -450,6 +594,10 @@ mod tests {
         assert_eq!(v["kind"], "PersistentVolumeClaim");
         assert_eq!(v["spec"]["resources"]["requests"]["storage"], "3072Mi");
         assert_eq!(v["spec"]["storageClassName"], "fast");
+        let mut p = plan();
+        p.storage_class = Some("etcd-snapshots".into());
+        let v = serde_json::to_value(pvc(&p, &cfg())).unwrap();
+        assert_eq!(v["spec"]["storageClassName"], "etcd-snapshots");
         assert_eq!(
             v["metadata"]["labels"][LABEL_GROUP],
             "g-0123456789abcdef0123456789abcdef"
@@ -472,7 +620,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             job_state(&job),
-            JobState::Failed("BackoffLimitExceeded: Job has reached the specified backoff limit".into())
+            JobState::Failed {
+                reason: "BackoffLimitExceeded".into(),
+                text: "BackoffLimitExceeded: Job has reached the specified backoff limit".into()
+            }
         );
         job = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "j"},
@@ -502,6 +653,72 @@ mod tests {
         assert_eq!(
             last_lines(json_log, 3),
             "streamer failed: connection refused | Error: context deadline exceeded"
+        );
+    }
+
+    #[test]
+    fn cut_time_comes_from_etcdctl_log() {
+        let log = concat!(
+            "{\"level\":\"info\",\"ts\":1796118077.3408055,\"msg\":\"created temporary db file\"}\n",
+            "{\"level\":\"info\",\"ts\":1796118077.3418152,\"logger\":\"client\",\"msg\":\"opened snapshot stream; downloading\"}\n",
+            "{\"level\":\"info\",\"ts\":1796118077.3418467,\"msg\":\"fetching snapshot\",\"endpoint\":\"https://x:2379\"}\n",
+            "Snapshot saved at /snapshot/snapshot.db\n"
+        );
+        let t = cut_time_from_log(log).unwrap();
+        assert_eq!(t.seconds, 1796118077);
+        assert!((t.nanos - 341_815_200).abs() < 1000, "{}", t.nanos);
+        // Without the stream line, "fetching snapshot"; without either, nothing.
+        let t = cut_time_from_log("{\"ts\":12.5,\"msg\":\"fetching snapshot\"}").unwrap();
+        assert_eq!((t.seconds, t.nanos), (12, 500_000_000));
+        assert_eq!(cut_time_from_log("Snapshot saved at x\nnot json"), None);
+        assert_eq!(cut_time_from_log("{\"ts\":-1,\"msg\":\"fetching snapshot\"}"), None);
+    }
+
+    #[test]
+    fn trial_restore_is_an_init_container_into_scratch() {
+        let mut p = plan();
+        p.trial_restore = true;
+        let v = serde_json::to_value(job(&p, &cfg(), "uid-1")).unwrap();
+        let spec = &v["spec"]["template"]["spec"];
+        assert_eq!(spec["initContainers"][0]["name"], SAVE_CONTAINER);
+        let t = &spec["initContainers"][1];
+        assert_eq!(t["name"], TRIAL_RESTORE_CONTAINER);
+        assert_eq!(t["command"][0], ETCDUTL);
+        assert_eq!(t["args"][1], "restore");
+        let scratch = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "scratch")
+            .unwrap();
+        assert_eq!(scratch["emptyDir"]["sizeLimit"], "3072Mi");
+        let without = serde_json::to_value(job(&plan(), &cfg(), "uid-1")).unwrap();
+        assert_eq!(
+            without["spec"]["template"]["spec"]["initContainers"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn verify_job_only_verifies_the_file_on_the_pvc() {
+        let v = serde_json::to_value(verify_job(&plan(), &cfg(), "uid-1")).unwrap();
+        assert_eq!(
+            v["metadata"]["name"],
+            "etcdsnap-s-0123456789abcdef0123456789abcdef-verify"
+        );
+        assert!(v["metadata"]["name"].as_str().unwrap().len() <= 63);
+        let spec = &v["spec"]["template"]["spec"];
+        assert!(spec.get("initContainers").is_none());
+        assert_eq!(spec["containers"][0]["name"], VERIFY_CONTAINER);
+        assert_eq!(spec["volumes"].as_array().unwrap().len(), 1);
+        assert_eq!(spec["volumes"][0]["persistentVolumeClaim"]["claimName"], plan().name);
+        assert_eq!(v["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        assert_eq!(
+            v["metadata"]["labels"][LABEL_SNAPSHOT],
+            "s-0123456789abcdef0123456789abcdef"
         );
     }
 

@@ -27,6 +27,50 @@ enum Auth {
     TokenFile(PathBuf),
 }
 
+/// The HTTP methods etcdsnap sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Get,
+    Post,
+    Put,
+    Delete,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+        }
+    }
+}
+
+/// Attempts of one request at most (see [`retryable`]).
+const ATTEMPTS: u32 = 4;
+/// The longest wait between two attempts, whatever Retry-After asks for.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether attempt `attempt` of a `method` request that got `status` (`None`: no answer)
+/// is tried again, and after how long (200 ms, doubling). Like client-go: 429 (the server
+/// did not process the request) for every method; 500/502/503/504 and transport failures
+/// only for requests that are safe to repeat: GET, DELETE, and PUT, which carries a
+/// resourceVersion, so a repeat of an update that went through fails with 409 instead of
+/// applying twice. A POST that may have been applied is not repeated here: the caller sees
+/// the error, and the CO's retry finds what the first one created.
+fn retryable(method: Method, status: Option<u16>, attempt: u32) -> Option<Duration> {
+    if attempt >= ATTEMPTS {
+        return None;
+    }
+    let again = match status {
+        Some(429) => true,
+        Some(500 | 502 | 503 | 504) | None => method != Method::Post,
+        Some(_) => false,
+    };
+    again.then(|| Duration::from_millis(200 << (attempt - 1)))
+}
+
 /// A connection to one API server.
 pub struct Kube {
     agent: ureq::Agent,
@@ -216,6 +260,12 @@ impl Kube {
         })
     }
 
+    /// Test-only: a client for the plain-HTTP in-memory API on 127.0.0.1 (`fake_api`).
+    #[cfg(test)]
+    pub(crate) fn plain_http_for_tests(server: &str) -> Kube {
+        Kube::new(server.to_string(), None, None, Auth::None, Duration::from_secs(5)).expect("a client")
+    }
+
     /// The API server's base URL.
     pub fn server(&self) -> &str {
         &self.server
@@ -231,15 +281,51 @@ impl Kube {
         }
     }
 
-    /// One request; returns the status and body of any HTTP answer.
+    /// One request, retried within bounds (see [`retryable`]); returns the status and body
+    /// of the last HTTP answer.
     fn call(
         &self,
-        method: &str,
+        method: Method,
         path: &str,
         query: &[(&str, &str)],
         body: Option<(&str, Vec<u8>)>,
         op: &str,
     ) -> Result<(u16, Vec<u8>), KubeError> {
+        let mut attempt = 1;
+        loop {
+            let outcome = self.call_once(method, path, query, body.as_ref(), op);
+            let wait = match &outcome {
+                Ok((status, _, retry_after)) => retryable(method, Some(*status), attempt).map(|backoff| {
+                    // The server's Retry-After wins over our backoff, within MAX_RETRY_WAIT.
+                    retry_after.map_or(backoff, |secs| Duration::from_secs(secs).min(MAX_RETRY_WAIT))
+                }),
+                Err(_) => retryable(method, None, attempt),
+            };
+            match (wait, outcome) {
+                (Some(wait), outcome) => {
+                    let why = match &outcome {
+                        Ok((status, _, _)) => format!("answered {status}"),
+                        Err(e) => e.message.clone(),
+                    };
+                    log::warn!(op = op, attempt = attempt, wait_ms = wait.as_millis() as u64, error = why.as_str();
+                        "Kubernetes API request failed; retrying");
+                    std::thread::sleep(wait);
+                    attempt += 1;
+                }
+                (None, outcome) => return outcome.map(|(status, bytes, _)| (status, bytes)),
+            }
+        }
+    }
+
+    /// One HTTP exchange: status, body and the Retry-After seconds, if any.
+    fn call_once(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&(&str, Vec<u8>)>,
+        op: &str,
+    ) -> Result<(u16, Vec<u8>, Option<u64>), KubeError> {
         let transport = |message: String| KubeError {
             op: op.to_string(),
             status: None,
@@ -248,9 +334,9 @@ impl Kube {
         };
         let url = format!("{}{path}", self.server);
         let bearer = self.bearer().map_err(transport)?.map(|t| format!("Bearer {t}"));
-        let result = match (method, body) {
-            ("GET" | "DELETE", _) => {
-                let mut req = if method == "GET" {
+        let result = match method {
+            Method::Get | Method::Delete => {
+                let mut req = if method == Method::Get {
                     self.agent.get(&url)
                 } else {
                     self.agent.delete(&url)
@@ -263,11 +349,11 @@ impl Kube {
                 }
                 req.header("Accept", "application/json").call()
             }
-            (_, body) => {
-                let mut req = match method {
-                    "POST" => self.agent.post(&url),
-                    "PUT" => self.agent.put(&url),
-                    _ => self.agent.patch(&url),
+            Method::Post | Method::Put => {
+                let mut req = if method == Method::Post {
+                    self.agent.post(&url)
+                } else {
+                    self.agent.put(&url)
                 };
                 for (k, v) in query {
                     req = req.query(*k, *v);
@@ -275,21 +361,26 @@ impl Kube {
                 if let Some(b) = &bearer {
                     req = req.header("Authorization", b);
                 }
-                let (content_type, bytes) = body.unwrap_or(("application/json", b"{}".to_vec()));
+                let (content_type, bytes) = body.map_or(("application/json", &b"{}"[..]), |(t, b)| (*t, &b[..]));
                 req.header("Accept", "application/json")
                     .content_type(content_type)
-                    .send(&bytes[..])
+                    .send(bytes)
             }
         };
         let mut response = result.map_err(|e| transport(e.to_string()))?;
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
         let bytes = response
             .body_mut()
             .with_config()
             .limit(64 << 20)
             .read_to_vec()
             .map_err(|e| transport(format!("reading the answer: {e}")))?;
-        Ok((status, bytes))
+        Ok((status, bytes, retry_after))
     }
 
     fn check(&self, op: &str, status: u16, bytes: &[u8]) -> Result<(), KubeError> {
@@ -326,7 +417,7 @@ impl Kube {
     /// GET one object; `None` when it does not exist.
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, KubeError> {
         let op = format!("GET {path}");
-        let (status, bytes) = self.call("GET", path, &[], None, &op)?;
+        let (status, bytes) = self.call(Method::Get, path, &[], None, &op)?;
         if status == 404 {
             return Ok(None);
         }
@@ -337,7 +428,7 @@ impl Kube {
     /// GET a text sub-resource (pod logs); `None` when it does not exist.
     pub fn get_text(&self, path: &str, query: &[(&str, &str)]) -> Result<Option<String>, KubeError> {
         let op = format!("GET {path}");
-        let (status, bytes) = self.call("GET", path, query, None, &op)?;
+        let (status, bytes) = self.call(Method::Get, path, query, None, &op)?;
         if status == 404 {
             return Ok(None);
         }
@@ -356,7 +447,7 @@ impl Kube {
             if !cont.is_empty() {
                 query.push(("continue", cont.as_str()));
             }
-            let (status, bytes) = self.call("GET", path, &query, None, &op)?;
+            let (status, bytes) = self.call(Method::Get, path, &query, None, &op)?;
             self.check(&op, status, &bytes)?;
             let page: Value = self.decode(&op, &bytes)?;
             if let Some(list) = page.get("items").and_then(Value::as_array) {
@@ -388,22 +479,22 @@ impl Kube {
 
     /// POST a new object; returns what the server stored.
     pub fn create<T: Serialize + DeserializeOwned>(&self, path: &str, object: &T) -> Result<T, KubeError> {
-        self.send_object("POST", path, object)
+        self.send_object(Method::Post, path, object)
     }
 
     /// PUT (replace) an object; the server refuses with 409 when its resourceVersion is stale.
     pub fn replace<T: Serialize + DeserializeOwned>(&self, path: &str, object: &T) -> Result<T, KubeError> {
-        self.send_object("PUT", path, object)
+        self.send_object(Method::Put, path, object)
     }
 
     /// Sends `object` as JSON with `method` and decodes what the server stored.
     fn send_object<T: Serialize + DeserializeOwned>(
         &self,
-        method: &str,
+        method: Method,
         path: &str,
         object: &T,
     ) -> Result<T, KubeError> {
-        let op = format!("{method} {path}");
+        let op = format!("{} {path}", method.name());
         let body = serde_json::to_vec(object).map_err(|e| KubeError {
             op: op.clone(),
             status: None,
@@ -419,7 +510,7 @@ impl Kube {
     /// Returns `false` when it was already gone.
     pub fn delete(&self, path: &str) -> Result<bool, KubeError> {
         let op = format!("DELETE {path}");
-        let (status, bytes) = self.call("DELETE", path, &[("propagationPolicy", "Background")], None, &op)?;
+        let (status, bytes) = self.call(Method::Delete, path, &[("propagationPolicy", "Background")], None, &op)?;
         if status == 404 {
             return Ok(false);
         }
@@ -429,8 +520,9 @@ impl Kube {
 
     /// Whether the API server answers (`GET /readyz`).
     pub fn ready(&self) -> Result<(), String> {
-        let (status, body) = self
-            .call("GET", "/readyz", &[], None, "GET /readyz")
+        // One attempt: readiness reports the API server as it is now.
+        let (status, body, _) = self
+            .call_once(Method::Get, "/readyz", &[], None, "GET /readyz")
             .map_err(|e| e.to_string())?;
         if status == 200 {
             Ok(())
@@ -767,6 +859,34 @@ users:
         // Rotated on disk: the next request uses the new token.
         std::fs::write(dir.path().join("token"), "t1").unwrap();
         assert_eq!(kube.bearer().unwrap().as_deref(), Some("t1"));
+    }
+
+    #[test]
+    fn retries_are_bounded_and_only_where_safe() {
+        use Method::*;
+        // (method, status, attempt) -> wait before the next attempt, or none.
+        let ms = Duration::from_millis;
+        let table = [
+            (Get, Some(500), 1, Some(ms(200))),
+            (Get, Some(503), 2, Some(ms(400))),
+            (Get, None, 3, Some(ms(800))),
+            (Get, Some(503), ATTEMPTS, None),
+            (Get, Some(404), 1, None),
+            (Get, Some(403), 1, None),
+            (Put, Some(500), 1, Some(ms(200))),
+            (Delete, Some(502), 1, Some(ms(200))),
+            (Post, Some(429), 1, Some(ms(200))),
+            (Post, Some(500), 1, None),
+            (Post, None, 1, None),
+            (Put, Some(409), 1, None),
+        ];
+        for (method, status, attempt, want) in table {
+            assert_eq!(
+                retryable(method, status, attempt),
+                want,
+                "{method:?} {status:?} {attempt}"
+            );
+        }
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! `etcdsnap restore …` prints or runs the Job that restores a snapshot (see `restore.rs`).
 //!
 //! Reading order: `config` → `kube` (API client) → `discovery` (volume → etcd cluster) →
-//! `etcd` (health) → `job` (PVC + Job) → `metadata` (records) → `engine` (orchestration) →
+//! `etcd` (health) → `job` (PVC + Job) → `metadata` (records) → `locks` → `lifecycle` (a
+//! snapshot's state machine) → `engine` (the CSI operations) →
 //! `identity`/`controller`/`group_controller` (CSI services) → `grpc` (service glue).
 
 mod config;
@@ -20,7 +21,10 @@ mod identity;
 mod ids;
 mod job;
 mod kube;
+mod lifecycle;
+mod locks;
 mod metadata;
+mod params;
 mod proto;
 mod restore;
 mod status;
@@ -42,7 +46,7 @@ const USAGE: &str = "usage: etcdsnap [--endpoint unix:///csi/csi.sock]
 Serves the etcdsnap CSI driver. Configuration is read from the environment:
 CSI_ENDPOINT, DRIVER_NAME, METRICS_ADDR, METADATA_NAMESPACE, CLUSTER_LABEL, STORAGE_CLASS,
 ETCD_IMAGE, PVC_MIN_SIZE, PVC_HEADROOM_PERCENT, JOB_TIMEOUT, JOB_BACKOFF_LIMIT, ETCD_TIMEOUT,
-POLL_INTERVAL, GRPC_THREADS, SHUTDOWN_GRACE, LOG_LEVEL (see README).";
+POLL_INTERVAL, CREATE_WAIT, GRPC_THREADS, SHUTDOWN_GRACE, LOG_LEVEL (see README).";
 
 const KUBE_TIMEOUT: Duration = Duration::from_secs(15);
 const READY_CACHE: Duration = Duration::from_secs(2);
@@ -168,6 +172,10 @@ fn serve(cfg: Config) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The in-memory Kubernetes API of the state machine's unit tests.
+#[cfg(test)]
+mod fake_api;
 
 #[cfg(test)]
 mod tests {

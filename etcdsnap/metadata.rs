@@ -54,6 +54,20 @@ impl State {
     }
 }
 
+/// Why a snapshot failed: what the RPC that reports it answers (see `lifecycle::failure_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The Job ran past its deadline, or showed no result in time (DEADLINE_EXCEEDED).
+    TimedOut,
+    /// The Job failed: etcdctl or etcdutl exited with an error (INTERNAL).
+    JobFailed,
+    /// Creating the PVC and Job was interrupted, or the Job vanished (INTERNAL).
+    Lost,
+    /// The snapshot file could not be verified (INTERNAL).
+    Unverified,
+}
+
 /// A point in time as the CSI Timestamp carries it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Time {
@@ -74,6 +88,18 @@ impl Time {
 
     pub fn as_secs_f64(self) -> f64 {
         self.seconds as f64 + self.nanos as f64 / 1e9
+    }
+
+    /// From fractional Unix seconds (etcd's log timestamps); `None` when out of range.
+    pub fn from_secs_f64(secs: f64) -> Option<Time> {
+        if !secs.is_finite() || !(0.0..1e11).contains(&secs) {
+            return None;
+        }
+        let whole = secs.floor();
+        Some(Time {
+            seconds: whole as i64,
+            nanos: (((secs - whole) * 1e9) as i32).clamp(0, 999_999_999),
+        })
     }
 }
 
@@ -112,6 +138,23 @@ pub struct SnapshotRecord {
     pub total_keys: Option<u64>,
     #[serde(default)]
     pub finished: Option<Time>,
+    /// When etcd cut the snapshot: set once the Job's save step has finished. Create answers
+    /// OK only from then on, and this is the snapshot's `creation_time`.
+    #[serde(default)]
+    pub cut: Option<Time>,
+    /// The pod whose save step made that cut (`None` when its pods were gone by then).
+    #[serde(default)]
+    pub cut_pod: Option<String>,
+    /// Why it failed (with `state: failed`).
+    #[serde(default)]
+    pub failure: Option<FailureKind>,
+    /// Verify-only Jobs started because the first Job's pods were gone before their result
+    /// was read (see `lifecycle`).
+    #[serde(default)]
+    pub reverify_attempts: u32,
+    /// The class parameters it was created with (`None` in records of older drivers).
+    #[serde(default)]
+    pub parameters: Option<BTreeMap<String, String>>,
 }
 
 /// A group snapshot: its name, volumes and member snapshots.
@@ -128,6 +171,9 @@ pub struct GroupRecord {
     /// is missing was interrupted while being created.
     #[serde(default)]
     pub complete: bool,
+    /// The class parameters it was created with (`None` in records of older drivers).
+    #[serde(default)]
+    pub parameters: Option<BTreeMap<String, String>>,
 }
 
 /// What the store needs to know about a record type.
@@ -307,6 +353,11 @@ mod tests {
             hash: None,
             total_keys: None,
             finished: None,
+            cut: None,
+            cut_pod: None,
+            failure: None,
+            reverify_attempts: 0,
+            parameters: None,
         }
     }
 

@@ -292,7 +292,9 @@ fn run(args: &Args) -> Result<(), String> {
                 );
                 return Ok(());
             }
-            JobState::Failed(reason) => return Err(format!("restore Job {}/{name} failed: {reason}", rec.namespace)),
+            JobState::Failed { text, .. } => {
+                return Err(format!("restore Job {}/{name} failed: {text}", rec.namespace))
+            }
             JobState::Running => std::thread::sleep(Duration::from_millis(200)),
         }
     }

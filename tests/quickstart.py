@@ -434,7 +434,7 @@ def step_hook(ctx) -> str:
 # ---- step: etcdsnap ---------------------------------------------------------------------------
 
 def step_etcdsnap(ctx) -> str:
-    from etcdsnap_driver import Driver, generate_stubs, seed_cluster
+    from etcdsnap_driver import Driver, create_group_when_cut, generate_stubs, seed_cluster
     from kube_standin import KubeStandin
 
     binary = ctx.bin_dir / "etcdsnap"
@@ -473,8 +473,8 @@ def step_etcdsnap(ctx) -> str:
     say(f"GetPluginInfo -> {info.name} {info.vendor_version}")
 
     started = time.monotonic()
-    group = driver.group.CreateVolumeGroupSnapshot(pb2.CreateVolumeGroupSnapshotRequest(
-        name="quickstart-group", source_volume_ids=[volume]), timeout=60).group_snapshot
+    # Answered once etcd has cut the snapshot (ABORTED before, which the sidecar retries).
+    group = create_group_when_cut(driver, pb2, "quickstart-group", [volume])
     say(f"CreateVolumeGroupSnapshot(quickstart-group, [{volume}]) -> {group.group_snapshot_id} "
         f"ready_to_use={group.ready_to_use}")
 

@@ -183,6 +183,24 @@ def seed_cluster(kube, cluster, ns: str = "etcd", name: str = "main", pvc: str |
     return f"{ns}/{pvc}"
 
 
+def create_group_when_cut(driver: Driver, pb2, name: str, volumes: list[str], budget: float = 120,
+                          parameters=None):
+    """CreateVolumeGroupSnapshot as csi-snapshotter calls it: again (after a short pause) while
+    the answer is ABORTED, which etcdsnap gives until etcd has cut the snapshot; bounded by
+    `budget`. Returns the group of the first OK answer."""
+    import grpc
+
+    deadline = time.monotonic() + budget
+    while True:
+        try:
+            return driver.group.CreateVolumeGroupSnapshot(pb2.CreateVolumeGroupSnapshotRequest(
+                name=name, source_volume_ids=volumes, parameters=parameters or {}), timeout=60).group_snapshot
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.ABORTED or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def wait_ready(driver: Driver, fetch, timeout: float = 60):
     """Poll `fetch()` (returns a message with ready_to_use) until ready; returns the last answer."""
     return wait_for(lambda: (lambda r: r if r.ready_to_use else None)(fetch()), timeout, "ready_to_use=true")

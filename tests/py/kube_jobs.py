@@ -430,8 +430,24 @@ class JobController:
                 return str(Path(d) / base)
         return None
 
+    def _wait_unheld(self, ns, job, pod_name, c, deadline) -> bool:
+        """While the test holds containers of this name (`hold_containers`), the container does
+        not start, like one whose image is still being pulled; False when the deadline passed."""
+        while True:
+            with self.s.lock:
+                held = c["name"] in self.s._held_containers
+            if not held:
+                return True
+            self._check(ns, job, pod_name)
+            if deadline and time.monotonic() >= deadline:
+                return False
+            if self._stopping.wait(0.05):
+                raise _Gone()
+
     def _run_container(self, ns, job, pod_name, pod_dir, c, mounts, deadline):
         """Run one container to its end: (exit code or None on deadline, reason, message, startedAt)."""
+        if not self._wait_unheld(ns, job, pod_name, c, deadline):
+            return None, "DeadlineExceeded", "", _now()
         started_at = _now()
         log_path = pod_dir / f"{c['name']}.log"
         with self._mu:

@@ -212,6 +212,7 @@ class KubeStandin:
         self._pvc_dirs: dict[tuple, Path] = {}
         self._held = False
         self._held_jobs: list[tuple] = []
+        self._held_containers: set[str] = set()
         self._jobs = None  # JobController, created in start()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -360,6 +361,16 @@ class KubeStandin:
             held, self._held_jobs = self._held_jobs, []
         for ns, name in held:
             self._jobs.launch(ns, name)
+
+    def hold_containers(self, name: str) -> None:
+        """Containers called `name` of Job pods do not start until `release_containers()`; the
+        ones before them in the pod have run (e.g. a snapshot saved but not verified yet)."""
+        with self.lock:
+            self._held_containers.add(name)
+
+    def release_containers(self) -> None:
+        with self.lock:
+            self._held_containers.clear()
 
     def wait_job(self, ns: str, name: str, timeout: float = 60.0) -> dict:
         """Wait until the Job has a Complete or Failed condition; returns it. Raises TimeoutError."""

@@ -1,7 +1,8 @@
 """etcdsnap's CSI surface through an independent client (Python grpcio, stubs generated from
-proto/ at test time) over the Unix socket: what csi-sanity's Identity, Controller (snapshot) and
-GroupController tests assert, plus readiness, configuration errors and SIGTERM handling. The
-Kubernetes API is the strict stand-in; no etcd is needed for these cases."""
+proto/ at test time) over the Unix socket: what csi-sanity's Identity, Controller (snapshot,
+ValidateVolumeCapabilities) and GroupController tests assert, plus readiness, configuration
+errors and SIGTERM handling. The Kubernetes API is the strict stand-in; no etcd is needed for
+these cases."""
 
 from __future__ import annotations
 
@@ -66,11 +67,50 @@ def test_controller_capabilities_and_unimplemented_rpcs(driver, stubs):
     pb2, _ = stubs
     caps = driver.controller.ControllerGetCapabilities(pb2.ControllerGetCapabilitiesRequest()).capabilities
     RPC = pb2.ControllerServiceCapability.RPC
-    assert [c.rpc.type for c in caps] == [RPC.CREATE_DELETE_SNAPSHOT]
-    for method in ("/csi.v1.Controller/CreateVolume", "/csi.v1.Controller/ListSnapshots", "/csi.v1.Node/NodeGetInfo"):
+    assert [c.rpc.type for c in caps] == [RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS, RPC.GET_SNAPSHOT]
+    for method in ("/csi.v1.Controller/CreateVolume", "/csi.v1.Controller/ListVolumes",
+                   "/csi.v1.Controller/ControllerPublishVolume", "/csi.v1.Node/NodeGetInfo"):
         call = driver.channel.unary_unary(method, request_serializer=lambda _: b"", response_deserializer=lambda b: b)
         code, _ = code_of(lambda: call(None, timeout=5))
         assert code == grpc.StatusCode.UNIMPLEMENTED, method
+
+
+def test_validate_volume_capabilities(driver, kube, stubs):
+    """Issue 9.2: a Controller plugin MUST implement ValidateVolumeCapabilities: INVALID_ARGUMENT
+    without a volume id or capabilities, NOT_FOUND for an unknown volume, and for a handle an
+    answer without `confirmed` that says why (it is only snapshotted; there is no Node service)."""
+    pb2, _ = stubs
+    c = driver.controller
+    VC = pb2.VolumeCapability
+    mount = VC(mount=VC.MountVolume(), access_mode=VC.AccessMode(mode=VC.AccessMode.MULTI_NODE_READER_ONLY))
+    inv = grpc.StatusCode.INVALID_ARGUMENT
+    code, details = code_of(lambda: c.ValidateVolumeCapabilities(
+        pb2.ValidateVolumeCapabilitiesRequest(volume_capabilities=[mount]), timeout=10))
+    assert code == inv and "volume_id" in details
+    code, details = code_of(lambda: c.ValidateVolumeCapabilities(
+        pb2.ValidateVolumeCapabilitiesRequest(volume_id="etcd/main-handle"), timeout=10))
+    assert code == inv and "volume_capabilities" in details
+    code, details = code_of(lambda: c.ValidateVolumeCapabilities(pb2.ValidateVolumeCapabilitiesRequest(
+        volume_id="etcd/main-handle", volume_capabilities=[VC(mount=VC.MountVolume())]), timeout=10))
+    assert code == inv and "access mode" in details
+    for missing in ("etcd/missing", "Not A Volume", "a/b/c"):
+        code, _ = code_of(lambda: c.ValidateVolumeCapabilities(pb2.ValidateVolumeCapabilitiesRequest(
+            volume_id=missing, volume_capabilities=[mount]), timeout=10))
+        assert code == grpc.StatusCode.NOT_FOUND, missing
+    # A PVC that is no handle (no cluster label) is no volume of this driver either.
+    kube.put_object({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                     "metadata": {"name": "plain", "namespace": "etcd"},
+                     "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}}})
+    code, _ = code_of(lambda: c.ValidateVolumeCapabilities(pb2.ValidateVolumeCapabilitiesRequest(
+        volume_id="etcd/plain", volume_capabilities=[mount]), timeout=10))
+    assert code == grpc.StatusCode.NOT_FOUND
+    kube.put_object({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                     "metadata": {"name": "main-handle", "namespace": "etcd", "labels": {"etcd.io/cluster": "main"}},
+                     "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Mi"}}}})
+    resp = c.ValidateVolumeCapabilities(pb2.ValidateVolumeCapabilitiesRequest(
+        volume_id="etcd/main-handle", volume_capabilities=[mount]), timeout=10)
+    assert not resp.HasField("confirmed")
+    assert "etcd/main-handle" in resp.message and "Node service" in resp.message
 
 
 def test_group_controller_capabilities(driver, stubs):

@@ -23,7 +23,8 @@ META = "kube-system"
 
 @pytest.fixture
 def driver(tmp_path, kube, bin_dir, stubs):
-    with running_driver(bin_dir, tmp_path / "driver", kube.kubeconfig_path, stubs, JOB_BACKOFF_LIMIT=0, PVC_MIN_SIZE="64Mi") as d:
+    with running_driver(bin_dir, tmp_path / "driver", kube.kubeconfig_path, stubs, JOB_BACKOFF_LIMIT=0, PVC_MIN_SIZE="64Mi",
+                        CREATE_WAIT="3s") as d:
         yield d
 
 
@@ -49,9 +50,32 @@ def records(kube):
             if o["metadata"].get("labels", {}).get("app.kubernetes.io/managed-by") == "etcdsnap"}
 
 
-def create_group(d, pb2, name, volumes):
+def create_group(d, pb2, name, volumes, budget: float = 60, parameters=None):
+    """CreateVolumeGroupSnapshot as the sidecar calls it: again while the answer is ABORTED (the
+    snapshot is not cut yet), bounded by `budget`."""
+    deadline = time.monotonic() + budget
+    while True:
+        try:
+            return d.group.CreateVolumeGroupSnapshot(pb2.CreateVolumeGroupSnapshotRequest(
+                name=name, source_volume_ids=volumes, parameters=parameters or {}), timeout=30).group_snapshot
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.ABORTED or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def create_group_once(d, pb2, name, volumes):
     return d.group.CreateVolumeGroupSnapshot(
         pb2.CreateVolumeGroupSnapshotRequest(name=name, source_volume_ids=volumes), timeout=30).group_snapshot
+
+
+def group_ids(name, volume):
+    """The group id and its member's snapshot id for `name` and one volume (ids.rs)."""
+    import hashlib
+
+    gid = "g-" + hashlib.sha256(f"group\0etcdsnap.lifeboat.dev\0{name}".encode()).hexdigest()[:32]
+    sid = "s-" + hashlib.sha256(f"member\0{gid}\0{volume}".encode()).hexdigest()[:32]
+    return gid, sid
 
 
 def get_group(d, pb2, gid):
@@ -66,15 +90,13 @@ def test_group_snapshot_end_to_end(driver, kube, etcd_cluster, volume, stubs, to
         etcd_cluster.put(f"/e2e/key-{i}", f"value-{i}")
     kube.hold_jobs()
     leader_before = etcd_cluster.leader_index()
-    g = create_group(driver, pb2, "groupsnapshot-e2e", [volume])
-    # Create returns at once with ready_to_use=false while the Job has not run.
-    assert g.group_snapshot_id.startswith("g-") and len(g.group_snapshot_id) <= 128
-    assert not g.ready_to_use and len(g.snapshots) == 1
-    s = g.snapshots[0]
-    assert (s.source_volume_id, s.group_snapshot_id, s.ready_to_use) == (volume, g.group_snapshot_id, False)
-    assert s.snapshot_id.startswith("s-") and s.creation_time.seconds > 0
-    assert g.creation_time.seconds == s.creation_time.seconds
-    obj = "etcdsnap-" + s.snapshot_id
+    # While the Job has not run, etcd has not cut the snapshot: Create answers ABORTED (the
+    # sidecar retries), never OK.
+    code, details = code_of(lambda: create_group_once(driver, pb2, "groupsnapshot-e2e", [volume]))
+    assert code == grpc.StatusCode.ABORTED and "not cut the snapshot" in details, details
+    gid, sid = group_ids("groupsnapshot-e2e", volume)
+    assert gid.startswith("g-") and len(gid) <= 128 and sid.startswith("s-")
+    obj = "etcdsnap-" + sid
     job = kube.get_object("jobs", NS, obj)
     pvc = kube.get_object("persistentvolumeclaims", NS, obj)
     assert job and pvc
@@ -82,8 +104,8 @@ def test_group_snapshot_end_to_end(driver, kube, etcd_cluster, volume, stubs, to
     assert job["metadata"]["ownerReferences"][0]["uid"] == pvc["metadata"]["uid"]
     for o in (job, pvc):
         labels = o["metadata"]["labels"]
-        assert labels["etcdsnap.lifeboat.dev/snapshot"] == s.snapshot_id
-        assert labels["etcdsnap.lifeboat.dev/group"] == g.group_snapshot_id
+        assert labels["etcdsnap.lifeboat.dev/snapshot"] == sid
+        assert labels["etcdsnap.lifeboat.dev/group"] == gid
         assert all(len(v) <= 63 for v in labels.values())
     # The snapshot is taken from exactly one member, the leader, over TLS.
     args = job["spec"]["template"]["spec"]["initContainers"][0]["args"]
@@ -93,15 +115,19 @@ def test_group_snapshot_end_to_end(driver, kube, etcd_cluster, volume, stubs, to
         assert endpoints == [f"--endpoints={etcd_cluster.client_urls[leader_before]}"]
     # Records: one for the group, one per snapshot, with a resourceVersion.
     recs = records(kube)
-    assert set(recs) == {"etcdsnap-" + g.group_snapshot_id, obj}
+    assert set(recs) == {"etcdsnap-" + gid, obj}
     assert recs[obj]["metadata"]["labels"]["etcdsnap.lifeboat.dev/state"] == "running"
     assert recs[obj]["metadata"]["resourceVersion"]
-    # A retry of Create while the Job is pending: same ids, still not ready, no second Job.
-    again = create_group(driver, pb2, "groupsnapshot-e2e", [volume])
-    assert again.group_snapshot_id == g.group_snapshot_id and again.snapshots[0].snapshot_id == s.snapshot_id
-    assert not again.ready_to_use
+    # A retry of Create while the Job is pending: still ABORTED, no second Job.
+    assert code_of(lambda: create_group_once(driver, pb2, "groupsnapshot-e2e", [volume]))[0] == grpc.StatusCode.ABORTED
     assert len(kube.objects("jobs", NS)) == 1
 
+    kube.release_jobs()
+    g = create_group(driver, pb2, "groupsnapshot-e2e", [volume])
+    assert g.group_snapshot_id == gid and len(g.snapshots) == 1
+    s = g.snapshots[0]
+    assert (s.snapshot_id, s.source_volume_id, s.group_snapshot_id) == (sid, volume, gid)
+    assert s.creation_time.seconds > 0 and g.creation_time == s.creation_time
     kube.release_jobs()
     done = wait_for(lambda: (lambda r: r if r.ready_to_use else None)(get_group(driver, pb2, g.group_snapshot_id)),
                     60, "the group snapshot to be ready")
@@ -124,7 +150,8 @@ def test_group_snapshot_end_to_end(driver, kube, etcd_cluster, volume, stubs, to
     assert driver.metric("etcdsnap_snapshots_total", result="ready") == 1
     assert driver.metric("etcdsnap_snapshot_size_bytes_count") == 1
     assert driver.metric("etcdsnap_etcd_members_healthy", cluster=f"{NS}/main") == 3
-    assert driver.metric("etcdsnap_rpc_duration_seconds_count", method="CreateVolumeGroupSnapshot", code="OK") == 3
+    assert driver.metric("etcdsnap_rpc_duration_seconds_count", method="CreateVolumeGroupSnapshot", code="ABORTED") >= 2
+    assert driver.metric("etcdsnap_rpc_duration_seconds_count", method="CreateVolumeGroupSnapshot", code="OK") == 2
 
     # Delete removes Job, PVC and records; twice is fine; then Get is NOT_FOUND.
     for _ in range(2):
@@ -139,7 +166,8 @@ def test_group_snapshot_end_to_end(driver, kube, etcd_cluster, volume, stubs, to
 
 def test_two_clusters_in_one_group(driver, kube, etcd_cluster, stubs, tools_bin):
     """Two handle PVCs (here both for the same real cluster, via a Service's Endpoints and via
-    the annotation) give one snapshot each in one group."""
+    the annotation) give one snapshot each in one group, when the class accepts one point in time
+    per volume (groupConsistency: per-volume; refused otherwise, see test_etcdsnap_params)."""
     pb2, _ = stubs
     a = seed_cluster(kube, etcd_cluster, NS, "main")
     # The second handle finds its members through a Service and its Endpoints.
@@ -154,7 +182,7 @@ def test_two_clusters_in_one_group(driver, kube, etcd_cluster, stubs, tools_bin)
                      "metadata": {"name": "svc-handle", "namespace": NS, "labels": {"etcd.io/cluster": "svc"}},
                      "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Mi"}}}})
     b = f"{NS}/svc-handle"
-    g = create_group(driver, pb2, "two", [a, b])
+    g = create_group(driver, pb2, "two", [a, b], parameters={"groupConsistency": "per-volume"})
     assert [s.source_volume_id for s in g.snapshots] == [a, b]
     assert len({s.snapshot_id for s in g.snapshots}) == 2
     done = wait_for(lambda: (lambda r: r if r.ready_to_use else None)(get_group(driver, pb2, g.group_snapshot_id)),
@@ -169,7 +197,7 @@ def test_create_snapshot_single_volume(driver, kube, etcd_cluster, volume, stubs
     pb2, _ = stubs
     c = driver.controller
     req = pb2.CreateSnapshotRequest(name="snapshot-" + "x" * 119, source_volume_id=volume)
-    first = c.CreateSnapshot(req, timeout=30).snapshot
+    first = wait_for(lambda: (lambda r: r)(_create_ok(c, req)), 60, "CreateSnapshot to answer OK")
     assert first.source_volume_id == volume and first.group_snapshot_id == ""
     # The sidecar retries Create until ready_to_use; each retry is the same snapshot.
     snap = wait_for(lambda: (lambda r: r if r.ready_to_use else None)(c.CreateSnapshot(req, timeout=30).snapshot),
@@ -185,6 +213,16 @@ def test_create_snapshot_single_volume(driver, kube, etcd_cluster, volume, stubs
     assert kube.objects("jobs", NS) == [] and kube.objects("persistentvolumeclaims", NS) != []
     assert kube.get_object("persistentvolumeclaims", NS, "etcdsnap-" + snap.snapshot_id) is None
     assert records(kube) == {}
+
+
+def _create_ok(c, req):
+    """CreateSnapshot's answer, or None while it is ABORTED (not cut yet)."""
+    try:
+        return c.CreateSnapshot(req, timeout=30).snapshot
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.ABORTED:
+            raise
+        return None
 
 
 def current_leader(cluster) -> int:
@@ -248,10 +286,11 @@ def test_failed_job_is_reported_and_cleaned_up(tmp_path, kube, etcd_cluster, vol
     pb2, _ = stubs
     # etcdctl gives up after 4/5 of JOB_TIMEOUT (12 s here), before the Job's own deadline.
     driver = Driver(bin_dir, tmp_path / "driver", kube.kubeconfig_path, *stubs, JOB_BACKOFF_LIMIT=0,
-                    JOB_TIMEOUT="15s").start()
+                    JOB_TIMEOUT="15s", CREATE_WAIT="3s").start()
     kube.hold_jobs()
-    g = create_group(driver, pb2, "doomed", [volume])
-    obj = "etcdsnap-" + g.snapshots[0].snapshot_id
+    assert code_of(lambda: create_group_once(driver, pb2, "doomed", [volume]))[0] == grpc.StatusCode.ABORTED
+    gid, sid = group_ids("doomed", volume)
+    obj = "etcdsnap-" + sid
     # The cluster goes away after the health check: etcdctl cannot reach the member.
     for i in range(3):
         etcd_cluster.stop_member(i)
@@ -266,7 +305,7 @@ def test_failed_job_is_reported_and_cleaned_up(tmp_path, kube, etcd_cluster, vol
         assert "container save exited with code" in rec["reason"], rec["reason"]
         assert "BackoffLimitExceeded" in rec["reason"], rec["reason"]
         # Get reports the reason; so does the next Create (which then clears the failure)...
-        code, details = code_of(lambda: get_group(driver, pb2, g.group_snapshot_id))
+        code, details = code_of(lambda: get_group(driver, pb2, gid))
         assert code == grpc.StatusCode.INTERNAL and "container save exited" in details, details
         code, details = code_of(lambda: create_group(driver, pb2, "doomed", [volume]))
         assert code == grpc.StatusCode.INTERNAL and "failed" in details
@@ -304,39 +343,49 @@ def test_api_errors_leave_nothing_behind(driver, kube, etcd_cluster, volume, stu
 def test_concurrent_creates_make_one_snapshot(driver, kube, etcd_cluster, volume, stubs):
     pb2, _ = stubs
     kube.hold_jobs()
-    results, errors = [], []
 
-    def create():
-        try:
-            results.append(create_group(driver, pb2, "racy", [volume]).group_snapshot_id)
-        except grpc.RpcError as e:  # pragma: no cover - reported below
-            errors.append((e.code(), e.details()))
+    def race(create):
+        results, errors = [], []
 
-    threads = [threading.Thread(target=create) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert errors == [] and len(set(results)) == 1 and len(results) == 6
+        def one():
+            try:
+                results.append(create(driver, pb2, "racy", [volume]).group_snapshot_id)
+            except grpc.RpcError as e:
+                errors.append(e.code())
+
+        threads = [threading.Thread(target=one) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        return results, errors
+
+    # Not cut while the Job is held: every one of them is ABORTED, and there is one Job.
+    results, errors = race(create_group_once)
+    assert results == [] and errors == [grpc.StatusCode.ABORTED] * 6
     assert len(kube.objects("jobs", NS)) == 1 and len(records(kube)) == 2
     kube.release_jobs()
+    results, errors = race(create_group)
+    assert errors == [] and len(set(results)) == 1 and len(results) == 6
+    assert len(kube.objects("jobs", NS)) == 1 and len(records(kube)) == 2
     wait_for(lambda: get_group(driver, pb2, results[0]).ready_to_use, 60, "ready")
 
 
 def test_restart_resumes_running_snapshots(tmp_path, kube, etcd_cluster, volume, bin_dir, stubs):
     pb2, _ = stubs
     kube.hold_jobs()
-    first = Driver(bin_dir, tmp_path / "d1", kube.kubeconfig_path, *stubs).start()
-    g = create_group(first, pb2, "across-restart", [volume])
+    first = Driver(bin_dir, tmp_path / "d1", kube.kubeconfig_path, *stubs, CREATE_WAIT="2s").start()
+    assert code_of(lambda: create_group_once(first, pb2, "across-restart", [volume]))[0] == grpc.StatusCode.ABORTED
+    gid, sid = group_ids("across-restart", volume)
     assert first.stop() == 0
     kube.release_jobs()
     second = Driver(bin_dir, tmp_path / "d2", kube.kubeconfig_path, *stubs).start()
     try:
-        obj = "etcdsnap-" + g.snapshots[0].snapshot_id
+        obj = "etcdsnap-" + sid
         # The monitor of the new process finishes the record without any RPC.
         wait_for(lambda: records(kube)[obj]["metadata"]["labels"]["etcdsnap.lifeboat.dev/state"] == "ready", 60,
                  "the restarted driver to finish the snapshot")
-        assert get_group(second, pb2, g.group_snapshot_id).ready_to_use
+        assert get_group(second, pb2, gid).ready_to_use
     finally:
         assert second.stop() == 0
 
@@ -417,9 +466,10 @@ def test_interrupted_group_create_recovers(driver, kube, etcd_cluster, volume, s
     g = create_group(driver, pb2, "interrupted", [volume])
     assert g.group_snapshot_id == gid and g.snapshots[0].snapshot_id == sid
     wait_for(lambda: get_group(driver, pb2, gid).ready_to_use, 60, "ready")
-    # A member deleted on its own: the group reports what is left, and deletes cleanly.
-    driver.controller.DeleteSnapshot(pb2.DeleteSnapshotRequest(snapshot_id=sid))
-    assert list(get_group(driver, pb2, gid).snapshots) == []
+    # A member is not deleted on its own (issue 9.7): the group stays whole, and deletes cleanly.
+    code, details = code_of(lambda: driver.controller.DeleteSnapshot(pb2.DeleteSnapshotRequest(snapshot_id=sid)))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and gid in details, details
+    assert [s.snapshot_id for s in get_group(driver, pb2, gid).snapshots] == [sid]
     driver.group.DeleteVolumeGroupSnapshot(pb2.DeleteVolumeGroupSnapshotRequest(group_snapshot_id=gid))
     assert records(kube) == {} and kube.objects("jobs", NS) == []
 
@@ -428,16 +478,17 @@ def test_job_that_never_runs_times_out(tmp_path, kube, etcd_cluster, volume, stu
     """A Job the cluster never starts (held by the stand-in, as with a broken Job controller):
     30 s after JOB_TIMEOUT the driver fails it with DEADLINE_EXCEEDED and removes Job and PVC."""
     pb2, _ = stubs
-    d = Driver(bin_dir, tmp_path / "driver", kube.kubeconfig_path, *stubs, JOB_TIMEOUT="10s").start()
+    d = Driver(bin_dir, tmp_path / "driver", kube.kubeconfig_path, *stubs, JOB_TIMEOUT="10s", CREATE_WAIT="2s").start()
     try:
         kube.hold_jobs()
-        g = create_group(d, pb2, "never-runs", [volume])
-        obj = "etcdsnap-" + g.snapshots[0].snapshot_id
-        assert not get_group(d, pb2, g.group_snapshot_id).ready_to_use
+        assert code_of(lambda: create_group_once(d, pb2, "never-runs", [volume]))[0] == grpc.StatusCode.ABORTED
+        gid, sid = group_ids("never-runs", volume)
+        obj = "etcdsnap-" + sid
+        assert not get_group(d, pb2, gid).ready_to_use
         # The Job goes first, then the PVC: wait for both.
         wait_for(lambda: kube.get_object("jobs", NS, obj) is None, 90, "the driver to give up on the Job")
         wait_for(lambda: kube.get_object("persistentvolumeclaims", NS, obj) is None, 10, "the PVC to be removed")
-        code, details = code_of(lambda: get_group(d, pb2, g.group_snapshot_id))
+        code, details = code_of(lambda: get_group(d, pb2, gid))
         assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "timed out" in details and "JOB_TIMEOUT 10s" in details
         kube.release_jobs()
     finally:
