@@ -125,7 +125,7 @@ def test_s3sync_image_syncs_two_buckets(tmp_path):
         env = {"SOURCE_S3_ENDPOINT": source.endpoint, "SOURCE_ACCESS_KEY": source.key,
                "SOURCE_SECRET_KEY": source.secret, "SOURCE_BUCKET": "data",
                "DEST_S3_ENDPOINT": dest.endpoint, "DEST_ACCESS_KEY": dest.key,
-               "DEST_SECRET_KEY": dest.secret, "DEST_BUCKET": "copy"}
+               "DEST_SECRET_KEY": dest.secret, "DEST_BUCKET": "copy", "DEST_PREFIX": "/"}
         flags = [x for k in env for x in ("-e", k)]
         done = podman("run", "--rm", *SECURE, "--tmpfs", "/tmp:rw,size=16m", *flags, image("s3sync"),
                       timeout=180, check=False, env={**os.environ, **env})
