@@ -6,8 +6,14 @@
 //! forwarder holds while signalling) and only then reap it. A signal can therefore never
 //! reach a process that reused rclone's PID. Any other child that ends (an orphan
 //! re-parented to us as PID 1 or as child subreaper) is reaped and logged.
+//!
+//! Every child is started by [`supervise`]: it dies with s3sync (`PR_SET_PDEATHSIG`, so an
+//! OOM kill or a node's SIGKILL of s3sync never leaves rclone copying and deleting on its
+//! own) and leads its own process group, so a stop that runs out of grace kills rclone and
+//! anything it started, and no grandchild holding rclone's pipes can stall the stop.
 
 use std::io;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,7 +52,38 @@ pub fn become_subreaper() {
     }
 }
 
-/// Runs `cmd` to completion: output folded into the log, signals forwarded, children reaped.
+/// After the child has ended, how long its output may take to reach its end (EOF) before the
+/// rest of its process group is killed, and again before the output is abandoned.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// Makes the child of `cmd` die when s3sync dies, and lead its own process group.
+///
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child ends, so children must be
+/// spawned from a thread that outlives them (the main thread, or one joined after the child).
+/// If s3sync died between the fork and the `prctl`, the child would already be re-parented:
+/// it checks `getppid()` against s3sync's PID and kills itself.
+pub fn supervise(cmd: &mut Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // async-signal-safe functions (prctl, getppid, setpgid, raise); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            #[cfg(target_os = "linux")]
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGKILL);
+            }
+            if libc::setpgid(0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Runs `cmd` (made by `rclone::command`, so [`supervise`]d) to completion: output folded into the log, signals forwarded, children reaped.
 pub fn run(mut cmd: Command, shutdown: &Shutdown, redactor: &Redactor) -> io::Result<Ended> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
@@ -77,9 +114,7 @@ pub fn run(mut cmd: Command, shutdown: &Shutdown, redactor: &Redactor) -> io::Re
 
     let status = reap_until(pid, &alive);
     done.store(true, Ordering::SeqCst);
-    for r in readers {
-        let _ = r.join();
-    }
+    drain(pid, readers);
     reap_orphans();
     let status = status?;
     let code = if libc::WIFEXITED(status) {
@@ -96,6 +131,33 @@ pub fn run(mut cmd: Command, shutdown: &Shutdown, redactor: &Redactor) -> io::Re
         stopped_by,
         folded,
     })
+}
+
+/// Waits for the output readers of the ended child `pid`; if something it started still holds
+/// its pipes after [`DRAIN_GRACE`], kills the rest of its process group, and after another
+/// grace leaves the readers behind (they end with the process).
+fn drain(pid: libc::pid_t, readers: Vec<thread::JoinHandle<()>>) {
+    let finished = |readers: &[thread::JoinHandle<()>]| readers.iter().all(|r| r.is_finished());
+    let wait = |readers: &[thread::JoinHandle<()>]| {
+        let start = Instant::now();
+        while !finished(readers) && start.elapsed() < DRAIN_GRACE {
+            thread::sleep(Duration::from_millis(10));
+        }
+        finished(readers)
+    };
+    if !wait(&readers) {
+        log::warn!(pgid = pid; "rclone ended but processes it started still hold its output: killing its process group");
+        // SAFETY: kill has no memory effects. The group is rclone's own (setpgid in the child);
+        // its ID cannot be reused while a member is alive.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        if !wait(&readers) {
+            log::warn!("rclone's output did not end: not waiting for it any longer");
+            return;
+        }
+    }
+    for r in readers {
+        let _ = r.join();
+    }
 }
 
 /// Waits for a stop request; passes it on to the child; kills the child if it has not
@@ -134,9 +196,9 @@ fn forward_signals(
     }
     let alive = alive.lock().unwrap_or_else(|e| e.into_inner());
     if *alive {
-        log::error!(pid = pid, grace_s = STOP_GRACE.as_secs(); "rclone did not stop in time: killing it");
-        // SAFETY: as above.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        log::error!(pid = pid, grace_s = STOP_GRACE.as_secs(); "rclone did not stop in time: killing it and its process group");
+        // SAFETY: as above; the group is rclone's own and still has rclone in it.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
     }
 }
 

@@ -151,6 +151,8 @@ pub struct Config {
 /// Reads and validates the whole configuration. `log_level` is the outcome of reading
 /// `LOG_LEVEL` (done first, to set up logging), reported here with the other problems.
 pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<Config, lifeboat::env::ConfigError> {
+    // Read through `env` too, so a value that is not UTF-8 is reported by name.
+    let _ = env.optional("LOG_LEVEL");
     let log_level = match log_level {
         Ok(level) => level,
         Err(why) => {

