@@ -72,7 +72,7 @@ remote_env() {
 remote_env
 
 export SOURCE_S3_ENDPOINT=http://127.0.0.1:$SRC_PORT SOURCE_ACCESS_KEY=$AK SOURCE_SECRET_KEY=$SK SOURCE_BUCKET=data
-export DEST_S3_ENDPOINT=http://127.0.0.1:$DST_PORT DEST_ACCESS_KEY=$AK DEST_SECRET_KEY=$SK RCLONE_BINARY=$RCLONE
+export DEST_S3_ENDPOINT=http://127.0.0.1:$DST_PORT DEST_ACCESS_KEY=$AK DEST_SECRET_KEY=$SK DEST_PREFIX=/ RCLONE_BINARY=$RCLONE
 
 now_ms() { date +%s%3N; }
 # Each runner prints its wall time in ms; a failed run aborts the benchmark.

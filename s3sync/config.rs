@@ -77,12 +77,22 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    /// The rclone path of the synced part, e.g. `source:my-bucket/daily`.
+    /// The rclone path of the synced part, e.g. `source:my-bucket/daily/`.
+    ///
+    /// A prefix is a folder: the trailing `/` keeps rclone from treating the path as one
+    /// object when an object with exactly the prefix's name exists (rclone's S3 backend checks
+    /// for that object only for a root without a trailing `/`; with objects `db`, `db/1`,
+    /// `db/2` and prefix `db` it would sync the single object `db` and leave `db/...` alone).
     pub fn rclone_path(&self) -> String {
+        format!("{}:{}/{}", self.role.remote(), self.bucket, self.key_prefix())
+    }
+
+    /// The prefix as S3 keys start with it: empty, or `prefix/`.
+    pub fn key_prefix(&self) -> String {
         if self.prefix.is_empty() {
-            format!("{}:{}", self.role.remote(), self.bucket)
+            String::new()
         } else {
-            format!("{}:{}/{}", self.role.remote(), self.bucket, self.prefix)
+            format!("{}/", self.prefix)
         }
     }
 
@@ -199,16 +209,6 @@ pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<
         }
     };
 
-    if !source.endpoint.is_empty()
-        && source.endpoint == dest.endpoint
-        && source.bucket == dest.bucket
-        && overlaps(&source.prefix, &dest.prefix)
-    {
-        env.problem(
-            "DEST_PREFIX",
-            "source and destination overlap (same endpoint and bucket, one prefix inside the other)",
-        );
-    }
     env.finish()?;
     Ok(Config {
         source,
@@ -251,6 +251,16 @@ fn bucket(env: &mut Env, role: Role) -> Bucket {
         }
     }
     let prefix = env.parse_with(&var("PREFIX"), String::new(), parse_prefix);
+    // Unset or empty (an explicit `/` is the whole bucket).
+    if role == Role::Dest && env.optional("DEST_PREFIX").is_none() {
+        env.problem(
+            "DEST_PREFIX",
+            "is required: the Go original defaulted it to SOURCE_BUCKET (several sources sharing one \
+             backup bucket), s3sync has no default, so a Job migrated unchanged cannot sync into (and delete \
+             from) the whole bucket; set DEST_PREFIX to the source bucket's name to keep the Go layout, or \
+             DEST_PREFIX=/ for the whole destination bucket",
+        );
+    }
     let region = env.optional(&var("REGION")).unwrap_or_else(|| "us-east-1".into());
     let provider = env.parse_with(&var("PROVIDER"), "Other".to_string(), |s| {
         if s.chars().all(|c| c.is_ascii_alphanumeric()) {
@@ -284,10 +294,15 @@ fn positive_duration(env: &mut Env, var: &str, default: Duration) -> Duration {
 
 /// An endpoint must be an `http://` or `https://` URL with a host and no credentials.
 fn check_endpoint(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or("expected a URL starting with http:// or https://")?;
+    // The scheme is case-insensitive (RFC 3986; Go's URL parser, rclone's, agrees).
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    let rest = if lower.starts_with("https://") {
+        &url[8..]
+    } else if lower.starts_with("http://") {
+        &url[7..]
+    } else {
+        return Err("expected a URL starting with http:// or https://".into());
+    };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     if authority.contains('@') {
         return Err("must not contain credentials (user:password@); use the ACCESS_KEY/SECRET_KEY variables".into());
@@ -388,7 +403,7 @@ fn find_program(name: &str) -> Option<PathBuf> {
 }
 
 /// Whether two prefixes of the same bucket overlap (one contains the other).
-fn overlaps(a: &str, b: &str) -> bool {
+pub fn overlaps(a: &str, b: &str) -> bool {
     let inside =
         |outer: &str, inner: &str| outer.is_empty() || inner == outer || inner.starts_with(&format!("{outer}/"));
     inside(a, b) || inside(b, a)
@@ -408,6 +423,7 @@ mod tests {
             ("DEST_ACCESS_KEY", "ak2"),
             ("DEST_SECRET_KEY", "sk2"),
             ("DEST_BUCKET", "dst"),
+            ("DEST_PREFIX", "/"),
             ("RCLONE_BINARY", "/bin/sh"),
         ]
     }
@@ -428,7 +444,8 @@ mod tests {
         assert_eq!(c.retries, 3);
         assert_eq!(c.compare, Compare::Checksum);
         assert!(!c.dry_run && !c.allow_empty_source && c.fast_list);
-        assert_eq!(c.source.rclone_path(), "source:src");
+        assert_eq!(c.source.rclone_path(), "source:src/");
+        assert_eq!(c.dest.rclone_path(), "dest:dst/");
         assert_eq!(c.rclone, PathBuf::from("/bin/sh"));
         assert!(read(&[("RCLONE_BINARY", "/nonexistent/rclone")]).is_err());
     }
@@ -436,7 +453,8 @@ mod tests {
     #[test]
     fn prefixes_and_limits() {
         let c = read(&[("SOURCE_PREFIX", "/a/b/"), ("MAX_DELETE", "0"), ("DEST_PREFIX", "x")]).unwrap();
-        assert_eq!(c.source.rclone_path(), "source:src/a/b");
+        assert_eq!(c.source.rclone_path(), "source:src/a/b/");
+        assert_eq!(c.dest.rclone_path(), "dest:dst/x/");
         assert_eq!(c.max_delete, MaxDelete::Limit(0));
         assert_eq!(
             read(&[("MAX_DELETE", "unlimited")]).unwrap().max_delete,
@@ -482,21 +500,16 @@ mod tests {
     }
 
     #[test]
-    fn overlapping_source_and_destination() {
-        let same = [
-            ("DEST_S3_ENDPOINT", "http://127.0.0.1:9000"),
-            ("DEST_BUCKET", "src"),
-            ("DEST_PREFIX", "a/b"),
-            ("SOURCE_PREFIX", "a"),
-        ];
-        assert!(read(&same).is_err());
-        let apart = [
-            ("DEST_S3_ENDPOINT", "http://127.0.0.1:9000"),
-            ("DEST_BUCKET", "src"),
-            ("DEST_PREFIX", "ab"),
-            ("SOURCE_PREFIX", "a"),
-        ];
-        assert!(read(&apart).is_ok());
+    fn dest_prefix_is_required_and_slash_is_the_whole_bucket() {
+        let mut pairs = base();
+        pairs.retain(|(k, _)| *k != "DEST_PREFIX");
+        let err = from_env(Env::from_pairs(pairs.clone()), Ok(LevelFilter::Info)).unwrap_err();
+        assert_eq!(err.problems.len(), 1);
+        assert_eq!(err.problems[0].var, "DEST_PREFIX");
+        assert!(err.problems[0].what.contains("SOURCE_BUCKET"), "{err}");
+        pairs.push(("DEST_PREFIX", ""));
+        assert!(from_env(Env::from_pairs(pairs), Ok(LevelFilter::Info)).is_err());
+        assert_eq!(read(&[("DEST_PREFIX", "/")]).unwrap().dest.prefix, "");
     }
 
     #[test]

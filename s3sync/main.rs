@@ -9,6 +9,7 @@ mod child;
 mod config;
 mod guard;
 mod logfold;
+mod overlap;
 mod preflight;
 mod rclone;
 
@@ -65,6 +66,16 @@ fn run() -> i32 {
             return summarize(None, &outcome, started);
         }
     };
+    if let Err(why) = overlap::check(&config.source, &config.dest, config.connect_timeout) {
+        let problems = [format!("DEST_PREFIX: {why}")];
+        log::error!(problems:serde = problems; "invalid configuration (1 problem): DEST_PREFIX: {why}");
+        let outcome = Outcome::early(
+            "config_error",
+            EXIT_CONFIG,
+            format!("invalid configuration (1 problem): DEST_PREFIX: {why}"),
+        );
+        return summarize(Some(&config), &outcome, started);
+    }
     let shutdown = match Shutdown::install() {
         Ok(s) => s,
         Err(e) => {

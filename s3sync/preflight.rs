@@ -203,6 +203,7 @@ mod tests {
                 ("DEST_ACCESS_KEY", "c"),
                 ("DEST_SECRET_KEY", "d"),
                 ("DEST_BUCKET", "dst"),
+                ("DEST_PREFIX", "/"),
                 ("RCLONE_BINARY", "/bin/sh"),
             ]),
             Ok(log::LevelFilter::Info),

@@ -180,6 +180,7 @@ mod tests {
             ("DEST_ACCESS_KEY", "AKIA-DEST-XYZ"),
             ("DEST_SECRET_KEY", "dest-secret-xyz"),
             ("DEST_BUCKET", "dst"),
+            ("DEST_PREFIX", "/"),
             ("RCLONE_BINARY", "/bin/sh"),
         ];
         pairs.extend_from_slice(extra);
@@ -215,7 +216,7 @@ mod tests {
         let c = config(&[]);
         let args = sync_args(&c);
         let s = args.join(" ");
-        assert!(s.starts_with("sync source:src dest:dst "), "{s}");
+        assert!(s.starts_with("sync source:src/ dest:dst/ "), "{s}");
         assert!(s.contains("--checksum") && s.contains("--fast-list") && s.contains("--max-delete 1000"));
         assert!(s.contains("--retries 3 ") && s.contains("--low-level-retries 3 ") && s.contains("--contimeout 10s"));
         assert!(!s.contains("--dry-run") && !s.contains("--bwlimit"));
@@ -230,7 +231,7 @@ mod tests {
             ("SOURCE_PREFIX", "a/b"),
         ]);
         let s = sync_args(&c).join(" ");
-        assert!(s.starts_with("sync source:src/a/b dest:dst "), "{s}");
+        assert!(s.starts_with("sync source:src/a/b/ dest:dst/ "), "{s}");
         assert!(s.contains("--size-only") && !s.contains("--checksum") && !s.contains("--max-delete"));
         assert!(s.contains("--dry-run") && !s.contains("--fast-list") && s.contains("--bwlimit 1M"));
         assert!(s.contains("--max-duration 5400s"), "{s}");

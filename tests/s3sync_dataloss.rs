@@ -114,3 +114,94 @@ fn values_that_are_not_utf8_are_named_not_shown_and_the_summary_is_logged() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(contents(&dst, "dst"), contents(&src, "src"));
 }
+
+fn problems(r: &s3sync_common::Run) -> String {
+    r.lines
+        .iter()
+        .find_map(|l| l.get("problems"))
+        .and_then(|p| p.as_array())
+        .map(|p| p.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join("\n"))
+        .unwrap_or_default()
+}
+
+#[test]
+fn one_bucket_written_differently_on_both_sides_is_refused_unless_prefixes_are_disjoint() {
+    let s3 = S3Server::start(Flavor::Rclone, AK, SK);
+    make_bucket(&s3, "shared");
+    for key in ["a/1", "a/2", "other/keep"] {
+        s3.put("shared", key, key.as_bytes());
+    }
+    let before = contents(&s3, "shared");
+    let port = s3.addr.port();
+    for dest in [
+        format!("http://127.0.0.1:{port}/"),
+        format!("http://localhost:{port}"),
+        format!("HTTP://127.0.0.1:{port}//"),
+        format!("http://[::1]:{port}"),
+    ] {
+        let mut env = vars(&s3, "shared", &s3, "shared");
+        set(&mut env, "SOURCE_PREFIX", "a");
+        set(&mut env, "DEST_S3_ENDPOINT", &dest);
+        let r = s3sync_common::run(&env);
+        assert_eq!(r.code, 2, "{dest}: {}", r.stderr);
+        assert_eq!(r.summary()["outcome"], "config_error");
+        assert!(problems(&r).contains("DEST_PREFIX"), "{dest}: {}", r.stderr);
+        assert!(!r.has_msg("running rclone sync"));
+        assert_eq!(contents(&s3, "shared"), before, "{dest}");
+    }
+    // Disjoint prefixes of one bucket are fine: `a` and `ab` are different folders.
+    let mut env = vars(&s3, "shared", &s3, "shared");
+    set(&mut env, "SOURCE_PREFIX", "a");
+    set(&mut env, "DEST_PREFIX", "ab");
+    set(&mut env, "DEST_S3_ENDPOINT", &format!("http://localhost:{port}/"));
+    let r = s3sync_common::run(&env);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(s3.list("shared"), ["a/1", "a/2", "ab/1", "ab/2", "other/keep"]);
+}
+
+#[test]
+fn a_prefix_is_a_folder_even_when_an_object_has_its_name() {
+    let src = S3Server::start(Flavor::Moto, AK, SK);
+    let dst = S3Server::start(Flavor::Moto, AK, SK);
+    make_bucket(&src, "src");
+    make_bucket(&dst, "dst");
+    for key in ["db", "db/1", "db/2"] {
+        src.put("src", key, key.as_bytes());
+    }
+    dst.put("dst", "db", b"an object outside the folder");
+    dst.put("dst", "db/stale", b"stale");
+    let mut env = vars(&src, "src", &dst, "dst");
+    set(&mut env, "SOURCE_PREFIX", "db");
+    set(&mut env, "DEST_PREFIX", "db/");
+    let r = s3sync_common::run(&env);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(dst.list("dst"), ["db", "db/1", "db/2"]);
+    assert_eq!(dst.get("dst", "db"), b"an object outside the folder");
+    assert_eq!(dst.get("dst", "db/1"), b"db/1");
+}
+
+#[test]
+fn a_job_migrated_unchanged_from_the_go_original_deletes_nothing() {
+    // The Go original synced SOURCE_BUCKET into DEST_BUCKET/SOURCE_BUCKET when DEST_PREFIX was
+    // unset, so several applications share one backup bucket.
+    let (src, dst) = servers();
+    make_bucket(&src, "app-b");
+    src.put("app-b", "data.db", b"b's data");
+    make_bucket(&dst, "backups");
+    dst.put("backups", "app-a/data.db", b"a's backup");
+    dst.put("backups", "app-b/data.db", b"b's older backup");
+    let mut env = vars(&src, "app-b", &dst, "backups");
+    env.retain(|(k, _)| k != "DEST_PREFIX");
+    let before = contents(&dst, "backups");
+    let r = s3sync_common::run(&env);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(problems(&r).contains("DEST_PREFIX"), "{}", r.stderr);
+    assert_eq!(contents(&dst, "backups"), before);
+
+    // Spelled out as the Go original did it: the other application's backup stays.
+    set(&mut env, "DEST_PREFIX", "app-b");
+    let r = s3sync_common::run(&env);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(dst.get("backups", "app-a/data.db"), b"a's backup");
+    assert_eq!(dst.get("backups", "app-b/data.db"), b"b's data");
+}

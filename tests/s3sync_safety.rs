@@ -146,10 +146,11 @@ fn configuration_errors_are_listed_together_before_any_network_call() {
         "LOG_LEVEL",
         "COMPARE",
         "MAX_DURATION",
+        "DEST_PREFIX",
     ] {
         assert!(text.contains(var), "{var} missing from:\n{text}");
     }
-    assert_eq!(problems.len(), 9, "{text}");
+    assert_eq!(problems.len(), 10, "{text}");
     for secret in [
         "AKIA-CONFIG-TEST-KEY",
         "config-test-secret-abcdef",

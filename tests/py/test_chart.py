@@ -69,7 +69,7 @@ S3_ON = {
     "enabled": True,
     "source": {"endpoint": "https://s3.eu-west-1.amazonaws.com", "bucket": "prod-data",
                "accessKey": "AKIASOURCE", "secretKey": "source-secret"},
-    "destination": {"endpoint": "https://backup.example.net:9000", "bucket": "prod-data-copy",
+    "destination": {"endpoint": "https://backup.example.net:9000", "bucket": "prod-data-copy", "prefix": "/",
                     "accessKey": "AKIADEST", "secretKey": "dest-secret"},
 }
 
@@ -89,7 +89,7 @@ SCENARIOS = {
         "s3sync": {"enabled": True, "existingSecret": "s3-keys", "dryRun": True, "maxDelete": 0,
                    "timeZone": "Europe/Berlin", "schedule": "*/15 * * * *",
                    "source": {"endpoint": "http://minio.storage:9000", "bucket": "a"},
-                   "destination": {"endpoint": "http://minio.backup:9000", "bucket": "b"}},
+                   "destination": {"endpoint": "http://minio.backup:9000", "bucket": "b", "prefix": "a"}},
     },
     "hook-own-tls-variant": {
         "imagePullSecrets": [{"name": "registry"}],
@@ -410,7 +410,7 @@ def test_defaults_install_only_the_hook(helm):
 
 S3SYNC_ENV = {"SOURCE_S3_ENDPOINT", "SOURCE_ACCESS_KEY", "SOURCE_SECRET_KEY", "SOURCE_BUCKET",
               "DEST_S3_ENDPOINT", "DEST_ACCESS_KEY", "DEST_SECRET_KEY", "DEST_BUCKET",
-              "DRY_RUN", "MAX_DELETE", "RETRIES", "LOG_LEVEL"}
+              "DEST_PREFIX", "DRY_RUN", "MAX_DELETE", "RETRIES", "LOG_LEVEL"}
 S3SYNC_SECRET_KEYS = {"SOURCE_ACCESS_KEY", "SOURCE_SECRET_KEY", "DEST_ACCESS_KEY", "DEST_SECRET_KEY"}
 
 
