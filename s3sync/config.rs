@@ -142,7 +142,17 @@ pub struct Config {
     pub dest: Bucket,
     pub dry_run: bool,
     pub max_delete: MaxDelete,
+    /// At most this percentage of the destination's objects deleted per run (100 = no limit).
+    pub max_delete_percent: u8,
     pub allow_empty_source: bool,
+    /// Skip (with a warning) keys rclone cannot represent instead of refusing the run.
+    pub allow_uncopyable_keys: bool,
+    /// Compare both sides after the sync with s3sync's own S3 client.
+    pub verify: bool,
+    /// The most objects one side's listing may hold (memory bound).
+    pub max_objects: usize,
+    /// The longest one side's full listing may take.
+    pub list_timeout: Duration,
     pub compare: Compare,
     pub fast_list: bool,
     pub retries: u32,
@@ -175,7 +185,12 @@ pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<
     let dest = bucket(&mut env, Role::Dest);
     let dry_run = env.bool("DRY_RUN", false);
     let max_delete = env.parse_with("MAX_DELETE", MaxDelete::Limit(1000), parse_max_delete);
+    let max_delete_percent = env.number_in("MAX_DELETE_PERCENT", 50u8, 0, 100);
     let allow_empty_source = env.bool("ALLOW_EMPTY_SOURCE", false);
+    let allow_uncopyable_keys = env.bool("ALLOW_UNCOPYABLE_KEYS", false);
+    let verify = env.bool("VERIFY", true);
+    let max_objects = env.number_in("MAX_OBJECTS", 2_000_000usize, 1, 100_000_000);
+    let list_timeout = positive_duration(&mut env, "LIST_TIMEOUT", Duration::from_secs(600));
     let compare = env.parse_with("COMPARE", Compare::Checksum, |s| {
         match s.to_ascii_lowercase().as_str() {
             "checksum" => Ok(Compare::Checksum),
@@ -215,7 +230,12 @@ pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<
         dest,
         dry_run,
         max_delete,
+        max_delete_percent,
         allow_empty_source,
+        allow_uncopyable_keys,
+        verify,
+        max_objects,
+        list_timeout,
         compare,
         fast_list,
         retries,

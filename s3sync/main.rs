@@ -10,8 +10,12 @@ mod config;
 mod guard;
 mod logfold;
 mod overlap;
+mod plan;
 mod preflight;
 mod rclone;
+mod s3;
+mod trust;
+mod verify;
 
 use std::time::Instant;
 
@@ -21,12 +25,16 @@ use log::Level;
 
 use config::{Config, MaxDelete};
 use logfold::{Redactor, Stats};
+use trust::Trust;
 
 /// Exit code for configuration problems (rclone uses 2 for usage errors, the same idea).
 const EXIT_CONFIG: i32 = 2;
 /// Exit code when s3sync itself stops the run for safety (the empty-source guard): the code
 /// rclone uses for fatal, not-retryable errors such as "--max-delete threshold reached".
 const EXIT_REFUSED: i32 = 7;
+/// Exit code when the verification after the sync found the copy different from the source
+/// (rclone's codes end at 10).
+const EXIT_VERIFY: i32 = 11;
 
 fn main() {
     std::process::exit(run());
@@ -34,12 +42,26 @@ fn main() {
 
 /// How the run ended, for the summary line.
 struct Outcome {
-    /// success, dry_run, failed, refused, stopped, config_error.
+    /// success, dry_run, failed, refused, stopped, verify_failed, config_error.
     kind: &'static str,
     code: i32,
     stats: Option<Stats>,
     error: Option<String>,
     signal: Option<i32>,
+    extra: Extra,
+}
+
+/// What the plan and the verification add to the summary.
+#[derive(Default)]
+struct Extra {
+    uncopyable: u64,
+    deletes_planned: Option<u64>,
+    deletes_allowed: Option<u64>,
+    /// The deletion limit that stopped the run.
+    limit: Option<&'static str>,
+    /// `None`: not verified (dry run, VERIFY=false, or the run did not get that far).
+    verified: Option<bool>,
+    verify: Option<verify::Report>,
 }
 
 impl Outcome {
@@ -50,7 +72,13 @@ impl Outcome {
             stats: None,
             error: Some(error.into()),
             signal: None,
+            extra: Extra::default(),
         }
+    }
+
+    fn with(mut self, extra: Extra) -> Outcome {
+        self.extra = extra;
+        self
     }
 }
 
@@ -89,7 +117,7 @@ fn run() -> i32 {
     summarize(Some(&config), &outcome, started)
 }
 
-/// Pre-flight, guard, sync.
+/// Pre-flight and plan, sync, verification.
 fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
     let redactor = Redactor::new([
         config.source.access_key.expose(),
@@ -105,44 +133,95 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
         dry_run = config.dry_run,
         compare = config.compare.name(),
         max_delete = max_delete_text(config.max_delete).as_str(),
+        max_delete_percent = config.max_delete_percent,
+        verify = config.verify,
         rclone = config.rclone.display().to_string().as_str();
         "starting"
     );
+    if let Some(signal) = shutdown.requested() {
+        return stopped_before_sync(signal);
+    }
+    let trust = Trust::load();
 
-    if let Some(signal) = shutdown.requested() {
-        return stopped_before_sync(signal);
-    }
-    // Both buckets are probed at once: the pre-flight costs one rclone start, not two.
-    let results = std::thread::scope(|scope| {
-        let source = scope.spawn(|| preflight::probe(config, &config.source, &redactor, shutdown));
-        let dest = preflight::probe(config, &config.dest, &redactor, shutdown);
-        [source.join().expect("pre-flight thread panicked"), dest]
-    });
-    if let Some(signal) = shutdown.requested() {
-        return stopped_before_sync(signal);
-    }
-    let mut probes = Vec::new();
-    for (bucket, result) in [&config.source, &config.dest].into_iter().zip(results) {
-        match result {
-            Ok(probe) => {
-                log::info!(bucket = bucket.display().as_str(), side = bucket.role.word(), has_objects = probe.has_objects; "pre-flight ok");
-                probes.push(probe);
-            }
-            Err(f) => {
-                log::error!(kind = f.kind, side = bucket.role.word(), exit_code = f.code; "pre-flight failed: {}", f.message);
-                return Outcome::early("failed", f.code, f.message);
-            }
+    // Pre-flight: both sides listed in full by our own client, at once.
+    let (source, dest) = match preflight::list_both(config, &trust, shutdown) {
+        Ok(Some([s, d])) => (
+            plan::side(s, &config.source.key_prefix()),
+            plan::side(d, &config.dest.key_prefix()),
+        ),
+        Ok(None) => return stopped_before_sync(shutdown.requested().unwrap_or(libc::SIGTERM)),
+        Err(f) => {
+            log::error!(kind = f.kind, exit_code = f.code; "pre-flight failed: {}", f.message);
+            return Outcome::early("failed", f.code, f.message);
         }
+    };
+    log::info!(
+        source_objects = source.objects.len(),
+        dest_objects = dest.objects.len();
+        "pre-flight ok: both buckets listed"
+    );
+
+    // Objects rclone cannot represent: named, counted, refused unless allowed.
+    let mut outcome_extra = Extra {
+        uncopyable: source.uncopyable.len() as u64,
+        ..Extra::default()
+    };
+    if !source.uncopyable.is_empty() {
+        let first: Vec<&str> = source.uncopyable.iter().take(plan::NAMED).map(String::as_str).collect();
+        let what = format!(
+            "{} source objects have keys rclone cannot copy one to one (an empty path segment: a leading '/', \
+             '//' inside, or a trailing '/' directory marker): {}",
+            source.uncopyable.len(),
+            first.join(", ")
+        );
+        if !config.allow_uncopyable_keys {
+            let why = format!("refusing to sync: {what}; nothing was copied or deleted. Set ALLOW_UNCOPYABLE_KEYS=true to sync everything else and leave these out");
+            log::error!(uncopyable = source.uncopyable.len(), keys:serde = first; "{why}");
+            return Outcome::early("refused", EXIT_REFUSED, why).with(outcome_extra);
+        }
+        log::warn!(uncopyable = source.uncopyable.len(), keys:serde = first; "{what}; ALLOW_UNCOPYABLE_KEYS=true: they are left out");
     }
-    if let Err(why) = guard::check(probes[0], probes[1], config.allow_empty_source) {
+    if !dest.uncopyable.is_empty() {
+        let first: Vec<&str> = dest.uncopyable.iter().take(plan::NAMED).map(String::as_str).collect();
+        log::warn!(uncopyable = dest.uncopyable.len(), keys:serde = first;
+            "{} destination objects have keys rclone cannot handle; they are neither compared nor deleted", dest.uncopyable.len());
+    }
+
+    let (source_n, dest_n) = (source.objects.len() as u64, dest.objects.len() as u64);
+    if let Err(why) = guard::check(source_n, dest_n, config.allow_empty_source) {
         log::error!("{why}");
-        return Outcome::early("refused", EXIT_REFUSED, why);
+        return Outcome::early("refused", EXIT_REFUSED, why).with(outcome_extra);
     }
+    if source_n == 0 && dest_n == 0 {
+        log::warn!(source = config.source.display().as_str();
+            "the source lists no objects, so there is nothing to sync: check SOURCE_BUCKET and SOURCE_PREFIX (a typo here syncs nothing, every run)");
+    }
+
+    // Plan, then act: the deletion limits are checked before anything is copied or deleted.
+    let planned = plan::plan(&source, &dest);
+    outcome_extra.deletes_planned = Some(planned.deletions);
+    log::info!(deletes_planned = planned.deletions, first:serde = planned.first_deletions; "plan made");
+    let max_delete = match config.max_delete {
+        MaxDelete::Limit(n) => Some(n),
+        MaxDelete::Unlimited => None,
+    };
+    if let Err(t) = plan::check_limits(&planned, max_delete, config.max_delete_percent) {
+        outcome_extra.limit = Some(t.limit);
+        outcome_extra.deletes_allowed = Some(t.allowed);
+        if !config.dry_run {
+            log::error!(limit = t.limit, deletes_planned = planned.deletions, deletes_allowed = t.allowed; "{}", t.message);
+            return Outcome::early("refused", EXIT_REFUSED, t.message).with(outcome_extra);
+        }
+        log::warn!(limit = t.limit, deletes_planned = planned.deletions, deletes_allowed = t.allowed;
+            "dry run: a real run would be refused: {}", t.message);
+    }
+    let (allowed, _) = plan::allowed(max_delete, config.max_delete_percent, planned.dest_objects);
+    let backstop = (allowed != u64::MAX).then_some(allowed);
     if let Some(signal) = shutdown.requested() {
         return stopped_before_sync(signal);
     }
 
-    let args = rclone::sync_args(config);
+    let args = rclone::sync_args(config, backstop);
     log::info!(args:serde = args; "running rclone sync");
     let mut cmd = rclone::command(config);
     cmd.args(&args);
@@ -154,16 +233,18 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
                 1,
                 format!("cannot run rclone ({}): {e}", config.rclone.display()),
             )
+            .with(outcome_extra)
         }
     };
     let error = ended.folded.errors.last().cloned();
-    match (ended.stopped_by, ended.code) {
+    let outcome = match (ended.stopped_by, ended.code) {
         (Some(signal), code) => Outcome {
             kind: "stopped",
             code: if code == 0 { 128 + signal } else { code },
             stats: ended.folded.stats,
             error: Some(format!("stopped by {}", signal_name(signal))),
             signal: Some(signal),
+            extra: outcome_extra,
         },
         (None, 0) => Outcome {
             kind: if config.dry_run { "dry_run" } else { "success" },
@@ -171,6 +252,7 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
             stats: ended.folded.stats,
             error: None,
             signal: None,
+            extra: outcome_extra,
         },
         (None, code) => Outcome {
             kind: "failed",
@@ -178,8 +260,61 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
             stats: ended.folded.stats,
             error: Some(error.unwrap_or_else(|| format!("rclone exited with code {code}"))),
             signal: None,
+            extra: outcome_extra,
         },
+    };
+    if outcome.kind != "success" || !config.verify {
+        return outcome;
     }
+    verify_after(config, &trust, shutdown, outcome)
+}
+
+/// Lists both sides again and compares them; a difference turns success into `EXIT_VERIFY`.
+fn verify_after(config: &Config, trust: &Trust, shutdown: &Shutdown, mut outcome: Outcome) -> Outcome {
+    let started = Instant::now();
+    let (source, dest) = match preflight::list_both(config, trust, shutdown) {
+        Ok(Some([s, d])) => (
+            plan::side(s, &config.source.key_prefix()),
+            plan::side(d, &config.dest.key_prefix()),
+        ),
+        Ok(None) => {
+            let signal = shutdown.requested().unwrap_or(libc::SIGTERM);
+            outcome.kind = "stopped";
+            outcome.code = 128 + signal;
+            outcome.signal = Some(signal);
+            outcome.error = Some(format!("stopped by {} during the verification", signal_name(signal)));
+            outcome.extra.verified = Some(false);
+            return outcome;
+        }
+        Err(f) => {
+            log::error!(kind = f.kind; "verification could not list: {}", f.message);
+            outcome.kind = "verify_failed";
+            outcome.code = EXIT_VERIFY;
+            outcome.error = Some(format!("the copy could not be verified: {}", f.message));
+            outcome.extra.verified = Some(false);
+            return outcome;
+        }
+    };
+    let report = verify::compare(&source, &dest);
+    let elapsed_s = logfold::round_ms(started.elapsed().as_secs_f64());
+    outcome.extra.verified = Some(report.ok());
+    if report.ok() {
+        log::info!(objects = report.objects, by_md5 = report.by_md5, elapsed_s = elapsed_s; "verified: the destination equals the source");
+    } else {
+        let why = format!(
+            "verification failed: {} missing, {} extra, {} differing in the destination; first: {}",
+            report.missing,
+            report.extra,
+            report.differing,
+            report.first.join("; ")
+        );
+        log::error!(missing = report.missing, extra = report.extra, differing = report.differing, keys:serde = report.first; "{why}");
+        outcome.kind = "verify_failed";
+        outcome.code = EXIT_VERIFY;
+        outcome.error = Some(why);
+    }
+    outcome.extra.verify = Some(report);
+    outcome
 }
 
 fn stopped_before_sync(signal: i32) -> Outcome {
@@ -189,6 +324,7 @@ fn stopped_before_sync(signal: i32) -> Outcome {
         stats: None,
         error: Some(format!("stopped by {} before the sync started", signal_name(signal))),
         signal: Some(signal),
+        extra: Extra::default(),
     }
 }
 
@@ -204,12 +340,14 @@ fn summarize(config: Option<&Config>, outcome: &Outcome, started: Instant) -> i3
     let stats = outcome.stats.clone().unwrap_or_default();
     let level = if outcome.code == 0 { Level::Info } else { Level::Error };
     let elapsed_s = logfold::round_ms(started.elapsed().as_secs_f64());
+    let v = outcome.extra.verify.as_ref();
     let msg = match outcome.kind {
         "success" => "sync finished",
         "dry_run" => "dry run finished: nothing was changed",
         "stopped" => "sync stopped",
         "refused" => "sync refused",
         "config_error" => "not started: invalid configuration",
+        "verify_failed" => "sync finished but the copy differs from the source",
         _ => "sync failed",
     };
     log::log!(
@@ -225,6 +363,15 @@ fn summarize(config: Option<&Config>, outcome: &Outcome, started: Instant) -> i3
         elapsed_s = elapsed_s,
         rclone_stats = outcome.stats.is_some(),
         signal = outcome.signal.map(signal_name),
+        verified = outcome.extra.verified,
+        verify_objects = v.map(|r| r.objects),
+        verify_missing = v.map(|r| r.missing),
+        verify_extra = v.map(|r| r.extra),
+        verify_differing = v.map(|r| r.differing),
+        deletes_planned = outcome.extra.deletes_planned,
+        deletes_allowed = outcome.extra.deletes_allowed,
+        limit = outcome.extra.limit,
+        uncopyable = outcome.extra.uncopyable,
         error = outcome.error.as_deref();
         "{msg}"
     );

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use log::LevelFilter;
 
-use crate::config::{Bucket, Compare, Config, MaxDelete};
+use crate::config::{Bucket, Compare, Config};
 
 /// System variables rclone may need: search path, home, temp dir, time zone, proxies, and
 /// the Go TLS trust store location (`SSL_CERT_FILE`/`SSL_CERT_DIR`, for private CAs).
@@ -65,6 +65,10 @@ fn remote_env(b: &Bucket) -> Vec<(String, String)> {
         (var("ENDPOINT"), b.endpoint.clone()),
         (var("REGION"), b.region.clone()),
         (var("FORCE_PATH_STYLE"), b.path_style.to_string()),
+        // rclone's S3 default minus `Dot`: with it, keys with `.`/`..` segments fail to copy
+        // (measured: "Failed to copy ... NoSuchKey", exit 4, and then no deletion ever runs);
+        // without it they are copied byte for byte (S3 to S3, both sides the same encoding).
+        (var("ENCODING"), "Slash,InvalidUtf8".into()),
     ]
 }
 
@@ -83,10 +87,6 @@ fn common_args(config: &Config, log_level: &str, io_timeout: Duration) -> Vec<St
     ]
 }
 
-/// The pre-flight's idle timeout: a LIST answer starts quickly or the endpoint is not
-/// healthy, so the probe does not wait the sync's full IO_TIMEOUT (5 min by default).
-const PROBE_IO_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// rclone's log level for our `LOG_LEVEL`: rclone logs at least NOTICE (its stats and
 /// closing lines are notices); our logger then drops what LOG_LEVEL does not want.
 pub fn log_level_for(level: LevelFilter) -> &'static str {
@@ -97,22 +97,9 @@ pub fn log_level_for(level: LevelFilter) -> &'static str {
     }
 }
 
-/// The arguments of the pre-flight listing: the first object under `bucket`'s prefix,
-/// streamed (`lsf -R` prints as it lists, so the caller can stop after one line).
-pub fn probe_args(config: &Config, bucket: &Bucket) -> Vec<String> {
-    let mut args = vec!["lsf".into(), "-R".into(), "--files-only".into(), bucket.rclone_path()];
-    // NOTICE: rclone's closing "Failed to lsf: <why>" line is a notice.
-    let level = if config.log_level >= LevelFilter::Debug {
-        "DEBUG"
-    } else {
-        "NOTICE"
-    };
-    args.extend(common_args(config, level, config.io_timeout.min(PROBE_IO_TIMEOUT)));
-    args
-}
-
-/// The arguments of the sync itself.
-pub fn sync_args(config: &Config) -> Vec<String> {
+/// The arguments of the sync itself. `max_delete`: the deletions the plan allows (`None` =
+/// unlimited), passed as `--max-delete`, a backstop should the source change after the plan.
+pub fn sync_args(config: &Config, max_delete: Option<u64>) -> Vec<String> {
     let mut args = vec!["sync".into(), config.source.rclone_path(), config.dest.rclone_path()];
     args.extend(common_args(config, log_level_for(config.log_level), config.io_timeout));
     args.extend([
@@ -138,7 +125,7 @@ pub fn sync_args(config: &Config) -> Vec<String> {
     if config.fast_list {
         args.push("--fast-list".into());
     }
-    if let MaxDelete::Limit(n) = config.max_delete {
+    if let Some(n) = max_delete {
         args.push("--max-delete".into());
         args.push(n.to_string());
     }
@@ -191,7 +178,7 @@ mod tests {
     fn argv_has_no_secrets_and_env_has_remotes() {
         let c = config(&[]);
         let cmd = command(&c);
-        let argv = sync_args(&c).join(" ");
+        let argv = sync_args(&c, Some(1000)).join(" ");
         for secret in [
             "AKIA-SOURCE-XYZ",
             "source-secret-xyz",
@@ -214,7 +201,7 @@ mod tests {
     #[test]
     fn sync_flags_follow_config() {
         let c = config(&[]);
-        let args = sync_args(&c);
+        let args = sync_args(&c, Some(1000));
         let s = args.join(" ");
         assert!(s.starts_with("sync source:src/ dest:dst/ "), "{s}");
         assert!(s.contains("--checksum") && s.contains("--fast-list") && s.contains("--max-delete 1000"));
@@ -230,7 +217,7 @@ mod tests {
             ("MAX_DURATION", "1h30m"),
             ("SOURCE_PREFIX", "a/b"),
         ]);
-        let s = sync_args(&c).join(" ");
+        let s = sync_args(&c, None).join(" ");
         assert!(s.starts_with("sync source:src/a/b/ dest:dst/ "), "{s}");
         assert!(s.contains("--size-only") && !s.contains("--checksum") && !s.contains("--max-delete"));
         assert!(s.contains("--dry-run") && !s.contains("--fast-list") && s.contains("--bwlimit 1M"));

@@ -205,3 +205,56 @@ fn a_job_migrated_unchanged_from_the_go_original_deletes_nothing() {
     assert_eq!(dst.get("backups", "app-a/data.db"), b"a's backup");
     assert_eq!(dst.get("backups", "app-b/data.db"), b"b's data");
 }
+
+#[test]
+fn keys_rclone_cannot_represent_are_named_and_refused_dot_segments_are_copied() {
+    // moto on both sides: a filesystem-backed server cannot hold these keys.
+    let src = S3Server::start(Flavor::Moto, AK, SK);
+    let dst = S3Server::start(Flavor::Moto, AK, SK);
+    make_bucket(&src, "src");
+    make_bucket(&dst, "dst");
+    let dots = ["p/a/./b", "p/a/../c", "p/.", "p/..", "p/d/..", "p/ok.txt"];
+    for key in dots {
+        src.put_raw("src", key, key.as_bytes());
+    }
+    dst.put_raw("dst", "q/stale", b"stale");
+    let mut env = vars(&src, "src", &dst, "dst");
+    set(&mut env, "SOURCE_PREFIX", "p");
+    set(&mut env, "DEST_PREFIX", "q");
+    set(&mut env, "MAX_DELETE_PERCENT", "100");
+    // `.` and `..` segments: copied byte for byte, and the stale object deleted.
+    let r = s3sync_common::run(&env);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.summary()["verified"], true);
+    let mut want: Vec<String> = dots.iter().map(|k| k.replacen("p/", "q/", 1)).collect();
+    want.sort();
+    assert_eq!(dst.list_raw("dst"), want);
+    assert_eq!(dst.get_raw("dst", "q/a/../c"), b"p/a/../c");
+
+    // A leading '/', '//' inside, a 'dir/' marker: named, counted, refused; nothing changes.
+    let odd = ["p//lead", "p/x//y", "p/dir/"];
+    for key in odd {
+        src.put_raw("src", key, b"");
+    }
+    src.put_raw("src", "p/new.txt", b"new");
+    let before = dst.list_raw("dst");
+    let r = s3sync_common::run(&env);
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    let summary = r.summary();
+    assert_eq!(summary["outcome"], "refused");
+    assert_eq!(summary["uncopyable"], 3);
+    let error = summary["error"].as_str().unwrap();
+    for key in odd {
+        assert!(error.contains(key), "{key} not named: {error}");
+    }
+    assert!(error.contains("ALLOW_UNCOPYABLE_KEYS"), "{error}");
+    assert_eq!(dst.list_raw("dst"), before);
+
+    // Explicitly allowed: everything else is synced and verified, the three are left out.
+    set(&mut env, "ALLOW_UNCOPYABLE_KEYS", "true");
+    let r = s3sync_common::run(&env);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.summary()["uncopyable"], 3);
+    assert_eq!(r.summary()["verified"], true);
+    assert_eq!(dst.get_raw("dst", "q/new.txt"), b"new");
+}

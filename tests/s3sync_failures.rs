@@ -81,7 +81,7 @@ fn preflight_failures_are_clear_and_use_rclone_exit_codes() {
         error.contains("destination endpoint http://127.0.0.1:") && error.contains("is unreachable"),
         "{error}"
     );
-    assert!(error.contains("connection refused"), "{error}");
+    assert!(error.to_lowercase().contains("connection refused"), "{error}");
 }
 
 /// The PIDs of the direct children of `pid`.
@@ -256,29 +256,35 @@ fn sigterm_during_the_preflight_stops_at_once() {
     let (src, dst) = servers();
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
-    let held = std::thread::spawn(move || {
-        // Accept and hold up to a few connections without ever answering.
-        let mut conns = Vec::new();
-        silent.set_nonblocking(true).unwrap();
-        let start = std::time::Instant::now();
-        while start.elapsed() < Duration::from_secs(60) && conns.len() < 16 {
-            match silent.accept() {
-                Ok((c, _)) => conns.push(c),
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let held = {
+        let accepted = accepted.clone();
+        std::thread::spawn(move || {
+            // Accept and hold up to a few connections without ever answering.
+            let mut conns = Vec::new();
+            silent.set_nonblocking(true).unwrap();
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(60) && conns.len() < 16 {
+                match silent.accept() {
+                    Ok((c, _)) => {
+                        conns.push(c);
+                        accepted.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+                if !conns.is_empty() && start.elapsed() > Duration::from_secs(2) {
+                    break;
+                }
             }
-            if !conns.is_empty() && start.elapsed() > Duration::from_secs(2) {
-                break;
-            }
-        }
-        conns
-    });
+            conns
+        })
+    };
     let mut env = vars(&src, "src", &dst, "dst");
     set(&mut env, "DEST_S3_ENDPOINT", &format!("http://127.0.0.1:{port}"));
     let running = spawn(command(&env));
-    let pid = running.proc.pid();
-    // Wait until a probe is running (an rclone child doing lsf).
-    wait_for("the pre-flight probes", Duration::from_secs(60), || {
-        children(pid).into_iter().find(|c| cmdline(*c).contains(" lsf "))
+    // Wait until the pre-flight is waiting on the silent endpoint.
+    wait_for("the pre-flight to connect", Duration::from_secs(60), || {
+        accepted.load(std::sync::atomic::Ordering::SeqCst).then_some(())
     });
     running.proc.signal(15);
     let r = running.finish();

@@ -120,15 +120,28 @@ fn compare_modes_trade_speed_for_detection() {
     assert_eq!(run(&env).code, 0);
     src.put("src", "f.txt", b"version-2");
 
+    // size-only misses a same-size change: rclone reports success, and s3sync's own
+    // verification (independent listings, MD5 ETags on both sides) catches it: exit 11.
     set(&mut env, "COMPARE", "size");
     let r = run(&env);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(r.summary()["transfers"], 0);
+    assert_eq!(r.code, 11, "{}", r.stderr);
+    let summary = r.summary();
+    assert_eq!(summary["transfers"], 0);
+    assert_eq!(summary["outcome"], "verify_failed");
+    assert_eq!(summary["verified"], false);
+    assert_eq!(summary["verify_differing"], 1);
+    assert!(summary["error"].as_str().unwrap().contains("f.txt (MD5 "), "{summary}");
     assert_eq!(
         dst.get("dst", "f.txt"),
         b"version-1",
         "size-only misses a same-size change"
     );
+    // Without the verification the miss is silent.
+    set(&mut env, "VERIFY", "false");
+    let r = run(&env);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.summary()["verified"], serde_json::Value::Null);
+    set(&mut env, "VERIFY", "true");
 
     for mode in ["modtime", "checksum"] {
         src.put("src", "f.txt", format!("{mode:-<9}").as_bytes());
@@ -136,6 +149,7 @@ fn compare_modes_trade_speed_for_detection() {
         let r = run(&env);
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert_eq!(r.summary()["transfers"], 1, "{mode}");
+        assert_eq!(r.summary()["verified"], true, "{mode}");
         assert_eq!(dst.get("dst", "f.txt"), format!("{mode:-<9}").as_bytes(), "{mode}");
     }
 }
