@@ -212,6 +212,36 @@ pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<
     let connect_timeout = positive_duration(&mut env, "CONNECT_TIMEOUT", Duration::from_secs(10));
     let io_timeout = positive_duration(&mut env, "IO_TIMEOUT", Duration::from_secs(300));
     let stats_interval = positive_duration(&mut env, "STATS_INTERVAL", Duration::from_secs(60));
+    if stats_interval < Duration::from_millis(100) {
+        env.problem("STATS_INTERVAL", "must be at least 100ms (each interval logs a line)");
+    }
+    for (var, d) in [
+        ("MAX_DURATION", max_duration),
+        ("CONNECT_TIMEOUT", Some(connect_timeout)),
+        ("IO_TIMEOUT", Some(io_timeout)),
+        ("STATS_INTERVAL", Some(stats_interval)),
+        ("LIST_TIMEOUT", Some(list_timeout)),
+    ] {
+        if d.is_some_and(|d| d > GO_MAX_DURATION) {
+            env.problem(
+                var,
+                "must be at most 2562047h (the longest duration rclone, written in Go, accepts)",
+            );
+        }
+    }
+    match std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()) {
+        Some(path) if lifeboat::tls::load_certs(std::path::Path::new(&path)).is_err() => {
+            let why = lifeboat::tls::load_certs(std::path::Path::new(&path))
+                .err()
+                .map(|e| e.what)
+                .unwrap_or_default();
+            env.problem(
+                "SSL_CERT_FILE",
+                format!("must be a readable PEM file with at least one certificate: {why}"),
+            );
+        }
+        _ => {}
+    }
     let rclone_name = env.optional("RCLONE_BINARY").unwrap_or_else(|| "rclone".into());
     let rclone = match find_program(&rclone_name) {
         Some(path) => path,
@@ -281,13 +311,19 @@ fn bucket(env: &mut Env, role: Role) -> Bucket {
              DEST_PREFIX=/ for the whole destination bucket",
         );
     }
-    let region = env.optional(&var("REGION")).unwrap_or_else(|| "us-east-1".into());
-    let provider = env.parse_with(&var("PROVIDER"), "Other".to_string(), |s| {
-        if s.chars().all(|c| c.is_ascii_alphanumeric()) {
+    let region = env.parse_with(&var("REGION"), "us-east-1".to_string(), |s| {
+        if s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             Ok(s.to_string())
         } else {
-            Err("expected an rclone S3 provider name such as AWS, Minio, Ceph or Other".into())
+            Err("expected a region name such as us-east-1 (letters, digits, '-', '_'; no quotes)".into())
         }
+    });
+    let provider = env.parse_with(&var("PROVIDER"), "Other".to_string(), |s| {
+        PROVIDERS
+            .iter()
+            .find(|p| p.eq_ignore_ascii_case(s))
+            .map(|p| p.to_string())
+            .ok_or_else(|| "expected one of rclone's S3 providers (AWS, Ceph, Cloudflare, Minio, Other, ...; `rclone help backend s3`)".into())
     });
     let path_style = env.bool(&var("PATH_STYLE"), true);
     Bucket {
@@ -368,16 +404,80 @@ fn parse_prefix(s: &str) -> Result<String, String> {
     Ok(trimmed.to_string())
 }
 
-/// `1000`, `0` (delete nothing), or `unlimited`/`-1`.
+/// `1000`, `0` (delete nothing), or `unlimited`/`-1`; at most 2^63-1 (rclone's flag is an int64).
 fn parse_max_delete(s: &str) -> Result<MaxDelete, String> {
     match s.to_ascii_lowercase().as_str() {
         "unlimited" | "-1" => Ok(MaxDelete::Unlimited),
         other => other
             .parse::<u64>()
+            .ok()
+            .filter(|n| *n <= i64::MAX as u64)
             .map(MaxDelete::Limit)
-            .map_err(|_| "expected a whole number >= 0 (0 = delete nothing) or unlimited".into()),
+            .ok_or_else(|| {
+                "expected a whole number from 0 (delete nothing) to 9223372036854775807, or unlimited".into()
+            }),
     }
 }
+
+/// The longest duration Go (so rclone) can represent: 2^63-1 ns, about 2562047h47m.
+const GO_MAX_DURATION: Duration = Duration::from_nanos(i64::MAX as u64);
+
+/// rclone 1.75's S3 providers (`rclone help backend s3`); the value is passed in this spelling.
+const PROVIDERS: [&str; 53] = [
+    "AWS",
+    "Alibaba",
+    "ArvanCloud",
+    "BizflyCloud",
+    "Ceph",
+    "ChinaMobile",
+    "Cloudflare",
+    "Cubbit",
+    "DigitalOcean",
+    "Dreamhost",
+    "Exaba",
+    "Fastly",
+    "FileLu",
+    "FlashBlade",
+    "GCS",
+    "HCP",
+    "Hetzner",
+    "HuaweiOBS",
+    "IBMCOS",
+    "IDrive",
+    "ImpossibleCloud",
+    "Intercolo",
+    "IONOS",
+    "Leviia",
+    "Liara",
+    "Linode",
+    "LyveCloud",
+    "Magalu",
+    "Mega",
+    "Minio",
+    "Netease",
+    "Outscale",
+    "OVHcloud",
+    "Petabox",
+    "Qiniu",
+    "Rabata",
+    "RackCorp",
+    "Rclone",
+    "Scaleway",
+    "Scality",
+    "SeaweedFS",
+    "Selectel",
+    "Servercore",
+    "SpectraLogic",
+    "Storj",
+    "Synology",
+    "TencentCOS",
+    "US3",
+    "Wasabi",
+    "Zadara",
+    "Zata",
+    "ZeroServices",
+    "Other",
+];
 
 /// rclone's `--bwlimit` size syntax: `off`, or `RATE` or `UPLOAD:DOWNLOAD`, where a rate is a
 /// number with an optional unit `B`, `K`, `M`, `G`, `T`, `P` (bytes per second, K = KiB).

@@ -16,6 +16,7 @@ mod rclone;
 mod s3;
 mod trust;
 mod verify;
+mod version;
 
 use std::time::Instant;
 
@@ -103,6 +104,19 @@ fn run() -> i32 {
             format!("invalid configuration (1 problem): DEST_PREFIX: {why}"),
         );
         return summarize(Some(&config), &outcome, started);
+    }
+    match version::check(&config.rclone) {
+        Ok(v) => log::debug!(version = v.as_str(); "rclone version"),
+        Err(why) => {
+            let problem = format!("RCLONE_BINARY: {why}");
+            log::error!(problems:serde = [&problem]; "invalid configuration (1 problem): {problem}");
+            let outcome = Outcome::early(
+                "config_error",
+                EXIT_CONFIG,
+                format!("invalid configuration (1 problem): {problem}"),
+            );
+            return summarize(Some(&config), &outcome, started);
+        }
     }
     let shutdown = match Shutdown::install() {
         Ok(s) => s,
@@ -194,7 +208,7 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
     }
     if source_n == 0 && dest_n == 0 {
         log::warn!(source = config.source.display().as_str();
-            "the source lists no objects, so there is nothing to sync: check SOURCE_BUCKET and SOURCE_PREFIX (a typo here syncs nothing, every run)");
+            "the source lists no objects, so there is nothing to sync: check SOURCE_BUCKET and SOURCE_PREFIX (a typo there syncs nothing, every run, with exit 0)");
     }
 
     // Plan, then act: the deletion limits are checked before anything is copied or deleted.
@@ -244,6 +258,19 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
             stats: ended.folded.stats,
             error: Some(format!("stopped by {}", signal_name(signal))),
             signal: Some(signal),
+            extra: outcome_extra,
+        },
+        // rclone always ends with a stats line (--stats-log-level NOTICE); a program that
+        // exits 0 without one did not sync anything.
+        (None, 0) if ended.folded.stats.is_none() => Outcome {
+            kind: "failed",
+            code: 1,
+            stats: None,
+            error: Some(format!(
+                "{} exited 0 without rclone's final stats line: RCLONE_BINARY does not behave like rclone",
+                config.rclone.display()
+            )),
+            signal: None,
             extra: outcome_extra,
         },
         (None, 0) => Outcome {

@@ -243,3 +243,99 @@ fn no_secret_in_any_output_at_debug_level() {
         }
     }
 }
+
+#[test]
+fn values_rclone_would_reject_are_refused_before_any_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let base: Vec<(String, String)> = [
+        ("SOURCE_S3_ENDPOINT", endpoint.as_str()),
+        ("SOURCE_ACCESS_KEY", "AKIA-VALIDATION-KEY"),
+        ("SOURCE_SECRET_KEY", "validation-secret-abcdef"),
+        ("SOURCE_BUCKET", "src"),
+        ("DEST_S3_ENDPOINT", endpoint.as_str()),
+        ("DEST_ACCESS_KEY", "AKIA-VALIDATION-KEY"),
+        ("DEST_SECRET_KEY", "validation-secret-abcdef"),
+        ("DEST_BUCKET", "dst"),
+        ("DEST_PREFIX", "/"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let mut env = base.clone();
+    for (k, v) in [
+        ("MAX_DELETE", "9223372036854775808"),
+        ("MAX_DURATION", "2562048h"),
+        ("SOURCE_REGION", "\"eu-west-1\""),
+        ("DEST_PROVIDER", "NoSuchProvider"),
+        ("STATS_INTERVAL", "1ms"),
+        ("SSL_CERT_FILE", "/nonexistent/ca.pem"),
+    ] {
+        set(&mut env, k, v);
+    }
+    let r = run(&env);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let problems = r
+        .lines
+        .iter()
+        .find_map(|l| l.get("problems"))
+        .and_then(|p| p.as_array())
+        .cloned()
+        .unwrap();
+    let text: Vec<&str> = problems.iter().filter_map(|p| p.as_str()).collect();
+    for var in [
+        "MAX_DELETE",
+        "MAX_DURATION",
+        "SOURCE_REGION",
+        "DEST_PROVIDER",
+        "STATS_INTERVAL",
+        "SSL_CERT_FILE",
+    ] {
+        assert!(
+            text.iter().any(|p| p.starts_with(&format!("{var}:"))),
+            "{var} not in {text:?}"
+        );
+    }
+    assert_eq!(text.len(), 6, "{text:?}");
+
+    // Something that is not rclone, or too old an rclone: refused (exit 2), nothing contacted.
+    let dir = support::temp_dir("fake-rclone");
+    let old = support::write_file(dir.path(), "rclone-1.68", "#!/bin/sh\necho 'rclone v1.68.2'\n");
+    std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    for (binary, expect) in [
+        ("/bin/true", "is not rclone"),
+        (old.to_str().unwrap(), "v1.69 or newer"),
+    ] {
+        let mut env = base.clone();
+        set(&mut env, "RCLONE_BINARY", binary);
+        let mut cmd = s3sync_common::command(&env);
+        cmd.env("RCLONE_BINARY", binary);
+        let r = s3sync_common::spawn(cmd).finish();
+        assert_eq!(r.code, 2, "{binary}: {}", r.stderr);
+        let error = r.summary()["error"].as_str().unwrap().to_string();
+        assert!(error.contains("RCLONE_BINARY") && error.contains(expect), "{error}");
+    }
+    assert!(
+        listener.accept().is_err(),
+        "s3sync connected despite a bad configuration"
+    );
+}
+
+#[test]
+fn a_source_prefix_with_nothing_under_it_into_an_empty_destination_warns() {
+    let (src, dst) = with_extras(0);
+    make_bucket(&dst, "empty");
+    let mut env = vars(&src, "src", &dst, "empty");
+    set(&mut env, "SOURCE_PREFIX", "typo");
+    let r = run(&env);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.lines
+            .iter()
+            .any(|l| l["level"] == "warn" && l["msg"].as_str().unwrap().contains("SOURCE_PREFIX")),
+        "{}",
+        r.stderr
+    );
+}
