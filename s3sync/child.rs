@@ -24,9 +24,14 @@ use lifeboat::shutdown::{signal_name, Shutdown};
 
 use crate::logfold::{self, Emit, Folded, Redactor};
 
-/// How long rclone gets to stop after the forwarded signal before it is killed. Kubernetes
-/// waits 30 s (terminationGracePeriodSeconds) before its own SIGKILL.
-pub const STOP_GRACE: Duration = Duration::from_secs(20);
+/// How the child is stopped: the grace after SIGTERM before it is killed (`STOP_GRACE`;
+/// Kubernetes waits terminationGracePeriodSeconds before its own SIGKILL), and the deadline of
+/// the whole run (`SYNC_TIMEOUT`), after which it is stopped as if SIGTERM had come.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub grace: Duration,
+    pub deadline: Option<Instant>,
+}
 
 /// How the child ended.
 #[derive(Clone, Debug)]
@@ -35,6 +40,8 @@ pub struct Ended {
     pub code: i32,
     /// The signal we forwarded to it, if we were asked to stop.
     pub stopped_by: Option<i32>,
+    /// It was stopped because the deadline passed.
+    pub timed_out: bool,
     /// What its output said.
     pub folded: Folded,
 }
@@ -84,7 +91,7 @@ pub fn supervise(cmd: &mut Command) {
 }
 
 /// Runs `cmd` (made by `rclone::command`, so [`supervise`]d) to completion: output folded into the log, signals forwarded, children reaped.
-pub fn run(mut cmd: Command, shutdown: &Shutdown, redactor: &Redactor) -> io::Result<Ended> {
+pub fn run(mut cmd: Command, shutdown: &Shutdown, redactor: &Redactor, limits: Limits) -> io::Result<Ended> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
     let pid = child.id() as libc::pid_t;
@@ -105,11 +112,13 @@ pub fn run(mut cmd: Command, shutdown: &Shutdown, redactor: &Redactor) -> io::Re
     let alive = Arc::new(Mutex::new(true));
     let done = Arc::new(AtomicBool::new(false));
     let forwarded = Arc::new(Mutex::new(None));
+    let timed_out = Arc::new(AtomicBool::new(false));
     {
         let (alive, done, forwarded, shutdown) = (alive.clone(), done.clone(), forwarded.clone(), shutdown.clone());
+        let timed_out = timed_out.clone();
         // Not joined: it notices `done` within 100 ms and ends by itself. Once the child is
         // marked gone (before it is reaped) the forwarder neither signals nor records anything.
-        thread::spawn(move || forward_signals(pid, &shutdown, &alive, &done, &forwarded));
+        thread::spawn(move || forward_signals(pid, &shutdown, &alive, &done, &forwarded, &timed_out, limits));
     }
 
     let status = reap_until(pid, &alive);
@@ -129,6 +138,7 @@ pub fn run(mut cmd: Command, shutdown: &Shutdown, redactor: &Redactor) -> io::Re
     Ok(Ended {
         code,
         stopped_by,
+        timed_out: timed_out.load(Ordering::SeqCst),
         folded,
     })
 }
@@ -161,13 +171,15 @@ fn drain(pid: libc::pid_t, readers: Vec<thread::JoinHandle<()>>) {
 }
 
 /// Waits for a stop request; passes it on to the child; kills the child if it has not
-/// ended `STOP_GRACE` later. Returns when the child has been reaped.
+/// ended `limits.grace` later; does the same with SIGTERM when the deadline passes.
 fn forward_signals(
     pid: libc::pid_t,
     shutdown: &Shutdown,
     alive: &Mutex<bool>,
     done: &AtomicBool,
     forwarded: &Mutex<Option<i32>>,
+    timed_out: &AtomicBool,
+    limits: Limits,
 ) {
     let signal = loop {
         if done.load(Ordering::SeqCst) {
@@ -176,19 +188,33 @@ fn forward_signals(
         if let Some(signal) = shutdown.wait_timeout(Duration::from_millis(100)) {
             break signal;
         }
-    };
-    {
-        let alive = alive.lock().unwrap_or_else(|e| e.into_inner());
-        if !*alive {
-            return;
+        if limits.deadline.is_some_and(|d| Instant::now() >= d) {
+            let alive = alive.lock().unwrap_or_else(|e| e.into_inner());
+            if !*alive {
+                return;
+            }
+            timed_out.store(true, Ordering::SeqCst);
+            log::error!(pid = pid; "SYNC_TIMEOUT reached: stopping rclone");
+            // SAFETY: kill has no memory effects; `pid` is our unreaped child (checked under the lock).
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            drop(alive);
+            break 0;
         }
-        log::warn!(signal = signal_name(signal), pid = pid; "stop requested: forwarding the signal to rclone and waiting for it");
-        *forwarded.lock().unwrap_or_else(|e| e.into_inner()) = Some(signal);
-        // SAFETY: kill has no memory effects; `pid` is our unreaped child (checked under the lock).
-        unsafe { libc::kill(pid, signal) };
+    };
+    if signal != 0 {
+        {
+            let alive = alive.lock().unwrap_or_else(|e| e.into_inner());
+            if !*alive {
+                return;
+            }
+            log::warn!(signal = signal_name(signal), pid = pid; "stop requested: forwarding the signal to rclone and waiting for it");
+            *forwarded.lock().unwrap_or_else(|e| e.into_inner()) = Some(signal);
+            // SAFETY: kill has no memory effects; `pid` is our unreaped child (checked under the lock).
+            unsafe { libc::kill(pid, signal) };
+        }
     }
     let start = Instant::now();
-    while start.elapsed() < STOP_GRACE {
+    while start.elapsed() < limits.grace {
         if done.load(Ordering::SeqCst) {
             return;
         }
@@ -196,7 +222,7 @@ fn forward_signals(
     }
     let alive = alive.lock().unwrap_or_else(|e| e.into_inner());
     if *alive {
-        log::error!(pid = pid, grace_s = STOP_GRACE.as_secs(); "rclone did not stop in time: killing it and its process group");
+        log::error!(pid = pid, grace_s = limits.grace.as_secs_f64(); "rclone did not stop in time: killing it and its process group");
         // SAFETY: as above; the group is rclone's own and still has rclone in it.
         unsafe { libc::kill(-pid, libc::SIGKILL) };
     }

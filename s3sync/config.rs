@@ -164,6 +164,10 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub io_timeout: Duration,
     pub stats_interval: Duration,
+    /// How long rclone gets after SIGTERM before it and its process group are killed.
+    pub stop_grace: Duration,
+    /// The longest the rclone sync may run before it is stopped (exit 5, kind timeout).
+    pub sync_timeout: Option<Duration>,
     pub rclone: PathBuf,
     pub log_level: LevelFilter,
 }
@@ -212,6 +216,14 @@ pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<
     let connect_timeout = positive_duration(&mut env, "CONNECT_TIMEOUT", Duration::from_secs(10));
     let io_timeout = positive_duration(&mut env, "IO_TIMEOUT", Duration::from_secs(300));
     let stats_interval = positive_duration(&mut env, "STATS_INTERVAL", Duration::from_secs(60));
+    let stop_grace = positive_duration(&mut env, "STOP_GRACE", Duration::from_secs(20));
+    if stop_grace > Duration::from_secs(600) {
+        env.problem("STOP_GRACE", "must be at most 10m");
+    }
+    let sync_timeout = env.duration("SYNC_TIMEOUT", None);
+    if sync_timeout == Some(Duration::ZERO) {
+        env.problem("SYNC_TIMEOUT", "must be longer than 0 (unset it for no limit)");
+    }
     if stats_interval < Duration::from_millis(100) {
         env.problem("STATS_INTERVAL", "must be at least 100ms (each interval logs a line)");
     }
@@ -221,6 +233,7 @@ pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<
         ("IO_TIMEOUT", Some(io_timeout)),
         ("STATS_INTERVAL", Some(stats_interval)),
         ("LIST_TIMEOUT", Some(list_timeout)),
+        ("SYNC_TIMEOUT", sync_timeout),
     ] {
         if d.is_some_and(|d| d > GO_MAX_DURATION) {
             env.problem(
@@ -277,6 +290,8 @@ pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<
         connect_timeout,
         io_timeout,
         stats_interval,
+        stop_grace,
+        sync_timeout,
         rclone,
         log_level,
     })

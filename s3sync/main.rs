@@ -33,6 +33,8 @@ const EXIT_CONFIG: i32 = 2;
 /// Exit code when s3sync itself stops the run for safety (the empty-source guard): the code
 /// rclone uses for fatal, not-retryable errors such as "--max-delete threshold reached".
 const EXIT_REFUSED: i32 = 7;
+/// Exit code when SYNC_TIMEOUT stopped the sync: rclone's "temporary error, a retry may help".
+const EXIT_TIMEOUT: i32 = 5;
 /// Exit code when the verification after the sync found the copy different from the source
 /// (rclone's codes end at 10).
 const EXIT_VERIFY: i32 = 11;
@@ -239,7 +241,11 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
     log::info!(args:serde = args; "running rclone sync");
     let mut cmd = rclone::command(config);
     cmd.args(&args);
-    let ended = match child::run(cmd, shutdown, &redactor) {
+    let limits = child::Limits {
+        grace: config.stop_grace,
+        deadline: config.sync_timeout.map(|t| Instant::now() + t),
+    };
+    let ended = match child::run(cmd, shutdown, &redactor, limits) {
         Ok(ended) => ended,
         Err(e) => {
             return Outcome::early(
@@ -252,6 +258,17 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
     };
     let error = ended.folded.errors.last().cloned();
     let outcome = match (ended.stopped_by, ended.code) {
+        _ if ended.timed_out => Outcome {
+            kind: "failed",
+            code: EXIT_TIMEOUT,
+            stats: ended.folded.stats,
+            error: Some(format!(
+                "timeout: the sync did not finish within SYNC_TIMEOUT ({}s) and was stopped",
+                config.sync_timeout.unwrap_or_default().as_secs()
+            )),
+            signal: None,
+            extra: outcome_extra,
+        },
         (Some(signal), code) => Outcome {
             kind: "stopped",
             code: if code == 0 { 128 + signal } else { code },
