@@ -170,6 +170,8 @@ pub struct Config {
     pub sync_timeout: Option<Duration>,
     pub rclone: PathBuf,
     pub log_level: LevelFilter,
+    /// rclone logs every copied and deleted object (at LOG_LEVEL info or more verbose).
+    pub log_objects: bool,
 }
 
 /// Reads and validates the whole configuration. `log_level` is the outcome of reading
@@ -193,6 +195,7 @@ pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<
     let allow_empty_source = env.bool("ALLOW_EMPTY_SOURCE", false);
     let allow_uncopyable_keys = env.bool("ALLOW_UNCOPYABLE_KEYS", false);
     let verify = env.bool("VERIFY", true);
+    let log_objects = env.bool("LOG_OBJECTS", true);
     let max_objects = env.number_in("MAX_OBJECTS", 2_000_000usize, 1, 100_000_000);
     let list_timeout = positive_duration(&mut env, "LIST_TIMEOUT", Duration::from_secs(600));
     let compare = env.parse_with("COMPARE", Compare::Checksum, |s| {
@@ -294,6 +297,7 @@ pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<
         sync_timeout,
         rclone,
         log_level,
+        log_objects,
     })
 }
 

@@ -395,6 +395,7 @@ fn summarize(config: Option<&Config>, outcome: &Outcome, started: Instant) -> i3
         _ => "sync failed",
     };
     log::log!(
+        target: lifeboat::log::SUMMARY_TARGET,
         level,
         outcome = outcome.kind,
         exit_code = outcome.code,

@@ -101,7 +101,12 @@ pub fn log_level_for(level: LevelFilter) -> &'static str {
 /// unlimited), passed as `--max-delete`, a backstop should the source change after the plan.
 pub fn sync_args(config: &Config, max_delete: Option<u64>) -> Vec<String> {
     let mut args = vec!["sync".into(), config.source.rclone_path(), config.dest.rclone_path()];
-    args.extend(common_args(config, log_level_for(config.log_level), config.io_timeout));
+    let level = match log_level_for(config.log_level) {
+        // INFO is where rclone logs each object; LOG_OBJECTS=false keeps those lines out.
+        "INFO" if !config.log_objects => "NOTICE",
+        level => level,
+    };
+    args.extend(common_args(config, level, config.io_timeout));
     args.extend([
         "--stats".into(),
         go_duration(config.stats_interval),

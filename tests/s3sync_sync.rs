@@ -153,3 +153,47 @@ fn compare_modes_trade_speed_for_detection() {
         assert_eq!(dst.get("dst", "f.txt"), format!("{mode:-<9}").as_bytes(), "{mode}");
     }
 }
+
+#[test]
+fn the_summary_is_logged_at_every_level_but_off_and_object_lines_have_their_own_switch() {
+    let src = S3Server::start(Flavor::Rclone, AK, SK);
+    let dst = S3Server::start(Flavor::Rclone, AK, SK);
+    make_bucket(&src, "src");
+    make_bucket(&dst, "dst");
+    let mut env = vars(&src, "src", &dst, "dst");
+    for (i, level) in ["warn", "error"].into_iter().enumerate() {
+        src.put("src", &format!("{level}.txt"), level.as_bytes());
+        set(&mut env, "LOG_LEVEL", level);
+        let r = run(&env);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let summary = r.summary();
+        assert_eq!(summary["outcome"], "success", "{level}");
+        assert_eq!(summary["transfers"], 1, "{level}");
+        assert!(
+            r.lines
+                .iter()
+                .all(|l| l["level"] != "info" || l.get("outcome").is_some()),
+            "{level}: {}",
+            r.stderr
+        );
+        assert_eq!(dst.list("dst").len(), i + 1);
+    }
+    set(&mut env, "LOG_LEVEL", "off");
+    src.put("src", "off.txt", b"off");
+    let r = run(&env);
+    assert_eq!(r.code, 0);
+    assert!(r.stderr.is_empty() && r.stdout.is_empty(), "{}", r.stderr);
+
+    // At info, rclone's per-object lines are there unless LOG_OBJECTS=false.
+    set(&mut env, "LOG_LEVEL", "info");
+    src.put("src", "info.txt", b"info");
+    set(&mut env, "LOG_OBJECTS", "false");
+    let r = run(&env);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.summary()["transfers"], 1);
+    assert!(!r.lines.iter().any(|l| l.get("object").is_some()), "{}", r.stderr);
+    src.put("src", "info2.txt", b"info2");
+    set(&mut env, "LOG_OBJECTS", "true");
+    let r = run(&env);
+    assert!(r.lines.iter().any(|l| l["object"] == "info2.txt"), "{}", r.stderr);
+}
