@@ -338,6 +338,8 @@ def test_names_are_unique_per_kind_and_namespace(scenario):
     ({"s3sync": {**S3_ON, "extraEnv": {"SOURCE_PREFIX": 5}}}, "SOURCE_PREFIX"),
     ({"s3sync": {**S3_ON, "extraEnv": {"bad name": "x"}}}, "bad name"),
     ({"s3sync": {**S3_ON, "maxDelete": -1}}, "maxDelete"),
+    ({"s3sync": {**S3_ON, "maxDelete": "lots"}}, "maxDelete"),
+    ({"s3sync": {**S3_ON, "maxDeletePercent": 101}}, "maxDeletePercent"),
     ({"s3sync": {**S3_ON, "logLevel": "verbose"}}, "logLevel"),
     ({"etcdsnap": {"enabled": True, "driverName": "has space"}}, "driverName"),
     ({"etcdsnap": {"handles": [{"namespace": "x"}]}}, "cluster"),
@@ -410,7 +412,7 @@ def test_defaults_install_only_the_hook(helm):
 
 S3SYNC_ENV = {"SOURCE_S3_ENDPOINT", "SOURCE_ACCESS_KEY", "SOURCE_SECRET_KEY", "SOURCE_BUCKET",
               "DEST_S3_ENDPOINT", "DEST_ACCESS_KEY", "DEST_SECRET_KEY", "DEST_BUCKET",
-              "DEST_PREFIX", "DRY_RUN", "MAX_DELETE", "RETRIES", "LOG_LEVEL"}
+              "DEST_PREFIX", "DRY_RUN", "MAX_DELETE", "MAX_DELETE_PERCENT", "RETRIES", "LOG_LEVEL"}
 S3SYNC_SECRET_KEYS = {"SOURCE_ACCESS_KEY", "SOURCE_SECRET_KEY", "DEST_ACCESS_KEY", "DEST_SECRET_KEY"}
 
 
@@ -424,6 +426,11 @@ def test_s3sync_cronjob_shape_and_environment(helm):
     assert spec["successfulJobsHistoryLimit"] == 3 and spec["failedJobsHistoryLimit"] == 3
     job = spec["jobTemplate"]["spec"]
     assert job["activeDeadlineSeconds"] == 3600 and job["backoffLimit"] == 1
+    # Exit 2 (configuration) and 7 (refused before changing anything) are not retried.
+    (fail, ignore) = job["podFailurePolicy"]["rules"]
+    assert fail == {"action": "FailJob",
+                    "onExitCodes": {"containerName": "s3sync", "operator": "In", "values": [2, 7]}}
+    assert ignore["action"] == "Ignore" and ignore["onPodConditions"][0]["type"] == "DisruptionTarget"
     pod = job["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     assert pod["automountServiceAccountToken"] is False
@@ -458,6 +465,22 @@ def test_s3sync_existing_secret_and_zero_values(helm):
     # false and 0 are real values, rendered as such (not dropped, not "null")
     assert env["DRY_RUN"]["value"] == "true"
     assert env["MAX_DELETE"]["value"] == "0"
+
+
+def test_s3sync_unlimited_deletions_and_a_ca_bundle_volume(helm):
+    ca = {"name": "ca", "configMap": {"name": "s3-ca"}}
+    mount = {"name": "ca", "mountPath": "/etc/s3sync-ca", "readOnly": True}
+    values = {"s3sync": {**S3_ON, "maxDelete": "unlimited", "maxDeletePercent": 100,
+                         "extraVolumes": [ca], "extraVolumeMounts": [mount],
+                         "extraEnv": {"SSL_CERT_FILE": "/etc/s3sync-ca/ca.crt"}}}
+    objects = render(helm, values)
+    pod = one(objects, "CronJob", "s3sync")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = env_of(container)
+    assert env["MAX_DELETE"]["value"] == "unlimited" and env["MAX_DELETE_PERCENT"]["value"] == "100"
+    assert env["SSL_CERT_FILE"]["value"] == "/etc/s3sync-ca/ca.crt"
+    assert ca in pod["volumes"] and mount in container["volumeMounts"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
 
 
 # ---------------------------------------------------------------------------------------------
