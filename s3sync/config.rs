@@ -172,6 +172,17 @@ pub struct Config {
     pub log_level: LevelFilter,
     /// rclone logs every copied and deleted object (at LOG_LEVEL info or more verbose).
     pub log_objects: bool,
+    /// Soft deletes: where deleted and overwritten destination objects are moved
+    /// (`BACKUP_BUCKET` on the destination endpoint, `BACKUP_PREFIX`, then a dated folder).
+    pub backup: Option<Backup>,
+}
+
+/// The soft-delete location.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backup {
+    pub bucket: String,
+    /// Without leading or trailing `/`; never empty.
+    pub prefix: String,
 }
 
 /// Reads and validates the whole configuration. `log_level` is the outcome of reading
@@ -196,6 +207,35 @@ pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<
     let allow_uncopyable_keys = env.bool("ALLOW_UNCOPYABLE_KEYS", false);
     let verify = env.bool("VERIFY", true);
     let log_objects = env.bool("LOG_OBJECTS", true);
+    let backup_prefix = env.parse_with("BACKUP_PREFIX", String::new(), parse_prefix);
+    let backup_bucket = env.optional("BACKUP_BUCKET");
+    if let Some(b) = &backup_bucket {
+        if let Err(why) = check_bucket(b) {
+            env.problem("BACKUP_BUCKET", format!("{why}, got {b:?}"));
+        }
+    }
+    let backup = if backup_prefix.is_empty() {
+        if backup_bucket.is_some() {
+            env.problem(
+                "BACKUP_PREFIX",
+                "is required with BACKUP_BUCKET (a folder such as deleted)",
+            );
+        }
+        None
+    } else {
+        Some(Backup {
+            bucket: backup_bucket.unwrap_or_else(|| dest.bucket.clone()),
+            prefix: backup_prefix,
+        })
+    };
+    if let Some(b) = &backup {
+        if b.bucket == dest.bucket && overlaps(&b.prefix, &dest.prefix) {
+            env.problem(
+                "BACKUP_PREFIX",
+                "must not overlap DEST_PREFIX in the destination bucket (the sync owns that folder; use a sibling folder or BACKUP_BUCKET)",
+            );
+        }
+    }
     let max_objects = env.number_in("MAX_OBJECTS", 2_000_000usize, 1, 100_000_000);
     let list_timeout = positive_duration(&mut env, "LIST_TIMEOUT", Duration::from_secs(600));
     let compare = env.parse_with("COMPARE", Compare::Checksum, |s| {
@@ -298,6 +338,7 @@ pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<
         rclone,
         log_level,
         log_objects,
+        backup,
     })
 }
 

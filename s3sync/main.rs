@@ -97,7 +97,18 @@ fn run() -> i32 {
             return summarize(None, &outcome, started);
         }
     };
-    if let Err(why) = overlap::check(&config.source, &config.dest, config.connect_timeout) {
+    let mut overlap = overlap::check(&config.source, &config.dest, config.connect_timeout);
+    if let (Ok(()), Some(b)) = (&overlap, &config.backup) {
+        // The backup folder is on the destination endpoint; it must not be inside the source.
+        let backup = config::Bucket {
+            bucket: b.bucket.clone(),
+            prefix: b.prefix.clone(),
+            ..config.dest.clone()
+        };
+        overlap =
+            overlap::check(&config.source, &backup, config.connect_timeout).map_err(|e| format!("BACKUP_PREFIX: {e}"));
+    }
+    if let Err(why) = overlap {
         let problems = [format!("DEST_PREFIX: {why}")];
         log::error!(problems:serde = problems; "invalid configuration (1 problem): DEST_PREFIX: {why}");
         let outcome = Outcome::early(
@@ -157,7 +168,11 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
     if let Some(signal) = shutdown.requested() {
         return stopped_before_sync(signal);
     }
-    let trust = Trust::load();
+    // Only https endpoints need the trust store (reading it costs a few ms).
+    let https = [&config.source, &config.dest]
+        .iter()
+        .any(|b| b.endpoint.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("https://")));
+    let trust = if https { Trust::load() } else { Trust::default() };
 
     // Pre-flight: both sides listed in full by our own client, at once.
     let (source, dest) = match preflight::list_both(config, &trust, shutdown) {
@@ -167,8 +182,10 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
         ),
         Ok(None) => return stopped_before_sync(shutdown.requested().unwrap_or(libc::SIGTERM)),
         Err(f) => {
-            log::error!(kind = f.kind, exit_code = f.code; "pre-flight failed: {}", f.message);
-            return Outcome::early("failed", f.code, f.message);
+            // A server's error text could quote a credential back.
+            let message = redactor.apply(&f.message);
+            log::error!(kind = f.kind, exit_code = f.code; "pre-flight failed: {message}");
+            return Outcome::early("failed", f.code, message);
         }
     };
     log::info!(
@@ -310,11 +327,17 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
     if outcome.kind != "success" || !config.verify {
         return outcome;
     }
-    verify_after(config, &trust, shutdown, outcome)
+    verify_after(config, &trust, shutdown, &redactor, outcome)
 }
 
 /// Lists both sides again and compares them; a difference turns success into `EXIT_VERIFY`.
-fn verify_after(config: &Config, trust: &Trust, shutdown: &Shutdown, mut outcome: Outcome) -> Outcome {
+fn verify_after(
+    config: &Config,
+    trust: &Trust,
+    shutdown: &Shutdown,
+    redactor: &Redactor,
+    mut outcome: Outcome,
+) -> Outcome {
     let started = Instant::now();
     let (source, dest) = match preflight::list_both(config, trust, shutdown) {
         Ok(Some([s, d])) => (
@@ -331,10 +354,11 @@ fn verify_after(config: &Config, trust: &Trust, shutdown: &Shutdown, mut outcome
             return outcome;
         }
         Err(f) => {
-            log::error!(kind = f.kind; "verification could not list: {}", f.message);
+            let message = redactor.apply(&f.message);
+            log::error!(kind = f.kind; "verification could not list: {message}");
             outcome.kind = "verify_failed";
             outcome.code = EXIT_VERIFY;
-            outcome.error = Some(format!("the copy could not be verified: {}", f.message));
+            outcome.error = Some(format!("the copy could not be verified: {message}"));
             outcome.extra.verified = Some(false);
             return outcome;
         }

@@ -130,6 +130,11 @@ pub fn sync_args(config: &Config, max_delete: Option<u64>) -> Vec<String> {
     if config.fast_list {
         args.push("--fast-list".into());
     }
+    if let Some(b) = &config.backup {
+        // Deleted and overwritten objects are moved here instead (server-side, same remote).
+        args.push("--backup-dir".into());
+        args.push(backup_dir(b, std::time::SystemTime::now()));
+    }
     if let Some(n) = max_delete {
         args.push("--max-delete".into());
         args.push(n.to_string());
@@ -146,6 +151,14 @@ pub fn sync_args(config: &Config, max_delete: Option<u64>) -> Vec<String> {
         args.push("--dry-run".into());
     }
     args
+}
+
+/// `dest:<bucket>/<prefix>/<UTC time>/`, one folder per run (`2026-12-01T102833Z`).
+pub fn backup_dir(b: &crate::config::Backup, now: std::time::SystemTime) -> String {
+    let secs = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let (stamp, _) = crate::s3::amz_dates(secs);
+    let stamp = format!("{}-{}-{}{}", &stamp[..4], &stamp[4..6], &stamp[6..8], &stamp[8..]);
+    format!("dest:{}/{}/{stamp}/", b.bucket, b.prefix)
 }
 
 /// A duration in Go's syntax, which rclone parses (`1500ms`, `90s`).
@@ -227,6 +240,18 @@ mod tests {
         assert!(s.contains("--size-only") && !s.contains("--checksum") && !s.contains("--max-delete"));
         assert!(s.contains("--dry-run") && !s.contains("--fast-list") && s.contains("--bwlimit 1M"));
         assert!(s.contains("--max-duration 5400s"), "{s}");
+    }
+
+    #[test]
+    fn backup_dirs_are_dated() {
+        let b = crate::config::Backup {
+            bucket: "bk".into(),
+            prefix: "deleted".into(),
+        };
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(1_440_938_160);
+        assert_eq!(backup_dir(&b, t), "dest:bk/deleted/2015-08-30T123600Z/");
+        let c = config(&[("BACKUP_PREFIX", "deleted")]);
+        assert!(sync_args(&c, None).join(" ").contains("--backup-dir dest:dst/deleted/"));
     }
 
     #[test]

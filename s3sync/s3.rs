@@ -425,7 +425,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// `(YYYYMMDDTHHMMSSZ, YYYYMMDD)` for a Unix time (civil-from-days, proleptic Gregorian).
-fn amz_dates(secs: u64) -> (String, String) {
+pub fn amz_dates(secs: u64) -> (String, String) {
     let days = (secs / 86400) as i64;
     let rem = secs % 86400;
     let z = days + 719468;

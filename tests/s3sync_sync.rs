@@ -197,3 +197,41 @@ fn the_summary_is_logged_at_every_level_but_off_and_object_lines_have_their_own_
     let r = run(&env);
     assert!(r.lines.iter().any(|l| l["object"] == "info2.txt"), "{}", r.stderr);
 }
+
+#[test]
+fn soft_deletes_move_deleted_and_overwritten_objects_into_a_dated_folder() {
+    let src = S3Server::start(Flavor::Rclone, AK, SK);
+    let dst = S3Server::start(Flavor::Rclone, AK, SK);
+    make_bucket(&src, "src");
+    make_bucket(&dst, "dst");
+    src.put("src", "a.txt", b"a new");
+    src.put("src", "b.txt", b"b");
+    dst.put("dst", "live/a.txt", b"a old");
+    dst.put("dst", "live/c.txt", b"c gone from the source");
+    let mut env = vars(&src, "src", &dst, "dst");
+    set(&mut env, "DEST_PREFIX", "live");
+    set(&mut env, "BACKUP_PREFIX", "deleted");
+    set(&mut env, "MAX_DELETE_PERCENT", "100");
+    let r = run(&env);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.summary()["verified"], true);
+    let keys = dst.list("dst");
+    let live: Vec<&String> = keys.iter().filter(|k| k.starts_with("live/")).collect();
+    assert_eq!(live, ["live/a.txt", "live/b.txt"]);
+    let backed: Vec<&String> = keys.iter().filter(|k| k.starts_with("deleted/")).collect();
+    assert_eq!(backed.len(), 2, "{keys:?}");
+    let old_a = backed
+        .iter()
+        .find(|k| k.ends_with("/a.txt"))
+        .expect("the overwritten a.txt");
+    assert_eq!(dst.get("dst", old_a), b"a old");
+    let old_c = backed
+        .iter()
+        .find(|k| k.ends_with("/c.txt"))
+        .expect("the deleted c.txt");
+    assert_eq!(dst.get("dst", old_c), b"c gone from the source");
+
+    // A backup folder inside the synced one is refused.
+    set(&mut env, "BACKUP_PREFIX", "live/trash");
+    assert_eq!(run(&env).code, 2);
+}
