@@ -120,15 +120,17 @@ PY
 }
 
 # s3sync's own shares of its run: the pre-flight (both listings, the plan) from its
-# "starting" line to "running rclone sync", and the verification (its "verified" line).
+# "starting" line to "running rclone sync" (or to the line saying rclone was not needed), and
+# the verification (its "verified" line; 0 when the plan found nothing to do).
 preflight_ms() { python3 - "$work/s3sync.log" <<'PY'
 import json, sys
 from datetime import datetime
 t = {}
 for line in open(sys.argv[1]):
     v = json.loads(line)
-    if v["msg"] in ("starting", "running rclone sync"):
-        t[v["msg"]] = datetime.fromisoformat(v["time"].replace("Z", "+00:00"))
+    msg = "running rclone sync" if "rclone not started" in v["msg"] else v["msg"]
+    if msg in ("starting", "running rclone sync"):
+        t[msg] = datetime.fromisoformat(v["time"].replace("Z", "+00:00"))
 print(int((t["running rclone sync"] - t["starting"]).total_seconds() * 1000))
 PY
 }
@@ -161,7 +163,7 @@ run_round() {
   eval "$1_s+=($s); $1_n+=($n); $1_r+=($r); $1_d+=($d); $1_p+=($p); $1_v+=($v); $1_x+=($((s - r))); $1_y+=($((n - r)))"
 }
 
-echo "initial sync into three empty buckets x $INITIAL_ROUNDS" >&2
+echo "initial sync into four empty buckets x $INITIAL_ROUNDS" >&2
 for round in $(seq "$INITIAL_ROUNDS" -1 1); do
   SUF="-$round"
   for b in s3sync noverify raw rcdefault; do "$RCLONE" mkdir "dest:$b$SUF"; done

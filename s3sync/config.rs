@@ -175,6 +175,10 @@ pub struct Config {
     /// Soft deletes: where deleted and overwritten destination objects are moved
     /// (`BACKUP_BUCKET` on the destination endpoint, `BACKUP_PREFIX`, then a dated folder).
     pub backup: Option<Backup>,
+    /// Where the run's metrics are written (Prometheus textfile), if anywhere.
+    pub metrics_file: Option<PathBuf>,
+    /// A Pushgateway to push the run's metrics to, if any.
+    pub metrics_push_url: Option<String>,
 }
 
 /// The soft-delete location.
@@ -207,6 +211,21 @@ pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<
     let allow_uncopyable_keys = env.bool("ALLOW_UNCOPYABLE_KEYS", false);
     let verify = env.bool("VERIFY", true);
     let log_objects = env.bool("LOG_OBJECTS", true);
+    let metrics_file = env.optional("METRICS_FILE").map(PathBuf::from);
+    if let Some(p) = &metrics_file {
+        if !p.parent().is_some_and(|d| d.as_os_str().is_empty() || d.is_dir()) {
+            env.problem(
+                "METRICS_FILE",
+                format!("its folder does not exist, got {:?}", p.display().to_string()),
+            );
+        }
+    }
+    let metrics_push_url = env.optional("METRICS_PUSH_URL");
+    if let Some(u) = &metrics_push_url {
+        if let Err(why) = check_endpoint(u) {
+            env.problem("METRICS_PUSH_URL", why);
+        }
+    }
     let backup_prefix = env.parse_with("BACKUP_PREFIX", String::new(), parse_prefix);
     let backup_bucket = env.optional("BACKUP_BUCKET");
     if let Some(b) = &backup_bucket {
@@ -339,6 +358,8 @@ pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<
         log_level,
         log_objects,
         backup,
+        metrics_file,
+        metrics_push_url,
     })
 }
 

@@ -13,6 +13,7 @@ mod overlap;
 mod plan;
 mod preflight;
 mod rclone;
+mod report;
 mod s3;
 mod trust;
 mod verify;
@@ -24,7 +25,7 @@ use lifeboat::env::Env;
 use lifeboat::shutdown::{signal_name, Shutdown};
 use log::Level;
 
-use config::{Config, MaxDelete};
+use config::{Compare, Config, MaxDelete};
 use logfold::{Redactor, Stats};
 use trust::Trust;
 
@@ -248,6 +249,30 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
         log::warn!(limit = t.limit, deletes_planned = planned.deletions, deletes_allowed = t.allowed;
             "dry run: a real run would be refused: {}", t.message);
     }
+    // Nothing to do: with COMPARE=checksum rclone skips an object exactly when size and MD5
+    // match, so when every object matches by MD5 (and nothing is to be deleted) its run would
+    // change nothing. It is not started; the comparison just made is the verification.
+    if config.compare == Compare::Checksum && !config.dry_run && source.uncopyable.is_empty() {
+        let report = verify::compare(&source, &dest);
+        if report.ok() && report.by_md5 == report.objects {
+            log::info!(objects = report.objects, by_md5 = report.by_md5, elapsed_s = 0.0;
+                "verified: the destination already equals the source (every object by size and MD5): nothing to do, rclone not started");
+            outcome_extra.verified = Some(true);
+            let checks = report.objects;
+            outcome_extra.verify = Some(report);
+            return Outcome {
+                kind: "success",
+                code: 0,
+                stats: Some(Stats {
+                    checks,
+                    ..Stats::default()
+                }),
+                error: None,
+                signal: None,
+                extra: outcome_extra,
+            };
+        }
+    }
     let (allowed, _) = plan::allowed(max_delete, config.max_delete_percent, planned.dest_objects);
     let backstop = (allowed != u64::MAX).then_some(allowed);
     if let Some(signal) = shutdown.requested() {
@@ -444,5 +469,23 @@ fn summarize(config: Option<&Config>, outcome: &Outcome, started: Instant) -> i3
         error = outcome.error.as_deref();
         "{msg}"
     );
+    if let Some(c) = config.filter(|c| c.metrics_file.is_some() || c.metrics_push_url.is_some()) {
+        let numbers = report::RunNumbers {
+            outcome: outcome.kind,
+            exit_code: outcome.code,
+            bytes: stats.bytes,
+            transfers: stats.transfers,
+            deletes: stats.deletes,
+            errors: stats.errors,
+            duration_s: elapsed_s,
+            verified: outcome.extra.verified,
+        };
+        report::report(
+            c.metrics_file.as_deref(),
+            c.metrics_push_url.as_deref(),
+            &c.dest.bucket,
+            &numbers,
+        );
+    }
     outcome.code
 }

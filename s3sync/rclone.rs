@@ -250,7 +250,7 @@ mod tests {
         };
         let t = std::time::UNIX_EPOCH + Duration::from_secs(1_440_938_160);
         assert_eq!(backup_dir(&b, t), "dest:bk/deleted/2015-08-30T123600Z/");
-        let c = config(&[("BACKUP_PREFIX", "deleted")]);
+        let c = config(&[("BACKUP_PREFIX", "deleted"), ("DEST_PREFIX", "live")]);
         assert!(sync_args(&c, None).join(" ").contains("--backup-dir dest:dst/deleted/"));
     }
 

@@ -51,6 +51,9 @@ fn new_changed_and_deleted_objects_are_synced() {
     assert_eq!(third.summary()["transfers"], 0);
     assert_eq!(third.summary()["deletes"], 0);
     assert!(third.summary()["checks"].as_u64().unwrap() >= 4);
+    // Every object matched by size and MD5 in s3sync's own listings: rclone is not needed.
+    assert!(!third.has_msg("running rclone sync"), "{}", third.stderr);
+    assert_eq!(third.summary()["verified"], true);
 }
 
 #[test]
@@ -234,4 +237,41 @@ fn soft_deletes_move_deleted_and_overwritten_objects_into_a_dated_folder() {
     // A backup folder inside the synced one is refused.
     set(&mut env, "BACKUP_PREFIX", "live/trash");
     assert_eq!(run(&env).code, 2);
+}
+
+#[test]
+fn metrics_file_reports_every_run_and_keeps_the_last_success() {
+    let src = S3Server::start(Flavor::Rclone, AK, SK);
+    let dst = S3Server::start(Flavor::Rclone, AK, SK);
+    make_bucket(&src, "src");
+    make_bucket(&dst, "dst");
+    src.put("src", "a.txt", b"a");
+    let dir = support::temp_dir("metrics");
+    let file = dir.path().join("s3sync.prom");
+    let mut env = vars(&src, "src", &dst, "dst");
+    set(&mut env, "METRICS_FILE", file.to_str().unwrap());
+    let r = run(&env);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let value = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in {text}"))
+    };
+    assert_eq!(value(&text, "s3sync_exit_code"), 0.0);
+    assert_eq!(value(&text, "s3sync_transfers"), 1.0);
+    assert_eq!(value(&text, "s3sync_verified"), 1.0);
+    assert!(text.contains("s3sync_outcome{outcome=\"success\"} 1"), "{text}");
+    let success = value(&text, "s3sync_last_success_timestamp_seconds");
+
+    // A refused run: its own numbers, and the last success carried over.
+    dst.put("dst", "extra.txt", b"x");
+    set(&mut env, "MAX_DELETE", "0");
+    let r = run(&env);
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(value(&text, "s3sync_exit_code"), 7.0);
+    assert_eq!(value(&text, "s3sync_verified"), 0.0);
+    assert!(text.contains("s3sync_outcome{outcome=\"refused\"} 1"), "{text}");
+    assert_eq!(value(&text, "s3sync_last_success_timestamp_seconds"), success);
 }
