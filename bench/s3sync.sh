@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # s3sync benchmark: builds a data set on local `rclone serve s3` servers and prints, side by
 # side from one run:
-#   1. wrapper overhead: s3sync vs raw `rclone sync` with exactly the flags s3sync uses
-#      (initial sync, no-op re-sync, 1%-changed re-sync);
+#   1. wrapper overhead: s3sync (verification on, the default, and VERIFY=false) vs raw
+#      `rclone sync` with exactly the flags and remotes s3sync uses (initial sync, no-op
+#      re-sync, 1%-changed re-sync), with the time of s3sync's own listings and plan before the
+#      sync and of its verification after it;
 #   2. s3sync's defaults vs rclone's defaults on the no-op and the 1%-changed re-sync.
 # Usage: bash bench/s3sync.sh   (env: SMALL=3000 LARGE=4 LARGE_MIB=32 ROUNDS=9 INITIAL_ROUNDS=3)
 # Needs the tools from tests/tools.sh; builds the release binary without the csi feature.
@@ -66,18 +68,19 @@ remote_env() {
     export "RCLONE_CONFIG_${n}_TYPE=s3" "RCLONE_CONFIG_${n}_PROVIDER=Other" "RCLONE_CONFIG_${n}_ENV_AUTH=false" \
       "RCLONE_CONFIG_${n}_ACCESS_KEY_ID=$AK" "RCLONE_CONFIG_${n}_SECRET_ACCESS_KEY=$SK" \
       "RCLONE_CONFIG_${n}_ENDPOINT=http://127.0.0.1:$p" "RCLONE_CONFIG_${n}_REGION=us-east-1" \
-      "RCLONE_CONFIG_${n}_FORCE_PATH_STYLE=true"
+      "RCLONE_CONFIG_${n}_FORCE_PATH_STYLE=true" "RCLONE_CONFIG_${n}_ENCODING=Slash,InvalidUtf8"
   done
 }
 remote_env
 
 export SOURCE_S3_ENDPOINT=http://127.0.0.1:$SRC_PORT SOURCE_ACCESS_KEY=$AK SOURCE_SECRET_KEY=$SK SOURCE_BUCKET=data
-export DEST_S3_ENDPOINT=http://127.0.0.1:$DST_PORT DEST_ACCESS_KEY=$AK DEST_SECRET_KEY=$SK RCLONE_BINARY=$RCLONE
+export DEST_S3_ENDPOINT=http://127.0.0.1:$DST_PORT DEST_ACCESS_KEY=$AK DEST_SECRET_KEY=$SK DEST_PREFIX=/ RCLONE_BINARY=$RCLONE
 
 now_ms() { date +%s%3N; }
 # Each runner prints its wall time in ms; a failed run aborts the benchmark.
 SUF=""  # destination bucket suffix: each initial-sync round writes into fresh buckets
 run_s3sync() { local t0; t0=$(now_ms); DEST_BUCKET=s3sync$SUF "$S3SYNC" 2>"$work/s3sync.log" || { tail -5 "$work/s3sync.log" >&2; exit 1; }; echo $(($(now_ms) - t0)); }
+run_noverify() { local t0; t0=$(now_ms); VERIFY=false DEST_BUCKET=noverify$SUF "$S3SYNC" 2>"$work/noverify.log" || { tail -5 "$work/noverify.log" >&2; exit 1; }; echo $(($(now_ms) - t0)); }
 # The same argv s3sync ran (saved from its first log), pointed at the `raw` bucket.
 save_args() { python3 - "$work/s3sync.log" >"$work/args" <<'PY'
 import json, sys
@@ -116,43 +119,58 @@ PY
   "$RCLONE" copy "$stage" source:data --transfers 8 2>/dev/null
 }
 
-# The pre-flight's share of s3sync's run: from its "starting" line to "running rclone sync".
+# s3sync's own shares of its run: the pre-flight (both listings, the plan) from its
+# "starting" line to "running rclone sync" (or to the line saying rclone was not needed), and
+# the verification (its "verified" line; 0 when the plan found nothing to do).
 preflight_ms() { python3 - "$work/s3sync.log" <<'PY'
 import json, sys
 from datetime import datetime
 t = {}
 for line in open(sys.argv[1]):
     v = json.loads(line)
-    if v["msg"] in ("starting", "running rclone sync"):
-        t[v["msg"]] = datetime.fromisoformat(v["time"].replace("Z", "+00:00"))
+    msg = "running rclone sync" if "rclone not started" in v["msg"] else v["msg"]
+    if msg in ("starting", "running rclone sync"):
+        t[msg] = datetime.fromisoformat(v["time"].replace("Z", "+00:00"))
 print(int((t["running rclone sync"] - t["starting"]).total_seconds() * 1000))
 PY
 }
+verify_ms() { python3 - "$work/s3sync.log" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    v = json.loads(line)
+    if v["msg"].startswith("verified"):
+        print(int(v["elapsed_s"] * 1000))
+        break
+else:
+    sys.exit("no verified line")
+PY
+}
 
-# One round: the three contenders in an order that rotates with the round number, so none
-# always runs first. Appends to the arrays named by the prefix ($1_s, $1_r, $1_d, $1_p).
+# One round: the four contenders in an order that rotates with the round number, so none
+# always runs first. Appends to the arrays named by the prefix ($1_s, $1_n, $1_r, $1_d, ...).
 ROUND=0
 run_round() {
-  local k s r d p
-  for k in 0 1 2; do
-    case $(((k + ROUND) % 3)) in
-      0) s=$(run_s3sync); p=$(preflight_ms); [ -s "$work/args" ] || save_args ;;
-      1) r=$(run_raw) ;;
-      2) d=$(run_rcdefault) ;;
+  local k s n r d p v
+  for k in 0 1 2 3; do
+    case $(((k + ROUND) % 4)) in
+      0) s=$(run_s3sync); p=$(preflight_ms); v=$(verify_ms); [ -s "$work/args" ] || save_args ;;
+      1) n=$(run_noverify) ;;
+      2) r=$(run_raw) ;;
+      3) d=$(run_rcdefault) ;;
     esac
   done
   ROUND=$((ROUND + 1))
-  eval "$1_s+=($s); $1_r+=($r); $1_d+=($d); $1_p+=($p); $1_x+=($((s - r))); $1_y+=($((s - p - r)))"
+  eval "$1_s+=($s); $1_n+=($n); $1_r+=($r); $1_d+=($d); $1_p+=($p); $1_v+=($v); $1_x+=($((s - r))); $1_y+=($((n - r)))"
 }
 
-echo "initial sync into three empty buckets x $INITIAL_ROUNDS" >&2
+echo "initial sync into four empty buckets x $INITIAL_ROUNDS" >&2
 for round in $(seq "$INITIAL_ROUNDS" -1 1); do
   SUF="-$round"
-  for b in s3sync raw rcdefault; do "$RCLONE" mkdir "dest:$b$SUF"; done
+  for b in s3sync noverify raw rcdefault; do "$RCLONE" mkdir "dest:$b$SUF"; done
   run_round init
   # Round 1's buckets are kept for the re-sync rounds; the others only cost disk
   # (removed on disk: rclone serve s3 refuses to delete buckets that held folders).
-  [ "$round" = 1 ] || for b in s3sync raw rcdefault; do rm -rf "${work:?}/dst/$b$SUF"; done
+  [ "$round" = 1 ] || for b in s3sync noverify raw rcdefault; do rm -rf "${work:?}/dst/$b$SUF"; done
 done
 echo "no-op re-sync x $ROUNDS" >&2
 for _ in $(seq "$ROUNDS"); do run_round noop; done
@@ -162,18 +180,20 @@ for round in $(seq "$ROUNDS"); do
   run_round chg
 done
 # The three destinations must be identical copies of the source.
-for b in s3sync raw rcdefault; do "$RCLONE" check source:data "dest:$b$SUF" --one-way 2>/dev/null || { echo "dest:$b differs" >&2; exit 1; }; done
+for b in s3sync noverify raw rcdefault; do "$RCLONE" check source:data "dest:$b$SUF" --one-way 2>/dev/null || { echo "dest:$b differs" >&2; exit 1; }; done
 
 total=$((SMALL + LARGE))
 printf '\n%s objects (%s small, %s x %s MiB), rclone %s, wall ms, medians of %s initial / %s re-sync rounds\n' \
   "$total" "$SMALL" "$LARGE" "$LARGE_MIB" "$("$RCLONE" version | head -1 | awk '{print $2}')" "$INITIAL_ROUNDS" "$ROUNDS"
-printf '\nwrapper overhead: s3sync vs raw rclone with the same flags; overhead = median of per-round differences\n'
-printf 'pre-flight = the two bucket probes of s3sync (one rclone start each, in parallel)\n'
-printf '%-12s %8s %11s %9s %11s %17s\n' scenario s3sync "raw rclone" overhead pre-flight "excl. pre-flight"
+printf '\nwrapper overhead: s3sync vs raw rclone with the same flags; ratio = s3sync / raw of the medians;\n'
+printf 'overhead = median of per-round differences; pre-sync = both listings + plan; verify = the verification\n'
+printf '%-12s %8s %9s %11s %7s %7s %16s %16s %9s %7s\n' scenario s3sync "no-verify" "raw rclone" ratio "ratio nv" overhead "overhead nv" pre-sync verify
 for sc in init:initial noop:no-op chg:1%-changed; do
   v=${sc%%:*}; name=${sc#*:}
-  eval 'a=$(median "${'$v'_s[@]}"); b=$(median "${'$v'_r[@]}"); p=$(median "${'$v'_p[@]}"); x=$(median "${'$v'_x[@]}"); y=$(median "${'$v'_y[@]}")'
-  printf '%-12s %8s %11s %9s %11s %17s\n' "$name" "$a" "$b" "$x ms $(pct "$((b + x))" "$b")" "$p" "$y ms $(pct "$((b + y))" "$b")"
+  eval 'a=$(median "${'$v'_s[@]}"); n=$(median "${'$v'_n[@]}"); b=$(median "${'$v'_r[@]}"); p=$(median "${'$v'_p[@]}"); q=$(median "${'$v'_v[@]}"); x=$(median "${'$v'_x[@]}"); y=$(median "${'$v'_y[@]}")'
+  printf '%-12s %8s %9s %11s %7s %7s %16s %16s %9s %7s\n' "$name" "$a" "$n" "$b" \
+    "$(python3 -c "print(f'{$a/$b:.2f}x')")" "$(python3 -c "print(f'{$n/$b:.2f}x')")" \
+    "$x ms $(pct "$((b + x))" "$b")" "$y ms $(pct "$((b + y))" "$b")" "$p" "$q"
 done
 printf '\ndefaults: s3sync (checksum, fast-list, no-check-bucket) vs rclone (modtime)\n'
 printf '%-12s %8s %11s %9s\n' scenario s3sync "rclone dflt" speedup

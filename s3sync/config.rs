@@ -77,12 +77,22 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    /// The rclone path of the synced part, e.g. `source:my-bucket/daily`.
+    /// The rclone path of the synced part, e.g. `source:my-bucket/daily/`.
+    ///
+    /// A prefix is a folder: the trailing `/` keeps rclone from treating the path as one
+    /// object when an object with exactly the prefix's name exists (rclone's S3 backend checks
+    /// for that object only for a root without a trailing `/`; with objects `db`, `db/1`,
+    /// `db/2` and prefix `db` it would sync the single object `db` and leave `db/...` alone).
     pub fn rclone_path(&self) -> String {
+        format!("{}:{}/{}", self.role.remote(), self.bucket, self.key_prefix())
+    }
+
+    /// The prefix as S3 keys start with it: empty, or `prefix/`.
+    pub fn key_prefix(&self) -> String {
         if self.prefix.is_empty() {
-            format!("{}:{}", self.role.remote(), self.bucket)
+            String::new()
         } else {
-            format!("{}:{}/{}", self.role.remote(), self.bucket, self.prefix)
+            format!("{}/", self.prefix)
         }
     }
 
@@ -132,7 +142,17 @@ pub struct Config {
     pub dest: Bucket,
     pub dry_run: bool,
     pub max_delete: MaxDelete,
+    /// At most this percentage of the destination's objects deleted per run (100 = no limit).
+    pub max_delete_percent: u8,
     pub allow_empty_source: bool,
+    /// Skip (with a warning) keys rclone cannot represent instead of refusing the run.
+    pub allow_uncopyable_keys: bool,
+    /// Compare both sides after the sync with s3sync's own S3 client.
+    pub verify: bool,
+    /// The most objects one side's listing may hold (memory bound).
+    pub max_objects: usize,
+    /// The longest one side's full listing may take.
+    pub list_timeout: Duration,
     pub compare: Compare,
     pub fast_list: bool,
     pub retries: u32,
@@ -144,13 +164,36 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub io_timeout: Duration,
     pub stats_interval: Duration,
+    /// How long rclone gets after SIGTERM before it and its process group are killed.
+    pub stop_grace: Duration,
+    /// The longest the rclone sync may run before it is stopped (exit 5, kind timeout).
+    pub sync_timeout: Option<Duration>,
     pub rclone: PathBuf,
     pub log_level: LevelFilter,
+    /// rclone logs every copied and deleted object (at LOG_LEVEL info or more verbose).
+    pub log_objects: bool,
+    /// Soft deletes: where deleted and overwritten destination objects are moved
+    /// (`BACKUP_BUCKET` on the destination endpoint, `BACKUP_PREFIX`, then a dated folder).
+    pub backup: Option<Backup>,
+    /// Where the run's metrics are written (Prometheus textfile), if anywhere.
+    pub metrics_file: Option<PathBuf>,
+    /// A Pushgateway to push the run's metrics to, if any.
+    pub metrics_push_url: Option<String>,
+}
+
+/// The soft-delete location.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backup {
+    pub bucket: String,
+    /// Without leading or trailing `/`; never empty.
+    pub prefix: String,
 }
 
 /// Reads and validates the whole configuration. `log_level` is the outcome of reading
 /// `LOG_LEVEL` (done first, to set up logging), reported here with the other problems.
 pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<Config, lifeboat::env::ConfigError> {
+    // Read through `env` too, so a value that is not UTF-8 is reported by name.
+    let _ = env.optional("LOG_LEVEL");
     let log_level = match log_level {
         Ok(level) => level,
         Err(why) => {
@@ -163,7 +206,57 @@ pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<
     let dest = bucket(&mut env, Role::Dest);
     let dry_run = env.bool("DRY_RUN", false);
     let max_delete = env.parse_with("MAX_DELETE", MaxDelete::Limit(1000), parse_max_delete);
+    let max_delete_percent = env.number_in("MAX_DELETE_PERCENT", 50u8, 0, 100);
     let allow_empty_source = env.bool("ALLOW_EMPTY_SOURCE", false);
+    let allow_uncopyable_keys = env.bool("ALLOW_UNCOPYABLE_KEYS", false);
+    let verify = env.bool("VERIFY", true);
+    let log_objects = env.bool("LOG_OBJECTS", true);
+    let metrics_file = env.optional("METRICS_FILE").map(PathBuf::from);
+    if let Some(p) = &metrics_file {
+        if !p.parent().is_some_and(|d| d.as_os_str().is_empty() || d.is_dir()) {
+            env.problem(
+                "METRICS_FILE",
+                format!("its folder does not exist, got {:?}", p.display().to_string()),
+            );
+        }
+    }
+    let metrics_push_url = env.optional("METRICS_PUSH_URL");
+    if let Some(u) = &metrics_push_url {
+        if let Err(why) = check_endpoint(u) {
+            env.problem("METRICS_PUSH_URL", why);
+        }
+    }
+    let backup_prefix = env.parse_with("BACKUP_PREFIX", String::new(), parse_prefix);
+    let backup_bucket = env.optional("BACKUP_BUCKET");
+    if let Some(b) = &backup_bucket {
+        if let Err(why) = check_bucket(b) {
+            env.problem("BACKUP_BUCKET", format!("{why}, got {b:?}"));
+        }
+    }
+    let backup = if backup_prefix.is_empty() {
+        if backup_bucket.is_some() {
+            env.problem(
+                "BACKUP_PREFIX",
+                "is required with BACKUP_BUCKET (a folder such as deleted)",
+            );
+        }
+        None
+    } else {
+        Some(Backup {
+            bucket: backup_bucket.unwrap_or_else(|| dest.bucket.clone()),
+            prefix: backup_prefix,
+        })
+    };
+    if let Some(b) = &backup {
+        if b.bucket == dest.bucket && overlaps(&b.prefix, &dest.prefix) {
+            env.problem(
+                "BACKUP_PREFIX",
+                "must not overlap DEST_PREFIX in the destination bucket (the sync owns that folder; use a sibling folder or BACKUP_BUCKET)",
+            );
+        }
+    }
+    let max_objects = env.number_in("MAX_OBJECTS", 2_000_000usize, 1, 100_000_000);
+    let list_timeout = positive_duration(&mut env, "LIST_TIMEOUT", Duration::from_secs(600));
     let compare = env.parse_with("COMPARE", Compare::Checksum, |s| {
         match s.to_ascii_lowercase().as_str() {
             "checksum" => Ok(Compare::Checksum),
@@ -185,6 +278,45 @@ pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<
     let connect_timeout = positive_duration(&mut env, "CONNECT_TIMEOUT", Duration::from_secs(10));
     let io_timeout = positive_duration(&mut env, "IO_TIMEOUT", Duration::from_secs(300));
     let stats_interval = positive_duration(&mut env, "STATS_INTERVAL", Duration::from_secs(60));
+    let stop_grace = positive_duration(&mut env, "STOP_GRACE", Duration::from_secs(20));
+    if stop_grace > Duration::from_secs(600) {
+        env.problem("STOP_GRACE", "must be at most 10m");
+    }
+    let sync_timeout = env.duration("SYNC_TIMEOUT", None);
+    if sync_timeout == Some(Duration::ZERO) {
+        env.problem("SYNC_TIMEOUT", "must be longer than 0 (unset it for no limit)");
+    }
+    if stats_interval < Duration::from_millis(100) {
+        env.problem("STATS_INTERVAL", "must be at least 100ms (each interval logs a line)");
+    }
+    for (var, d) in [
+        ("MAX_DURATION", max_duration),
+        ("CONNECT_TIMEOUT", Some(connect_timeout)),
+        ("IO_TIMEOUT", Some(io_timeout)),
+        ("STATS_INTERVAL", Some(stats_interval)),
+        ("LIST_TIMEOUT", Some(list_timeout)),
+        ("SYNC_TIMEOUT", sync_timeout),
+    ] {
+        if d.is_some_and(|d| d > GO_MAX_DURATION) {
+            env.problem(
+                var,
+                "must be at most 2562047h (the longest duration rclone, written in Go, accepts)",
+            );
+        }
+    }
+    match std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()) {
+        Some(path) if lifeboat::tls::load_certs(std::path::Path::new(&path)).is_err() => {
+            let why = lifeboat::tls::load_certs(std::path::Path::new(&path))
+                .err()
+                .map(|e| e.what)
+                .unwrap_or_default();
+            env.problem(
+                "SSL_CERT_FILE",
+                format!("must be a readable PEM file with at least one certificate: {why}"),
+            );
+        }
+        _ => {}
+    }
     let rclone_name = env.optional("RCLONE_BINARY").unwrap_or_else(|| "rclone".into());
     let rclone = match find_program(&rclone_name) {
         Some(path) => path,
@@ -197,23 +329,18 @@ pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<
         }
     };
 
-    if !source.endpoint.is_empty()
-        && source.endpoint == dest.endpoint
-        && source.bucket == dest.bucket
-        && overlaps(&source.prefix, &dest.prefix)
-    {
-        env.problem(
-            "DEST_PREFIX",
-            "source and destination overlap (same endpoint and bucket, one prefix inside the other)",
-        );
-    }
     env.finish()?;
     Ok(Config {
         source,
         dest,
         dry_run,
         max_delete,
+        max_delete_percent,
         allow_empty_source,
+        allow_uncopyable_keys,
+        verify,
+        max_objects,
+        list_timeout,
         compare,
         fast_list,
         retries,
@@ -225,8 +352,14 @@ pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<
         connect_timeout,
         io_timeout,
         stats_interval,
+        stop_grace,
+        sync_timeout,
         rclone,
         log_level,
+        log_objects,
+        backup,
+        metrics_file,
+        metrics_push_url,
     })
 }
 
@@ -249,13 +382,29 @@ fn bucket(env: &mut Env, role: Role) -> Bucket {
         }
     }
     let prefix = env.parse_with(&var("PREFIX"), String::new(), parse_prefix);
-    let region = env.optional(&var("REGION")).unwrap_or_else(|| "us-east-1".into());
-    let provider = env.parse_with(&var("PROVIDER"), "Other".to_string(), |s| {
-        if s.chars().all(|c| c.is_ascii_alphanumeric()) {
+    // Unset or empty (an explicit `/` is the whole bucket).
+    if role == Role::Dest && env.optional("DEST_PREFIX").is_none() {
+        env.problem(
+            "DEST_PREFIX",
+            "is required: the Go original defaulted it to SOURCE_BUCKET (several sources sharing one \
+             backup bucket), s3sync has no default, so a Job migrated unchanged cannot sync into (and delete \
+             from) the whole bucket; set DEST_PREFIX to the source bucket's name to keep the Go layout, or \
+             DEST_PREFIX=/ for the whole destination bucket",
+        );
+    }
+    let region = env.parse_with(&var("REGION"), "us-east-1".to_string(), |s| {
+        if s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             Ok(s.to_string())
         } else {
-            Err("expected an rclone S3 provider name such as AWS, Minio, Ceph or Other".into())
+            Err("expected a region name such as us-east-1 (letters, digits, '-', '_'; no quotes)".into())
         }
+    });
+    let provider = env.parse_with(&var("PROVIDER"), "Other".to_string(), |s| {
+        PROVIDERS
+            .iter()
+            .find(|p| p.eq_ignore_ascii_case(s))
+            .map(|p| p.to_string())
+            .ok_or_else(|| "expected one of rclone's S3 providers (AWS, Ceph, Cloudflare, Minio, Other, ...; `rclone help backend s3`)".into())
     });
     let path_style = env.bool(&var("PATH_STYLE"), true);
     Bucket {
@@ -282,10 +431,15 @@ fn positive_duration(env: &mut Env, var: &str, default: Duration) -> Duration {
 
 /// An endpoint must be an `http://` or `https://` URL with a host and no credentials.
 fn check_endpoint(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or("expected a URL starting with http:// or https://")?;
+    // The scheme is case-insensitive (RFC 3986; Go's URL parser, rclone's, agrees).
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    let rest = if lower.starts_with("https://") {
+        &url[8..]
+    } else if lower.starts_with("http://") {
+        &url[7..]
+    } else {
+        return Err("expected a URL starting with http:// or https://".into());
+    };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     if authority.contains('@') {
         return Err("must not contain credentials (user:password@); use the ACCESS_KEY/SECRET_KEY variables".into());
@@ -331,16 +485,80 @@ fn parse_prefix(s: &str) -> Result<String, String> {
     Ok(trimmed.to_string())
 }
 
-/// `1000`, `0` (delete nothing), or `unlimited`/`-1`.
+/// `1000`, `0` (delete nothing), or `unlimited`/`-1`; at most 2^63-1 (rclone's flag is an int64).
 fn parse_max_delete(s: &str) -> Result<MaxDelete, String> {
     match s.to_ascii_lowercase().as_str() {
         "unlimited" | "-1" => Ok(MaxDelete::Unlimited),
         other => other
             .parse::<u64>()
+            .ok()
+            .filter(|n| *n <= i64::MAX as u64)
             .map(MaxDelete::Limit)
-            .map_err(|_| "expected a whole number >= 0 (0 = delete nothing) or unlimited".into()),
+            .ok_or_else(|| {
+                "expected a whole number from 0 (delete nothing) to 9223372036854775807, or unlimited".into()
+            }),
     }
 }
+
+/// The longest duration Go (so rclone) can represent: 2^63-1 ns, about 2562047h47m.
+const GO_MAX_DURATION: Duration = Duration::from_nanos(i64::MAX as u64);
+
+/// rclone 1.75's S3 providers (`rclone help backend s3`); the value is passed in this spelling.
+const PROVIDERS: [&str; 53] = [
+    "AWS",
+    "Alibaba",
+    "ArvanCloud",
+    "BizflyCloud",
+    "Ceph",
+    "ChinaMobile",
+    "Cloudflare",
+    "Cubbit",
+    "DigitalOcean",
+    "Dreamhost",
+    "Exaba",
+    "Fastly",
+    "FileLu",
+    "FlashBlade",
+    "GCS",
+    "HCP",
+    "Hetzner",
+    "HuaweiOBS",
+    "IBMCOS",
+    "IDrive",
+    "ImpossibleCloud",
+    "Intercolo",
+    "IONOS",
+    "Leviia",
+    "Liara",
+    "Linode",
+    "LyveCloud",
+    "Magalu",
+    "Mega",
+    "Minio",
+    "Netease",
+    "Outscale",
+    "OVHcloud",
+    "Petabox",
+    "Qiniu",
+    "Rabata",
+    "RackCorp",
+    "Rclone",
+    "Scaleway",
+    "Scality",
+    "SeaweedFS",
+    "Selectel",
+    "Servercore",
+    "SpectraLogic",
+    "Storj",
+    "Synology",
+    "TencentCOS",
+    "US3",
+    "Wasabi",
+    "Zadara",
+    "Zata",
+    "ZeroServices",
+    "Other",
+];
 
 /// rclone's `--bwlimit` size syntax: `off`, or `RATE` or `UPLOAD:DOWNLOAD`, where a rate is a
 /// number with an optional unit `B`, `K`, `M`, `G`, `T`, `P` (bytes per second, K = KiB).
@@ -386,7 +604,7 @@ fn find_program(name: &str) -> Option<PathBuf> {
 }
 
 /// Whether two prefixes of the same bucket overlap (one contains the other).
-fn overlaps(a: &str, b: &str) -> bool {
+pub fn overlaps(a: &str, b: &str) -> bool {
     let inside =
         |outer: &str, inner: &str| outer.is_empty() || inner == outer || inner.starts_with(&format!("{outer}/"));
     inside(a, b) || inside(b, a)
@@ -406,6 +624,7 @@ mod tests {
             ("DEST_ACCESS_KEY", "ak2"),
             ("DEST_SECRET_KEY", "sk2"),
             ("DEST_BUCKET", "dst"),
+            ("DEST_PREFIX", "/"),
             ("RCLONE_BINARY", "/bin/sh"),
         ]
     }
@@ -426,7 +645,8 @@ mod tests {
         assert_eq!(c.retries, 3);
         assert_eq!(c.compare, Compare::Checksum);
         assert!(!c.dry_run && !c.allow_empty_source && c.fast_list);
-        assert_eq!(c.source.rclone_path(), "source:src");
+        assert_eq!(c.source.rclone_path(), "source:src/");
+        assert_eq!(c.dest.rclone_path(), "dest:dst/");
         assert_eq!(c.rclone, PathBuf::from("/bin/sh"));
         assert!(read(&[("RCLONE_BINARY", "/nonexistent/rclone")]).is_err());
     }
@@ -434,7 +654,8 @@ mod tests {
     #[test]
     fn prefixes_and_limits() {
         let c = read(&[("SOURCE_PREFIX", "/a/b/"), ("MAX_DELETE", "0"), ("DEST_PREFIX", "x")]).unwrap();
-        assert_eq!(c.source.rclone_path(), "source:src/a/b");
+        assert_eq!(c.source.rclone_path(), "source:src/a/b/");
+        assert_eq!(c.dest.rclone_path(), "dest:dst/x/");
         assert_eq!(c.max_delete, MaxDelete::Limit(0));
         assert_eq!(
             read(&[("MAX_DELETE", "unlimited")]).unwrap().max_delete,
@@ -480,21 +701,16 @@ mod tests {
     }
 
     #[test]
-    fn overlapping_source_and_destination() {
-        let same = [
-            ("DEST_S3_ENDPOINT", "http://127.0.0.1:9000"),
-            ("DEST_BUCKET", "src"),
-            ("DEST_PREFIX", "a/b"),
-            ("SOURCE_PREFIX", "a"),
-        ];
-        assert!(read(&same).is_err());
-        let apart = [
-            ("DEST_S3_ENDPOINT", "http://127.0.0.1:9000"),
-            ("DEST_BUCKET", "src"),
-            ("DEST_PREFIX", "ab"),
-            ("SOURCE_PREFIX", "a"),
-        ];
-        assert!(read(&apart).is_ok());
+    fn dest_prefix_is_required_and_slash_is_the_whole_bucket() {
+        let mut pairs = base();
+        pairs.retain(|(k, _)| *k != "DEST_PREFIX");
+        let err = from_env(Env::from_pairs(pairs.clone()), Ok(LevelFilter::Info)).unwrap_err();
+        assert_eq!(err.problems.len(), 1);
+        assert_eq!(err.problems[0].var, "DEST_PREFIX");
+        assert!(err.problems[0].what.contains("SOURCE_BUCKET"), "{err}");
+        pairs.push(("DEST_PREFIX", ""));
+        assert!(from_env(Env::from_pairs(pairs), Ok(LevelFilter::Info)).is_err());
+        assert_eq!(read(&[("DEST_PREFIX", "/")]).unwrap().dest.prefix, "");
     }
 
     #[test]

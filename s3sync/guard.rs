@@ -5,11 +5,10 @@
 //! everything in the destination, bounded only by `--max-delete`. s3sync refuses that case
 //! unless `ALLOW_EMPTY_SOURCE=true` says an empty destination is really wanted.
 
-use crate::preflight::Probe;
-
 /// Whether the sync may go ahead; `Err` explains the refusal.
-pub fn check(source: Probe, dest: Probe, allow_empty_source: bool) -> Result<(), String> {
-    if source.has_objects || !dest.has_objects {
+/// `source_objects` / `dest_objects`: the objects rclone would see on each side.
+pub fn check(source_objects: u64, dest_objects: u64, allow_empty_source: bool) -> Result<(), String> {
+    if source_objects > 0 || dest_objects == 0 {
         return Ok(());
     }
     if allow_empty_source {
@@ -29,8 +28,8 @@ pub fn check(source: Probe, dest: Probe, allow_empty_source: bool) -> Result<(),
 mod tests {
     use super::*;
 
-    const FULL: Probe = Probe { has_objects: true };
-    const EMPTY: Probe = Probe { has_objects: false };
+    const FULL: u64 = 3;
+    const EMPTY: u64 = 0;
 
     #[test]
     fn only_empty_source_into_full_destination_is_refused() {

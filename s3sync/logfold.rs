@@ -207,8 +207,6 @@ pub struct Folded {
 pub enum Emit {
     /// At rclone's level (mapped to ours).
     AsIs,
-    /// At debug, whatever rclone's level (pre-flight output, summarised by the caller).
-    Debug,
 }
 
 /// Reads `stream` to its end, redacting, logging and collecting each line into `into`.
@@ -225,10 +223,6 @@ pub fn fold(stream: impl Read, redactor: &Redactor, emit_as: Emit, into: &Arc<Mu
         let Some(line) = parse(&text) else { continue };
         match emit_as {
             Emit::AsIs => emit(&line),
-            Emit::Debug => emit(&Line {
-                level: Level::Debug,
-                ..line.clone()
-            }),
         }
         let mut folded = into.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = &line.stats {
@@ -308,7 +302,7 @@ mod tests {
             "\n"
         );
         let into = Arc::new(Mutex::new(Folded::default()));
-        fold(input.as_bytes(), &Redactor::new(["SECRETKEY123"]), Emit::Debug, &into);
+        fold(input.as_bytes(), &Redactor::new(["SECRETKEY123"]), Emit::AsIs, &into);
         let f = into.lock().unwrap();
         assert_eq!(f.stats.as_ref().unwrap().bytes, 7);
         assert_eq!(f.errors, ["boom [redacted]", "boom"]);

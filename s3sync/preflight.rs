@@ -1,148 +1,93 @@
-//! Pre-flight: both buckets reachable, credentials accepted, bucket present — checked with
-//! rclone itself before the sync starts, and each failure explained in one clear line.
+//! Pre-flight: both buckets reachable, credentials accepted, bucket present — and each side's
+//! full listing under its prefix, for the deletion plan (`plan.rs`). Done in-process with
+//! s3sync's own S3 client (`s3.rs`), both sides at once, each failure explained in one line.
 //!
-//! The probe is `rclone lsf -R --files-only <remote>:<bucket>/<prefix>`, run with the same
-//! remotes, credentials, TLS and timeouts as the sync. rclone streams this listing, so the
-//! probe stops at the first object: its cost is one or a few LIST requests whatever the
-//! bucket's size. The same probe tells the empty-source guard whether each side is empty.
+//! The first ListObjectsV2 request of each side is the reachability check; its failure ends
+//! the run with a kind (`bucket_missing`, `credentials`, `unreachable`, `tls`, `timeout`,
+//! `other`) and the exit code rclone would have used for the same failure. Each request is
+//! bounded by [`REQUEST_TIMEOUT`] (and `IO_TIMEOUT` if shorter), the whole listing by
+//! `LIST_TIMEOUT`, its size by `MAX_OBJECTS`; a stop request ends the wait at once.
 
-use std::io::{BufRead, BufReader};
-use std::process::Child;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread;
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use lifeboat::shutdown::Shutdown;
 
 use crate::config::{Bucket, Config};
-use crate::logfold::{self, Emit, Folded, Redactor};
-use crate::rclone;
+use crate::s3::{self, Client, Object};
+use crate::trust::Trust;
 
-/// What the probe found out about one bucket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Probe {
-    /// At least one object lies under the configured prefix.
-    pub has_objects: bool,
-}
+/// The longest a single listing request may take, connect to last byte: a LIST answer starts
+/// quickly or the endpoint is not healthy.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a bucket failed its pre-flight check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
-    /// The exit code to end with: rclone's own code for the listing.
+    /// The exit code to end with.
     pub code: i32,
-    /// One line: which bucket, what is wrong, rclone's words.
+    /// One line: which bucket, what is wrong, the server's words.
     pub message: String,
-    /// A short machine-readable kind: bucket_missing, credentials, unreachable, tls, other.
+    /// A short machine-readable kind.
     pub kind: &'static str,
 }
 
-/// Probes `bucket`. A stop request (SIGTERM/SIGINT) ends the probe at once; the caller then
-/// checks `shutdown` before looking at the result.
-pub fn probe(config: &Config, bucket: &Bucket, redactor: &Redactor, shutdown: &Shutdown) -> Result<Probe, Failure> {
-    let mut cmd = rclone::command(config);
-    cmd.args(rclone::probe_args(config, bucket));
-    cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| Failure {
-        code: 1,
-        kind: "other",
-        message: format!("cannot run rclone ({}): {e}", config.rclone.display()),
-    })?;
-    let folded = Arc::new(Mutex::new(Folded::default()));
-    let stderr = child.stderr.take().map(|stream| {
-        let (folded, redactor) = (folded.clone(), redactor.clone());
-        thread::spawn(move || logfold::fold(stream, &redactor, Emit::Debug, &folded))
-    });
-    let stdout = child.stdout.take();
-    // std's Child never signals a process it has already reaped, so killing through it from
-    // the watcher cannot hit a reused PID.
-    let child = Arc::new(Mutex::new(child));
-    let done = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (child, done, shutdown) = (child.clone(), done.clone(), shutdown.clone());
-        thread::spawn(move || {
-            while !done.load(Ordering::SeqCst) {
-                if shutdown.wait_timeout(Duration::from_millis(100)).is_some() {
-                    let _ = lock(&child).kill();
-                    return;
-                }
+/// A client for `bucket`, with the run's timeouts.
+pub fn client(config: &Config, bucket: &Bucket, trust: &Trust) -> Client {
+    Client::new(
+        bucket,
+        trust,
+        config.connect_timeout,
+        config.io_timeout.min(REQUEST_TIMEOUT),
+        config.low_level_retries,
+    )
+}
+
+/// Lists both sides at once. `Ok(None)` when a stop was requested (the listing threads are
+/// left to end by their own timeouts).
+pub fn list_both(config: &Config, trust: &Trust, shutdown: &Shutdown) -> Result<Option<[Vec<Object>; 2]>, Failure> {
+    let (tx, rx) = mpsc::channel();
+    let deadline = Instant::now() + config.list_timeout;
+    for (i, bucket) in [&config.source, &config.dest].into_iter().enumerate() {
+        let (tx, bucket) = (tx.clone(), bucket.clone());
+        let client = client(config, &bucket, trust);
+        let max = config.max_objects;
+        std::thread::spawn(move || {
+            let result = client.list_all(&bucket.key_prefix(), max, deadline);
+            let _ = tx.send((i, result.map_err(|e| explain(&bucket, &e))));
+        });
+    }
+    drop(tx);
+    let mut out: [Option<Vec<Object>>; 2] = [None, None];
+    while out.iter().any(Option::is_none) {
+        if shutdown.requested().is_some() {
+            return Ok(None);
+        }
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok((i, Ok(objects))) => out[i] = Some(objects),
+            Ok((_, Err(f))) => return Err(f),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Failure {
+                    code: 1,
+                    kind: "other",
+                    message: "a listing thread ended without a result".into(),
+                })
             }
-        })
-    };
-    let mut has_objects = false;
-    if let Some(stdout) = stdout {
-        let mut first = String::new();
-        if BufReader::new(stdout)
-            .read_line(&mut first)
-            .map(|n| n > 0)
-            .unwrap_or(false)
-        {
-            has_objects = true;
-            // One object is all we need to know; stop the listing.
-            let _ = lock(&child).kill();
         }
     }
-    // Polled, so the lock is free for the watcher between looks.
-    let status = loop {
-        match lock(&child).try_wait() {
-            Ok(Some(status)) => break Ok(status),
-            Ok(None) => {}
-            Err(e) => break Err(e),
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    done.store(true, Ordering::SeqCst);
-    let _ = watcher.join();
-    if let Some(t) = stderr {
-        let _ = t.join();
-    }
-    if has_objects {
-        return Ok(Probe { has_objects });
-    }
-    let status = status.map_err(|e| Failure {
-        code: 1,
-        kind: "other",
-        message: format!("waiting for rclone failed: {e}"),
-    })?;
-    if status.success() {
-        return Ok(Probe { has_objects: false });
-    }
-    let code = status.code().unwrap_or(1);
-    let errors = folded.lock().unwrap_or_else(|e| e.into_inner()).errors.clone();
-    Err(explain(bucket, code, &errors))
+    let [a, b] = out;
+    Ok(Some([a.unwrap_or_default(), b.unwrap_or_default()]))
 }
 
-fn lock(child: &Mutex<Child>) -> MutexGuard<'_, Child> {
-    child.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Turns rclone's exit code and error lines into one clear message.
-pub fn explain(bucket: &Bucket, code: i32, errors: &[String]) -> Failure {
-    let detail = errors
-        .last()
-        .cloned()
-        .unwrap_or_else(|| format!("rclone exited with code {code}"));
-    let all = errors.join("\n");
-    let has = |needles: &[&str]| needles.iter().any(|n| all.contains(n));
+/// Turns a client error into one clear message and an exit code (rclone's for the same cause:
+/// 3 directory not found, 5 temporary, 1 otherwise; 7 fatal for a listing over MAX_OBJECTS).
+pub fn explain(bucket: &Bucket, e: &s3::Error) -> Failure {
     let side = bucket.role.word();
-    let (kind, what) = if code == 3 || has(&["directory not found", "NoSuchBucket"]) {
-        (
-            "bucket_missing",
-            format!(
-                "{side} bucket {:?} does not exist at {}",
-                bucket.bucket, bucket.endpoint
-            ),
-        )
-    } else if has(&[
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "AccessDenied",
-        "StatusCode: 403",
-        "StatusCode: 401",
-    ]) {
-        (
-            "credentials",
+    let (code, what) = match e.kind {
+        "bucket_missing" => (3, format!("{side} bucket {:?} does not exist at {}", bucket.bucket, bucket.endpoint)),
+        "credentials" => (
+            1,
             format!(
                 "{side} credentials were rejected by {} ({}ACCESS_KEY / {}SECRET_KEY, or their permissions on bucket {:?})",
                 bucket.endpoint,
@@ -150,47 +95,23 @@ pub fn explain(bucket: &Bucket, code: i32, errors: &[String]) -> Failure {
                 bucket.role.var_prefix(),
                 bucket.bucket
             ),
-        )
-    } else if has(&["x509:", "tls:", "certificate"]) {
-        (
-            "tls",
-            format!("TLS with the {side} endpoint {} failed", bucket.endpoint),
-        )
-    } else if has(&[
-        "connection refused",
-        "no such host",
-        "i/o timeout",
-        "dial tcp",
-        "connection reset",
-        "network is unreachable",
-        "context deadline exceeded",
-        "EOF",
-    ]) {
-        (
-            "unreachable",
-            format!("{side} endpoint {} is unreachable", bucket.endpoint),
-        )
-    } else {
-        (
-            "other",
-            format!(
-                "listing the {side} bucket {:?} at {} failed",
-                bucket.display(),
-                bucket.endpoint
-            ),
-        )
+        ),
+        "tls" => (1, format!("TLS with the {side} endpoint {} failed (the CA is taken from SSL_CERT_FILE / SSL_CERT_DIR)", bucket.endpoint)),
+        "unreachable" => (5, format!("{side} endpoint {} is unreachable", bucket.endpoint)),
+        "timeout" => (5, format!("{side} endpoint {} did not answer in time", bucket.endpoint)),
+        "too_many" => (7, format!("the {side} listing of {:?} is too large", bucket.display())),
+        _ => (1, format!("listing the {side} bucket {:?} at {} failed", bucket.display(), bucket.endpoint)),
     };
     Failure {
         code,
-        kind,
-        message: format!("{what}: {detail}"),
+        kind: e.kind,
+        message: format!("{what}: {}", e.detail),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Role, Secret};
 
     fn bucket() -> Bucket {
         let c = crate::config::from_env(
@@ -203,21 +124,23 @@ mod tests {
                 ("DEST_ACCESS_KEY", "c"),
                 ("DEST_SECRET_KEY", "d"),
                 ("DEST_BUCKET", "dst"),
+                ("DEST_PREFIX", "/"),
                 ("RCLONE_BINARY", "/bin/sh"),
             ]),
             Ok(log::LevelFilter::Info),
         )
         .unwrap();
-        let b = c.dest;
-        assert_eq!(b.role, Role::Dest);
-        let _ = Secret::clone(&b.access_key);
-        b
+        c.dest
     }
 
     #[test]
     fn failures_are_named() {
         let b = bucket();
-        let f = explain(&b, 3, &["error listing: directory not found".into()]);
+        let e = |kind| s3::Error {
+            kind,
+            detail: "why".into(),
+        };
+        let f = explain(&b, &e("bucket_missing"));
         assert_eq!((f.kind, f.code), ("bucket_missing", 3));
         assert!(
             f.message
@@ -225,17 +148,10 @@ mod tests {
             "{}",
             f.message
         );
-        let f = explain(
-            &b,
-            1,
-            &["api error SignatureDoesNotMatch: The request signature".into()],
-        );
-        assert_eq!(f.kind, "credentials");
-        assert!(f.message.contains("DEST_SECRET_KEY"));
-        let f = explain(&b, 5, &["dial tcp 127.0.0.1:2: connect: connection refused".into()]);
-        assert_eq!((f.kind, f.code), ("unreachable", 5));
-        let f = explain(&b, 1, &[]);
-        assert_eq!(f.kind, "other");
-        assert!(f.message.contains("rclone exited with code 1"));
+        let f = explain(&b, &e("credentials"));
+        assert!(f.message.contains("DEST_SECRET_KEY") && f.code == 1);
+        assert_eq!(explain(&b, &e("unreachable")).code, 5);
+        assert_eq!(explain(&b, &e("timeout")).code, 5);
+        assert_eq!(explain(&b, &e("other")).kind, "other");
     }
 }

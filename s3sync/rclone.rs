@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use log::LevelFilter;
 
-use crate::config::{Bucket, Compare, Config, MaxDelete};
+use crate::config::{Bucket, Compare, Config};
 
 /// System variables rclone may need: search path, home, temp dir, time zone, proxies, and
 /// the Go TLS trust store location (`SSL_CERT_FILE`/`SSL_CERT_DIR`, for private CAs).
@@ -32,7 +32,7 @@ const PASS_THROUGH: [&str; 12] = [
 ];
 
 /// A `Command` for the rclone binary with both remotes configured and nothing else
-/// inherited. The caller adds the subcommand and arguments.
+/// inherited; the child dies with s3sync and leads its own process group (`child::supervise`). The caller adds the subcommand and arguments.
 pub fn command(config: &Config) -> Command {
     let mut cmd = Command::new(&config.rclone);
     cmd.env_clear();
@@ -48,6 +48,7 @@ pub fn command(config: &Config) -> Command {
         }
     }
     cmd.stdin(Stdio::null());
+    crate::child::supervise(&mut cmd);
     cmd
 }
 
@@ -64,6 +65,10 @@ fn remote_env(b: &Bucket) -> Vec<(String, String)> {
         (var("ENDPOINT"), b.endpoint.clone()),
         (var("REGION"), b.region.clone()),
         (var("FORCE_PATH_STYLE"), b.path_style.to_string()),
+        // rclone's S3 default minus `Dot`: with it, keys with `.`/`..` segments fail to copy
+        // (measured: "Failed to copy ... NoSuchKey", exit 4, and then no deletion ever runs);
+        // without it they are copied byte for byte (S3 to S3, both sides the same encoding).
+        (var("ENCODING"), "Slash,InvalidUtf8".into()),
     ]
 }
 
@@ -82,10 +87,6 @@ fn common_args(config: &Config, log_level: &str, io_timeout: Duration) -> Vec<St
     ]
 }
 
-/// The pre-flight's idle timeout: a LIST answer starts quickly or the endpoint is not
-/// healthy, so the probe does not wait the sync's full IO_TIMEOUT (5 min by default).
-const PROBE_IO_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// rclone's log level for our `LOG_LEVEL`: rclone logs at least NOTICE (its stats and
 /// closing lines are notices); our logger then drops what LOG_LEVEL does not want.
 pub fn log_level_for(level: LevelFilter) -> &'static str {
@@ -96,24 +97,16 @@ pub fn log_level_for(level: LevelFilter) -> &'static str {
     }
 }
 
-/// The arguments of the pre-flight listing: the first object under `bucket`'s prefix,
-/// streamed (`lsf -R` prints as it lists, so the caller can stop after one line).
-pub fn probe_args(config: &Config, bucket: &Bucket) -> Vec<String> {
-    let mut args = vec!["lsf".into(), "-R".into(), "--files-only".into(), bucket.rclone_path()];
-    // NOTICE: rclone's closing "Failed to lsf: <why>" line is a notice.
-    let level = if config.log_level >= LevelFilter::Debug {
-        "DEBUG"
-    } else {
-        "NOTICE"
-    };
-    args.extend(common_args(config, level, config.io_timeout.min(PROBE_IO_TIMEOUT)));
-    args
-}
-
-/// The arguments of the sync itself.
-pub fn sync_args(config: &Config) -> Vec<String> {
+/// The arguments of the sync itself. `max_delete`: the deletions the plan allows (`None` =
+/// unlimited), passed as `--max-delete`, a backstop should the source change after the plan.
+pub fn sync_args(config: &Config, max_delete: Option<u64>) -> Vec<String> {
     let mut args = vec!["sync".into(), config.source.rclone_path(), config.dest.rclone_path()];
-    args.extend(common_args(config, log_level_for(config.log_level), config.io_timeout));
+    let level = match log_level_for(config.log_level) {
+        // INFO is where rclone logs each object; LOG_OBJECTS=false keeps those lines out.
+        "INFO" if !config.log_objects => "NOTICE",
+        level => level,
+    };
+    args.extend(common_args(config, level, config.io_timeout));
     args.extend([
         "--stats".into(),
         go_duration(config.stats_interval),
@@ -137,7 +130,12 @@ pub fn sync_args(config: &Config) -> Vec<String> {
     if config.fast_list {
         args.push("--fast-list".into());
     }
-    if let MaxDelete::Limit(n) = config.max_delete {
+    if let Some(b) = &config.backup {
+        // Deleted and overwritten objects are moved here instead (server-side, same remote).
+        args.push("--backup-dir".into());
+        args.push(backup_dir(b, std::time::SystemTime::now()));
+    }
+    if let Some(n) = max_delete {
         args.push("--max-delete".into());
         args.push(n.to_string());
     }
@@ -153,6 +151,14 @@ pub fn sync_args(config: &Config) -> Vec<String> {
         args.push("--dry-run".into());
     }
     args
+}
+
+/// `dest:<bucket>/<prefix>/<UTC time>/`, one folder per run (`2026-12-01T102833Z`).
+pub fn backup_dir(b: &crate::config::Backup, now: std::time::SystemTime) -> String {
+    let secs = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let (stamp, _) = crate::s3::amz_dates(secs);
+    let stamp = format!("{}-{}-{}{}", &stamp[..4], &stamp[4..6], &stamp[6..8], &stamp[8..]);
+    format!("dest:{}/{}/{stamp}/", b.bucket, b.prefix)
 }
 
 /// A duration in Go's syntax, which rclone parses (`1500ms`, `90s`).
@@ -179,6 +185,7 @@ mod tests {
             ("DEST_ACCESS_KEY", "AKIA-DEST-XYZ"),
             ("DEST_SECRET_KEY", "dest-secret-xyz"),
             ("DEST_BUCKET", "dst"),
+            ("DEST_PREFIX", "/"),
             ("RCLONE_BINARY", "/bin/sh"),
         ];
         pairs.extend_from_slice(extra);
@@ -189,7 +196,7 @@ mod tests {
     fn argv_has_no_secrets_and_env_has_remotes() {
         let c = config(&[]);
         let cmd = command(&c);
-        let argv = sync_args(&c).join(" ");
+        let argv = sync_args(&c, Some(1000)).join(" ");
         for secret in [
             "AKIA-SOURCE-XYZ",
             "source-secret-xyz",
@@ -212,9 +219,9 @@ mod tests {
     #[test]
     fn sync_flags_follow_config() {
         let c = config(&[]);
-        let args = sync_args(&c);
+        let args = sync_args(&c, Some(1000));
         let s = args.join(" ");
-        assert!(s.starts_with("sync source:src dest:dst "), "{s}");
+        assert!(s.starts_with("sync source:src/ dest:dst/ "), "{s}");
         assert!(s.contains("--checksum") && s.contains("--fast-list") && s.contains("--max-delete 1000"));
         assert!(s.contains("--retries 3 ") && s.contains("--low-level-retries 3 ") && s.contains("--contimeout 10s"));
         assert!(!s.contains("--dry-run") && !s.contains("--bwlimit"));
@@ -228,11 +235,23 @@ mod tests {
             ("MAX_DURATION", "1h30m"),
             ("SOURCE_PREFIX", "a/b"),
         ]);
-        let s = sync_args(&c).join(" ");
-        assert!(s.starts_with("sync source:src/a/b dest:dst "), "{s}");
+        let s = sync_args(&c, None).join(" ");
+        assert!(s.starts_with("sync source:src/a/b/ dest:dst/ "), "{s}");
         assert!(s.contains("--size-only") && !s.contains("--checksum") && !s.contains("--max-delete"));
         assert!(s.contains("--dry-run") && !s.contains("--fast-list") && s.contains("--bwlimit 1M"));
         assert!(s.contains("--max-duration 5400s"), "{s}");
+    }
+
+    #[test]
+    fn backup_dirs_are_dated() {
+        let b = crate::config::Backup {
+            bucket: "bk".into(),
+            prefix: "deleted".into(),
+        };
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(1_440_938_160);
+        assert_eq!(backup_dir(&b, t), "dest:bk/deleted/2015-08-30T123600Z/");
+        let c = config(&[("BACKUP_PREFIX", "deleted"), ("DEST_PREFIX", "live")]);
+        assert!(sync_args(&c, None).join(" ").contains("--backup-dir dest:dst/deleted/"));
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! An [`Env`] reads variables one by one; each read that fails records a [`Problem`]
 //! naming the variable and returns a placeholder so reading can go on. [`Env::finish`]
 //! then returns all problems together, so a user fixes a broken Job spec in one pass.
-//! Empty values count as missing. Values of secret variables are never echoed.
+//! Empty values count as missing. Values of secret variables are never echoed. A variable
+//! whose name or value is not UTF-8 is reported by name only (never its bytes) when read.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -45,13 +47,45 @@ impl std::error::Error for ConfigError {}
 /// A reader of configuration variables that collects problems instead of stopping at the first.
 pub struct Env {
     vars: HashMap<String, String>,
-    problems: Vec<Problem>,
+    /// Variables present in the process environment whose value is not UTF-8 (names with
+    /// bytes that are not UTF-8 are kept lossily: they cannot match a name we read).
+    not_utf8: HashSet<String>,
+    /// Interior mutability: reading a value (`optional`, through `&self`) can record that the
+    /// variable is not UTF-8.
+    problems: RefCell<Vec<Problem>>,
 }
 
 impl Env {
     /// Reads from the process environment.
+    /// Never panics: `std::env::vars()` would on a value that is not UTF-8, printing it.
     pub fn from_process() -> Env {
-        Env::from_pairs(std::env::vars())
+        let mut vars = HashMap::new();
+        let mut not_utf8 = HashSet::new();
+        for (key, value) in std::env::vars_os() {
+            match (key.into_string(), value.into_string()) {
+                (Ok(k), Ok(v)) => {
+                    vars.insert(k, v);
+                }
+                (Ok(k), Err(_)) => {
+                    not_utf8.insert(k);
+                }
+                (Err(k), _) => {
+                    not_utf8.insert(k.to_string_lossy().into_owned());
+                }
+            }
+        }
+        Env {
+            vars,
+            not_utf8,
+            problems: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Marks `var` as present with a value that is not UTF-8 (tests; `from_process` finds them).
+    pub fn with_not_utf8(mut self, var: &str) -> Env {
+        self.vars.remove(var);
+        self.not_utf8.insert(var.to_string());
+        self
     }
 
     /// Reads from the given pairs (tests, or a caller that assembled its own set).
@@ -63,20 +97,43 @@ impl Env {
     {
         Env {
             vars: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
-            problems: Vec::new(),
+            not_utf8: HashSet::new(),
+            problems: RefCell::new(Vec::new()),
         }
     }
 
     /// Records a problem with `var` (for checks that involve several variables).
     pub fn problem(&mut self, var: &str, what: impl Into<String>) {
-        self.problems.push(Problem {
+        self.record(var, what.into());
+    }
+
+    fn record(&self, var: &str, what: String) {
+        let mut problems = self.problems.borrow_mut();
+        if problems.iter().any(|p| p.var == var && p.what == what) {
+            return;
+        }
+        problems.push(Problem {
             var: var.to_string(),
-            what: what.into(),
+            what,
         });
     }
 
-    /// The value of `var`, or `None` when it is unset or empty (after trimming).
+    /// Records the problem when `var` is set to bytes that are not UTF-8; its value is never shown.
+    fn check_utf8(&self, var: &str) {
+        if self.not_utf8.contains(var) {
+            self.record(var, NOT_UTF8.to_string());
+        }
+    }
+
+    /// Whether `var` is set (to anything, also bytes that are not UTF-8).
+    pub fn is_set(&self, var: &str) -> bool {
+        self.vars.contains_key(var) || self.not_utf8.contains(var)
+    }
+
+    /// The value of `var`, or `None` when it is unset or empty (after trimming), or not UTF-8
+    /// (then a problem is recorded).
     pub fn optional(&self, var: &str) -> Option<String> {
+        self.check_utf8(var);
         self.vars
             .get(var)
             .map(|v| v.trim().to_string())
@@ -87,6 +144,7 @@ impl Env {
     pub fn required(&mut self, var: &str) -> String {
         match self.optional(var) {
             Some(v) => v,
+            None if self.not_utf8.contains(var) => String::new(),
             None => {
                 self.problem(var, "is missing (required, must not be empty)");
                 String::new()
@@ -97,8 +155,10 @@ impl Env {
     /// The value of a secret variable, untrimmed (a key may legitimately end in a space);
     /// records "is missing" when unset or empty. Its value never appears in a problem.
     pub fn secret(&mut self, var: &str) -> String {
+        self.check_utf8(var);
         match self.vars.get(var).filter(|v| !v.is_empty()) {
             Some(v) => v.clone(),
+            None if self.not_utf8.contains(var) => String::new(),
             None => {
                 self.problem(var, "is missing (required, must not be empty)");
                 String::new()
@@ -157,15 +217,16 @@ impl Env {
 
     /// Ends reading: `Ok` when nothing was wrong, else every problem in the order found.
     pub fn finish(self) -> Result<(), ConfigError> {
-        if self.problems.is_empty() {
+        let problems = self.problems.into_inner();
+        if problems.is_empty() {
             Ok(())
         } else {
-            Err(ConfigError {
-                problems: self.problems,
-            })
+            Err(ConfigError { problems })
         }
     }
 }
+
+const NOT_UTF8: &str = "is not valid UTF-8 (its value is not shown)";
 
 /// Parses a boolean the way [`Env::bool`] does.
 pub fn parse_bool(s: &str) -> Result<bool, String> {
@@ -253,6 +314,19 @@ mod tests {
         let err = env.finish().unwrap_err();
         assert_eq!(err.problems.len(), 2);
         assert!(err.problems[1].what.contains("from 0 to 10"));
+    }
+
+    #[test]
+    fn values_that_are_not_utf8_are_named_once_never_shown() {
+        let mut env = Env::from_pairs([("OK", "1")]).with_not_utf8("S").with_not_utf8("O");
+        assert_eq!(env.secret("S"), "");
+        assert_eq!(env.optional("O"), None);
+        assert_eq!(env.required("O"), "");
+        assert!(env.is_set("O"));
+        let err = env.finish().unwrap_err();
+        let vars: Vec<_> = err.problems.iter().map(|p| p.var.as_str()).collect();
+        assert_eq!(vars, ["S", "O"]);
+        assert!(err.problems[0].what.contains("not valid UTF-8"));
     }
 
     #[test]

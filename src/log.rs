@@ -17,6 +17,10 @@ use serde_json::{Map, Value as Json};
 /// Module path prefixes that belong to lifeboat; everything else is a dependency.
 const OWN_TARGETS: [&str; 4] = ["lifeboat", "s3sync", "hook", "etcdsnap"];
 
+/// The target of a run's one summary line (s3sync): written at every `LOG_LEVEL` but `off`,
+/// whatever the line's own level, so `LOG_LEVEL=warn` still ends each run with its summary.
+pub const SUMMARY_TARGET: &str = "lifeboat::summary";
+
 /// Parses a `LOG_LEVEL` value (case-insensitive): `off`, `error`, `warn`, `info`, `debug`, `trace`.
 pub fn parse_level(value: &str) -> Result<LevelFilter, String> {
     match value.trim().to_ascii_lowercase().as_str() {
@@ -39,6 +43,15 @@ pub fn init(level: LevelFilter) {
     for target in OWN_TARGETS {
         builder.filter_module(target, level);
     }
+    // The most specific directive wins: summaries pass at every level but off.
+    builder.filter_module(
+        SUMMARY_TARGET,
+        if level == LevelFilter::Off {
+            LevelFilter::Off
+        } else {
+            LevelFilter::Trace
+        },
+    );
     builder.target(env_logger::Target::Stderr);
     builder.format(|buf, record| {
         let time = buf.timestamp_millis().to_string();

@@ -81,7 +81,7 @@ fn preflight_failures_are_clear_and_use_rclone_exit_codes() {
         error.contains("destination endpoint http://127.0.0.1:") && error.contains("is unreachable"),
         "{error}"
     );
-    assert!(error.contains("connection refused"), "{error}");
+    assert!(error.to_lowercase().contains("connection refused"), "{error}");
 }
 
 /// The PIDs of the direct children of `pid`.
@@ -256,29 +256,35 @@ fn sigterm_during_the_preflight_stops_at_once() {
     let (src, dst) = servers();
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
-    let held = std::thread::spawn(move || {
-        // Accept and hold up to a few connections without ever answering.
-        let mut conns = Vec::new();
-        silent.set_nonblocking(true).unwrap();
-        let start = std::time::Instant::now();
-        while start.elapsed() < Duration::from_secs(60) && conns.len() < 16 {
-            match silent.accept() {
-                Ok((c, _)) => conns.push(c),
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let held = {
+        let accepted = accepted.clone();
+        std::thread::spawn(move || {
+            // Accept and hold up to a few connections without ever answering.
+            let mut conns = Vec::new();
+            silent.set_nonblocking(true).unwrap();
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(60) && conns.len() < 16 {
+                match silent.accept() {
+                    Ok((c, _)) => {
+                        conns.push(c);
+                        accepted.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+                if !conns.is_empty() && start.elapsed() > Duration::from_secs(2) {
+                    break;
+                }
             }
-            if !conns.is_empty() && start.elapsed() > Duration::from_secs(2) {
-                break;
-            }
-        }
-        conns
-    });
+            conns
+        })
+    };
     let mut env = vars(&src, "src", &dst, "dst");
     set(&mut env, "DEST_S3_ENDPOINT", &format!("http://127.0.0.1:{port}"));
     let running = spawn(command(&env));
-    let pid = running.proc.pid();
-    // Wait until a probe is running (an rclone child doing lsf).
-    wait_for("the pre-flight probes", Duration::from_secs(60), || {
-        children(pid).into_iter().find(|c| cmdline(*c).contains(" lsf "))
+    // Wait until the pre-flight is waiting on the silent endpoint.
+    wait_for("the pre-flight to connect", Duration::from_secs(60), || {
+        accepted.load(std::sync::atomic::Ordering::SeqCst).then_some(())
     });
     running.proc.signal(15);
     let r = running.finish();
@@ -291,4 +297,92 @@ fn sigterm_during_the_preflight_stops_at_once() {
     );
     assert!(!r.has_msg("running rclone sync"));
     drop(held);
+}
+
+/// A stand-in for rclone that answers `version` like rclone and, for the sync, ignores SIGTERM
+/// and leaves a child holding its output pipes (what a hung rclone with a helper looks like).
+/// It stands in only for this: the pre-flight before it runs against real servers.
+fn stubborn_rclone(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let pidfile = dir.join("helper.pid");
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = version ]; then echo 'rclone v1.75.2'; exit 0; fi\ntrap '' TERM\nsleep 300 &\necho $! > \"{}\"\nsleep 300\n",
+        pidfile.display()
+    );
+    let path = support::write_file(dir, "stubborn-rclone", script);
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    (path, pidfile)
+}
+
+fn helper_alive(pidfile: &std::path::Path) -> bool {
+    let pid = std::fs::read_to_string(pidfile).unwrap_or_default();
+    std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_stop_ends_within_the_grace_even_when_rclone_ignores_sigterm() {
+    let (src, dst) = servers();
+    let dir = support::temp_dir("stubborn");
+    let (fake, pidfile) = stubborn_rclone(dir.path());
+    let mut env = vars(&src, "src", &dst, "dst");
+    set(&mut env, "STOP_GRACE", "3s");
+    let mut cmd = command(&env);
+    cmd.env("RCLONE_BINARY", &fake);
+    let running = spawn(cmd);
+    wait_for("the sync to start", Duration::from_secs(60), || {
+        std::fs::read_to_string(&pidfile)
+            .ok()
+            .filter(|p| !p.trim().is_empty())
+            .map(|_| ())
+    });
+    let start = std::time::Instant::now();
+    running.proc.signal(15);
+    let r = running.finish();
+    let took = start.elapsed();
+    // 3 s grace, then the process group is killed; the pipes close with it.
+    assert!(took < Duration::from_secs(12), "the stop took {took:?}");
+    assert_eq!(r.summary()["outcome"], "stopped", "{}", r.stderr);
+    assert_eq!(r.summary()["signal"], "SIGTERM");
+    assert!(r.has_msg("killing it and its process group"), "{}", r.stderr);
+    assert!(!helper_alive(&pidfile), "rclone's helper survived the stop");
+
+    // SYNC_TIMEOUT bounds the sync phase the same way, classified as a timeout (exit 5).
+    std::fs::remove_file(&pidfile).unwrap();
+    set(&mut env, "STOP_GRACE", "2s");
+    set(&mut env, "SYNC_TIMEOUT", "2s");
+    let mut cmd = command(&env);
+    cmd.env("RCLONE_BINARY", &fake);
+    let start = std::time::Instant::now();
+    let r = spawn(cmd).finish();
+    assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    assert!(
+        r.summary()["error"].as_str().unwrap().contains("SYNC_TIMEOUT"),
+        "{}",
+        r.stderr
+    );
+    assert!(!helper_alive(&pidfile));
+}
+
+#[test]
+fn an_endpoint_that_accepts_and_never_answers_fails_the_preflight_in_bounded_time() {
+    let (src, _dst) = servers();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let mut env = vars(&src, "src", &src, "unused");
+    set(&mut env, "DEST_S3_ENDPOINT", &format!("http://127.0.0.1:{port}"));
+    set(&mut env, "IO_TIMEOUT", "3s");
+    let start = std::time::Instant::now();
+    let r = run(&env);
+    // The kernel completes the connections (backlog); nothing ever answers.
+    assert!(start.elapsed() < Duration::from_secs(15), "took {:?}", start.elapsed());
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    let error = r.summary()["error"].as_str().unwrap();
+    assert!(error.contains("did not answer in time"), "{error}");
+    assert!(r.lines.iter().any(|l| l["kind"] == "timeout"), "{}", r.stderr);
+    drop(silent);
 }

@@ -1,4 +1,5 @@
-//! s3sync's safety rails, against real servers: MAX_DELETE bounds deletions (0 = none),
+//! s3sync's safety rails, against real servers: MAX_DELETE / MAX_DELETE_PERCENT checked
+//! before anything is deleted (0 = none),
 //! the empty-source guard, configuration errors reported all at once before any network
 //! call, and no credential in any output even at LOG_LEVEL=debug.
 
@@ -32,34 +33,62 @@ fn extras_left(dst: &S3Server) -> usize {
 }
 
 #[test]
-fn max_delete_bounds_deletions_and_fails_the_run() {
+fn deletion_limits_are_checked_before_anything_is_deleted() {
+    // 5 extra objects in a destination of 6: the run needs 5 deletions (83 %).
     let (src, dst) = with_extras(5);
     let mut env = vars(&src, "src", &dst, "dst");
+    set(&mut env, "MAX_DELETE_PERCENT", "100");
+    let before = contents(&dst, "dst");
 
-    // 0 means "delete nothing": any needed deletion stops the run with rclone's fatal code 7.
-    set(&mut env, "MAX_DELETE", "0");
-    let r = run(&env);
-    assert_eq!(r.code, 7, "{}", r.stderr);
-    assert_eq!(extras_left(&dst), 5);
-    let summary = r.summary();
-    assert_eq!(summary["outcome"], "failed");
-    assert_eq!(summary["level"], "error");
-    assert!(r.stderr.contains("max-delete"), "{}", r.stderr);
-    // Copies happen before deletions: the new object arrived.
-    assert_eq!(dst.get("dst", "new.txt"), b"new");
+    // Over the limit (0 = delete nothing; 2 < 5): refused before anything happens, every run
+    // (rclone's own --max-delete would delete 2 and then fail, 2 more each run).
+    for (limit, runs) in [("0", 1), ("2", 3)] {
+        set(&mut env, "MAX_DELETE", limit);
+        for _ in 0..runs {
+            let r = run(&env);
+            assert_eq!(r.code, 7, "{}", r.stderr);
+            let summary = r.summary();
+            assert_eq!(summary["outcome"], "refused");
+            assert_eq!(summary["limit"], "MAX_DELETE");
+            assert_eq!(summary["deletes_planned"], 5);
+            assert_eq!(summary["deletes_allowed"], limit.parse::<u64>().unwrap());
+            assert_eq!(summary["deletes"], 0);
+            let error = summary["error"].as_str().unwrap();
+            assert!(
+                error.contains("delete 5") && error.contains(&format!("MAX_DELETE={limit}")),
+                "{error}"
+            );
+            assert!(!r.has_msg("running rclone sync"));
+            assert_eq!(contents(&dst, "dst"), before, "nothing copied, nothing deleted");
+        }
+    }
 
-    // A limit of 2 with 5 to delete: at most 2 deleted, run fails.
-    set(&mut env, "MAX_DELETE", "2");
-    let r = run(&env);
-    assert_eq!(r.code, 7, "{}", r.stderr);
-    let left = extras_left(&dst);
-    assert!((3..5).contains(&left), "{left} extras left; at most 2 may be deleted");
-
-    // Unlimited: the destination ends up equal to the source.
+    // The relative limit: 5 of 6 is more than 50 %.
     set(&mut env, "MAX_DELETE", "unlimited");
+    set(&mut env, "MAX_DELETE_PERCENT", "50");
+    let r = run(&env);
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    assert_eq!(r.summary()["limit"], "MAX_DELETE_PERCENT");
+    assert_eq!(r.summary()["deletes_allowed"], 3);
+    assert!(
+        r.summary()["error"]
+            .as_str()
+            .unwrap()
+            .contains("MAX_DELETE_PERCENT=50 (3 of 6"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(contents(&dst, "dst"), before);
+
+    // Within both limits: the destination ends up equal to the source.
+    set(&mut env, "MAX_DELETE", "5");
+    set(&mut env, "MAX_DELETE_PERCENT", "90");
     let r = run(&env);
     assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.summary()["deletes"], 5);
+    assert_eq!(r.summary()["verified"], true);
     assert_eq!(contents(&dst, "dst"), contents(&src, "src"));
+    assert_eq!(extras_left(&dst), 0);
 }
 
 #[test]
@@ -82,9 +111,15 @@ fn empty_source_does_not_wipe_the_destination() {
         assert_eq!(contents(&dst, "dst"), before);
     }
 
-    // Explicitly allowed: the destination is emptied (MAX_DELETE still applies; 1000 > 4).
+    // Explicitly allowed: the destination is emptied. The deletion limits still apply:
+    // MAX_DELETE 1000 > 4, and emptying is 100 % of the destination (MAX_DELETE_PERCENT).
     let mut env = vars(&src, "empty", &dst, "dst");
     set(&mut env, "ALLOW_EMPTY_SOURCE", "true");
+    let r = run(&env);
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    assert_eq!(r.summary()["limit"], "MAX_DELETE_PERCENT");
+    assert_eq!(contents(&dst, "dst"), before);
+    set(&mut env, "MAX_DELETE_PERCENT", "100");
     let r = run(&env);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(dst.list("dst").is_empty());
@@ -146,10 +181,11 @@ fn configuration_errors_are_listed_together_before_any_network_call() {
         "LOG_LEVEL",
         "COMPARE",
         "MAX_DURATION",
+        "DEST_PREFIX",
     ] {
         assert!(text.contains(var), "{var} missing from:\n{text}");
     }
-    assert_eq!(problems.len(), 9, "{text}");
+    assert_eq!(problems.len(), 10, "{text}");
     for secret in [
         "AKIA-CONFIG-TEST-KEY",
         "config-test-secret-abcdef",
@@ -206,4 +242,100 @@ fn no_secret_in_any_output_at_debug_level() {
             assert!(!r.stdout.contains(secret), "{what}: {secret} in stdout");
         }
     }
+}
+
+#[test]
+fn values_rclone_would_reject_are_refused_before_any_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let base: Vec<(String, String)> = [
+        ("SOURCE_S3_ENDPOINT", endpoint.as_str()),
+        ("SOURCE_ACCESS_KEY", "AKIA-VALIDATION-KEY"),
+        ("SOURCE_SECRET_KEY", "validation-secret-abcdef"),
+        ("SOURCE_BUCKET", "src"),
+        ("DEST_S3_ENDPOINT", endpoint.as_str()),
+        ("DEST_ACCESS_KEY", "AKIA-VALIDATION-KEY"),
+        ("DEST_SECRET_KEY", "validation-secret-abcdef"),
+        ("DEST_BUCKET", "dst"),
+        ("DEST_PREFIX", "/"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let mut env = base.clone();
+    for (k, v) in [
+        ("MAX_DELETE", "9223372036854775808"),
+        ("MAX_DURATION", "2562048h"),
+        ("SOURCE_REGION", "\"eu-west-1\""),
+        ("DEST_PROVIDER", "NoSuchProvider"),
+        ("STATS_INTERVAL", "1ms"),
+        ("SSL_CERT_FILE", "/nonexistent/ca.pem"),
+    ] {
+        set(&mut env, k, v);
+    }
+    let r = run(&env);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let problems = r
+        .lines
+        .iter()
+        .find_map(|l| l.get("problems"))
+        .and_then(|p| p.as_array())
+        .cloned()
+        .unwrap();
+    let text: Vec<&str> = problems.iter().filter_map(|p| p.as_str()).collect();
+    for var in [
+        "MAX_DELETE",
+        "MAX_DURATION",
+        "SOURCE_REGION",
+        "DEST_PROVIDER",
+        "STATS_INTERVAL",
+        "SSL_CERT_FILE",
+    ] {
+        assert!(
+            text.iter().any(|p| p.starts_with(&format!("{var}:"))),
+            "{var} not in {text:?}"
+        );
+    }
+    assert_eq!(text.len(), 6, "{text:?}");
+
+    // Something that is not rclone, or too old an rclone: refused (exit 2), nothing contacted.
+    let dir = support::temp_dir("fake-rclone");
+    let old = support::write_file(dir.path(), "rclone-1.68", "#!/bin/sh\necho 'rclone v1.68.2'\n");
+    std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    for (binary, expect) in [
+        ("/bin/true", "is not rclone"),
+        (old.to_str().unwrap(), "v1.69 or newer"),
+    ] {
+        let mut env = base.clone();
+        set(&mut env, "RCLONE_BINARY", binary);
+        let mut cmd = s3sync_common::command(&env);
+        cmd.env("RCLONE_BINARY", binary);
+        let r = s3sync_common::spawn(cmd).finish();
+        assert_eq!(r.code, 2, "{binary}: {}", r.stderr);
+        let error = r.summary()["error"].as_str().unwrap().to_string();
+        assert!(error.contains("RCLONE_BINARY") && error.contains(expect), "{error}");
+    }
+    assert!(
+        listener.accept().is_err(),
+        "s3sync connected despite a bad configuration"
+    );
+}
+
+#[test]
+fn a_source_prefix_with_nothing_under_it_into_an_empty_destination_warns() {
+    let (src, dst) = with_extras(0);
+    make_bucket(&dst, "empty");
+    let mut env = vars(&src, "src", &dst, "empty");
+    set(&mut env, "SOURCE_PREFIX", "typo");
+    let r = run(&env);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.lines
+            .iter()
+            .any(|l| l["level"] == "warn" && l["msg"].as_str().unwrap().contains("SOURCE_PREFIX")),
+        "{}",
+        r.stderr
+    );
 }

@@ -51,6 +51,9 @@ fn new_changed_and_deleted_objects_are_synced() {
     assert_eq!(third.summary()["transfers"], 0);
     assert_eq!(third.summary()["deletes"], 0);
     assert!(third.summary()["checks"].as_u64().unwrap() >= 4);
+    // Every object matched by size and MD5 in s3sync's own listings: rclone is not needed.
+    assert!(!third.has_msg("running rclone sync"), "{}", third.stderr);
+    assert_eq!(third.summary()["verified"], true);
 }
 
 #[test]
@@ -120,15 +123,28 @@ fn compare_modes_trade_speed_for_detection() {
     assert_eq!(run(&env).code, 0);
     src.put("src", "f.txt", b"version-2");
 
+    // size-only misses a same-size change: rclone reports success, and s3sync's own
+    // verification (independent listings, MD5 ETags on both sides) catches it: exit 11.
     set(&mut env, "COMPARE", "size");
     let r = run(&env);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(r.summary()["transfers"], 0);
+    assert_eq!(r.code, 11, "{}", r.stderr);
+    let summary = r.summary();
+    assert_eq!(summary["transfers"], 0);
+    assert_eq!(summary["outcome"], "verify_failed");
+    assert_eq!(summary["verified"], false);
+    assert_eq!(summary["verify_differing"], 1);
+    assert!(summary["error"].as_str().unwrap().contains("f.txt (MD5 "), "{summary}");
     assert_eq!(
         dst.get("dst", "f.txt"),
         b"version-1",
         "size-only misses a same-size change"
     );
+    // Without the verification the miss is silent.
+    set(&mut env, "VERIFY", "false");
+    let r = run(&env);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.summary()["verified"], serde_json::Value::Null);
+    set(&mut env, "VERIFY", "true");
 
     for mode in ["modtime", "checksum"] {
         src.put("src", "f.txt", format!("{mode:-<9}").as_bytes());
@@ -136,6 +152,126 @@ fn compare_modes_trade_speed_for_detection() {
         let r = run(&env);
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert_eq!(r.summary()["transfers"], 1, "{mode}");
+        assert_eq!(r.summary()["verified"], true, "{mode}");
         assert_eq!(dst.get("dst", "f.txt"), format!("{mode:-<9}").as_bytes(), "{mode}");
     }
+}
+
+#[test]
+fn the_summary_is_logged_at_every_level_but_off_and_object_lines_have_their_own_switch() {
+    let src = S3Server::start(Flavor::Rclone, AK, SK);
+    let dst = S3Server::start(Flavor::Rclone, AK, SK);
+    make_bucket(&src, "src");
+    make_bucket(&dst, "dst");
+    let mut env = vars(&src, "src", &dst, "dst");
+    for (i, level) in ["warn", "error"].into_iter().enumerate() {
+        src.put("src", &format!("{level}.txt"), level.as_bytes());
+        set(&mut env, "LOG_LEVEL", level);
+        let r = run(&env);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let summary = r.summary();
+        assert_eq!(summary["outcome"], "success", "{level}");
+        assert_eq!(summary["transfers"], 1, "{level}");
+        assert!(
+            r.lines
+                .iter()
+                .all(|l| l["level"] != "info" || l.get("outcome").is_some()),
+            "{level}: {}",
+            r.stderr
+        );
+        assert_eq!(dst.list("dst").len(), i + 1);
+    }
+    set(&mut env, "LOG_LEVEL", "off");
+    src.put("src", "off.txt", b"off");
+    let r = run(&env);
+    assert_eq!(r.code, 0);
+    assert!(r.stderr.is_empty() && r.stdout.is_empty(), "{}", r.stderr);
+
+    // At info, rclone's per-object lines are there unless LOG_OBJECTS=false.
+    set(&mut env, "LOG_LEVEL", "info");
+    src.put("src", "info.txt", b"info");
+    set(&mut env, "LOG_OBJECTS", "false");
+    let r = run(&env);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.summary()["transfers"], 1);
+    assert!(!r.lines.iter().any(|l| l.get("object").is_some()), "{}", r.stderr);
+    src.put("src", "info2.txt", b"info2");
+    set(&mut env, "LOG_OBJECTS", "true");
+    let r = run(&env);
+    assert!(r.lines.iter().any(|l| l["object"] == "info2.txt"), "{}", r.stderr);
+}
+
+#[test]
+fn soft_deletes_move_deleted_and_overwritten_objects_into_a_dated_folder() {
+    let src = S3Server::start(Flavor::Rclone, AK, SK);
+    let dst = S3Server::start(Flavor::Rclone, AK, SK);
+    make_bucket(&src, "src");
+    make_bucket(&dst, "dst");
+    src.put("src", "a.txt", b"a new");
+    src.put("src", "b.txt", b"b");
+    dst.put("dst", "live/a.txt", b"a old");
+    dst.put("dst", "live/c.txt", b"c gone from the source");
+    let mut env = vars(&src, "src", &dst, "dst");
+    set(&mut env, "DEST_PREFIX", "live");
+    set(&mut env, "BACKUP_PREFIX", "deleted");
+    set(&mut env, "MAX_DELETE_PERCENT", "100");
+    let r = run(&env);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.summary()["verified"], true);
+    let keys = dst.list("dst");
+    let live: Vec<&String> = keys.iter().filter(|k| k.starts_with("live/")).collect();
+    assert_eq!(live, ["live/a.txt", "live/b.txt"]);
+    let backed: Vec<&String> = keys.iter().filter(|k| k.starts_with("deleted/")).collect();
+    assert_eq!(backed.len(), 2, "{keys:?}");
+    let old_a = backed
+        .iter()
+        .find(|k| k.ends_with("/a.txt"))
+        .expect("the overwritten a.txt");
+    assert_eq!(dst.get("dst", old_a), b"a old");
+    let old_c = backed
+        .iter()
+        .find(|k| k.ends_with("/c.txt"))
+        .expect("the deleted c.txt");
+    assert_eq!(dst.get("dst", old_c), b"c gone from the source");
+
+    // A backup folder inside the synced one is refused.
+    set(&mut env, "BACKUP_PREFIX", "live/trash");
+    assert_eq!(run(&env).code, 2);
+}
+
+#[test]
+fn metrics_file_reports_every_run_and_keeps_the_last_success() {
+    let src = S3Server::start(Flavor::Rclone, AK, SK);
+    let dst = S3Server::start(Flavor::Rclone, AK, SK);
+    make_bucket(&src, "src");
+    make_bucket(&dst, "dst");
+    src.put("src", "a.txt", b"a");
+    let dir = support::temp_dir("metrics");
+    let file = dir.path().join("s3sync.prom");
+    let mut env = vars(&src, "src", &dst, "dst");
+    set(&mut env, "METRICS_FILE", file.to_str().unwrap());
+    let r = run(&env);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let value = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in {text}"))
+    };
+    assert_eq!(value(&text, "s3sync_exit_code"), 0.0);
+    assert_eq!(value(&text, "s3sync_transfers"), 1.0);
+    assert_eq!(value(&text, "s3sync_verified"), 1.0);
+    assert!(text.contains("s3sync_outcome{outcome=\"success\"} 1"), "{text}");
+    let success = value(&text, "s3sync_last_success_timestamp_seconds");
+
+    // A refused run: its own numbers, and the last success carried over.
+    dst.put("dst", "extra.txt", b"x");
+    set(&mut env, "MAX_DELETE", "0");
+    let r = run(&env);
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(value(&text, "s3sync_exit_code"), 7.0);
+    assert_eq!(value(&text, "s3sync_verified"), 0.0);
+    assert!(text.contains("s3sync_outcome{outcome=\"refused\"} 1"), "{text}");
+    assert_eq!(value(&text, "s3sync_last_success_timestamp_seconds"), success);
 }

@@ -69,7 +69,7 @@ S3_ON = {
     "enabled": True,
     "source": {"endpoint": "https://s3.eu-west-1.amazonaws.com", "bucket": "prod-data",
                "accessKey": "AKIASOURCE", "secretKey": "source-secret"},
-    "destination": {"endpoint": "https://backup.example.net:9000", "bucket": "prod-data-copy",
+    "destination": {"endpoint": "https://backup.example.net:9000", "bucket": "prod-data-copy", "prefix": "/",
                     "accessKey": "AKIADEST", "secretKey": "dest-secret"},
 }
 
@@ -90,7 +90,7 @@ SCENARIOS = {
         "s3sync": {"enabled": True, "existingSecret": "s3-keys", "dryRun": True, "maxDelete": 0,
                    "timeZone": "Europe/Berlin", "schedule": "*/15 * * * *",
                    "source": {"endpoint": "http://minio.storage:9000", "bucket": "a"},
-                   "destination": {"endpoint": "http://minio.backup:9000", "bucket": "b"}},
+                   "destination": {"endpoint": "http://minio.backup:9000", "bucket": "b", "prefix": "a"}},
     },
     "hook-own-tls-variant": {
         "imagePullSecrets": [{"name": "registry"}],
@@ -362,6 +362,8 @@ def test_two_releases_of_one_name_in_two_namespaces_share_no_cluster_scoped_name
     ({"s3sync": {**S3_ON, "extraEnv": {"SOURCE_PREFIX": 5}}}, "SOURCE_PREFIX"),
     ({"s3sync": {**S3_ON, "extraEnv": {"bad name": "x"}}}, "bad name"),
     ({"s3sync": {**S3_ON, "maxDelete": -1}}, "maxDelete"),
+    ({"s3sync": {**S3_ON, "maxDelete": "lots"}}, "maxDelete"),
+    ({"s3sync": {**S3_ON, "maxDeletePercent": 101}}, "maxDeletePercent"),
     ({"s3sync": {**S3_ON, "logLevel": "verbose"}}, "logLevel"),
     ({"etcdsnap": {"enabled": True, "driverName": "has space"}}, "driverName"),
     ({"etcdsnap": {"handles": [{"namespace": "x"}]}}, "cluster"),
@@ -477,7 +479,7 @@ def test_defaults_install_only_the_hook(helm):
 
 S3SYNC_ENV = {"SOURCE_S3_ENDPOINT", "SOURCE_ACCESS_KEY", "SOURCE_SECRET_KEY", "SOURCE_BUCKET",
               "DEST_S3_ENDPOINT", "DEST_ACCESS_KEY", "DEST_SECRET_KEY", "DEST_BUCKET",
-              "DRY_RUN", "MAX_DELETE", "RETRIES", "LOG_LEVEL"}
+              "DEST_PREFIX", "DRY_RUN", "MAX_DELETE", "MAX_DELETE_PERCENT", "RETRIES", "LOG_LEVEL"}
 S3SYNC_SECRET_KEYS = {"SOURCE_ACCESS_KEY", "SOURCE_SECRET_KEY", "DEST_ACCESS_KEY", "DEST_SECRET_KEY"}
 
 
@@ -491,6 +493,11 @@ def test_s3sync_cronjob_shape_and_environment(helm):
     assert spec["successfulJobsHistoryLimit"] == 3 and spec["failedJobsHistoryLimit"] == 3
     job = spec["jobTemplate"]["spec"]
     assert job["activeDeadlineSeconds"] == 3600 and job["backoffLimit"] == 1
+    # Exit 2 (configuration) and 7 (refused before changing anything) are not retried.
+    (fail, ignore) = job["podFailurePolicy"]["rules"]
+    assert fail == {"action": "FailJob",
+                    "onExitCodes": {"containerName": "s3sync", "operator": "In", "values": [2, 7]}}
+    assert ignore["action"] == "Ignore" and ignore["onPodConditions"][0]["type"] == "DisruptionTarget"
     pod = job["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     assert pod["automountServiceAccountToken"] is False
@@ -525,6 +532,22 @@ def test_s3sync_existing_secret_and_zero_values(helm):
     # false and 0 are real values, rendered as such (not dropped, not "null")
     assert env["DRY_RUN"]["value"] == "true"
     assert env["MAX_DELETE"]["value"] == "0"
+
+
+def test_s3sync_unlimited_deletions_and_a_ca_bundle_volume(helm):
+    ca = {"name": "ca", "configMap": {"name": "s3-ca"}}
+    mount = {"name": "ca", "mountPath": "/etc/s3sync-ca", "readOnly": True}
+    values = {"s3sync": {**S3_ON, "maxDelete": "unlimited", "maxDeletePercent": 100,
+                         "extraVolumes": [ca], "extraVolumeMounts": [mount],
+                         "extraEnv": {"SSL_CERT_FILE": "/etc/s3sync-ca/ca.crt"}}}
+    objects = render(helm, values)
+    pod = one(objects, "CronJob", "s3sync")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = env_of(container)
+    assert env["MAX_DELETE"]["value"] == "unlimited" and env["MAX_DELETE_PERCENT"]["value"] == "100"
+    assert env["SSL_CERT_FILE"]["value"] == "/etc/s3sync-ca/ca.crt"
+    assert ca in pod["volumes"] and mount in container["volumeMounts"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -144,7 +144,7 @@ def test_syncs_from_an_empty_root(static_s3sync, tools_bin, tmp_path):
             "SOURCE_S3_ENDPOINT": source.endpoint, "SOURCE_ACCESS_KEY": source.key,
             "SOURCE_SECRET_KEY": source.secret, "SOURCE_BUCKET": "photos",
             "DEST_S3_ENDPOINT": dest.endpoint, "DEST_ACCESS_KEY": dest.key,
-            "DEST_SECRET_KEY": dest.secret, "DEST_BUCKET": "backup",
+            "DEST_SECRET_KEY": dest.secret, "DEST_BUCKET": "backup", "DEST_PREFIX": "/",
             "RCLONE_BINARY": "/rclone",
         }  # fmt: skip
         prefix, s3sync = jail(root)

@@ -17,8 +17,10 @@ use crate::support::{tool, Proc};
 pub const RUN_LIMIT: Duration = Duration::from_secs(120);
 
 /// A `Command` for s3sync with an empty environment except PATH and the given variables.
+/// `S3SYNC_UNDER_TEST` replaces the binary (to show that a test fails on an older build).
 pub fn command(vars: &[(String, String)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_s3sync"));
+    let bin = std::env::var_os("S3SYNC_UNDER_TEST").unwrap_or_else(|| env!("CARGO_BIN_EXE_s3sync").into());
+    let mut cmd = Command::new(bin);
     cmd.env_clear();
     cmd.env("PATH", std::env::var_os("PATH").unwrap_or_default());
     cmd.env("RCLONE_BINARY", tool("rclone"));
@@ -28,7 +30,7 @@ pub fn command(vars: &[(String, String)]) -> Command {
     cmd
 }
 
-/// The eight required variables for syncing `src_bucket` on `src` into `dst_bucket` on `dst`.
+/// The nine required variables for syncing `src_bucket` on `src` into `dst_bucket` on `dst`.
 pub fn vars(src: &S3Server, src_bucket: &str, dst: &S3Server, dst_bucket: &str) -> Vec<(String, String)> {
     [
         ("SOURCE_S3_ENDPOINT", src.endpoint()),
@@ -39,6 +41,8 @@ pub fn vars(src: &S3Server, src_bucket: &str, dst: &S3Server, dst_bucket: &str) 
         ("DEST_ACCESS_KEY", dst.access_key.clone()),
         ("DEST_SECRET_KEY", dst.secret_key.clone()),
         ("DEST_BUCKET", dst_bucket.to_string()),
+        // Required (no default, unlike the Go original's SOURCE_BUCKET): `/` is the whole bucket.
+        ("DEST_PREFIX", "/".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

@@ -161,3 +161,71 @@ impl S3Server {
         self.proc.pid()
     }
 }
+
+/// boto3 (an independent S3 client) against `server`: the raw-key helpers below use it for
+/// keys rclone would encode or cannot write (`.`/`..` segments, `//`, `dir/` markers).
+fn boto3(server: &S3Server, script: &str, args: &[&str], stdin: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let prelude = format!(
+        "import sys, boto3\ns3 = boto3.client('s3', endpoint_url={:?}, aws_access_key_id={:?}, \
+         aws_secret_access_key={:?}, region_name='us-east-1')\n",
+        server.endpoint(),
+        server.access_key,
+        server.secret_key
+    );
+    let mut cmd = Command::new(tool("python"));
+    scrub(&mut cmd);
+    let mut child = cmd
+        .arg("-c")
+        .arg(prelude + script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "boto3 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+impl S3Server {
+    /// Uploads `contents` as exactly `key` (no rclone encoding).
+    pub fn put_raw(&self, bucket: &str, key: &str, contents: &[u8]) {
+        boto3(
+            self,
+            "s3.put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=sys.stdin.buffer.read())",
+            &[bucket, key],
+            contents,
+        );
+    }
+
+    /// Every key in `bucket` exactly as the server lists it, sorted.
+    pub fn list_raw(&self, bucket: &str) -> Vec<String> {
+        let out = boto3(
+            self,
+            "p = s3.get_paginator('list_objects_v2')\nfor page in p.paginate(Bucket=sys.argv[1]):\n    \
+             for o in page.get('Contents', []): print(o['Key'])",
+            &[bucket],
+            b"",
+        );
+        let mut keys: Vec<String> = String::from_utf8(out).unwrap().lines().map(str::to_string).collect();
+        keys.sort();
+        keys
+    }
+
+    /// The contents of exactly `key`.
+    pub fn get_raw(&self, bucket: &str, key: &str) -> Vec<u8> {
+        boto3(
+            self,
+            "sys.stdout.buffer.write(s3.get_object(Bucket=sys.argv[1], Key=sys.argv[2])['Body'].read())",
+            &[bucket, key],
+            b"",
+        )
+    }
+}
