@@ -6,31 +6,10 @@ snapshot_ids on Get/Delete of a group are reported."""
 from __future__ import annotations
 
 import grpc
-import pytest
 
 from csi_sidecar import Sidecar
-from etcdsnap_driver import running_driver, seed_cluster
-
-NS = "etcd"
-META = "kube-system"
-
-
-@pytest.fixture
-def driver(tmp_path, kube, bin_dir, stubs):
-    with running_driver(bin_dir, tmp_path / "driver", kube.kubeconfig_path, stubs, JOB_BACKOFF_LIMIT=0,
-                        PVC_MIN_SIZE="64Mi", CREATE_WAIT="3s") as d:
-        yield d
-
-
-@pytest.fixture
-def volume(kube, etcd_cluster):
-    return seed_cluster(kube, etcd_cluster, NS, "main")
-
-
-def code_of(call):
-    with pytest.raises(grpc.RpcError) as err:
-        call()
-    return err.value.code(), err.value.details()
+from etcdsnap_driver import seed_cluster
+from etcdsnap_fixtures import META, NS, code_of, driver, volume  # noqa: F401 - fixtures
 
 
 def test_groups_of_several_volumes_need_per_volume_consistency(driver, kube, etcd_cluster, volume, stubs):
