@@ -526,12 +526,33 @@ def test_s3sync_existing_secret_and_zero_values(helm):
     cron = one(objects, "CronJob", "s3sync")
     assert cron["spec"]["timeZone"] == "Europe/Berlin"
     env = env_of(cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0])
-    assert set(env) == S3SYNC_ENV
+    assert set(env) == S3SYNC_ENV | {"MAX_DURATION"}
     for name in S3SYNC_SECRET_KEYS:
         assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "s3-keys", "key": name}
     # false and 0 are real values, rendered as such (not dropped, not "null")
     assert env["DRY_RUN"]["value"] == "true"
     assert env["MAX_DELETE"]["value"] == "0"
+
+
+@pytest.mark.parametrize("deadline, grace", [(3600, 60), (600, 30), (120, 30)])
+def test_s3sync_ends_an_overlong_run_itself_before_the_job_deadline(helm, deadline, grace):
+    """MAX_DURATION (then STOP_GRACE, 20 s by default, to stop rclone) ends within
+    activeDeadlineSeconds minus the Pod's grace: the run always logs its summary and exits 10
+    instead of being killed by the Job controller without one."""
+    values = {"s3sync": {**S3_ON, "activeDeadlineSeconds": deadline, "terminationGracePeriodSeconds": grace}}
+    cron = one(render(helm, values), "CronJob", "s3sync")
+    env = env_of(cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0])
+    max_duration = int(env["MAX_DURATION"]["value"].removesuffix("s"))
+    assert max_duration + 20 + grace <= deadline
+    assert max_duration >= 60
+    # too short a deadline to leave room is refused, naming both values
+    with pytest.raises(helm.HelmRenderError, match="activeDeadlineSeconds.*terminationGracePeriodSeconds"):
+        render(helm, {"s3sync": {**S3_ON, "activeDeadlineSeconds": grace + 60, "terminationGracePeriodSeconds": grace}})
+    # a MAX_DURATION of the user's own is kept
+    values["s3sync"]["extraEnv"] = {"MAX_DURATION": "5m"}
+    cron = one(render(helm, values), "CronJob", "s3sync")
+    env = env_of(cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0])
+    assert env["MAX_DURATION"]["value"] == "5m"
 
 
 def test_s3sync_unlimited_deletions_and_a_ca_bundle_volume(helm):
