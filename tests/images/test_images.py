@@ -203,11 +203,12 @@ def test_etcdsnap_image_answers_on_its_csi_socket(tmp_path):
     sock.mkdir()
     os.chmod(sock, 0o777)
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1', insecure-skip-tls-verify: true}}]\n"
-        "users: [{name: u, user: {token: not-a-real-token}}]\n"
-        "contexts: [{name: c, context: {cluster: k, user: u, namespace: default}}]\n")
+    # no API server answers there: etcdsnap serves CSI all the same (its monitor retries)
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:9", "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "u", "user": {"token": "not-a-real-token"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u", "namespace": "default"}}]}))
     os.chmod(kubeconfig, 0o644)
     name = f"lifeboat-etcdsnap-check-{os.getpid()}"
     podman("run", "-d", "--name", name, *SECURE, "-v", f"{sock}:/csi", "-v", f"{kubeconfig}:/kube/config:ro",
