@@ -184,7 +184,7 @@ def seed_cluster(kube, cluster, ns: str = "etcd", name: str = "main", pvc: str |
 
 
 def create_group_when_cut(driver: Driver, pb2, name: str, volumes: list[str], budget: float = 120,
-                          parameters=None):
+                          parameters=None, call_timeout: float = 60):
     """CreateVolumeGroupSnapshot as csi-snapshotter calls it: again (after a short pause) while
     the answer is ABORTED, which etcdsnap gives until etcd has cut the snapshot; bounded by
     `budget`. Returns the group of the first OK answer."""
@@ -194,7 +194,7 @@ def create_group_when_cut(driver: Driver, pb2, name: str, volumes: list[str], bu
     while True:
         try:
             return driver.group.CreateVolumeGroupSnapshot(pb2.CreateVolumeGroupSnapshotRequest(
-                name=name, source_volume_ids=volumes, parameters=parameters or {}), timeout=60).group_snapshot
+                name=name, source_volume_ids=volumes, parameters=parameters or {}), timeout=call_timeout).group_snapshot
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.ABORTED or time.monotonic() > deadline:
                 raise

@@ -14,29 +14,9 @@ import time
 import grpc
 import pytest
 
-from etcdsnap_driver import Driver, free_port, running_driver, seed_cluster
+from etcdsnap_driver import Driver, create_group_when_cut, free_port, running_driver, seed_cluster
+from etcdsnap_fixtures import META, NS, code_of, driver, volume  # noqa: F401 - fixtures
 from waiting import wait_for
-
-NS = "etcd"
-META = "kube-system"
-
-
-@pytest.fixture
-def driver(tmp_path, kube, bin_dir, stubs):
-    with running_driver(bin_dir, tmp_path / "driver", kube.kubeconfig_path, stubs, JOB_BACKOFF_LIMIT=0, PVC_MIN_SIZE="64Mi",
-                        CREATE_WAIT="3s") as d:
-        yield d
-
-
-@pytest.fixture
-def volume(kube, etcd_cluster):
-    return seed_cluster(kube, etcd_cluster, NS, "main")
-
-
-def code_of(call):
-    with pytest.raises(grpc.RpcError) as err:
-        call()
-    return err.value.code(), err.value.details()
 
 
 def etcdutl_status(tools_bin, path) -> dict:
@@ -51,17 +31,8 @@ def records(kube):
 
 
 def create_group(d, pb2, name, volumes, budget: float = 60, parameters=None):
-    """CreateVolumeGroupSnapshot as the sidecar calls it: again while the answer is ABORTED (the
-    snapshot is not cut yet), bounded by `budget`."""
-    deadline = time.monotonic() + budget
-    while True:
-        try:
-            return d.group.CreateVolumeGroupSnapshot(pb2.CreateVolumeGroupSnapshotRequest(
-                name=name, source_volume_ids=volumes, parameters=parameters or {}), timeout=30).group_snapshot
-        except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.ABORTED or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    """CreateVolumeGroupSnapshot as the sidecar calls it (again while ABORTED), within `budget`."""
+    return create_group_when_cut(d, pb2, name, volumes, budget, parameters, call_timeout=30)
 
 
 def create_group_once(d, pb2, name, volumes):
