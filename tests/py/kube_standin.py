@@ -1,4 +1,8 @@
-"""A strict stand-in for the Kubernetes API over HTTPS on loopback (no apiserver can run here).
+"""Kept only for what the real control plane (kube_control_plane.py) cannot do yet: injected API faults, 1.27+ Job labels, fast per-test clusters.
+
+A strict stand-in for the Kubernetes API over HTTPS on loopback, written by this project: it agrees
+with our model of Kubernetes, not necessarily with Kubernetes (the real apiserver 1.20 runs the
+tests in test_kube_*.py).
 
 It serves the real paths of the resources etcdsnap uses, answers with the apiserver's status
 codes and `Status` bodies, filters by label and field selectors, enforces resourceVersion
