@@ -46,7 +46,7 @@ const USAGE: &str = "usage: etcdsnap [--endpoint unix:///csi/csi.sock]
 Serves the etcdsnap CSI driver. Configuration is read from the environment:
 CSI_ENDPOINT, DRIVER_NAME, METRICS_ADDR, METADATA_NAMESPACE, CLUSTER_LABEL, STORAGE_CLASS,
 ETCD_IMAGE, PVC_MIN_SIZE, PVC_HEADROOM_PERCENT, JOB_TIMEOUT, JOB_BACKOFF_LIMIT, ETCD_TIMEOUT,
-POLL_INTERVAL, CREATE_WAIT, GRPC_THREADS, SHUTDOWN_GRACE, LOG_LEVEL (see README).";
+POLL_INTERVAL, CREATE_WAIT, GRPC_THREADS, SHUTDOWN_GRACE, LOG_LEVEL (see docs/etcdsnap.md).";
 
 const KUBE_TIMEOUT: Duration = Duration::from_secs(15);
 const READY_CACHE: Duration = Duration::from_secs(2);

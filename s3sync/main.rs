@@ -3,7 +3,7 @@
 //! The flow, top to bottom: read the configuration (exit 2 on any problem, before any network
 //! call) → pre-flight both buckets with rclone → the empty-source guard → `rclone sync`, its
 //! output folded into our JSON log, SIGTERM/SIGINT forwarded → one summary line, always →
-//! exit with 0, 2, or rclone's own code. See the README's s3sync section for every variable.
+//! exit with 0, 2, or rclone's own code. See docs/s3sync.md for every variable.
 
 mod child;
 mod config;

@@ -940,7 +940,7 @@ def test_etcdsnap_driver_api_calls_are_what_its_readme_says():
         ("", "services"): {"get"},
         ("", "endpoints"): {"get"},
     }
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "etcdsnap.md").read_text()
     section = readme[readme.index("<!-- etcdsnap:begin -->"):readme.index("<!-- etcdsnap:end -->")]
     rbac = " ".join(section[section.index("**RBAC**"):].split("\n\n")[0].split())
     assert "configmaps` get/list/create/update/delete" in rbac
@@ -1110,8 +1110,8 @@ def test_the_drift_guard_has_something_to_guard():
     for component in ("s3sync", "hook", "etcdsnap"):
         assert "LOG_LEVEL" in binary_source.env_reads(component)
     # a name in a README configuration table is one the scan finds (and the other way round)
-    readme = (ROOT / "README.md").read_text()
     for component in ("s3sync", "hook", "etcdsnap"):
+        readme = (ROOT / "docs" / f"{component}.md").read_text()
         section = readme[readme.index(f"<!-- {component}:begin -->"):readme.index(f"<!-- {component}:end -->")]
         table = section[section.index("| variable | default |"):]
         table = table[:table.index("\n\n")]
@@ -1190,7 +1190,7 @@ def test_ports_probes_and_arguments_match_the_binaries(helm):
 def test_etcdsnap_handles_match_the_readme_manifests(helm):
     """The chart's handle pair for the README's example is the README's pair (which
     test_etcdsnap_docs.py validates), with the chart's labels on top."""
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "etcdsnap.md").read_text()
     section = readme[readme.index("<!-- etcdsnap:begin -->"):readme.index("<!-- etcdsnap:end -->")]
     docs = [o for b in re.findall(r"```yaml\n(.*?)```", section, re.S) for o in yaml.safe_load_all(b) if o]
     want = {o["kind"]: o for o in docs}

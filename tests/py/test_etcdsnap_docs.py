@@ -10,7 +10,7 @@ import yaml
 
 from kube_standin import schema_check
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "etcdsnap.md"
 
 
 def section() -> str:
