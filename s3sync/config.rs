@@ -5,28 +5,12 @@
 //! [`Secret`], whose `Debug` never shows them; they leave this process only as environment
 //! variables of the rclone child (see `rclone.rs`).
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use lifeboat::env::Env;
+pub use lifeboat::secret::Secret;
 use log::LevelFilter;
-
-/// A credential. Its `Debug` output is a placeholder, so it cannot end up in a log by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
 
 /// Which bucket of the two: decides the variable prefix and the rclone remote name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +69,25 @@ impl Bucket {
     /// `db/2` and prefix `db` it would sync the single object `db` and leave `db/...` alone).
     pub fn rclone_path(&self) -> String {
         format!("{}:{}/{}", self.role.remote(), self.bucket, self.key_prefix())
+    }
+
+    /// Where the bucket lives, for lifeboat's own S3 client.
+    pub fn location(&self) -> lifeboat::s3::Location {
+        lifeboat::s3::Location {
+            endpoint: self.endpoint.clone(),
+            bucket: self.bucket.clone(),
+            region: self.region.clone(),
+            path_style: self.path_style,
+        }
+    }
+
+    /// The static keys the side is configured with.
+    pub fn credentials(&self) -> lifeboat::s3::Credentials {
+        lifeboat::s3::Credentials {
+            access_key: self.access_key.expose().to_string(),
+            secret_key: self.secret_key.clone(),
+            session_token: None,
+        }
     }
 
     /// The prefix as S3 keys start with it: empty, or `prefix/`.
@@ -373,8 +376,8 @@ fn bucket(env: &mut Env, role: Role) -> Bucket {
             env.problem(&var("S3_ENDPOINT"), why);
         }
     }
-    let access_key = Secret(env.secret(&var("ACCESS_KEY")));
-    let secret_key = Secret(env.secret(&var("SECRET_KEY")));
+    let access_key = Secret::new(env.secret(&var("ACCESS_KEY")));
+    let secret_key = Secret::new(env.secret(&var("SECRET_KEY")));
     let bucket = env.required(&var("BUCKET"));
     if !bucket.is_empty() {
         if let Err(why) = check_bucket(&bucket) {

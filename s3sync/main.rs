@@ -14,8 +14,6 @@ mod plan;
 mod preflight;
 mod rclone;
 mod report;
-mod s3;
-mod trust;
 mod verify;
 mod version;
 
@@ -26,8 +24,8 @@ use lifeboat::shutdown::{signal_name, Shutdown};
 use log::Level;
 
 use config::{Compare, Config, MaxDelete};
+use lifeboat::s3::trust::Trust;
 use logfold::{Redactor, Stats};
-use trust::Trust;
 
 /// Exit code for configuration problems (rclone uses 2 for usage errors, the same idea).
 const EXIT_CONFIG: i32 = 2;

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::s3::Object;
+use lifeboat::s3::Object;
 
 /// How many keys a message names at most.
 pub const NAMED: usize = 10;

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use lifeboat::shutdown::Shutdown;
 
 use crate::config::{Bucket, Config};
-use crate::s3::{self, Client, Object};
-use crate::trust::Trust;
+use lifeboat::s3::trust::Trust;
+use lifeboat::s3::{self, Client, ErrorKind, Object};
 
 /// The longest a single listing request may take, connect to last byte: a LIST answer starts
 /// quickly or the endpoint is not healthy.
@@ -35,11 +35,13 @@ pub struct Failure {
 /// A client for `bucket`, with the run's timeouts.
 pub fn client(config: &Config, bucket: &Bucket, trust: &Trust) -> Client {
     Client::new(
-        bucket,
+        &bucket.location(),
+        bucket.credentials(),
         trust,
         config.connect_timeout,
         config.io_timeout.min(REQUEST_TIMEOUT),
         config.low_level_retries,
+        concat!("s3sync/", env!("CARGO_PKG_VERSION")),
     )
 }
 
@@ -85,8 +87,8 @@ pub fn list_both(config: &Config, trust: &Trust, shutdown: &Shutdown) -> Result<
 pub fn explain(bucket: &Bucket, e: &s3::Error) -> Failure {
     let side = bucket.role.word();
     let (code, what) = match e.kind {
-        "bucket_missing" => (3, format!("{side} bucket {:?} does not exist at {}", bucket.bucket, bucket.endpoint)),
-        "credentials" => (
+        ErrorKind::BucketMissing => (3, format!("{side} bucket {:?} does not exist at {}", bucket.bucket, bucket.endpoint)),
+        ErrorKind::Credentials => (
             1,
             format!(
                 "{side} credentials were rejected by {} ({}ACCESS_KEY / {}SECRET_KEY, or their permissions on bucket {:?})",
@@ -96,15 +98,15 @@ pub fn explain(bucket: &Bucket, e: &s3::Error) -> Failure {
                 bucket.bucket
             ),
         ),
-        "tls" => (1, format!("TLS with the {side} endpoint {} failed (the CA is taken from SSL_CERT_FILE / SSL_CERT_DIR)", bucket.endpoint)),
-        "unreachable" => (5, format!("{side} endpoint {} is unreachable", bucket.endpoint)),
-        "timeout" => (5, format!("{side} endpoint {} did not answer in time", bucket.endpoint)),
-        "too_many" => (7, format!("the {side} listing of {:?} is too large", bucket.display())),
+        ErrorKind::Tls => (1, format!("TLS with the {side} endpoint {} failed (the CA is taken from SSL_CERT_FILE / SSL_CERT_DIR)", bucket.endpoint)),
+        ErrorKind::Unreachable => (5, format!("{side} endpoint {} is unreachable", bucket.endpoint)),
+        ErrorKind::Timeout => (5, format!("{side} endpoint {} did not answer in time", bucket.endpoint)),
+        ErrorKind::TooMany => (7, format!("the {side} listing of {:?} is too large", bucket.display())),
         _ => (1, format!("listing the {side} bucket {:?} at {} failed", bucket.display(), bucket.endpoint)),
     };
     Failure {
         code,
-        kind: e.kind,
+        kind: e.kind.as_str(),
         message: format!("{what}: {}", e.detail),
     }
 }
@@ -138,9 +140,11 @@ mod tests {
         let b = bucket();
         let e = |kind| s3::Error {
             kind,
+            status: None,
+            code: String::new(),
             detail: "why".into(),
         };
-        let f = explain(&b, &e("bucket_missing"));
+        let f = explain(&b, &e(ErrorKind::BucketMissing));
         assert_eq!((f.kind, f.code), ("bucket_missing", 3));
         assert!(
             f.message
@@ -148,10 +152,10 @@ mod tests {
             "{}",
             f.message
         );
-        let f = explain(&b, &e("credentials"));
+        let f = explain(&b, &e(ErrorKind::Credentials));
         assert!(f.message.contains("DEST_SECRET_KEY") && f.code == 1);
-        assert_eq!(explain(&b, &e("unreachable")).code, 5);
-        assert_eq!(explain(&b, &e("timeout")).code, 5);
-        assert_eq!(explain(&b, &e("other")).kind, "other");
+        assert_eq!(explain(&b, &e(ErrorKind::Unreachable)).code, 5);
+        assert_eq!(explain(&b, &e(ErrorKind::Timeout)).code, 5);
+        assert_eq!(explain(&b, &e(ErrorKind::Other)).kind, "other");
     }
 }

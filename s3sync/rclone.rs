@@ -156,7 +156,7 @@ pub fn sync_args(config: &Config, max_delete: Option<u64>) -> Vec<String> {
 /// `dest:<bucket>/<prefix>/<UTC time>/`, one folder per run (`2026-12-01T102833Z`).
 pub fn backup_dir(b: &crate::config::Backup, now: std::time::SystemTime) -> String {
     let secs = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
-    let (stamp, _) = crate::s3::amz_dates(secs);
+    let (stamp, _) = lifeboat::s3::sigv4::amz_dates(secs);
     let stamp = format!("{}-{}-{}{}", &stamp[..4], &stamp[4..6], &stamp[6..8], &stamp[8..]);
     format!("dest:{}/{}/{stamp}/", b.bucket, b.prefix)
 }

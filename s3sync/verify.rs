@@ -69,7 +69,7 @@ pub fn compare(source: &Side, dest: &Side) -> Report {
 mod tests {
     use super::*;
     use crate::plan::side;
-    use crate::s3::Object;
+    use lifeboat::s3::Object;
 
     fn o(key: &str, size: u64, etag: &str) -> Object {
         Object {

@@ -14,5 +14,7 @@ pub mod env;
 pub mod log;
 pub mod metrics;
 pub mod ops_http;
+pub mod s3;
+pub mod secret;
 pub mod shutdown;
 pub mod tls;

@@ -1,4 +1,4 @@
-//! The TLS trust store of s3sync's own S3 client, built the way Go (so rclone) builds its
+//! The TLS trust store of lifeboat's own S3 client, built the way Go (so rclone) builds its
 //! system roots on Linux: `SSL_CERT_FILE` (else the first bundle of Go's list that exists)
 //! plus every certificate file in `SSL_CERT_DIR` (colon-separated; else Go's directories).
 //! rclone and s3sync then trust the same CAs; a private CA goes into `SSL_CERT_FILE`.
@@ -68,7 +68,7 @@ fn read_pem(path: &Path) -> Vec<ureq::tls::Certificate<'static>> {
     let Ok(bytes) = std::fs::read(path) else {
         return Vec::new();
     };
-    lifeboat::tls::certs_from_pem(&bytes)
+    crate::tls::certs_from_pem(&bytes)
         .map(|certs| {
             certs
                 .iter()
