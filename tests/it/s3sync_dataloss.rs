@@ -4,16 +4,15 @@
 //! SIGKILLed s3sync, environment values that are not UTF-8, deletions beyond the limits, and
 //! keys rclone cannot represent.
 
-mod s3sync_common;
-mod support;
+use crate::s3sync_common;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
-use s3sync_common::{command, contents, make_bucket, set, spawn, vars};
-use support::s3::{Flavor, S3Server};
-use support::wait_for;
+use crate::s3sync_common::{command, contents, make_bucket, set, spawn, vars};
+use crate::support::s3::{Flavor, S3Server};
+use crate::support::wait_for;
 
 const AK: &str = "AKIALIFEBOATTEST08";
 const SK: &str = "lifeboat-test-secret-dataloss-8";

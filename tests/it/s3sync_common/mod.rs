@@ -1,6 +1,5 @@
 //! What the s3sync integration tests share: running the real s3sync binary against real S3
 //! servers with a clean environment, bounded in time, and checking its log lines.
-#![allow(dead_code)]
 
 use std::io::Read;
 use std::process::{Command, Stdio};

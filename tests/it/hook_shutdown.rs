@@ -1,16 +1,13 @@
 //! SIGTERM: the hook stops accepting, finishes the requests already under way, closes idle
 //! keep-alive connections, and exits 0.
 
-mod hook_common;
-mod support;
-
 use std::net::TcpStream;
 use std::time::Duration;
 
-use hook_common::*;
+use crate::hook_common::*;
+use crate::support::pki::Alg;
+use crate::support::wait_for;
 use serde_json::Value;
-use support::pki::Alg;
-use support::wait_for;
 
 #[test]
 fn sigterm_finishes_in_flight_requests_then_exits() {

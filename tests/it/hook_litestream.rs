@@ -6,19 +6,18 @@
 //! mountPath to the volume's subPath, as the kubelet bind-mounts them. The app writes rows
 //! with SQLite, the Pod "restarts" with empty volumes, and the rows come back from S3.
 
-mod hook_common;
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use hook_common::*;
+use crate::hook_common::*;
+use crate::support::pki::Alg;
+use crate::support::s3::{Flavor, S3Server};
+use crate::support::{tool, wait_for, Proc};
 use serde_json::{json, Value};
-use support::pki::Alg;
-use support::s3::{Flavor, S3Server};
-use support::{tool, wait_for, Proc};
 
 const ACCESS_KEY: &str = "AKIDHOOKTEST";
 const SECRET_KEY: &str = "hook-test-secret-9f8e7d";

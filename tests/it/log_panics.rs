@@ -25,7 +25,7 @@ fn panics_are_logged_as_one_json_line() {
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "child_panics_on_a_named_thread",
+            "log_panics::child_panics_on_a_named_thread",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -46,7 +46,7 @@ fn panics_are_logged_as_one_json_line() {
     assert_eq!(p["thread"], "worker-7");
     assert_eq!(p["panic"], "descriptor clone failed: 24");
     assert!(
-        p["location"].as_str().unwrap().starts_with("tests/log_panics.rs:"),
+        p["location"].as_str().unwrap().starts_with("tests/it/log_panics.rs:"),
         "{p}"
     );
     assert!(p["time"].is_string());

@@ -3,14 +3,13 @@
 //! quickly: every run is bounded); SIGTERM mid-sync stops rclone and is logged; orphaned
 //! processes are reaped; no credential is ever in a child's argv.
 
-mod s3sync_common;
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
-use s3sync_common::{command, make_bucket, run, set, spawn, vars};
-use support::s3::{Flavor, S3Server};
-use support::{free_port, tool, wait_for};
+use crate::s3sync_common::{command, make_bucket, run, set, spawn, vars};
+use crate::support::s3::{Flavor, S3Server};
+use crate::support::{free_port, tool, wait_for};
 
 const AK: &str = "AKIALIFEBOATTEST03";
 const SK: &str = "lifeboat-test-secret-failures-42";

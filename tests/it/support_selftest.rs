@@ -1,10 +1,10 @@
 //! Checks the test support itself against the real tools: an S3 server round trip on both
 //! implementations, and a TLS handshake with the test PKI.
 
-mod support;
+use crate::support;
 
-use support::pki::{Alg, Ca};
-use support::s3::{Flavor, S3Server};
+use crate::support::pki::{Alg, Ca};
+use crate::support::s3::{Flavor, S3Server};
 
 #[test]
 fn s3_servers_round_trip() {

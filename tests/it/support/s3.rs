@@ -22,7 +22,8 @@ pub struct S3Server {
     pub secret_key: String,
     /// rclone only: the folder whose top-level directories are the buckets.
     pub dir: Option<tempfile::TempDir>,
-    proc: Proc,
+    /// Held so the server stops when this is dropped.
+    _proc: Proc,
 }
 
 impl S3Server {
@@ -62,7 +63,7 @@ impl S3Server {
             access_key: access_key.to_string(),
             secret_key: secret_key.to_string(),
             dir,
-            proc,
+            _proc: proc,
         }
     }
 
@@ -155,10 +156,6 @@ impl S3Server {
             .expect("rclone cat");
         assert!(out.status.success(), "reading {bucket}/{key} failed");
         out.stdout
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.proc.pid()
     }
 }
 

@@ -2,7 +2,6 @@
 //! child processes that are stopped when a test ends, bounded waiting, and test PKI.
 //!
 //! Each test file includes this with `mod support;` and uses what it needs.
-#![allow(dead_code)]
 
 pub mod pki;
 pub mod s3;
@@ -33,14 +32,6 @@ pub fn tools_bin() -> PathBuf {
 /// The path of one real program (rclone, litestream, etcd, etcdctl, etcdutl, moto_server, python).
 pub fn tool(name: &str) -> PathBuf {
     tools_bin().join(name)
-}
-
-/// A `Command` for a real program with a clean environment for it: the machine's
-/// AWS_CA_BUNDLE (and any AWS_* or RCLONE_* setting) is removed so it cannot leak into tests.
-pub fn tool_command(name: &str) -> Command {
-    let mut cmd = Command::new(tool(name));
-    scrub(&mut cmd);
-    cmd
 }
 
 /// Removes AWS_*, RCLONE_* and LITESTREAM_* variables inherited from the machine.
@@ -88,7 +79,6 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) {
 /// A child process that is terminated (SIGTERM, then SIGKILL after 5 s) when dropped.
 pub struct Proc {
     pub child: Child,
-    pub name: String,
 }
 
 impl Proc {
@@ -96,10 +86,7 @@ impl Proc {
     pub fn spawn(name: &str, mut cmd: Command) -> Proc {
         cmd.stdin(Stdio::null());
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc {
-            child,
-            name: name.to_string(),
-        }
+        Proc { child }
     }
 
     pub fn pid(&self) -> u32 {

@@ -2,11 +2,10 @@
 //! objects arrive; prefixes limit the sync to one subtree on both sides; a dry run changes
 //! nothing; every run ends with a JSON summary line.
 
-mod s3sync_common;
-mod support;
+use crate::support;
 
-use s3sync_common::{contents, delete, make_bucket, run, set, vars};
-use support::s3::{Flavor, S3Server};
+use crate::s3sync_common::{contents, delete, make_bucket, run, set, vars};
+use crate::support::s3::{Flavor, S3Server};
 
 const AK: &str = "AKIALIFEBOATTEST01";
 const SK: &str = "lifeboat-test-secret-0123456789";

@@ -4,18 +4,15 @@
 //! requests, with zero failures; and a corrupt or mismatched key, which keeps the old
 //! certificate in service.
 
-mod hook_common;
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hook_common::*;
+use crate::hook_common::*;
+use crate::support::pki::{to_pkcs1, to_sec1, Alg, Ca, Files, Leaf};
+use crate::support::wait_for;
 use serde_json::Value;
-use support::pki::{to_pkcs1, to_sec1, Alg, Ca, Files, Leaf};
-use support::wait_for;
 
 fn der(cert_pem: &str) -> Vec<u8> {
     lifeboat::tls::certs_from_pem(cert_pem.as_bytes()).unwrap()[0].to_vec()

@@ -3,12 +3,11 @@
 //! implementation (python jsonpatch) and the result validated strictly against the
 //! Kubernetes 1.33 Pod schema (kubernetes-validate).
 
-mod hook_common;
-mod support;
+use crate::support;
 
-use hook_common::*;
+use crate::hook_common::*;
+use crate::support::pki::Alg;
 use serde_json::{json, Value};
-use support::pki::Alg;
 
 fn names(list: &Value) -> Vec<String> {
     list.as_array()

@@ -3,13 +3,13 @@
 //! the empty-source guard, configuration errors reported all at once before any network
 //! call, and no credential in any output even at LOG_LEVEL=debug.
 
-mod s3sync_common;
-mod support;
+use crate::s3sync_common;
+use crate::support;
 
 use std::net::TcpListener;
 
-use s3sync_common::{contents, make_bucket, run, set, vars};
-use support::s3::{Flavor, S3Server};
+use crate::s3sync_common::{contents, make_bucket, run, set, vars};
+use crate::support::s3::{Flavor, S3Server};
 
 const AK: &str = "AKIALIFEBOATTEST02";
 const SK: &str = "lifeboat-test-secret-9876543210";

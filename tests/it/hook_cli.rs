@@ -1,7 +1,7 @@
 //! The binary's command line and configuration errors: every problem named at once, a JSON
 //! log line, a non-zero exit; and `hook write-config`, the init container mode.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

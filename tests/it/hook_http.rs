@@ -2,17 +2,16 @@
 //! content types, malformed, truncated and huge bodies, garbage on the TLS port, keep-alive,
 //! accept() errors, and the metrics and health endpoints.
 
-mod hook_common;
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use hook_common::*;
+use crate::hook_common::*;
+use crate::support::pki::Alg;
+use crate::support::wait_for;
 use serde_json::{json, Value};
-use support::pki::Alg;
-use support::wait_for;
 
 fn pod_review(uid: &str) -> Value {
     review(

@@ -1,7 +1,6 @@
 //! What the hook integration tests share: starting the real `hook` binary with test
 //! certificates, a keep-alive HTTPS client on rustls, AdmissionReview fixtures shaped like the
 //! API server's, and the independent patch check (python jsonpatch + kubernetes-validate).
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -30,7 +29,8 @@ pub struct Hook {
     pub addr: SocketAddr,
     pub metrics: SocketAddr,
     pub ca_pem: String,
-    pub dir: tempfile::TempDir,
+    /// Held so the hook's files are removed when this is dropped.
+    pub _dir: tempfile::TempDir,
     pub log: PathBuf,
 }
 
@@ -95,7 +95,7 @@ pub fn start_with(setup: &Setup, env: &[(&str, &str)], wrapper: Option<&[&str]>)
         addr: format!("127.0.0.1:{port}").parse().unwrap(),
         metrics: format!("127.0.0.1:{metrics_port}").parse().unwrap(),
         ca_pem: setup.ca.cert_pem.clone(),
-        dir,
+        _dir: dir,
         log,
     };
     wait_for("the hook to log \"serving\"", Duration::from_secs(30), || {
