@@ -1,6 +1,6 @@
 """pytest fixtures for the etcdsnap tests: tools, built binaries, test PKI, a real 3-member etcd
 cluster over TLS (module-scoped), and the strict Kubernetes API stand-in (see
-/work/notes/ETCDSNAP_FIXTURES.md for the contract)."""
+tests/FIXTURES.md for the contract)."""
 
 from __future__ import annotations
 

@@ -187,7 +187,7 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 class KubeStandin:
-    """See module doc and /work/notes/ETCDSNAP_FIXTURES.md for the contract."""
+    """See the module doc, and tests/FIXTURES.md for the contract."""
 
     def __init__(self, tmpdir, tools_bin=None, bin_dir=None, backoff_base: float = 0.2,
                  namespaces=("default", "kube-system", "kube-public")):
