@@ -37,6 +37,7 @@ pub const KEYS: &[&str] = &[
     "cpu-limit",
     "memory-request",
     "memory-limit",
+    "replica-path",
 ];
 
 /// The marker annotation (after `<prefix>/`) put on every Pod the hook injected.
@@ -132,6 +133,8 @@ pub struct Settings {
     pub prefix: Option<String>,
     /// Overrides the owner-derived name in replica paths.
     pub name: Option<String>,
+    /// Replica paths set by `replica-path`: (database path, whole path in the bucket).
+    pub replica_paths: Vec<(String, String)>,
     /// Litestream's `sync-interval` (a Go duration such as `1s`).
     pub sync_interval: Option<String>,
     pub native_sidecar: bool,
@@ -203,6 +206,7 @@ pub fn parse(
     let secret = reader.or("secret", &defaults.secret, check_dns_subdomain)?;
     let paths_raw = reader.or("path", "/mnt/litestream.db", |_| Ok(()))?;
     let paths = parse_paths(&paths_raw).map_err(|m| reader.deny("path", &m))?;
+    let replica_paths = replica_paths(&reader, &paths)?;
     let endpoint = reader.optional("endpoint", defaults.endpoint.as_deref(), check_endpoint)?;
     let region = reader.optional("region", defaults.region.as_deref(), check_region)?;
     let prefix_value = reader.optional("prefix", None, check_replica_segments)?;
@@ -238,10 +242,19 @@ pub fn parse(
         region,
         prefix: prefix_value,
         name,
+        replica_paths,
         sync_interval,
         native_sidecar,
         resources,
     }))
+}
+
+/// The `replica-path` annotation (see `replica_paths`); none when absent or empty.
+fn replica_paths(reader: &Reader<'_>, paths: &[String]) -> Result<Vec<(String, String)>, Denial> {
+    match reader.get("replica-path")? {
+        None | Some("") => Ok(Vec::new()),
+        Some(raw) => crate::replica_paths::parse(raw, paths).map_err(|m| reader.deny("replica-path", &m)),
+    }
 }
 
 struct Reader<'a> {

@@ -20,6 +20,7 @@ mod litestream_config;
 mod offline;
 mod pod;
 mod proxy;
+mod replica_paths;
 mod run;
 mod tls;
 mod values;
