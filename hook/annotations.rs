@@ -38,6 +38,9 @@ pub const KEYS: &[&str] = &[
     "memory-request",
     "memory-limit",
     "replica-path",
+    "snapshot-interval",
+    "retention",
+    "validation-interval",
 ];
 
 /// The marker annotation (after `<prefix>/`) put on every Pod the hook injected.
@@ -59,6 +62,8 @@ pub struct Defaults {
     pub native_sidecar: bool,
     /// Requests and limits of each injected container.
     pub resources: Resources,
+    /// Litestream settings (`DEFAULT_SYNC_INTERVAL`...); none: Litestream's own.
+    pub tuning: crate::litestream_settings::Tuning,
 }
 
 /// CPU and memory requests and limits (Kubernetes quantities) of injected containers.
@@ -113,6 +118,7 @@ impl Default for Defaults {
             region: None,
             native_sidecar: true,
             resources: Resources::builtin(),
+            tuning: Default::default(),
         }
     }
 }
@@ -135,8 +141,8 @@ pub struct Settings {
     pub name: Option<String>,
     /// Replica paths set by `replica-path`: (database path, whole path in the bucket).
     pub replica_paths: Vec<(String, String)>,
-    /// Litestream's `sync-interval` (a Go duration such as `1s`).
-    pub sync_interval: Option<String>,
+    /// Litestream's intervals and retention (`sync-interval`, `snapshot-interval`...).
+    pub tuning: crate::litestream_settings::Tuning,
     pub native_sidecar: bool,
     pub resources: Resources,
 }
@@ -211,7 +217,7 @@ pub fn parse(
     let region = reader.optional("region", defaults.region.as_deref(), check_region)?;
     let prefix_value = reader.optional("prefix", None, check_replica_segments)?;
     let name = reader.optional("name", None, check_replica_segments)?;
-    let sync_interval = reader.optional("sync-interval", None, check_sync_interval)?;
+    let tuning = tuning(&reader, &defaults.tuning)?;
     let native_sidecar = match reader.get("native-sidecar")? {
         None => defaults.native_sidecar,
         Some("true") => true,
@@ -243,10 +249,23 @@ pub fn parse(
         prefix: prefix_value,
         name,
         replica_paths,
-        sync_interval,
+        tuning,
         native_sidecar,
         resources,
     }))
+}
+
+/// The Litestream settings of `litestream_settings::SETTINGS`, each its annotation or its default.
+fn tuning(
+    reader: &Reader<'_>,
+    defaults: &crate::litestream_settings::Tuning,
+) -> Result<crate::litestream_settings::Tuning, Denial> {
+    use crate::litestream_settings::{check, Tuning, SETTINGS};
+    let mut values: [Option<String>; 4] = Default::default();
+    for ((setting, default), value) in SETTINGS.iter().zip(defaults.values()).zip(values.iter_mut()) {
+        *value = reader.optional(setting.key, default.as_deref(), |v| check(setting, v))?;
+    }
+    Ok(Tuning::from_values(values))
 }
 
 /// The `replica-path` annotation (see `replica_paths`); none when absent or empty.

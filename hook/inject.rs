@@ -488,7 +488,7 @@ mod tests {
             prefix: None,
             name: None,
             replica_paths: Vec::new(),
-            sync_interval: None,
+            tuning: Default::default(),
             native_sidecar: true,
             resources: crate::annotations::Resources::builtin(),
         }

@@ -46,13 +46,14 @@ pub fn build(settings: &Settings, replicas: &[String]) -> Value {
             if let Some(region) = region {
                 replica.insert("region".into(), json!(region));
             }
-            if let Some(interval) = &settings.sync_interval {
-                replica.insert("sync-interval".into(), json!(interval));
-            }
+            crate::litestream_settings::apply_replica(&settings.tuning, &mut replica);
             json!({ "path": path, "replica": replica })
         })
         .collect();
-    json!({ "dbs": dbs })
+    let mut config = Map::new();
+    crate::litestream_settings::apply_top_level(&settings.tuning, &mut config);
+    config.insert("dbs".into(), Value::Array(dbs));
+    Value::Object(config)
 }
 
 /// `hook write-config FILE`: writes the config from [`CONFIG_ENV`] to `file`, atomically,
@@ -103,7 +104,10 @@ mod tests {
             prefix: None,
             name: None,
             replica_paths: Vec::new(),
-            sync_interval: Some("1s".into()),
+            tuning: crate::litestream_settings::Tuning {
+                sync_interval: Some("1s".into()),
+                ..Default::default()
+            },
             native_sidecar: true,
             resources: crate::annotations::Resources::builtin(),
         }
