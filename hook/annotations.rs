@@ -37,6 +37,10 @@ pub const KEYS: &[&str] = &[
     "cpu-limit",
     "memory-request",
     "memory-limit",
+    "replica-path",
+    "snapshot-interval",
+    "retention",
+    "validation-interval",
 ];
 
 /// The marker annotation (after `<prefix>/`) put on every Pod the hook injected.
@@ -58,6 +62,8 @@ pub struct Defaults {
     pub native_sidecar: bool,
     /// Requests and limits of each injected container.
     pub resources: Resources,
+    /// Litestream settings (`DEFAULT_SYNC_INTERVAL`...); none: Litestream's own.
+    pub tuning: crate::litestream_settings::Tuning,
 }
 
 /// CPU and memory requests and limits (Kubernetes quantities) of injected containers.
@@ -112,6 +118,7 @@ impl Default for Defaults {
             region: None,
             native_sidecar: true,
             resources: Resources::builtin(),
+            tuning: Default::default(),
         }
     }
 }
@@ -132,8 +139,10 @@ pub struct Settings {
     pub prefix: Option<String>,
     /// Overrides the owner-derived name in replica paths.
     pub name: Option<String>,
-    /// Litestream's `sync-interval` (a Go duration such as `1s`).
-    pub sync_interval: Option<String>,
+    /// Replica paths set by `replica-path`: (database path, whole path in the bucket).
+    pub replica_paths: Vec<(String, String)>,
+    /// Litestream's intervals and retention (`sync-interval`, `snapshot-interval`...).
+    pub tuning: crate::litestream_settings::Tuning,
     pub native_sidecar: bool,
     pub resources: Resources,
 }
@@ -203,11 +212,12 @@ pub fn parse(
     let secret = reader.or("secret", &defaults.secret, check_dns_subdomain)?;
     let paths_raw = reader.or("path", "/mnt/litestream.db", |_| Ok(()))?;
     let paths = parse_paths(&paths_raw).map_err(|m| reader.deny("path", &m))?;
+    let replica_paths = replica_paths(&reader, &paths)?;
     let endpoint = reader.optional("endpoint", defaults.endpoint.as_deref(), check_endpoint)?;
     let region = reader.optional("region", defaults.region.as_deref(), check_region)?;
     let prefix_value = reader.optional("prefix", None, check_replica_segments)?;
     let name = reader.optional("name", None, check_replica_segments)?;
-    let sync_interval = reader.optional("sync-interval", None, check_sync_interval)?;
+    let tuning = tuning(&reader, &defaults.tuning)?;
     let native_sidecar = match reader.get("native-sidecar")? {
         None => defaults.native_sidecar,
         Some("true") => true,
@@ -238,10 +248,32 @@ pub fn parse(
         region,
         prefix: prefix_value,
         name,
-        sync_interval,
+        replica_paths,
+        tuning,
         native_sidecar,
         resources,
     }))
+}
+
+/// The Litestream settings of `litestream_settings::SETTINGS`, each its annotation or its default.
+fn tuning(
+    reader: &Reader<'_>,
+    defaults: &crate::litestream_settings::Tuning,
+) -> Result<crate::litestream_settings::Tuning, Denial> {
+    use crate::litestream_settings::{check, Tuning, SETTINGS};
+    let mut values: [Option<String>; 4] = Default::default();
+    for ((setting, default), value) in SETTINGS.iter().zip(defaults.values()).zip(values.iter_mut()) {
+        *value = reader.optional(setting.key, default.as_deref(), |v| check(setting, v))?;
+    }
+    Ok(Tuning::from_values(values))
+}
+
+/// The `replica-path` annotation (see `replica_paths`); none when absent or empty.
+fn replica_paths(reader: &Reader<'_>, paths: &[String]) -> Result<Vec<(String, String)>, Denial> {
+    match reader.get("replica-path")? {
+        None | Some("") => Ok(Vec::new()),
+        Some(raw) => crate::replica_paths::parse(raw, paths).map_err(|m| reader.deny("replica-path", &m)),
+    }
 }
 
 struct Reader<'a> {

@@ -254,9 +254,13 @@ pub fn patch(pod: &Pod, settings: &Settings, ctx: &Context<'_>) -> Result<Inject
         return Err(whole("the Pod has no containers".into()));
     }
     let base = replica_base(pod, settings, ctx)?;
+    let replicas = crate::replica_paths::resolve(settings, &base).map_err(|message| Denial {
+        annotation: format!("{}/replica-path", ctx.prefix),
+        message,
+    })?;
     let mounts = mounts(&settings.paths);
     conflicts::check_conflicts(pod, settings, &mounts, ctx)?;
-    let built = containers(pod, settings, ctx, &base, &mounts);
+    let built = containers(pod, settings, ctx, &replicas, &mounts);
     Ok(Injection {
         ops: operations(meta, spec, pod, ctx, settings, built),
         warnings: run::warnings(pod, settings, ctx),
@@ -270,9 +274,15 @@ struct Built {
     sidecars: Vec<Container>,
 }
 
-fn containers(pod: &Pod, settings: &Settings, ctx: &Context<'_>, base: &str, mounts: &[(String, String)]) -> Built {
+fn containers(
+    pod: &Pod,
+    settings: &Settings,
+    ctx: &Context<'_>,
+    replicas: &[String],
+    mounts: &[(String, String)],
+) -> Built {
     let names = ctx.names;
-    let config = litestream_config::build(settings, base).to_string();
+    let config = litestream_config::build(settings, replicas).to_string();
     let security = run::security_context(pod);
     let resources = run::resources(pod, &settings.resources);
     let data_mounts: Vec<VolumeMount> = mounts
@@ -477,7 +487,8 @@ mod tests {
             region: None,
             prefix: None,
             name: None,
-            sync_interval: None,
+            replica_paths: Vec::new(),
+            tuning: Default::default(),
             native_sidecar: true,
             resources: crate::annotations::Resources::builtin(),
         }

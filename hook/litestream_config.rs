@@ -13,6 +13,8 @@ use std::path::Path;
 use serde_json::{json, Map, Value};
 
 use crate::annotations::{file_name, Settings};
+#[cfg(test)]
+use crate::replica_paths;
 
 /// The environment variable carrying the config into the `write-config` init container.
 pub const CONFIG_ENV: &str = "LIFEBOAT_LITESTREAM_CONFIG";
@@ -20,21 +22,19 @@ pub const CONFIG_ENV: &str = "LIFEBOAT_LITESTREAM_CONFIG";
 /// Region used with a custom endpoint when none is given (S3-compatible servers ignore it).
 const ENDPOINT_REGION: &str = "us-east-1";
 
-/// The replica path in the bucket of the database at `db_path`: `<base>/<file name>`.
-pub fn replica_path(base: &str, db_path: &str) -> String {
-    format!("{base}/{}", file_name(db_path))
-}
-
-/// The Litestream config (`dbs` with one S3 replica each) for `settings`, replicas under `base`.
-pub fn build(settings: &Settings, base: &str) -> Value {
+/// The Litestream config (`dbs` with one S3 replica each) for `settings`; `replicas` are the
+/// replica paths in the bucket, one per database in `settings.paths` order
+/// (`replica_paths::resolve`).
+pub fn build(settings: &Settings, replicas: &[String]) -> Value {
     let dbs: Vec<Value> = settings
         .paths
         .iter()
-        .map(|path| {
+        .zip(replicas)
+        .map(|(path, replica_path)| {
             let mut replica = Map::new();
             replica.insert("type".into(), json!("s3"));
             replica.insert("bucket".into(), json!(settings.bucket));
-            replica.insert("path".into(), json!(replica_path(base, path)));
+            replica.insert("path".into(), json!(replica_path));
             if let Some(endpoint) = &settings.endpoint {
                 replica.insert("endpoint".into(), json!(endpoint));
                 replica.insert("force-path-style".into(), json!(true));
@@ -46,13 +46,14 @@ pub fn build(settings: &Settings, base: &str) -> Value {
             if let Some(region) = region {
                 replica.insert("region".into(), json!(region));
             }
-            if let Some(interval) = &settings.sync_interval {
-                replica.insert("sync-interval".into(), json!(interval));
-            }
+            crate::litestream_settings::apply_replica(&settings.tuning, &mut replica);
             json!({ "path": path, "replica": replica })
         })
         .collect();
-    json!({ "dbs": dbs })
+    let mut config = Map::new();
+    crate::litestream_settings::apply_top_level(&settings.tuning, &mut config);
+    config.insert("dbs".into(), Value::Array(dbs));
+    Value::Object(config)
 }
 
 /// `hook write-config FILE`: writes the config from [`CONFIG_ENV`] to `file`, atomically,
@@ -102,7 +103,11 @@ mod tests {
             region: None,
             prefix: None,
             name: None,
-            sync_interval: Some("1s".into()),
+            replica_paths: Vec::new(),
+            tuning: crate::litestream_settings::Tuning {
+                sync_interval: Some("1s".into()),
+                ..Default::default()
+            },
             native_sidecar: true,
             resources: crate::annotations::Resources::builtin(),
         }
@@ -110,7 +115,8 @@ mod tests {
 
     #[test]
     fn each_database_gets_its_own_replica_path() {
-        let config = build(&settings(), "ns/app");
+        let s = settings();
+        let config = build(&s, &replica_paths::resolve(&s, "ns/app").unwrap());
         let dbs = config["dbs"].as_array().unwrap();
         assert_eq!(dbs.len(), 2);
         assert_eq!(dbs[0]["replica"]["path"], "ns/app/x.db");
@@ -130,7 +136,7 @@ mod tests {
         let hostile = "x\"\n$(id)`id`${AWS_SECRET_ACCESS_KEY}";
         let mut s = settings();
         s.bucket = hostile.into();
-        let raw = build(&s, "n/a").to_string();
+        let raw = build(&s, &replica_paths::resolve(&s, "n/a").unwrap()).to_string();
         write(&raw, &file).unwrap();
         let back: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
         assert_eq!(back["dbs"][0]["replica"]["bucket"], hostile);

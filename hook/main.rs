@@ -17,9 +17,11 @@ mod framing;
 mod http;
 mod inject;
 mod litestream_config;
+mod litestream_settings;
 mod offline;
 mod pod;
 mod proxy;
+mod replica_paths;
 mod run;
 mod tls;
 mod values;
@@ -122,7 +124,9 @@ fn read_injection(mut env: Env) -> (Env, Option<String>, Defaults) {
     if let Err((what, message)) = resources.check() {
         env.problem(&format!("DEFAULT_{}_REQUEST", what.to_uppercase()), &message);
     }
+    let tuning = litestream_settings::read_defaults(&mut env);
     let defaults = Defaults {
+        tuning,
         image,
         hook_image,
         bucket,

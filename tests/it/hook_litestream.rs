@@ -1,10 +1,17 @@
 //! The injected Pod actually works. The hook's patch is applied to a Pod, then the Pod is
-//! "run" on this machine: each injected init container's and the sidecar's image and args
-//! are executed as local processes in Pod order (the real `hook write-config`, the real
-//! `litestream restore` and `litestream replicate`) against a real S3 server (`rclone serve
-//! s3`). Volumes are folders; the database folders are mounted by symlinking their
-//! mountPath to the volume's subPath, as the kubelet bind-mounts them. The app writes rows
-//! with SQLite, the Pod "restarts" with empty volumes, and the rows come back from S3.
+//! "run" on this machine: each container (the injected init containers and sidecar: the real
+//! `hook write-config`, the real `litestream restore` and `litestream replicate`; the app: a
+//! python program writing with SQLite) runs as a local process in Pod order against a real S3
+//! server (`rclone serve s3`), each in **its own mount namespace** built by the process
+//! kubelet's container helper (`tests/py/process_container.py`): a private root with the host's
+//! /usr, the Pod's volumes bind-mounted exactly at the container's `volumeMounts` (subPath,
+//! readOnly), and `readOnlyRootFilesystem` made a read-only root. A database folder not mounted
+//! into a container, or mounted from the wrong place, shows as it would on a node (the app
+//! writes into its own root, Litestream sees an empty folder), and a write outside the volumes
+//! by an injected container fails. The app writes rows, the Pod "restarts" with empty volumes,
+//! and the rows come back from S3. (`tests/py/test_kube_hook.py` runs the same round trip
+//! through the real kube-apiserver and the process kubelet; this one runs native-sidecar mode,
+//! which the 1.20 apiserver cannot, and a hostile database name.)
 
 use crate::support;
 
@@ -22,20 +29,17 @@ use serde_json::{json, Value};
 const ACCESS_KEY: &str = "AKIDHOOKTEST";
 const SECRET_KEY: &str = "hook-test-secret-9f8e7d";
 
-/// Runs a patched Pod's containers as local processes.
+/// Runs a patched Pod's containers as local processes, one mount namespace each.
 struct PodRunner {
     pod: Value,
-    /// Volume name → folder.
+    /// Volume name → folder on this machine (the node's emptyDir).
     volumes: HashMap<String, PathBuf>,
     /// (secret name, key) → value.
     secrets: HashMap<(String, String), String>,
-    /// Working folder, HOME and TMPDIR of every process: the container's root filesystem,
-    /// read-only for injected containers, so nothing may be written here (a shell injection
-    /// would leave files here too).
-    cwd: PathBuf,
-    /// Init containers with a read-only root filesystem run under strace: (name, trace file,
-    /// the folders their volumes are mounted at or come from).
-    traces: std::cell::RefCell<Vec<(String, PathBuf, Vec<PathBuf>)>>,
+    /// Where container roots and specs go.
+    dir: PathBuf,
+    /// Containers started so far (names their roots).
+    runs: std::cell::Cell<usize>,
 }
 
 impl PodRunner {
@@ -57,14 +61,14 @@ impl PodRunner {
                 SECRET_KEY.to_string(),
             ),
         ]);
-        let cwd = root.join("cwd");
-        std::fs::create_dir_all(&cwd).unwrap();
+        let dir = root.join("containers");
+        std::fs::create_dir_all(&dir).unwrap();
         PodRunner {
             pod,
             volumes,
             secrets,
-            cwd,
-            traces: Default::default(),
+            dir,
+            runs: Default::default(),
         }
     }
 
@@ -76,75 +80,65 @@ impl PodRunner {
         }
     }
 
-    /// Builds the process for one container: image → program, args with mount paths mapped,
-    /// env resolved (secretKeyRef from the fake Secret), database mounts as symlinks.
+    /// The process for container `c` running `program` with `argv`: the container helper in a
+    /// new mount namespace, given the container's mounts, env (secretKeyRef from the fake
+    /// Secret, `$(VAR)` expanded as the kubelet does) and read-only root.
+    fn container(&self, c: &Value, program: &Path, argv: Vec<String>, env: Vec<(String, String)>) -> Command {
+        let mut mounts = Vec::new();
+        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+            let Some(volume) = self.volumes.get(m["name"].as_str().unwrap()) else {
+                continue; // the service-account token: not needed here
+            };
+            let source = match m["subPath"].as_str() {
+                Some(sub) => volume.join(sub),
+                None => volume.clone(),
+            };
+            std::fs::create_dir_all(&source).unwrap(); // as the kubelet does for a subPath
+            mounts.push(json!({"source": source, "target": m["mountPath"], "readOnly": m["readOnly"] == true}));
+        }
+        let n = self.runs.get();
+        self.runs.set(n + 1);
+        let name = c["name"].as_str().unwrap();
+        let program = program.canonicalize().unwrap();
+        let mut env_map: serde_json::Map<String, Value> = serde_json::Map::new();
+        env_map.insert("PATH".into(), json!("/usr/local/bin:/usr/bin:/bin"));
+        env_map.insert("HOME".into(), json!("/root"));
+        for (k, v) in env {
+            env_map.insert(k, json!(v));
+        }
+        let spec = json!({
+            "root": self.dir.join(format!("{n}-{name}")),
+            "host_paths": [program.parent().unwrap()],
+            "mounts": mounts,
+            "workdir": "/",
+            "readOnlyRoot": c["securityContext"]["readOnlyRootFilesystem"] == true,
+            "program": program,
+            "argv": argv,
+            "env": env_map,
+        });
+        let spec_file = self.dir.join(format!("{n}-{name}.json"));
+        std::fs::write(&spec_file, spec.to_string()).unwrap();
+        let mut cmd = Command::new("unshare");
+        cmd.env_clear()
+            .args(["--mount", "--propagation", "private", "/usr/bin/python3", "-I"])
+            .arg(support::root().join("tests/py/process_container.py"))
+            .arg(&spec_file)
+            .current_dir("/");
+        cmd
+    }
+
+    /// An injected container: image → program, args and env as the kubelet passes them.
     fn command(&self, c: &Value) -> Command {
         let image = c["image"].as_str().unwrap();
-        let program: PathBuf = if image == HOOK_IMAGE {
-            PathBuf::from(env!("CARGO_BIN_EXE_hook"))
+        let (program, name): (PathBuf, &str) = if image == HOOK_IMAGE {
+            (PathBuf::from(env!("CARGO_BIN_EXE_hook")), "hook")
         } else {
             assert!(
                 image.starts_with("litestream/litestream:0.5."),
                 "unexpected image {image}"
             );
-            tool("litestream")
+            (tool("litestream"), "litestream")
         };
-        let mut rewrites: Vec<(String, PathBuf)> = Vec::new();
-        let mut writable: Vec<PathBuf> = Vec::new();
-        for m in c["volumeMounts"].as_array().into_iter().flatten() {
-            let Some(volume) = self.volumes.get(m["name"].as_str().unwrap()) else {
-                continue;
-            };
-            let host = match m["subPath"].as_str() {
-                Some(sub) => volume.join(sub),
-                None => volume.clone(),
-            };
-            std::fs::create_dir_all(&host).unwrap();
-            let at = m["mountPath"].as_str().unwrap();
-            writable.push(host.clone());
-            writable.push(PathBuf::from(at));
-            if at.starts_with("/etc/") {
-                rewrites.push((at.to_string(), host));
-            } else {
-                // A database folder: the test chose paths inside its temp folder.
-                let link = Path::new(at);
-                let _ = std::fs::remove_file(link);
-                std::os::unix::fs::symlink(&host, link).unwrap();
-            }
-        }
-        let read_only = c["securityContext"]["readOnlyRootFilesystem"] == true;
-        let strace = Path::new("/usr/bin/strace");
-        assert!(
-            strace.exists(),
-            "this test traces read-only-root init containers with /usr/bin/strace: apt-get install strace"
-        );
-        let traced = read_only && c["restartPolicy"] != "Always";
-        let mut cmd = if traced {
-            let trace = self.cwd.join(format!("../trace-{}", c["name"].as_str().unwrap()));
-            self.traces
-                .borrow_mut()
-                .push((c["name"].as_str().unwrap().to_string(), trace.clone(), writable));
-            let mut cmd = Command::new(strace);
-            cmd.args([
-                "-f",
-                "-qq",
-                "-e",
-                "trace=open,openat,creat,mkdir,mkdirat,rename,renameat,renameat2,unlink,unlinkat,truncate,symlink,link",
-            ])
-            .arg("-o")
-            .arg(&trace)
-            .arg("--")
-            .arg(program);
-            cmd
-        } else {
-            Command::new(program)
-        };
-        let tmp = self.cwd.join("tmp");
-        std::fs::create_dir_all(&tmp).unwrap();
-        cmd.env_clear()
-            .env("HOME", &self.cwd)
-            .env("TMPDIR", &tmp)
-            .current_dir(&self.cwd);
         // Env values first (each may refer to the ones before it), then args, both through
         // the kubelet's $(VAR) expansion.
         let mut env: Vec<(String, String)> = Vec::new();
@@ -171,54 +165,30 @@ impl PodRunner {
             };
             env.push((name.to_string(), value));
         }
+        let mut argv = vec![name.to_string()];
         for arg in c["args"].as_array().unwrap() {
-            let arg = kube_expand(arg.as_str().unwrap(), &|n| {
+            argv.push(kube_expand(arg.as_str().unwrap(), &|n| {
                 env.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())
-            });
-            let mapped = rewrites.iter().find_map(|(at, host)| {
-                arg.strip_prefix(at.as_str())
-                    .filter(|rest| rest.is_empty() || rest.starts_with('/'))
-                    .map(|rest| format!("{}{rest}", host.display()))
-            });
-            cmd.arg(mapped.unwrap_or(arg));
+            }));
         }
-        cmd.envs(env);
-        cmd
+        self.container(c, &program, argv, env)
     }
 
-    /// Every path the traced init containers opened for writing, created, renamed or removed
-    /// outside their volumes (and /dev): with a read-only root filesystem each would fail.
-    fn writes_outside_volumes(&self) -> Vec<String> {
-        let mut outside = Vec::new();
-        for (name, trace, writable) in self.traces.borrow().iter() {
-            let text = std::fs::read_to_string(trace).unwrap_or_default();
-            for line in text.lines() {
-                let call = line.split_whitespace().nth(1).unwrap_or("");
-                let is_open = call.starts_with("open") || call.starts_with("creat");
-                if is_open
-                    && !["O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC"]
-                        .iter()
-                        .any(|f| line.contains(f))
-                {
-                    continue;
-                }
-                let Some(start) = line.find('"') else { continue };
-                let mut path = String::new();
-                let mut chars = line[start + 1..].chars();
-                while let Some(ch) = chars.next() {
-                    match ch {
-                        '\\' => path.push(chars.next().unwrap_or('\\')),
-                        '"' => break,
-                        ch => path.push(ch),
-                    }
-                }
-                let inside = path.starts_with("/dev/") || writable.iter().any(|w| Path::new(&path).starts_with(w));
-                if !inside {
-                    outside.push(format!("{name}: {line}"));
-                }
-            }
-        }
-        outside
+    /// The app container (the Pod's first) running python `code` with `args`, to its end; its stdout.
+    fn app(&self, code: &str, args: &[&str]) -> String {
+        let c = &self.pod["spec"]["containers"][0];
+        let mut argv = vec!["python3".to_string(), "-c".into(), code.into()];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let out = self
+            .container(c, Path::new("/usr/bin/python3"), argv, Vec::new())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "app failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
     /// The sidecar's log file (appended).
@@ -226,11 +196,11 @@ impl PodRunner {
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.cwd.join("../sidecar.log"))
+            .open(self.dir.join("sidecar.log"))
             .unwrap()
     }
 
-    /// Runs the init containers in order; returns the native sidecar, started.
+    /// Runs the init containers in order; returns the sidecar (native or not), started.
     fn start(&self) -> Option<Proc> {
         let mut sidecar = None;
         for c in self.pod["spec"]["initContainers"].as_array().unwrap() {
@@ -258,8 +228,9 @@ impl PodRunner {
 }
 
 const APP: &str = r#"
-import sqlite3, sys
+import os, sqlite3, sys
 db, start, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+os.makedirs(os.path.dirname(db), exist_ok=True)
 c = sqlite3.connect(db)
 c.execute("pragma journal_mode=wal")
 c.execute("create table if not exists t (id integer primary key, v text)")
@@ -279,7 +250,7 @@ fn replicated_rows(runner: &PodRunner, config: &Path, db: &str, scratch: &Path) 
     let _ = std::fs::remove_file(scratch);
     let mut cmd = Command::new(tool("litestream"));
     cmd.env_clear()
-        .env("HOME", runner.cwd.join("../checker-home"))
+        .env("HOME", runner.dir.join("checker-home"))
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
         .args(["restore", "-no-expand-env", "-config"])
@@ -296,6 +267,40 @@ fn replicated_rows(runner: &PodRunner, config: &Path, db: &str, scratch: &Path) 
     Some(run_python(COUNT, &[path_str(scratch)]).trim().to_string())
 }
 
+/// The Pod of the round trips: two databases in two folders of the container's own file
+/// system (not paths on this machine: only the mounts make them reach the volumes), the
+/// second with a hostile file name.
+const DB_A: &str = "/var/lib/app/main.db";
+const DB_B: &str = "/cache/$(touch pwned)`touch pwned2`'\"; $(AWS_SECRET_ACCESS_KEY) x.db";
+
+fn round_trip_pod(s3: &S3Server) -> Value {
+    deployment_pod(json!({
+        format!("{PREFIX}/inject"): "true",
+        format!("{PREFIX}/path"): format!("{DB_A},{DB_B}"),
+        format!("{PREFIX}/endpoint"): s3.endpoint(),
+        format!("{PREFIX}/bucket"): "pods",
+        format!("{PREFIX}/secret"): "s3-creds",
+        format!("{PREFIX}/sync-interval"): "200ms",
+    }))
+}
+
+/// Every file under `dir` named `name` (a hostile name run by a shell would leave one).
+fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+            } else if e.file_name() == name {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
 #[test]
 fn injected_pod_replicates_and_restores_after_a_restart() {
     let s3 = S3Server::start(Flavor::Rclone, ACCESS_KEY, SECRET_KEY);
@@ -303,43 +308,29 @@ fn injected_pod_replicates_and_restores_after_a_restart() {
     let setup = Setup::new(Alg::EcdsaP256);
     let hook = start(&setup, &[]);
     let root = support::temp_dir("pod");
-    // Two databases in two folders; the second has a hostile file name.
-    let dir_a = root.path().join("app-data");
-    let dir_b = root.path().join("cache");
-    let db_a = format!("{}/main.db", dir_a.display());
-    let db_b = format!(
-        "{}/$(touch pwned)`touch pwned2`'\"; $(AWS_SECRET_ACCESS_KEY) x.db",
-        dir_b.display()
-    );
-    let pod = deployment_pod(json!({
-        format!("{PREFIX}/inject"): "true",
-        format!("{PREFIX}/path"): format!("{db_a},{db_b}"),
-        format!("{PREFIX}/endpoint"): s3.endpoint(),
-        format!("{PREFIX}/bucket"): "pods",
-        format!("{PREFIX}/secret"): "s3-creds",
-        format!("{PREFIX}/sync-interval"): "200ms",
-    }));
+    let pod = round_trip_pod(&s3);
     let response = hook.review(&review("e2e-1", "shop", "CREATE", pod.clone(), false));
     let patched = apply(&pod, &response);
     let runner = PodRunner::new(patched.clone(), root.path(), "s3-creds");
     runner.empty_volumes();
 
     // First start: nothing to restore; restore must succeed without creating the databases.
+    // The init containers run with a read-only root: a write outside their volumes fails them.
     let sidecar = runner.start().expect("the replicate sidecar");
-    assert!(!Path::new(&db_a).exists() && !Path::new(&db_b).exists());
+    assert!(files_named(root.path(), "main.db").is_empty());
     let config = runner.volumes["litestream-hook-config"].join("litestream.yml");
     let written: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
     assert_eq!(written, config_of(&patched));
 
-    // The app writes rows into both databases.
-    assert_eq!(run_python(APP, &[&db_a, "0", "100"]).trim(), "(100, 4950)");
-    assert_eq!(run_python(APP, &[&db_b, "0", "7"]).trim(), "(7, 21)");
+    // The app writes rows into both databases, through its own mounts.
+    assert_eq!(runner.app(APP, &[DB_A, "0", "100"]), "(100, 4950)");
+    assert_eq!(runner.app(APP, &[DB_B, "0", "7"]), "(7, 21)");
     let scratch = root.path().join("scratch.db");
     wait_for("main.db rows in S3", Duration::from_secs(60), || {
-        (replicated_rows(&runner, &config, &db_a, &scratch)? == "(100, 4950)").then_some(())
+        (replicated_rows(&runner, &config, DB_A, &scratch)? == "(100, 4950)").then_some(())
     });
     wait_for("the second database's rows in S3", Duration::from_secs(60), || {
-        (replicated_rows(&runner, &config, &db_b, &scratch)? == "(7, 21)").then_some(())
+        (replicated_rows(&runner, &config, DB_B, &scratch)? == "(7, 21)").then_some(())
     });
     let keys = s3.list("pods");
     assert!(keys.iter().any(|k| k.starts_with("shop/web/main.db/")), "{keys:?}");
@@ -357,27 +348,72 @@ fn injected_pod_replicates_and_restores_after_a_restart() {
 
     // The Pod is recreated on another node: empty volumes, same replica paths.
     runner.empty_volumes();
-    assert!(!Path::new(&db_a).exists());
+    assert!(files_named(root.path(), "main.db").is_empty());
     let sidecar = runner.start().expect("the replicate sidecar");
-    assert_eq!(run_python(COUNT, &[&db_a]).trim(), "(100, 4950)");
-    assert_eq!(run_python(COUNT, &[&db_b]).trim(), "(7, 21)");
+    assert_eq!(runner.app(COUNT, &[DB_A]), "(100, 4950)");
+    assert_eq!(runner.app(COUNT, &[DB_B]), "(7, 21)");
     // And it keeps replicating after the restore.
-    assert_eq!(run_python(APP, &[&db_a, "100", "10"]).trim(), "(110, 5995)");
+    assert_eq!(runner.app(APP, &[DB_A, "100", "10"]), "(110, 5995)");
     wait_for("new rows in S3", Duration::from_secs(60), || {
-        (replicated_rows(&runner, &config, &db_a, &scratch)? == "(110, 5995)").then_some(())
+        (replicated_rows(&runner, &config, DB_A, &scratch)? == "(110, 5995)").then_some(())
     });
     drop(sidecar);
 
-    // No shell ever ran the hostile name, and nothing wrote to the (read-only) root
-    // filesystem: its stand-in, the working folder, HOME and TMPDIR, is as it was.
-    let leftovers: Vec<_> = std::fs::read_dir(&runner.cwd)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(leftovers, ["tmp"], "written outside the volumes");
-    assert_eq!(std::fs::read_dir(runner.cwd.join("tmp")).unwrap().count(), 0);
-    assert_eq!(runner.writes_outside_volumes(), Vec::<String>::new());
-    assert!(runner.traces.borrow().len() >= 3, "the init containers were traced");
+    // No shell ever ran the hostile name (it would have left these files in some volume or
+    // root), and the secret is in no file or log we keep.
+    for name in ["pwned", "pwned2"] {
+        assert_eq!(files_named(root.path(), name), Vec::<PathBuf>::new());
+    }
     assert!(!std::fs::read_to_string(&config).unwrap().contains(SECRET_KEY));
     assert!(!hook.log_text().contains(SECRET_KEY));
+    let sidecar_log = std::fs::read_to_string(runner.dir.join("sidecar.log")).unwrap();
+    assert!(sidecar_log.contains("replicating to"), "{sidecar_log}");
+    assert!(!sidecar_log.contains(SECRET_KEY));
+}
+
+/// The harness is honest about mounts: with the app's database mount removed (as a Pod whose
+/// app container the hook missed would be), the app writes into its own root and nothing
+/// reaches S3, so the round trip above would fail. And an injected container that writes
+/// outside its volumes fails on its read-only root.
+#[test]
+fn a_database_not_mounted_into_the_app_is_not_backed_up() {
+    let s3 = S3Server::start(Flavor::Rclone, ACCESS_KEY, SECRET_KEY);
+    s3.create_bucket("pods");
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    let root = support::temp_dir("pod-unmounted");
+    let pod = round_trip_pod(&s3);
+    let response = hook.review(&review("e2e-2", "shop", "CREATE", pod.clone(), false));
+    let mut patched = apply(&pod, &response);
+    let app_mounts = patched["spec"]["containers"][0]["volumeMounts"].as_array_mut().unwrap();
+    let before = app_mounts.len();
+    app_mounts.retain(|m| m["name"] != "litestream-hook-data");
+    assert_eq!(before - app_mounts.len(), 2, "the hook mounted both database folders");
+    let runner = PodRunner::new(patched, root.path(), "s3-creds");
+    runner.empty_volumes();
+    let sidecar = runner.start().expect("the replicate sidecar");
+    assert_eq!(runner.app(APP, &[DB_A, "0", "100"]), "(100, 4950)");
+    let config = runner.volumes["litestream-hook-config"].join("litestream.yml");
+    let scratch = root.path().join("scratch.db");
+    // Several sync intervals (200ms) pass: Litestream watches an empty folder.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(replicated_rows(&runner, &config, DB_A, &scratch), None);
+    assert!(files_named(&runner.volumes["litestream-hook-data"], "main.db").is_empty());
+    assert!(!s3.list("pods").iter().any(|k| k.starts_with("shop/web/main.db/")));
+    drop(sidecar);
+
+    // An injected container (read-only root) writing outside its volumes fails.
+    let c = &runner.pod["spec"]["initContainers"][1];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    let out = runner
+        .container(
+            c,
+            Path::new("/usr/bin/python3"),
+            vec!["python3".into(), "-c".into(), "open('/outside', 'w')".into()],
+            Vec::new(),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Read-only file system"));
 }

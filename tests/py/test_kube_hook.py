@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import os
 import signal
 import subprocess
@@ -189,6 +190,15 @@ for db, n in ((sys.argv[1], 100), (sys.argv[2], 7)):
     c.close()
 time.sleep(3600)
 """
+SEED = r"""
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1])
+c.execute("pragma journal_mode=wal")
+c.execute("create table if not exists t (id integer primary key, v text)")
+have = c.execute("select count(*) from t").fetchone()[0]
+c.executemany("insert into t (id, v) values (?, ?)", [(i, "old %d" % i) for i in range(have, int(sys.argv[2]))])
+c.commit()
+"""
 COUNT = r"""
 import sqlite3, sys
 c = sqlite3.connect("file:%s?mode=ro" % sys.argv[1], uri=True)
@@ -232,9 +242,11 @@ def replicated_rows(tools_bin, config, db, scratch):
                           timeout=30).stdout.strip()
 
 
-def test_the_injected_pod_replicates_and_restores_through_the_real_api_and_node(
-        kube_plane, kube_node, kube_ns, webhook, s3, tools_bin, bin_dir, tmp_path):
-    admin = kube_plane.admin
+DBS = ["/var/lib/app/main.db", "/cache/c.db"]
+
+
+def prepare_node(admin, kube_node, kube_ns, tools_bin, bin_dir):
+    """The images the round trips run (hook, litestream, the python app) and the S3 Secret."""
     kube_node.images[HOOK_IMAGE] = Image(programs={"hook": bin_dir.resolve() / "hook"}, entrypoint=["hook"])
     kube_node.images[LITESTREAM_IMAGE] = Image(programs={"litestream": tools_bin / "litestream"},
                                                entrypoint=["litestream"])
@@ -242,28 +254,46 @@ def test_the_injected_pod_replicates_and_restores_through_the_real_api_and_node(
     admin.create(ns_path(kube_ns, "secrets"), {
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"},
         "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}})
-    dbs = ["/var/lib/app/main.db", "/cache/c.db"]
+
+
+def round_trip_pod(name, s3, **annotations):
+    """An annotated Pod whose app fills both databases (when empty), reports them and sleeps."""
+    p = app_pod(name, endpoint=s3["endpoint"], bucket="pods",
+                **{"sync-interval": "200ms", "path": ",".join(DBS), **annotations})
+    p["spec"]["containers"][0].update({"command": ["python3", "-c", APP, *DBS]})
+    p["spec"]["terminationGracePeriodSeconds"] = 5
+    return p
+
+
+def app_log(admin, kube_ns, name):
+    """The app's log once it reported both databases (through the apiserver's pods/log)."""
+    def lines():
+        status, body = admin.request("GET", ns_path(kube_ns, "pods", name) + "/log?container=app")
+        out = body if status == 200 and isinstance(body, str) else ""
+        return out if out.count("\n") >= 2 else None
+    try:
+        return wait_for(lines, 90, f"the app of pod {name} to report both databases", interval=0.3)
+    except WaitTimeout as e:
+        status = admin.get(ns_path(kube_ns, "pods", name)).get("status", {})
+        raise WaitTimeout(f"{e}\npod status: {status}") from None
+
+
+def bucket_keys(s3):
+    return sorted(str(p.relative_to(s3["root"] / "pods")) for p in (s3["root"] / "pods").rglob("*") if p.is_file())
+
+
+def test_the_injected_pod_replicates_and_restores_through_the_real_api_and_node(
+        kube_plane, kube_node, kube_ns, webhook, s3, tools_bin, bin_dir, tmp_path):
+    admin = kube_plane.admin
+    prepare_node(admin, kube_node, kube_ns, tools_bin, bin_dir)
+    dbs = DBS
 
     def app(name):
-        p = app_pod(name, endpoint=s3["endpoint"], bucket="pods", **{"sync-interval": "200ms", "path": ",".join(dbs)})
-        p["spec"]["containers"][0].update({"command": ["python3", "-c", APP, *dbs]})
-        p["spec"]["terminationGracePeriodSeconds"] = 5
-        return p
-
-    def app_log(name):
-        def lines():
-            status, body = admin.request("GET", ns_path(kube_ns, "pods", name) + "/log?container=app")
-            out = body if status == 200 and isinstance(body, str) else ""
-            return out if out.count("\n") >= 2 else None
-        try:
-            return wait_for(lines, 90, f"the app of pod {name} to report both databases", interval=0.3)
-        except WaitTimeout as e:
-            status = admin.get(ns_path(kube_ns, "pods", name)).get("status", {})
-            raise WaitTimeout(f"{e}\npod status: {status}") from None
+        return round_trip_pod(name, s3)
 
     stored = admin.create(ns_path(kube_ns, "pods"), app("db"))
     assert stored["metadata"]["annotations"][f"{PREFIX}/injected"] == "true"
-    first = app_log("db")
+    first = app_log(admin, kube_ns, "db")
     assert "main.db before (0, 0) now (100, 4950)" in first and "c.db before (0, 0) now (7, 21)" in first, first
     # The rows reach S3 (restored on the host from what the sidecar replicated).
     pod = admin.get(ns_path(kube_ns, "pods", "db"))
@@ -271,7 +301,7 @@ def test_the_injected_pod_replicates_and_restores_through_the_real_api_and_node(
     scratch = tmp_path / "scratch.db"
     for db, rows in zip(dbs, ["(100, 4950)", "(7, 21)"]):
         wait_for(lambda: replicated_rows(tools_bin, config, db, scratch) == rows, 90, f"{db} rows in S3", interval=0.5)
-    keys = [str(p.relative_to(s3["root"] / "pods")) for p in (s3["root"] / "pods").rglob("*") if p.is_file()]
+    keys = bucket_keys(s3)
     assert keys and all(k.startswith(f"{kube_ns}/db/") for k in keys), keys
 
     # The Pod is deleted (the kubelet stops it and removes it) and created again: empty volumes,
@@ -279,7 +309,7 @@ def test_the_injected_pod_replicates_and_restores_through_the_real_api_and_node(
     admin.delete(ns_path(kube_ns, "pods", "db"))
     wait_for(lambda: not admin.exists(ns_path(kube_ns, "pods", "db")), 60, "pod db to be gone", interval=0.3)
     admin.create(ns_path(kube_ns, "pods"), app("db"))
-    again = app_log("db")
+    again = app_log(admin, kube_ns, "db")
     assert "main.db before (100, 4950)" in again and "c.db before (7, 21)" in again, again
     pod = admin.get(ns_path(kube_ns, "pods", "db"))
     inits = {s["name"]: s for s in pod["status"]["initContainerStatuses"]}
@@ -287,3 +317,69 @@ def test_the_injected_pod_replicates_and_restores_through_the_real_api_and_node(
     # No secret in any log the node kept.
     for log in (kube_node.dir / "pods").rglob("log"):
         assert SECRET_KEY not in log.read_text(errors="replace"), log
+
+
+def test_a_replica_path_override_restores_an_existing_backup_through_the_real_api_and_node(
+        kube_plane, kube_node, kube_ns, webhook, s3, tools_bin, bin_dir, tmp_path):
+    """Migration: a backup made elsewhere (here a hand-run Litestream 0.5 writing `legacy/main.db`
+    at the bucket's top, as the original litestream-hook's layout differed) is restored into the
+    injected Pod through `replica-path`, and replication continues there; the other database
+    keeps its default path."""
+    admin = kube_plane.admin
+    prepare_node(admin, kube_node, kube_ns, tools_bin, bin_dir)
+    # The old backup: 50 rows replicated by the host's litestream to legacy/main.db.
+    seed_db = tmp_path / "seed" / "main.db"
+    seed_db.parent.mkdir()
+    subprocess.run(["/usr/bin/python3", "-c", SEED, str(seed_db), "50"], check=True, timeout=30)
+    seed_config = tmp_path / "seed.yml"
+    seed_config.write_text(json.dumps({"dbs": [{"path": str(seed_db), "replica": {
+        "type": "s3", "bucket": "pods", "path": "legacy/main.db", "endpoint": s3["endpoint"],
+        "region": "us-east-1", "force-path-style": True, "sync-interval": "200ms"}}]}))
+    env = scrubbed_env({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                        "HOME": str(tmp_path)})
+    with open(tmp_path / "seed.log", "wb") as out:
+        seeder = subprocess.Popen([str(tools_bin / "litestream"), "replicate", "-no-expand-env", "-config",
+                                   str(seed_config)], env=env, stdout=out, stderr=out, start_new_session=True)
+    try:
+        scratch = tmp_path / "scratch.db"
+        wait_for(lambda: replicated_rows(tools_bin, seed_config, str(seed_db), scratch) == "(50, 1225)", 90,
+                 "the old backup in S3", interval=0.5)
+    finally:
+        os.killpg(seeder.pid, signal.SIGTERM)
+        seeder.wait(30)
+    assert all(k.startswith("legacy/main.db/") for k in bucket_keys(s3)), bucket_keys(s3)
+
+    stored = admin.create(ns_path(kube_ns, "pods"), round_trip_pod(
+        "db", s3, **{"replica-path": "/var/lib/app/main.db=legacy/main.db"}))
+    assert stored["metadata"]["annotations"][f"{PREFIX}/injected"] == "true"
+    first = app_log(admin, kube_ns, "db")
+    # main.db came back from the old backup before the app started; c.db had none and starts empty.
+    assert "main.db before (50, 1225)" in first and "c.db before (0, 0) now (7, 21)" in first, first
+    pod = admin.get(ns_path(kube_ns, "pods", "db"))
+    config = kube_node.dir / "pods" / pod["metadata"]["uid"] / "volumes" / "litestream-hook-config" / "litestream.yml"
+    wait_for(lambda: replicated_rows(tools_bin, config, "/cache/c.db", scratch) == "(7, 21)", 90, "c.db rows in S3",
+             interval=0.5)
+    keys = bucket_keys(s3)
+    assert all(k.startswith(("legacy/main.db/", f"{kube_ns}/db/c.db/")) for k in keys), keys
+    assert any(k.startswith(f"{kube_ns}/db/c.db/") for k in keys), keys
+    assert not any(k.startswith(f"{kube_ns}/db/main.db") for k in keys), keys
+    # The sidecar writes main.db's changes to the overridden path: rows written into the Pod's
+    # database volume (the node's folder behind the app's and the sidecar's mounts) reach
+    # legacy/main.db.
+    data = kube_node.dir / "pods" / pod["metadata"]["uid"] / "volumes" / "litestream-hook-data"
+    [live] = [p for p in data.rglob("main.db")]
+    subprocess.run(["/usr/bin/python3", "-c", SEED, str(live), "60"], check=True, timeout=30)
+    wait_for(lambda: replicated_rows(tools_bin, config, "/var/lib/app/main.db", scratch) == "(60, 1770)", 90,
+             "main.db's new rows at legacy/main.db", interval=0.5)
+    assert not any(k.startswith(f"{kube_ns}/db/main.db") for k in bucket_keys(s3))
+
+
+def test_colliding_replica_paths_are_denied_through_the_real_chain(kube_plane, kube_ns, webhook):
+    admin = kube_plane.admin
+    for value in ("/var/lib/app/main.db=" + kube_ns + "/bad/c.db", "/var/lib/app/main.db=x,/cache/c.db=x/y",
+                  "/var/lib/app/main.db=/abs", "/other.db=x"):
+        with pytest.raises(KubeError) as err:
+            admin.create(ns_path(kube_ns, "pods"), app_pod("bad", **{"replica-path": value}))
+        assert err.value.status == 400, err.value.body
+        assert f"{PREFIX}/replica-path" in err.value.body["message"], (value, err.value.body)
+        assert not admin.exists(ns_path(kube_ns, "pods", "bad"))
