@@ -8,8 +8,9 @@
 - kube-apiserver: TLS, client-certificate auth (no anonymous access), Node and RBAC authorizers,
   the default admission chain plus NodeRestriction, service-account token signing, an audit log
   (Metadata level) for least-privilege checks; the insecure port off; ports chosen at start.
-- kube-controller-manager: the service-account, token, job, garbage-collector and namespace
-  controllers, each with its own service-account credentials (as kubeadm runs it).
+- kube-controller-manager: the service-account, token, job, garbage-collector, namespace and
+  PVC/PV-protection controllers (the default admission chain puts the protection finalizers on
+  every PVC and PV: without them a deleted claim stays Terminating), each with its own service-account credentials (as kubeadm runs it).
 - Every process runs in its own session, dies with the test process (PR_SET_PDEATHSIG) and is
   killed on `stop()`, at interpreter exit and on start failure; every wait is bounded.
 
@@ -414,7 +415,7 @@ class ControlPlane:
             str(self.kube_bin / "kube-controller-manager"),
             f"--kubeconfig={kc}", "--port=0", "--secure-port=0", "--bind-address=127.0.0.1",
             "--leader-elect=false", "--use-service-account-credentials=true",
-            "--controllers=serviceaccount-token,serviceaccount,job,garbagecollector,namespace",
+            "--controllers=serviceaccount-token,serviceaccount,job,garbagecollector,namespace,pvc-protection,pv-protection",
             f"--service-account-private-key-file={self.sa_key}", f"--root-ca-file={self.ca_path}",
             "--concurrent-gc-syncs=5", "--v=1",
         ]

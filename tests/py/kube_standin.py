@@ -1,4 +1,4 @@
-"""Kept only for what the real control plane (kube_control_plane.py) cannot do yet: injected API faults, 1.27+ Job labels, fast per-test clusters.
+"""Kept only for what the real control plane (kube_control_plane.py) cannot do yet: 1.27+ Job labels, fast per-test clusters (API faults: kube_recorder.py).
 
 A strict stand-in for the Kubernetes API over HTTPS on loopback, written by this project: it agrees
 with our model of Kubernetes, not necessarily with Kubernetes (the real apiserver 1.20 runs the
@@ -212,7 +212,6 @@ class KubeStandin:
         self.schema_failures: list[dict] = []
         self.job_problems: list[str] = []
         self.requests: list[tuple] = []
-        self._faults: list[dict] = []
         self._pvc_dirs: dict[tuple, Path] = {}
         self._held = False
         self._held_jobs: list[tuple] = []
@@ -291,13 +290,6 @@ class KubeStandin:
         return {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(self.port)}
 
     # ---- test-side API -----------------------------------------------------------------------
-
-    def fail_next(self, method: str, path_regex: str, code: int, times: int = 1, message: str | None = None,
-                  reason: str | None = None) -> None:
-        """Answer the next `times` requests matching method and path (regex, searched) with a Status error."""
-        with self.lock:
-            self._faults.append({"method": method.upper(), "rx": re.compile(path_regex), "code": code,
-                                 "times": times, "message": message, "reason": reason})
 
     def objects(self, kind: str, ns: str | None = None) -> list[dict]:
         """Deep copies of stored objects of a kind (Kind or plural), in one namespace or all."""
@@ -580,7 +572,6 @@ class KubeStandin:
             self.requests.append((method, path, query))
         try:
             self._auth(path, headers)
-            self._maybe_fault(method, path)
             return self._route(method, path, query, headers, body)
         except ApiError as e:
             return e.code, e.body, e.headers
@@ -596,15 +587,6 @@ class KubeStandin:
             return  # system:public-info-viewer lets anonymous clients read these
         if auth is None or not pysecrets.compare_digest(auth.encode(), f"Bearer {self.token}".encode()):
             raise ApiError(401, "Unauthorized", "Unauthorized")
-
-    def _maybe_fault(self, method: str, path: str) -> None:
-        with self.lock:
-            for f in self._faults:
-                if f["method"] in (method, "*") and f["rx"].search(path) and f["times"] > 0:
-                    f["times"] -= 1
-                    code = f["code"]
-                    headers = {"Retry-After": "1"} if code == 429 else None
-                    raise ApiError(code, f["message"] or f"injected failure ({code})", f["reason"], None, headers)
 
     def _route(self, method, path, query, headers, body):
         if path in ("/readyz", "/healthz", "/livez"):
