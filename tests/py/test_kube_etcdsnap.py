@@ -24,6 +24,7 @@ import yaml
 from etcd_cluster import free_ports
 from etcdsnap_driver import running_driver
 from pki import make_ca
+from test_chart import DRIVER_CLUSTER_CALLS, DRIVER_METADATA_CALLS
 from kube_control_plane import ns_path
 from kube_recorder import Recorder
 from process_kubelet import Image
@@ -238,3 +239,7 @@ def test_group_snapshot_through_the_real_api_with_exactly_the_charts_rbac(
     granted = etcdsnap_rules(objs, ns)
     assert used <= granted, f"used but not granted: {used - granted}"
     assert granted - used == UNUSED_HERE, f"granted but unused: {granted - used - UNUSED_HERE}"
+    # What test_chart.py holds the chart's RBAC to (per namespace) is what the apiserver recorded.
+    needs = {(verb, resource) for calls in (DRIVER_METADATA_CALLS, DRIVER_CLUSTER_CALLS)
+             for (_, resource), verbs in calls.items() for verb in verbs}
+    assert used | UNUSED_HERE == needs, f"recorded {sorted(used)}, test_chart.py says {sorted(needs)}"
