@@ -58,9 +58,7 @@ impl Config {
     /// Reads the configuration from `env`; `endpoint_flag` (from `--endpoint`) wins over
     /// `CSI_ENDPOINT`.
     pub fn from_env(mut env: Env, endpoint_flag: Option<String>) -> Result<Config, ConfigError> {
-        let endpoint = endpoint_flag
-            .or_else(|| env.optional("CSI_ENDPOINT"))
-            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+        let endpoint = endpoint_flag.unwrap_or_else(|| env.string_or("CSI_ENDPOINT", DEFAULT_ENDPOINT));
         let socket = match parse_endpoint(&endpoint) {
             Ok(p) => p,
             Err(why) => {
@@ -96,10 +94,8 @@ impl Config {
                 env.problem("STORAGE_CLASS", format!("must be a StorageClass name, got {sc:?}"));
             }
         }
-        let etcd_image = env
-            .optional("ETCD_IMAGE")
-            .unwrap_or_else(|| "registry.k8s.io/etcd:3.5.21-0".to_string());
-        let pvc_min_bytes = env.parse_with("PVC_MIN_SIZE", 1 << 30, parse_quantity);
+        let etcd_image = env.string_or("ETCD_IMAGE", "registry.k8s.io/etcd:3.5.21-0");
+        let pvc_min_bytes = env.parse_or("PVC_MIN_SIZE", "1Gi", parse_quantity);
         let pvc_headroom_percent = env.number_in("PVC_HEADROOM_PERCENT", 50u64, 0, 1000);
         let job_timeout = env.duration("JOB_TIMEOUT", Some(Duration::from_secs(600)));
         let job_backoff_limit = env.number_in("JOB_BACKOFF_LIMIT", 1i32, 0, 10);

@@ -21,6 +21,8 @@ use crate::status::Status;
 pub const ANNOTATION_ENDPOINTS: &str = "etcd.io/endpoints";
 pub const ANNOTATION_SERVICE: &str = "etcd.io/service";
 pub const ANNOTATION_TLS_SECRET: &str = "etcd.io/client-tls-secret";
+/// Every annotation of a handle PVC that discovery reads (`etcdsnap --print-config-schema`).
+pub const ANNOTATIONS: [&str; 3] = [ANNOTATION_ENDPOINTS, ANNOTATION_SERVICE, ANNOTATION_TLS_SECRET];
 
 /// Where a volume's etcd cluster is and how to talk to it.
 #[derive(Debug, Clone)]

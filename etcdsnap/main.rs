@@ -42,6 +42,7 @@ use crate::kube::Kube;
 
 const USAGE: &str = "usage: etcdsnap [--endpoint unix:///csi/csi.sock]
        etcdsnap restore --help
+       etcdsnap --print-config-schema
 
 Serves the etcdsnap CSI driver. Configuration is read from the environment:
 CSI_ENDPOINT, DRIVER_NAME, METRICS_ADDR, METADATA_NAMESPACE, CLUSTER_LABEL, STORAGE_CLASS,
@@ -58,6 +59,13 @@ fn main() {
     if args.first().map(String::as_str) == Some("restore") {
         std::process::exit(restore::main(&args[1..]));
     }
+    if args.first().map(String::as_str) == Some("--print-config-schema") {
+        // The handle PVC annotations discovery reads are part of the contract too.
+        let mut more = serde_json::Map::new();
+        more.insert("pvc_annotations".into(), serde_json::json!(discovery::ANNOTATIONS));
+        println!("{}", config_schema().to_json_with(more));
+        return;
+    }
     let endpoint = match parse_args(&args) {
         Ok(Some(e)) => e,
         Ok(None) => {
@@ -70,9 +78,7 @@ fn main() {
         }
     };
     let mut env = Env::from_process();
-    if let Err(e) = level {
-        env.problem("LOG_LEVEL", e);
-    }
+    env.log_level(level);
     let cfg = match Config::from_env(env, endpoint) {
         Ok(c) => c,
         Err(e) => {
@@ -84,6 +90,20 @@ fn main() {
         log::error!(error = e.as_str(); "etcdsnap stopped with an error");
         std::process::exit(1);
     }
+}
+
+/// `etcdsnap --print-config-schema`: what serving reads (its own reads, run against an empty
+/// environment, declare it), and the variables the Kubernetes client reads from the process
+/// environment itself (`kube::Kube::from_environment`).
+fn config_schema() -> lifeboat::env::Schema {
+    let mut env = Env::from_pairs(Vec::<(String, String)>::new());
+    let schema = env.schema();
+    env.log_level(Ok(log::LevelFilter::Info));
+    let _ = Config::from_env(env, None);
+    schema.external("KUBECONFIG", None);
+    schema.external("KUBERNETES_SERVICE_HOST", None);
+    schema.external("KUBERNETES_SERVICE_PORT", Some("443"));
+    schema
 }
 
 /// `Ok(Some(endpoint flag))` to serve, `Ok(None)` for help.

@@ -56,18 +56,14 @@ struct Config {
 /// What shapes the injection (for serving and for `hook inject`): VARIANT and the defaults.
 fn read_injection(mut env: Env) -> (Env, Option<String>, Defaults) {
     let builtin = Defaults::default();
-    let variant = env.parse_with("VARIANT", None, |v| {
-        annotations::check_dns_label(v, 20).map(|_| Some(v.to_string()))
-    });
+    let variant = env.dns_label("VARIANT", 20);
     let hook_image = env.parse_with("HOOK_IMAGE", String::new(), |v| {
         annotations::check_image(v).map(|_| v.to_string())
     });
-    if hook_image.is_empty() && env.optional("HOOK_IMAGE").is_none() {
-        env.problem(
-            "HOOK_IMAGE",
-            "is missing (the image of this hook, which writes the Litestream config in each Pod)",
-        );
-    }
+    env.require(
+        "HOOK_IMAGE",
+        "is missing (the image of this hook, which writes the Litestream config in each Pod)",
+    );
     let checked = |env: &mut Env, var: &str, default: &str, check: fn(&str) -> Result<(), String>| {
         env.parse_with(var, default.to_string(), |v| check(v).map(|_| v.to_string()))
     };
@@ -140,10 +136,20 @@ fn read_injection(mut env: Env) -> (Env, Option<String>, Defaults) {
     (env, variant, defaults)
 }
 
-fn read_config() -> Result<Config, lifeboat::env::ConfigError> {
-    let (mut env, variant, defaults) = read_injection(Env::from_process());
-    let listen = env.optional("LISTEN_ADDR").unwrap_or_else(|| "0.0.0.0:9443".into());
-    let metrics_listen = env.optional("METRICS_ADDR").unwrap_or_else(|| "0.0.0.0:8080".into());
+/// `hook --print-config-schema`: what serving reads (its own reads, run against an empty
+/// environment, declare it).
+fn config_schema() -> lifeboat::env::Schema {
+    let env = Env::from_pairs(Vec::<(String, String)>::new());
+    let schema = env.schema();
+    let _ = read_config(env, Ok(log::LevelFilter::Info));
+    schema
+}
+
+fn read_config(env: Env, level: Result<log::LevelFilter, String>) -> Result<Config, lifeboat::env::ConfigError> {
+    let (mut env, variant, defaults) = read_injection(env);
+    env.log_level(level);
+    let listen = env.string_or("LISTEN_ADDR", "0.0.0.0:9443");
+    let metrics_listen = env.string_or("METRICS_ADDR", "0.0.0.0:8080");
     let cert = PathBuf::from(env.required("TLS_CERT_FILE"));
     let key = PathBuf::from(env.required("TLS_KEY_FILE"));
     let reload_interval = env
@@ -230,19 +236,18 @@ fn main() {
     if args.first().map(String::as_str) == Some("inject") {
         std::process::exit(inject(&args[1..]));
     }
+    if args.first().map(String::as_str) == Some("--print-config-schema") {
+        println!("{}", config_schema().to_json());
+        return;
+    }
     if let Some(arg) = args.first() {
-        log::error!(argument = arg.as_str(); "unknown argument; usage: hook (serve) | hook inject -f FILE [-n NAMESPACE] | hook write-config FILE");
+        log::error!(argument = arg.as_str(); "unknown argument; usage: hook (serve) | hook inject -f FILE [-n NAMESPACE] | hook write-config FILE | hook --print-config-schema");
         std::process::exit(2);
     }
-    let config = match (level, read_config()) {
-        (Ok(_), Ok(c)) => c,
-        (level, config) => {
-            if let Err(e) = level {
-                log::error!(error = e.as_str(); "LOG_LEVEL is invalid");
-            }
-            if let Err(e) = config {
-                log::error!(error:% = e; "cannot start");
-            }
+    let config = match read_config(Env::from_process(), level) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!(error:% = e; "cannot start");
             std::process::exit(2);
         }
     };

@@ -267,23 +267,6 @@ pub fn check_dns_subdomain(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// An RFC 1123 label (VARIANT), at most `max` characters.
-pub fn check_dns_label(s: &str, max: usize) -> Result<(), String> {
-    let ok = !s.is_empty()
-        && s.len() <= max
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !s.starts_with('-')
-        && !s.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "must be a DNS label of at most {max} lower-case letters, digits and '-'"
-        ))
-    }
-}
-
 /// A region name such as `us-east-1`.
 pub fn check_region(s: &str) -> Result<(), String> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';

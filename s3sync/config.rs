@@ -195,20 +195,11 @@ pub struct Backup {
 /// Reads and validates the whole configuration. `log_level` is the outcome of reading
 /// `LOG_LEVEL` (done first, to set up logging), reported here with the other problems.
 pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<Config, lifeboat::env::ConfigError> {
-    // Read through `env` too, so a value that is not UTF-8 is reported by name.
-    let _ = env.optional("LOG_LEVEL");
-    let log_level = match log_level {
-        Ok(level) => level,
-        Err(why) => {
-            let raw = env.optional("LOG_LEVEL").unwrap_or_default();
-            env.problem("LOG_LEVEL", format!("{why}, got {raw:?}"));
-            LevelFilter::Info
-        }
-    };
+    let log_level = env.log_level(log_level);
     let source = bucket(&mut env, Role::Source);
     let dest = bucket(&mut env, Role::Dest);
     let dry_run = env.bool("DRY_RUN", false);
-    let max_delete = env.parse_with("MAX_DELETE", MaxDelete::Limit(1000), parse_max_delete);
+    let max_delete = env.parse_or("MAX_DELETE", "1000", parse_max_delete);
     let max_delete_percent = env.number_in("MAX_DELETE_PERCENT", 50u8, 0, 100);
     let allow_empty_source = env.bool("ALLOW_EMPTY_SOURCE", false);
     let allow_uncopyable_keys = env.bool("ALLOW_UNCOPYABLE_KEYS", false);
@@ -260,13 +251,11 @@ pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<
     }
     let max_objects = env.number_in("MAX_OBJECTS", 2_000_000usize, 1, 100_000_000);
     let list_timeout = positive_duration(&mut env, "LIST_TIMEOUT", Duration::from_secs(600));
-    let compare = env.parse_with("COMPARE", Compare::Checksum, |s| {
-        match s.to_ascii_lowercase().as_str() {
-            "checksum" => Ok(Compare::Checksum),
-            "modtime" => Ok(Compare::Modtime),
-            "size" => Ok(Compare::Size),
-            _ => Err("expected checksum, modtime or size".into()),
-        }
+    let compare = env.parse_or("COMPARE", "checksum", |s| match s.to_ascii_lowercase().as_str() {
+        "checksum" => Ok(Compare::Checksum),
+        "modtime" => Ok(Compare::Modtime),
+        "size" => Ok(Compare::Size),
+        _ => Err("expected checksum, modtime or size".into()),
     });
     let fast_list = env.bool("FAST_LIST", true);
     let retries = env.number_in("RETRIES", 3u32, 1, 100);
@@ -320,7 +309,7 @@ pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<
         }
         _ => {}
     }
-    let rclone_name = env.optional("RCLONE_BINARY").unwrap_or_else(|| "rclone".into());
+    let rclone_name = env.string_or("RCLONE_BINARY", "rclone");
     let rclone = match find_program(&rclone_name) {
         Some(path) => path,
         None => {
@@ -386,8 +375,8 @@ fn bucket(env: &mut Env, role: Role) -> Bucket {
     }
     let prefix = env.parse_with(&var("PREFIX"), String::new(), parse_prefix);
     // Unset or empty (an explicit `/` is the whole bucket).
-    if role == Role::Dest && env.optional("DEST_PREFIX").is_none() {
-        env.problem(
+    if role == Role::Dest {
+        env.require(
             "DEST_PREFIX",
             "is required: the Go original defaulted it to SOURCE_BUCKET (several sources sharing one \
              backup bucket), s3sync has no default, so a Job migrated unchanged cannot sync into (and delete \
@@ -424,7 +413,7 @@ fn bucket(env: &mut Env, role: Role) -> Bucket {
 }
 
 fn positive_duration(env: &mut Env, var: &str, default: Duration) -> Duration {
-    let d = env.duration(var, Some(default)).unwrap_or(default);
+    let d = env.duration_or(var, default);
     if d.is_zero() {
         env.problem(var, "must be longer than 0");
         return default;

@@ -39,7 +39,21 @@ const EXIT_TIMEOUT: i32 = 5;
 const EXIT_VERIFY: i32 = 11;
 
 fn main() {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "--print-config-schema") {
+        println!("{}", config_schema().to_json());
+        return;
+    }
     std::process::exit(run());
+}
+
+/// `s3sync --print-config-schema`: what `config::from_env` reads (its own reads, run against an
+/// empty environment, declare it), and the variables passed through to rclone.
+fn config_schema() -> lifeboat::env::Schema {
+    let env = Env::from_pairs(Vec::<(String, String)>::new());
+    let schema = env.schema();
+    let _ = config::from_env(env, Ok(log::LevelFilter::Info));
+    schema.pass_through(&rclone::PASS_THROUGH);
+    schema
 }
 
 /// How the run ended, for the summary line.

@@ -16,7 +16,7 @@ use crate::config::{Bucket, Compare, Config};
 
 /// System variables rclone may need: search path, home, temp dir, time zone, proxies, and
 /// the Go TLS trust store location (`SSL_CERT_FILE`/`SSL_CERT_DIR`, for private CAs).
-const PASS_THROUGH: [&str; 12] = [
+pub const PASS_THROUGH: [&str; 12] = [
     "PATH",
     "HOME",
     "TMPDIR",

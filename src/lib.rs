@@ -2,7 +2,9 @@
 //!
 //! Each module has one job:
 //! - [`log`]: the JSON log line format and `LOG_LEVEL` handling, identical in every binary.
-//! - [`env`]: reading configuration from environment variables, reporting every problem at once.
+//! - [`env`]: reading configuration from environment variables, reporting every problem at once,
+//!   and the schema those reads declare (`--print-config-schema`).
+//! - [`names`]: Kubernetes name rules (DNS labels).
 //! - [`shutdown`]: SIGTERM/SIGINT turned into a flag threads can wait on.
 //! - [`tls`]: loading PEM certificates and keys for rustls, with errors that name the file.
 //! - [`metrics`]: a small Prometheus registry and its text format.
@@ -13,6 +15,7 @@
 pub mod env;
 pub mod log;
 pub mod metrics;
+pub mod names;
 pub mod ops_http;
 pub mod s3;
 pub mod secret;

@@ -26,6 +26,7 @@ fn configuration_problems_are_all_reported_at_once() {
         .env("VARIANT", "Not_A_Label")
         .env("DEFAULT_STORAGE", "1GB")
         .env("MAX_BODY_BYTES", "12")
+        .env("LOG_LEVEL", "loud")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -40,6 +41,7 @@ fn configuration_problems_are_all_reported_at_once() {
         "VARIANT",
         "DEFAULT_STORAGE",
         "MAX_BODY_BYTES",
+        "LOG_LEVEL",
     ] {
         assert!(error.contains(var), "{var} missing from: {error}");
     }

@@ -15,15 +15,20 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
 
-import binary_source
 import chart_crd_schemas
+import config_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "chart"
@@ -915,42 +920,30 @@ def _grants(objects):
     return grants
 
 
+# What etcdsnap's driver calls on the Kubernetes API, (apiGroup, resource) -> verbs: the records
+# (metadata.rs) are the only ConfigMaps, in the metadata namespace; everything else is per etcd
+# cluster. Not read from the driver's code: test_kube_etcdsnap.py checks these against the
+# requests the real apiserver's audit log recorded while the driver took a snapshot.
+DRIVER_METADATA_CALLS = {("", "configmaps"): {"get", "list", "create", "update", "delete"}}
+DRIVER_CLUSTER_CALLS = {
+    ("", "persistentvolumeclaims"): {"get", "create", "delete"},
+    ("batch", "jobs"): {"get", "create", "delete"},
+    ("", "pods"): {"list"},
+    ("", "pods/log"): {"get"},
+    ("", "secrets"): {"get"},
+    ("", "services"): {"get"},
+    ("", "endpoints"): {"get"},
+}
+
+
 def _driver_needs():
-    """(metadata namespace grants, etcd namespace grants) from the driver's code."""
-    calls = binary_source.kube_calls()
-    meta, etcd = {}, {}
-    for group, resource, verb in calls:
-        # the records (metadata.rs) are the only ConfigMaps; everything else is per etcd cluster
-        target = meta if (group, resource) == ("", "configmaps") else etcd
-        target.setdefault((group, resource), set()).add(verb)
-    return meta, etcd
-
-
-def test_etcdsnap_driver_api_calls_are_what_its_readme_says():
-    """The scan of the driver's code is sane: it finds the calls the README's RBAC paragraph
-    documents (so an empty or broken scan cannot make the RBAC test pass vacuously)."""
-    meta, etcd = _driver_needs()
-    assert meta == {("", "configmaps"): {"get", "list", "create", "update", "delete"}}
-    assert etcd == {
-        ("", "persistentvolumeclaims"): {"get", "create", "delete"},
-        ("batch", "jobs"): {"get", "create", "delete"},
-        ("", "pods"): {"list"},
-        ("", "pods/log"): {"get"},
-        ("", "secrets"): {"get"},
-        ("", "services"): {"get"},
-        ("", "endpoints"): {"get"},
-    }
-    readme = (ROOT / "docs" / "etcdsnap.md").read_text()
-    section = readme[readme.index("<!-- etcdsnap:begin -->"):readme.index("<!-- etcdsnap:end -->")]
-    rbac = " ".join(section[section.index("**RBAC**"):].split("\n\n")[0].split())
-    assert "configmaps` get/list/create/update/delete" in rbac
-    assert "`persistentvolumeclaims`, `batch/jobs` get/create/delete, `pods` list, `pods/log` get, " \
-           "`secrets`, `services`, `endpoints` get" in rbac
+    """(metadata namespace grants, etcd namespace grants) the driver needs."""
+    return copy.deepcopy(DRIVER_METADATA_CALLS), copy.deepcopy(DRIVER_CLUSTER_CALLS)
 
 
 def test_etcdsnap_rbac_is_least_privilege(helm):
     """Every grant is something a container of the etcdsnap pod calls, and every call is granted:
-    etcdsnap's from its source (binary_source.kube_calls), the sidecar's from upstream's list."""
+    etcdsnap's from the calls the apiserver recorded (DRIVER_*_CALLS), the sidecar's from upstream's list."""
     meta_needs, etcd_needs = _driver_needs()
     for scenario_name, expected_ns in (("everything", {"etcd", NAMESPACE}), ("etcdsnap-only", {"etcd-a", "etcd-b"})):
         objects = render(helm, SCENARIOS[scenario_name])
@@ -1028,7 +1021,8 @@ def test_chart_yaml_and_values_yaml_are_well_formed(helm):
 
 # ---------------------------------------------------------------------------------------------
 # The chart against the binaries as they are: names, formats, required variables, ports, probes,
-# arguments and the README's handle manifests, all read from the source (binary_source.py).
+# arguments and the handle manifests, from what the binaries print (`--print-config-schema`,
+# config_schema.py) and do when run, never from their source or docs text.
 
 # Variables a binary reads that the chart neither sets nor offers in extraEnv, and why.
 NOT_FOR_THE_CHART = {
@@ -1059,15 +1053,21 @@ def _duration_ok(value):
 
 
 def _check_value(component, var, value):
-    where = f"{component} {var.name}={value!r}"
-    if "bool" in var.kinds:
+    """`value` has the form the binary's declaration `var` (from --print-config-schema) parses."""
+    where = f"{component} {var['name']}={value!r}"
+    kind = var["kind"]
+    if kind == "bool":
         assert value.strip().lower() in {"true", "false", "1", "0", "yes", "no", "on", "off"}, where
-    if "duration" in var.kinds:
+    if kind == "duration":
         assert _duration_ok(value), where
-    if "number_in" in var.kinds:
-        assert re.fullmatch(r"\d+", value) and var.bounds[0] <= int(value) <= var.bounds[1], \
-            f"{where}: not a whole number from {var.bounds[0]} to {var.bounds[1]}"
-    if var.name.endswith("_ADDR"):
+    if kind == "integer":
+        assert re.fullmatch(r"\d+", value), f"{where}: not a whole number"
+        if "min" in var:
+            assert var["min"] <= int(value) <= var["max"], \
+                f"{where}: not a whole number from {var['min']} to {var['max']}"
+    if kind == "dns-label":
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", value) and len(value) <= var["max_length"], where
+    if var["name"].endswith("_ADDR"):
         host, _, port = value.rpartition(":")
         assert port.isdigit() and int(port) < 65536 and host not in ("", "localhost", "127.0.0.1"), \
             f"{where}: must listen on all interfaces of the pod"
@@ -1076,53 +1076,57 @@ def _check_value(component, var, value):
 @pytest.mark.parametrize("scenario_name", list(SCENARIOS))
 def test_every_env_var_the_chart_sets_is_one_the_binary_reads(helm, scenario_name):
     """The drift guard: for each container running a lifeboat binary, every variable the chart
-    sets is read by that binary (found in its source), every variable it requires is set, and
+    sets is read by that binary (as it declares), every variable it requires is set, and
     every literal value has the format the binary parses."""
     objects = render(helm, SCENARIOS[scenario_name])
     seen = set()
     for component, c in lifeboat_containers(objects):
         seen.add(component)
-        reads = binary_source.env_reads(component)
+        reads = config_schema.variables(component)
         env = env_of(c)
         unknown = set(env) - set(reads)
         assert not unknown, f"{component}: the chart sets {sorted(unknown)}, which {component} never reads"
-        missing = binary_source.required(component) - set(env)
+        missing = config_schema.required(component) - set(env)
         assert not missing, f"{component}: required {sorted(missing)} not set by the chart"
         for name, entry in env.items():
             assert name not in NOT_FOR_THE_CHART[component], f"{component}: {name} is not the chart's to set"
             if "value" in entry and "$(" not in entry["value"]:
                 _check_value(component, reads[name], entry["value"])
+            if reads[name]["secret"]:
+                assert "valueFrom" in entry, f"{component}: the secret {name} is a literal in the pod spec"
     components = {o["metadata"]["labels"]["app.kubernetes.io/component"] for o, _ in pod_specs(objects)}
     assert seen == components
 
 
 def test_the_drift_guard_has_something_to_guard():
-    """binary_source finds what the READMEs document: the scan is not silently empty."""
-    assert binary_source.required("s3sync") == {
-        f"{side}_{name}" for side in ("SOURCE", "DEST") for name in ("S3_ENDPOINT", "ACCESS_KEY", "SECRET_KEY", "BUCKET")}
-    assert binary_source.required("hook") == {"TLS_CERT_FILE", "TLS_KEY_FILE", "HOOK_IMAGE"}
-    assert binary_source.required("etcdsnap") == set()  # every etcdsnap variable has a default
-    reads = binary_source.env_reads("etcdsnap")
+    """What the binaries declare is what they are known to need: the contract is not silently
+    empty, and its kinds, ranges and secrets are the ones the reading code applies."""
+    assert config_schema.required("s3sync") == {
+        f"{side}_{name}" for side in ("SOURCE", "DEST") for name in ("S3_ENDPOINT", "ACCESS_KEY", "SECRET_KEY", "BUCKET")
+    } | {"DEST_PREFIX"}
+    assert config_schema.required("hook") == {"TLS_CERT_FILE", "TLS_KEY_FILE", "HOOK_IMAGE"}
+    assert config_schema.required("etcdsnap") == set()  # every etcdsnap variable has a default
+    secrets = {n for n, v in config_schema.variables("s3sync").items() if v["secret"]}
+    assert secrets == {f"{side}_{name}" for side in ("SOURCE", "DEST") for name in ("ACCESS_KEY", "SECRET_KEY")}
+    for component in ("hook", "etcdsnap"):
+        assert not any(v["secret"] for v in config_schema.variables(component).values()), component
+    reads = config_schema.variables("etcdsnap")
     assert {"CSI_ENDPOINT", "DRIVER_NAME", "METADATA_NAMESPACE", "CLUSTER_LABEL", "METRICS_ADDR"} <= set(reads)
     assert "POD_NAMESPACE" not in reads
-    assert reads["GRPC_THREADS"].bounds == (1, 64) and "duration" in reads["JOB_TIMEOUT"].kinds
-    assert binary_source.env_reads("hook")["MAX_BODY_BYTES"].bounds == (4096, 256 * 1024 * 1024)
+    assert (reads["GRPC_THREADS"]["min"], reads["GRPC_THREADS"]["max"]) == (1, 64)
+    assert reads["JOB_TIMEOUT"]["kind"] == "duration" and reads["JOB_TIMEOUT"]["default"] == "10m"
+    assert reads["CSI_ENDPOINT"]["default"] == "unix:///csi/csi.sock"
+    assert reads["PVC_MIN_SIZE"]["default"] == "1Gi"
+    body = config_schema.variables("hook")["MAX_BODY_BYTES"]
+    assert (body["min"], body["max"], body["default"]) == (4096, 256 * 1024 * 1024, 3 * 1024 * 1024 + 256 * 1024)
+    s3sync = config_schema.variables("s3sync")
+    assert s3sync["MAX_DELETE"]["default"] == "1000" and s3sync["COMPARE"]["default"] == "checksum"
+    assert s3sync["DRY_RUN"] == {"name": "DRY_RUN", "kind": "bool", "default": False, "secret": False,
+                                 "required": False}
+    # rclone's pass-through list is declared, not read by s3sync itself
+    assert {"HTTPS_PROXY", "NO_PROXY", "TZ"} <= {n for n, v in s3sync.items() if v["kind"] == "pass-through"}
     for component in ("s3sync", "hook", "etcdsnap"):
-        assert "LOG_LEVEL" in binary_source.env_reads(component)
-    # a name in a README configuration table is one the scan finds (and the other way round)
-    for component in ("s3sync", "hook", "etcdsnap"):
-        readme = (ROOT / "docs" / f"{component}.md").read_text()
-        section = readme[readme.index(f"<!-- {component}:begin -->"):readme.index(f"<!-- {component}:end -->")]
-        table = section[section.index("| variable | default |"):]
-        table = table[:table.index("\n\n")]
-        first_column = " ".join(re.findall(r"^\| ([^|]*) \|", table, re.M))
-        documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", first_column))
-        reads = set(binary_source.env_reads(component))
-        assert documented <= reads, f"{component}: documented but not read: {documented - reads}"
-        undocumented = reads - documented - NOT_FOR_THE_CHART[component] - {
-            "TMPDIR", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
-            "http_proxy", "https_proxy", "no_proxy"}  # s3sync's pass-through list, described in prose
-        assert not undocumented, f"{component}: read but not in the README table: {undocumented}"
+        assert config_schema.variables(component)["LOG_LEVEL"]["default"] == "info"
 
 
 @pytest.mark.parametrize("component", ["s3sync", "hook", "etcdsnap"])
@@ -1130,7 +1134,7 @@ def test_extra_env_offers_exactly_the_variables_the_binary_reads(helm, component
     """values.schema.json's extraEnv names = what the binary reads, less what is not the chart's."""
     schema = json.loads((CHART / "values.schema.json").read_text())
     offered = set(schema["properties"][component]["properties"]["extraEnv"]["propertyNames"]["enum"])
-    assert offered == set(binary_source.env_reads(component)) - NOT_FOR_THE_CHART[component]
+    assert offered == set(config_schema.variables(component)) - NOT_FOR_THE_CHART[component]
     # values.yaml's extraEnv examples are among them
     text = (CHART / "values.yaml").read_text()
     block = text[text.index(f"\n{component}:\n") + 1:]
@@ -1147,10 +1151,6 @@ def test_extra_env_offers_exactly_the_variables_the_binary_reads(helm, component
 
 def test_ports_probes_and_arguments_match_the_binaries(helm):
     objects = render(helm, SCENARIOS["everything"])
-    ops = binary_source.code("src/ops_http.rs")
-    served = set(re.findall(r'\(tiny_http::Method::Get, "(/[a-z]+)"', ops))
-    served |= set(re.findall(r'"(/[a-z]+)" \| "(/[a-z]+)"', ops)[0])
-    assert {"/healthz", "/readyz", "/ready"} <= served, served
     for component, c in lifeboat_containers(objects):
         if component == "s3sync":
             assert "ports" not in c and "args" not in c and "command" not in c
@@ -1160,7 +1160,7 @@ def test_ports_probes_and_arguments_match_the_binaries(helm):
         assert int(env["METRICS_ADDR"]["value"].rsplit(":", 1)[1]) == ports["metrics"] == 8080
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             get = c[probe]["httpGet"]
-            assert get["port"] == "metrics" and get["path"] in served, (component, probe, get)
+            assert get["port"] == "metrics", (component, probe, get)
         assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
         if component == "hook":
             assert int(env["LISTEN_ADDR"]["value"].rsplit(":", 1)[1]) == ports["webhook"] == 9443
@@ -1169,10 +1169,7 @@ def test_ports_probes_and_arguments_match_the_binaries(helm):
         if component == "etcdsnap":
             assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
             assert "command" not in c  # the image's ENTRYPOINT
-            # etcdsnap/main.rs parse_args accepts `--endpoint VALUE`, `--endpoint=VALUE`, nothing else
-            main = binary_source.code("etcdsnap/main.rs")
-            flags = set(re.findall(r'"(--[a-z-]+)=?"', main[main.index("fn parse_args"):]))
-            assert flags == {"--endpoint", "--help"}, flags
+            # the binary accepting the argument: test_the_binaries_start_with_the_charts_env_and_args...
             (arg,) = c["args"]
             flag, _, value = arg.partition("=")
             assert flag == "--endpoint"
@@ -1187,13 +1184,84 @@ def test_ports_probes_and_arguments_match_the_binaries(helm):
             assert f"--csi-address={sock}" in sidecar["args"]
 
 
-def test_etcdsnap_handles_match_the_readme_manifests(helm):
-    """The chart's handle pair for the README's example is the README's pair (which
+def _status(port, path):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
+@pytest.mark.parametrize("component", ["hook", "etcdsnap"])
+def test_the_binaries_start_with_the_charts_env_and_args_and_serve_its_probes(helm, component, bin_dir, tmp_path):
+    """The real binary, given the chart's literal environment and arguments (listen addresses on
+    127.0.0.1, files and sockets under a temporary folder, no Kubernetes API for etcdsnap),
+    starts and answers every probe path the chart points at: 200 for liveness and startup; the
+    readiness path exists (etcdsnap's is 503 while no API server answers)."""
+    import tempfile
+
+    from etcdsnap_driver import free_port, scrubbed_env
+    from pki import make_ca
+    from waiting import wait_for
+
+    short = Path(tempfile.mkdtemp(prefix="lb-", dir="/tmp"))  # Unix socket paths are short
+    objects = render(helm, SCENARIOS["everything"])
+    (c,) = [c for comp, c in lifeboat_containers(objects) if comp == component]
+    env = scrubbed_env()
+    env.update({k: v["value"] for k, v in env_of(c).items() if "value" in v})
+    metrics = free_port()
+    env["METRICS_ADDR"] = f"127.0.0.1:{metrics}"
+    args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in c.get("args", [])]
+    if component == "hook":
+        ca = make_ca(tmp_path / "pki", "probe-ca")
+        cert, key = ca.issue(tmp_path / "pki", "hook", ["127.0.0.1"], client=False, server=True)
+        env.update({"LISTEN_ADDR": f"127.0.0.1:{free_port()}", "TLS_CERT_FILE": str(cert),
+                    "TLS_KEY_FILE": str(key), "SOCKET_DIR": str(short)})
+    else:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:9", "insecure-skip-tls-verify": True}}],
+            "users": [{"name": "u", "user": {"token": "not-a-token"}}],
+            "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u", "namespace": "default"}}]}))
+        env["KUBECONFIG"] = str(kubeconfig)
+        # the chart's socket folder is the pod's emptyDir; here it is a temporary one
+        args = [re.sub(r"unix:///\S*/", f"unix://{short}/", a) for a in args]
+        assert args and all(a.startswith(f"--endpoint=unix://{short}/") for a in args), args
+    log = tmp_path / "log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(bin_dir / component), *args], env=env, stdout=out, stderr=out)
+    try:
+        def up():
+            assert proc.poll() is None, f"{component} exited {proc.returncode}: {log.read_text()[-3000:]}"
+            return _status(metrics, "/healthz") == 200
+        wait_for(up, 30, f"{component}'s /healthz")
+        for probe in ("startupProbe", "livenessProbe"):
+            assert _status(metrics, c[probe]["httpGet"]["path"]) == 200, probe
+        ready = c["readinessProbe"]["httpGet"]["path"]
+        if component == "hook":
+            wait_for(lambda: _status(metrics, ready) == 200, 30, f"hook's {ready}")
+        else:
+            assert _status(metrics, ready) in (200, 503), ready
+        assert _status(metrics, "/no-such-probe") == 404  # the checks above can fail
+    finally:
+        proc.terminate()
+        code = proc.wait(timeout=60)
+        shutil.rmtree(short, ignore_errors=True)
+    assert code == 0, f"{component} exited {code} on SIGTERM: {log.read_text()[-3000:]}"
+
+
+def _handle_example():
+    """docs/examples/etcdsnap-handle.yaml, the handle pair docs/etcdsnap.md links (as YAML)."""
+    return [o for o in yaml.safe_load_all((ROOT / "docs" / "examples" / "etcdsnap-handle.yaml").read_text()) if o]
+
+
+def test_etcdsnap_handles_match_the_documented_manifests(helm):
+    """The chart's handle pair for the documented example is that pair (which
     test_etcdsnap_docs.py validates), with the chart's labels on top."""
-    readme = (ROOT / "docs" / "etcdsnap.md").read_text()
-    section = readme[readme.index("<!-- etcdsnap:begin -->"):readme.index("<!-- etcdsnap:end -->")]
-    docs = [o for b in re.findall(r"```yaml\n(.*?)```", section, re.S) for o in yaml.safe_load_all(b) if o]
-    want = {o["kind"]: o for o in docs}
+    want = {o["kind"]: o for o in _handle_example()}
     want_pvc = want["PersistentVolumeClaim"]
     annotations = want_pvc["metadata"]["annotations"]
     handle = {"cluster": want_pvc["metadata"]["labels"]["etcd.io/cluster"],
@@ -1209,39 +1277,57 @@ def test_etcdsnap_handles_match_the_readme_manifests(helm):
         assert g["spec"] == w["spec"], kind
         assert w["metadata"].get("labels", {}).items() <= g["metadata"]["labels"].items(), kind
         assert g["metadata"].get("annotations") == w["metadata"].get("annotations"), kind
-    # the annotation keys are the ones etcdsnap's discovery reads
-    read = set(re.findall(r'pub const ANNOTATION_\w+: &str = "([^"]+)"', binary_source.code("etcdsnap/discovery.rs")))
+    # the annotation keys are the ones etcdsnap's discovery reads (its contract says which)
+    read = set(config_schema.contract("etcdsnap")["pvc_annotations"])
     assert set(handle_annotations({"endpoints": ["https://a:2379"], "service": "s", "clientTLSSecret": "t"})) == read
 
 
-def test_images_run_the_binaries_the_way_the_chart_and_the_hook_call_them():
+def test_images_run_the_binaries_the_way_the_chart_and_the_hook_call_them(bin_dir, tmp_path):
     """The chart never sets `command`: each image's ENTRYPOINT is its binary. The hook injects
     HOOK_IMAGE as an init container with args `write-config FILE` and no command, so the hook
-    image's ENTRYPOINT must be the hook binary, which accepts `write-config`."""
+    image's ENTRYPOINT must be the hook binary, which accepts `write-config` (run here with the
+    init container's own args and environment, as `hook inject` writes them)."""
     text = (ROOT / "Containerfile").read_text()
     blocks = {m.group(1): m.group(0) for m in re.finditer(r"^FROM \S+ AS (\w+)\n(?:(?!^FROM ).*\n?)*", text, re.M)}
     for target in ("s3sync", "hook", "etcdsnap"):
         assert f'ENTRYPOINT ["/usr/local/bin/{target}"]' in blocks[target], target
-    inject = binary_source.code("hook/inject.rs")
-    init = inject[inject.index("image: Some(ctx.hook_image"):]
-    init = init[:init.index("}]")]
-    assert 'args: Some(vec!["write-config".into()' in init and "command:" not in init
-    main = binary_source.code("hook/main.rs")
-    assert 'Some("write-config")' in main
+    hook_image = "registry.example/lifeboat/hook:0.1.0"
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "app", "namespace": "shop",
+                        "annotations": {"litestream-hook.kaidotio.github.io/inject": "true",
+                                        "litestream-hook.kaidotio.github.io/path": "/data/app.db"}},
+           "spec": {"containers": [{"name": "app", "image": "app:1"}]}}
+    (tmp_path / "pod.json").write_text(json.dumps(pod))
+    env = {"PATH": "/usr/bin:/bin", "HOOK_IMAGE": hook_image}
+    done = subprocess.run([str(bin_dir / "hook"), "inject", "-f", str(tmp_path / "pod.json")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    injected = json.loads(done.stdout)
+    (init,) = [c for c in injected["spec"]["initContainers"] if c["image"] == hook_image]
+    assert init["args"][0] == "write-config" and "command" not in init, init
+    # the hook binary does what that init container asks: the config lands in a file
+    target = tmp_path / "litestream.yml"
+    init_env = {e["name"]: e["value"] for e in init.get("env", []) if "value" in e}
+    done = subprocess.run([str(bin_dir / "hook"), "write-config", str(target)],
+                          env={"PATH": "/usr/bin:/bin", **init_env}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "/data/app.db" in target.read_text()
     # s3sync runs "rclone" from PATH unless RCLONE_BINARY says otherwise; the image puts it in
     # /usr/local/bin (on distroless's PATH) and the chart leaves RCLONE_BINARY unset
-    assert '.optional("RCLONE_BINARY").unwrap_or_else(|| "rclone".into())' in binary_source.code("s3sync/config.rs")
+    assert config_schema.variables("s3sync")["RCLONE_BINARY"]["default"] == "rclone"
     assert "COPY --from=rclone /rclone /usr/local/bin/rclone" in blocks["s3sync"]
 
 
 def test_schema_limits_are_the_binaries_limits(helm):
-    """A value the schema accepts is one the binary accepts: numeric ranges from `number_in`,
-    the hook's VARIANT length from `check_dns_label(v, N)`, name formats of etcdsnap's settings."""
+    """A value the schema accepts is one the binary accepts: numeric ranges and the hook's
+    VARIANT length from the binaries' declarations, name formats of etcdsnap's settings."""
     schema = json.loads((CHART / "values.schema.json").read_text())["properties"]
     retries = schema["s3sync"]["properties"]["retries"]
-    assert (retries["minimum"], retries["maximum"]) == binary_source.env_reads("s3sync")["RETRIES"].bounds
-    hook_main = binary_source.code("hook/main.rs")
-    longest = int(re.search(r'"VARIANT".*?check_dns_label\(v, (\d+)\)', hook_main, re.S).group(1))
+    declared = config_schema.variables("s3sync")["RETRIES"]
+    assert (retries["minimum"], retries["maximum"]) == (declared["min"], declared["max"])
+    variant = config_schema.variables("hook")["VARIANT"]
+    assert variant["kind"] == "dns-label"
+    longest = variant["max_length"]
     assert schema["hook"]["properties"]["variant"]["maxLength"] == longest
     with helm.Chart.load(str(CHART)) as chart:
         for bad in ({"s3sync": {**S3_ON, "retries": 0}}, {"s3sync": {**S3_ON, "retries": 101}},
