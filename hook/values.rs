@@ -198,18 +198,10 @@ pub fn yaml_printable(s: &str) -> bool {
     })
 }
 
-/// An S3 bucket name: 3 to 63 lower-case letters, digits, dots and hyphens.
+/// An S3 bucket name: 3 to 63 lower-case letters, digits, dots and hyphens (AWS's rule for
+/// DNS-compatible names; see `lifeboat::s3::bucket` for why s3sync's rule is wider).
 pub fn check_bucket(s: &str) -> Result<(), String> {
-    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-';
-    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    if !(3..=63).contains(&s.len())
-        || !s.chars().all(ok_char)
-        || !edge_ok(s.chars().next())
-        || !edge_ok(s.chars().last())
-    {
-        return Err("must be an S3 bucket name: 3 to 63 lower-case letters, digits, '.' and '-'".into());
-    }
-    Ok(())
+    lifeboat::s3::bucket::check_dns_compatible(s)
 }
 
 /// A Kubernetes object name (RFC 1123 subdomain), as a Secret name must be.

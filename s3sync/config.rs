@@ -427,20 +427,10 @@ fn check_endpoint(url: &str) -> Result<(), String> {
     lifeboat::s3::endpoint::check(url)
 }
 
-/// Bucket names: 1 to 255 of letters, digits, `.`, `-`, `_` (wider than AWS's rules, to
-/// allow providers such as Ceph; what no provider allows is rejected).
+/// Bucket names: any an S3-compatible store may hold (wider than AWS's rules, to allow
+/// legacy and Ceph names; see `lifeboat::s3::bucket` for why s3sync and the hook differ).
 fn check_bucket(name: &str) -> Result<(), String> {
-    if name.len() > 255
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-    {
-        return Err(
-            "expected a bucket name (letters, digits, '.', '-', '_'; no '/'; use the PREFIX variable for a path)"
-                .into(),
-        );
-    }
-    Ok(())
+    lifeboat::s3::bucket::check_existing(name)
 }
 
 /// A key prefix: leading and trailing `/` are dropped; `.`/`..` segments and empty
