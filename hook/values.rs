@@ -173,14 +173,7 @@ fn host_ok(host: &str) -> bool {
     if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         return inner.parse::<std::net::Ipv6Addr>().is_ok();
     }
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    !host.is_empty() && host.len() <= 253 && host.split('.').all(label_ok)
+    lifeboat::s3::endpoint::is_host_name(host)
 }
 
 /// An S3 endpoint URL as Litestream (Go's `net/url`, the AWS SDK) uses it: lifeboat's one

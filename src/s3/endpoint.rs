@@ -99,17 +99,8 @@ pub fn check(url: &str) -> Result<(), String> {
             None => (Some(authority), None),
         },
     };
-    if let Some(host) = host {
-        let label_ok = |l: &str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        };
-        if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
-            return Err(format!("expected a URL with a host, {FORM}"));
-        }
+    if host.is_some_and(|h| !is_host_name(h)) {
+        return Err(format!("expected a URL with a host, {FORM}"));
     }
     if let Some(p) = port {
         let ok = !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
@@ -124,6 +115,19 @@ pub fn check(url: &str) -> Result<(), String> {
         return Err("must have a path of URL characters only (letters, digits, -._~/% and the like)".into());
     }
     Ok(())
+}
+
+/// A host name as Go's resolver and the container runtime take it (letters of any case,
+/// digits, `-`, `_`, dot-separated labels of at most 63, 253 in all), or an IPv4 address.
+pub fn is_host_name(host: &str) -> bool {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    !host.is_empty() && host.len() <= 253 && host.split('.').all(label_ok)
 }
 
 #[cfg(test)]
