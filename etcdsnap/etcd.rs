@@ -117,16 +117,12 @@ pub struct EtcdClient {
 
 impl EtcdClient {
     pub fn new(cluster: &str, tls: &ClientTls, timeout: Duration) -> Result<EtcdClient, Status> {
-        let ca = lifeboat::tls::certs_from_pem(&tls.ca)
+        let ca = lifeboat::tls::ureq_roots(&tls.ca)
             .map_err(|e| Status::precondition(format!("etcd cluster {cluster}: client TLS ca.crt: {e}")))?;
-        let ca: Vec<_> = ca
-            .iter()
-            .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
-            .collect();
-        let client = crate::kube::client_cert(&tls.cert, &tls.key)
+        let client = lifeboat::tls::ureq_client_cert(&tls.cert, &tls.key)
             .map_err(|e| Status::precondition(format!("etcd cluster {cluster}: client TLS tls.crt/tls.key: {e}")))?;
         let tls = ureq::tls::TlsConfig::builder()
-            .root_certs(ureq::tls::RootCerts::new_with_certs(&ca))
+            .root_certs(ca)
             .client_cert(Some(client))
             .build();
         let agent = ureq::Agent::config_builder()

@@ -98,20 +98,8 @@ pub fn parse_volume_id(id: &str) -> Result<VolumeId, Status> {
     })
 }
 
-/// RFC 1123 label: lower-case alphanumerics and '-', 1..=63, alphanumeric at both ends.
-pub fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-/// RFC 1123 subdomain: dot-separated labels, at most 253 bytes.
-pub fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
-}
+// The Kubernetes name rules are lifeboat's, shared with the hook.
+pub use lifeboat::names::{is_dns_label, is_dns_subdomain};
 
 /// The CSI driver name rule: `^[a-zA-Z][A-Za-z0-9-._]{0,61}[a-zA-Z]$`.
 pub fn is_valid_driver_name(s: &str) -> bool {
@@ -124,26 +112,7 @@ pub fn is_valid_driver_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
 }
 
-/// A qualified label key: optional DNS-subdomain prefix and `/`, then a name of at most 63
-/// characters (alphanumerics, `-`, `_`, `.`; alphanumeric at both ends).
-pub fn is_label_key(key: &str) -> bool {
-    let (prefix, name) = match key.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, key),
-    };
-    if let Some(p) = prefix {
-        if !is_dns_subdomain(p) {
-            return false;
-        }
-    }
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-}
+pub use lifeboat::names::is_label_key;
 
 #[cfg(test)]
 mod tests {
@@ -206,15 +175,5 @@ mod tests {
             assert!(!is_valid_driver_name(bad), "{bad}");
         }
         assert!(is_valid_driver_name(&"a".repeat(63)));
-    }
-
-    #[test]
-    fn label_keys() {
-        for ok in ["etcd.io/cluster", "cluster", "example.com/a_b"] {
-            assert!(is_label_key(ok), "{ok}");
-        }
-        for bad in ["", "/x", "etcd.io/", "Etc_d.io/x", "a/b/c", &"k".repeat(64)] {
-            assert!(!is_label_key(bad), "{bad}");
-        }
     }
 }

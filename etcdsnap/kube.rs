@@ -234,12 +234,7 @@ impl Kube {
     ) -> Result<Kube, String> {
         let mut tls = ureq::tls::TlsConfig::builder();
         if let Some(ca) = ca_pem {
-            let certs = lifeboat::tls::certs_from_pem(ca).map_err(|e| format!("API server CA: {e}"))?;
-            let certs: Vec<_> = certs
-                .iter()
-                .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
-                .collect();
-            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+            tls = tls.root_certs(lifeboat::tls::ureq_roots(ca).map_err(|e| format!("API server CA: {e}"))?);
         }
         if let Some((cert, key)) = client {
             tls = tls.client_cert(Some(
@@ -537,24 +532,12 @@ impl Kube {
 
 /// A ureq client certificate from PEM chain and key (any of PKCS#8, PKCS#1, SEC1).
 pub fn client_cert(cert_pem: &[u8], key_pem: &[u8]) -> Result<ureq::tls::ClientCert, String> {
-    let chain = lifeboat::tls::certs_from_pem(cert_pem)?;
-    let chain: Vec<_> = chain
-        .iter()
-        .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
-        .collect();
-    // Validated with our loader first, whose errors never echo key material.
-    lifeboat::tls::key_from_pem(key_pem)?;
-    let key = ureq::tls::PrivateKey::from_pem(key_pem)
-        .map_err(|_| "no usable PRIVATE KEY block (PKCS#8, RSA or EC) found".to_string())?;
-    Ok(ureq::tls::ClientCert::new_with_certs(&chain, key))
+    lifeboat::tls::ureq_client_cert(cert_pem, key_pem)
 }
 
 /// Decodes standard base64 (with padding), as used in kubeconfig `*-data` fields.
 pub fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
-    // k8s-openapi's ByteString is exactly "bytes carried as base64 in JSON".
-    serde_json::from_value::<k8s_openapi::ByteString>(Value::String(text.trim().to_string()))
-        .map(|b| b.0)
-        .map_err(|_| "not valid base64".to_string())
+    lifeboat::base64::decode(text)
 }
 
 /// What the current kubeconfig context says.

@@ -173,60 +173,13 @@ fn host_ok(host: &str) -> bool {
     if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         return inner.parse::<std::net::Ipv6Addr>().is_ok();
     }
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    !host.is_empty() && host.len() <= 253 && host.split('.').all(label_ok)
+    lifeboat::s3::endpoint::is_host_name(host)
 }
 
-/// An S3 endpoint URL as Litestream (Go's `net/url`, the AWS SDK) uses it:
-/// `http(s)://host[:port][/path]`, a host that is not empty, a port from 1 to 65535, no
-/// credentials (they belong in the Secret), no query or fragment.
+/// An S3 endpoint URL as Litestream (Go's `net/url`, the AWS SDK) uses it: lifeboat's one
+/// endpoint rule (`http(s)://host[:port][/path]`, no credentials, no query or fragment).
 pub fn check_endpoint(s: &str) -> Result<(), String> {
-    const WHY: &str = "must be an http:// or https:// URL such as http://minio.storage:9000 (host, optional port 1-65535, no user:password@)";
-    if s.len() > 2048 {
-        return Err(WHY.into());
-    }
-    let rest = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"))
-        .ok_or(WHY)?;
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    if authority.contains('@') || s.contains(['?', '#']) {
-        return Err(WHY.into());
-    }
-    let (host, port) = if authority.starts_with('[') {
-        let end = authority.find(']').ok_or(WHY)?;
-        let after = &authority[end + 1..];
-        let port = match after.strip_prefix(':') {
-            Some(p) => Some(p),
-            None if after.is_empty() => None,
-            None => return Err(WHY.into()),
-        };
-        (&authority[..=end], port)
-    } else {
-        match authority.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
-    };
-    let port_ok = port.is_none_or(|p| {
-        !p.is_empty()
-            && p.len() <= 5
-            && p.bytes().all(|b| b.is_ascii_digit())
-            && (1..=65535).contains(&p.parse::<u32>().unwrap_or(0))
-    });
-    let path_ok = path
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-._~/%!$&()*+,;=:".contains(c));
-    if !host_ok(host) || !port_ok || !path_ok {
-        return Err(WHY.into());
-    }
-    Ok(())
+    lifeboat::s3::endpoint::check(s)
 }
 
 /// Text that YAML (Litestream's config parser) accepts: no control characters and no
@@ -238,33 +191,15 @@ pub fn yaml_printable(s: &str) -> bool {
     })
 }
 
-/// An S3 bucket name: 3 to 63 lower-case letters, digits, dots and hyphens.
+/// An S3 bucket name: 3 to 63 lower-case letters, digits, dots and hyphens (AWS's rule for
+/// DNS-compatible names; see `lifeboat::s3::bucket` for why s3sync's rule is wider).
 pub fn check_bucket(s: &str) -> Result<(), String> {
-    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-';
-    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    if !(3..=63).contains(&s.len())
-        || !s.chars().all(ok_char)
-        || !edge_ok(s.chars().next())
-        || !edge_ok(s.chars().last())
-    {
-        return Err("must be an S3 bucket name: 3 to 63 lower-case letters, digits, '.' and '-'".into());
-    }
-    Ok(())
+    lifeboat::s3::bucket::check_dns_compatible(s)
 }
 
 /// A Kubernetes object name (RFC 1123 subdomain), as a Secret name must be.
 pub fn check_dns_subdomain(s: &str) -> Result<(), String> {
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if s.is_empty() || s.len() > 253 || !s.split('.').all(label_ok) {
-        return Err("must be a Kubernetes object name (lower-case letters, digits, '-' and '.')".into());
-    }
-    Ok(())
+    lifeboat::names::check_dns_subdomain(s)
 }
 
 /// A region name such as `us-east-1`.
@@ -437,34 +372,6 @@ mod tests {
             "x:tag with space",
         ] {
             assert!(check_image(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn endpoints() {
-        for ok in [
-            "http://minio.storage:9000",
-            "https://s3.example.com",
-            "http://10.0.0.1:65535/base",
-            "http://[::1]:9000",
-            "http://minio_1:9000",
-        ] {
-            assert!(check_endpoint(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "http://@",
-            "http://user:pass@host",
-            "http://host:99999",
-            "http://host:0",
-            "http://host:",
-            "http://:9000",
-            "http://",
-            "ftp://x",
-            "http://x?y=1",
-            "http://[::1",
-            "http://x\"; rm",
-        ] {
-            assert!(check_endpoint(bad).is_err(), "{bad}");
         }
     }
 

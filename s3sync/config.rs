@@ -421,41 +421,16 @@ fn positive_duration(env: &mut Env, var: &str, default: Duration) -> Duration {
     d
 }
 
-/// An endpoint must be an `http://` or `https://` URL with a host and no credentials.
+/// An endpoint must be an `http://` or `https://` URL with a host and no credentials
+/// (lifeboat's one endpoint rule).
 fn check_endpoint(url: &str) -> Result<(), String> {
-    // The scheme is case-insensitive (RFC 3986; Go's URL parser, rclone's, agrees).
-    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
-    let rest = if lower.starts_with("https://") {
-        &url[8..]
-    } else if lower.starts_with("http://") {
-        &url[7..]
-    } else {
-        return Err("expected a URL starting with http:// or https://".into());
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if authority.contains('@') {
-        return Err("must not contain credentials (user:password@); use the ACCESS_KEY/SECRET_KEY variables".into());
-    }
-    if authority.is_empty() || authority.contains(char::is_whitespace) {
-        return Err("expected a URL with a host, such as https://s3.example.com".into());
-    }
-    Ok(())
+    lifeboat::s3::endpoint::check(url)
 }
 
-/// Bucket names: 1 to 255 of letters, digits, `.`, `-`, `_` (wider than AWS's rules, to
-/// allow providers such as Ceph; what no provider allows is rejected).
+/// Bucket names: any an S3-compatible store may hold (wider than AWS's rules, to allow
+/// legacy and Ceph names; see `lifeboat::s3::bucket` for why s3sync and the hook differ).
 fn check_bucket(name: &str) -> Result<(), String> {
-    if name.len() > 255
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-    {
-        return Err(
-            "expected a bucket name (letters, digits, '.', '-', '_'; no '/'; use the PREFIX variable for a path)"
-                .into(),
-        );
-    }
-    Ok(())
+    lifeboat::s3::bucket::check_existing(name)
 }
 
 /// A key prefix: leading and trailing `/` are dropped; `.`/`..` segments and empty
@@ -690,6 +665,22 @@ mod tests {
         let err = read(&[("SOURCE_S3_ENDPOINT", "https://user:hunter2@s3.example.com")]).unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
         assert!(err.to_string().contains("SOURCE_S3_ENDPOINT"));
+    }
+
+    #[test]
+    fn endpoints_follow_the_one_rule_the_hook_follows_too() {
+        // A port out of range or a query used to pass here and fail later inside rclone.
+        for bad in [
+            "http://s3.example.com:99999",
+            "https://s3.example.com/?x=1",
+            "http://:9000",
+        ] {
+            let err = read(&[("SOURCE_S3_ENDPOINT", bad)]).unwrap_err();
+            assert!(
+                err.problems.iter().any(|p| p.var == "SOURCE_S3_ENDPOINT"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -6,12 +6,14 @@
 //!   and the schema those reads declare (`--print-config-schema`).
 //! - [`names`]: Kubernetes name rules (DNS labels).
 //! - [`shutdown`]: SIGTERM/SIGINT turned into a flag threads can wait on.
-//! - [`tls`]: loading PEM certificates and keys for rustls, with errors that name the file.
+//! - [`tls`]: loading PEM certificates and keys for rustls and ureq, with errors that name the file.
+//! - [`base64`]: standard base64 (AdmissionReview patches, Secret and kubeconfig data).
 //! - [`metrics`]: a small Prometheus registry and its text format.
 //! - [`ops_http`]: the plain-HTTP `/metrics`, `/healthz`, `/readyz` endpoint of the servers.
 
 #![forbid(unsafe_code)]
 
+pub mod base64;
 pub mod env;
 pub mod log;
 pub mod metrics;

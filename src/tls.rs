@@ -37,6 +37,28 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError>
     certs_from_pem(&bytes).map_err(|what| error(path, what))
 }
 
+/// ureq's trust roots: exactly the certificates in PEM text (at least one).
+pub fn ureq_roots(ca_pem: &[u8]) -> Result<ureq::tls::RootCerts, String> {
+    let certs: Vec<_> = certs_from_pem(ca_pem)?
+        .iter()
+        .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+        .collect();
+    Ok(ureq::tls::RootCerts::new_with_certs(&certs))
+}
+
+/// A ureq client certificate from a PEM chain and a PEM private key (PKCS#8, RSA or EC).
+/// The key is checked with [`key_from_pem`] first, whose errors never echo key material.
+pub fn ureq_client_cert(cert_pem: &[u8], key_pem: &[u8]) -> Result<ureq::tls::ClientCert, String> {
+    let chain: Vec<_> = certs_from_pem(cert_pem)?
+        .iter()
+        .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+        .collect();
+    key_from_pem(key_pem)?;
+    let key = ureq::tls::PrivateKey::from_pem(key_pem)
+        .map_err(|_| "no usable PRIVATE KEY block (PKCS#8, RSA or EC) found".to_string())?;
+    Ok(ureq::tls::ClientCert::new_with_certs(&chain, key))
+}
+
 /// Every certificate in PEM text; at least one.
 pub fn certs_from_pem(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_slice_iter(bytes)
@@ -98,5 +120,22 @@ mod tests {
             "{missing}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn ureq_settings_from_pem() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["etcd.example".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+        assert!(ureq_roots(cert_pem.as_bytes()).is_ok());
+        assert!(ureq_client_cert(cert_pem.as_bytes(), key_pem.as_bytes()).is_ok());
+        assert_eq!(ureq_roots(b"").err().unwrap(), "no CERTIFICATE block found");
+        assert!(ureq_client_cert(key_pem.as_bytes(), key_pem.as_bytes()).is_err());
+        let broken = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n";
+        let err = ureq_client_cert(cert_pem.as_bytes(), broken.as_bytes()).err().unwrap();
+        assert!(err.contains("PRIVATE KEY") && !err.contains("c2VjcmV0"), "{err}");
     }
 }

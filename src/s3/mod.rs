@@ -8,11 +8,13 @@
 //! timeouts, a response body limit, the number of objects a listing may hold, and a deadline
 //! for the whole listing.
 //!
-//! - [`endpoint`]: an endpoint URL normalised to the server it reaches.
+//! - [`bucket`]: bucket name rules (existing buckets of any provider; DNS-compatible ones).
+//! - [`endpoint`]: the endpoint URL rule, and a URL normalised to the server it reaches.
 //! - [`sigv4`]: the signature.
 //! - [`xml`]: reading S3's XML answers.
 //! - [`client`]: the requests.
 
+pub mod bucket;
 pub mod client;
 pub mod endpoint;
 pub mod proxy;

@@ -48,6 +48,26 @@ fn configuration_problems_are_all_reported_at_once() {
 }
 
 #[test]
+fn a_secret_name_with_a_label_over_63_bytes_is_refused() {
+    // Kubernetes refuses such a Secret name (every label of a subdomain is at most 63 bytes);
+    // the hook used to accept it and inject Pods that could never start.
+    let long = format!("{}.example", "a".repeat(64));
+    let out = hook().env("DEFAULT_SECRET", &long).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let error = last_log(&out.stderr)["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("DEFAULT_SECRET: must be a Kubernetes object name"),
+        "{error}"
+    );
+    let fine = hook()
+        .env("DEFAULT_SECRET", format!("{}.example", "a".repeat(63)))
+        .output()
+        .unwrap();
+    let error = last_log(&fine.stderr)["error"].as_str().unwrap().to_string();
+    assert!(!error.contains("DEFAULT_SECRET"), "{error}");
+}
+
+#[test]
 fn unreadable_certificates_stop_start_up_naming_the_file() {
     let dir = support::temp_dir("hook-cli");
     let cert = support::write_file(dir.path(), "tls.crt", "not a certificate");

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import signal
 import socket
@@ -144,6 +145,17 @@ class Driver:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def unreachable_kubeconfig(path: Path) -> Path:
+    """Writes a kubeconfig whose API server never answers (port 9 on 127.0.0.1): etcdsnap
+    serves CSI and /metrics all the same (its monitor and readiness check retry)."""
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:9", "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "u", "user": {"token": "not-a-token"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u", "namespace": "default"}}]}))
+    return path
 
 
 @contextlib.contextmanager

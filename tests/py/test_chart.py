@@ -1202,7 +1202,7 @@ def test_the_binaries_start_with_the_charts_env_and_args_and_serve_its_probes(he
     readiness path exists (etcdsnap's is 503 while no API server answers)."""
     import tempfile
 
-    from etcdsnap_driver import free_port, scrubbed_env
+    from etcdsnap_driver import free_port, scrubbed_env, unreachable_kubeconfig
     from pki import make_ca
     from waiting import wait_for
 
@@ -1220,13 +1220,7 @@ def test_the_binaries_start_with_the_charts_env_and_args_and_serve_its_probes(he
         env.update({"LISTEN_ADDR": f"127.0.0.1:{free_port()}", "TLS_CERT_FILE": str(cert),
                     "TLS_KEY_FILE": str(key), "SOCKET_DIR": str(short)})
     else:
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "c",
-            "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:9", "insecure-skip-tls-verify": True}}],
-            "users": [{"name": "u", "user": {"token": "not-a-token"}}],
-            "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u", "namespace": "default"}}]}))
-        env["KUBECONFIG"] = str(kubeconfig)
+        env["KUBECONFIG"] = str(unreachable_kubeconfig(tmp_path / "kubeconfig"))
         # the chart's socket folder is the pod's emptyDir; here it is a temporary one
         args = [re.sub(r"unix:///\S*/", f"unix://{short}/", a) for a in args]
         assert args and all(a.startswith(f"--endpoint=unix://{short}/") for a in args), args

@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from etcdsnap_driver import free_port, running_driver, scrubbed_env
+from etcdsnap_driver import free_port, running_driver, scrubbed_env, unreachable_kubeconfig
 from test_chart import CHART, NAMESPACE, SCENARIOS, by_kind, helm, one, render, selector_matches  # noqa: F401
 from waiting import wait_for
 
@@ -69,12 +69,7 @@ def exported(bin_dir, tmp_path_factory, stubs):
         hook.terminate()
         hook.wait(timeout=30)
     # etcdsnap serves /metrics whether or not an API server answers; none is needed for the names
-    kubeconfig = work / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:9", "insecure-skip-tls-verify": True}}],
-        "users": [{"name": "u", "user": {"token": "not-a-token"}}],
-        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u", "namespace": "default"}}]}))
+    kubeconfig = unreachable_kubeconfig(work / "kubeconfig")
     with running_driver(bin_dir, work / "etcdsnap", kubeconfig, stubs) as driver:
         names |= scrape(driver.metrics_port)
     assert any(n.startswith("hook_") for n in names) and any(n.startswith("etcdsnap_") for n in names), names
