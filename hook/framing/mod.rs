@@ -13,9 +13,20 @@
 //! API server's `?timeout=` when shorter. A request not complete by then is answered 408; a
 //! complete one carries the deadline to the HTTP layer in the [`DEADLINE_HEADER`] (any
 //! client-sent header of that name is dropped), which answers 504 instead of working past it.
+//!
+//! Here: the [`Framer`] (the state machine); `head`: the request line and headers; `chunked`:
+//! chunked bodies.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+mod chunked;
+mod head;
+
+use chunked::dechunk;
+#[cfg(test)]
+use head::api_timeout;
+use head::{head_too_large, parse};
 
 /// The header carrying a request's deadline to the HTTP layer: microseconds since [`epoch`].
 pub const DEADLINE_HEADER: &str = "x-lifeboat-deadline-us";
@@ -238,229 +249,6 @@ impl Framer {
         }
         let started = self.started.unwrap_or(now);
         parse(&self.buf[..end], len, started, &self.limits).map(Some)
-    }
-}
-
-fn head_too_large(max: usize) -> Reject {
-    Reject {
-        status: 431,
-        kind: "header_too_large",
-        message: format!("request head larger than {max} bytes\n"),
-        discard: 0,
-    }
-}
-
-fn bad(message: impl Into<String>) -> Reject {
-    Reject {
-        status: 400,
-        kind: "bad_request",
-        message: message.into(),
-        discard: 0,
-    }
-}
-
-/// Checks a complete head (`raw`, without the final CRLFCRLF) and rewrites it.
-fn parse(raw: &[u8], len: usize, started: Instant, limits: &Limits) -> Result<Head, Reject> {
-    let mut lines = raw.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let request_line = lines.next().unwrap_or(b"");
-    let request_line = std::str::from_utf8(request_line)
-        .ok()
-        .filter(|l| l.is_ascii() && !l.bytes().any(|b| b.is_ascii_control()))
-        .ok_or_else(|| bad("malformed request line\n"))?;
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad("malformed request line\n"));
-    };
-    if method.is_empty() || !method.bytes().all(is_token) || target.is_empty() {
-        return Err(bad("malformed request line\n"));
-    }
-    if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return Err(Reject {
-            status: 505,
-            kind: "bad_request",
-            message: "only HTTP/1.1 and HTTP/1.0 are served\n".into(),
-            discard: 0,
-        });
-    }
-    let mut out = Vec::with_capacity(len + 64);
-    out.extend_from_slice(request_line.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut expect_continue = false;
-    for line in lines {
-        if line.first().is_some_and(|&b| b == b' ' || b == b'\t') {
-            return Err(bad("obsolete line folding in the request head\n"));
-        }
-        let colon = line
-            .iter()
-            .position(|&b| b == b':')
-            .ok_or_else(|| bad("a header line without ':'\n"))?;
-        let name = &line[..colon];
-        if name.is_empty() || !name.iter().copied().all(is_token) {
-            return Err(bad("a header name is not a token\n"));
-        }
-        let value = trim(&line[colon + 1..]);
-        if value.iter().any(|&b| b >= 0x80 || (b.is_ascii_control() && b != b'\t')) {
-            return Err(bad(format!(
-                "the value of header {} is not printable ASCII\n",
-                String::from_utf8_lossy(name)
-            )));
-        }
-        let name_str = std::str::from_utf8(name).expect("tokens are ASCII");
-        let value_str = std::str::from_utf8(value).expect("checked ASCII");
-        if name_str.eq_ignore_ascii_case("content-length") {
-            // Go's server: several values are refused unless they are all the same.
-            for v in value_str.split(',').map(str::trim) {
-                let n: u64 = v
-                    .parse()
-                    .ok()
-                    .filter(|_| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                    .ok_or_else(|| bad("invalid Content-Length\n"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(bad("conflicting Content-Length headers\n"));
-                }
-                length = Some(n);
-            }
-            continue;
-        }
-        if name_str.eq_ignore_ascii_case("transfer-encoding") {
-            if !value_str.eq_ignore_ascii_case("chunked") || chunked {
-                return Err(Reject {
-                    status: 501,
-                    kind: "bad_request",
-                    message: "only Transfer-Encoding: chunked is supported\n".into(),
-                    discard: 0,
-                });
-            }
-            chunked = true;
-            continue;
-        }
-        if name_str.eq_ignore_ascii_case("expect") {
-            if value_str.eq_ignore_ascii_case("100-continue") {
-                expect_continue = true;
-                continue;
-            }
-            return Err(Reject {
-                status: 417,
-                kind: "bad_request",
-                message: "only Expect: 100-continue is supported\n".into(),
-                discard: 0,
-            });
-        }
-        if name_str.eq_ignore_ascii_case(DEADLINE_HEADER) {
-            continue;
-        }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    }
-    if chunked && length.is_some() {
-        return Err(bad("both Transfer-Encoding and Content-Length\n"));
-    }
-    if let Some(n) = length.filter(|&n| n > limits.max_body as u64) {
-        return Err(Reject {
-            status: 413,
-            kind: "too_large",
-            message: format!("request body larger than {} bytes\n", limits.max_body),
-            discard: n,
-        });
-    }
-    let timeout = api_timeout(target).map_or(limits.request_timeout, |t| t.min(limits.request_timeout));
-    Ok(Head {
-        lines: out,
-        len,
-        body: if chunked {
-            Body::Chunked
-        } else {
-            Body::Length(length.unwrap_or(0) as usize)
-        },
-        deadline: started + timeout,
-        expect_continue: expect_continue && (chunked || length.unwrap_or(0) > 0),
-    })
-}
-
-/// The `timeout` query parameter the API server appends (`/mutate?timeout=10s`).
-pub fn api_timeout(target: &str) -> Option<Duration> {
-    let query = target.split_once('?')?.1;
-    let value = query.split('&').find_map(|kv| kv.strip_prefix("timeout="))?;
-    crate::annotations::parse_go_duration(value)
-        .ok()
-        .map(|t| t.min(MAX_API_TIMEOUT))
-}
-
-fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-fn trim(mut v: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = v {
-        v = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = v {
-        v = rest;
-    }
-    v
-}
-
-/// Decodes a chunked body from the start of `data` into `body`, going on from `at` (each
-/// complete chunk is decoded once, however the bytes trickle in): `Ok(None)` until it is
-/// complete, then the bytes it took (trailers included, and dropped).
-fn dechunk(data: &[u8], body: &mut Vec<u8>, done: &mut usize, max_body: usize) -> Result<Option<usize>, Reject> {
-    let mut at = *done;
-    loop {
-        *done = at;
-        let Some(line) = line_at(data, at)? else {
-            return Ok(None);
-        };
-        let size_text = std::str::from_utf8(line.split(|&b| b == b';').next().unwrap_or(b""))
-            .map_err(|_| bad("invalid chunk size\n"))?
-            .trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .ok()
-            .filter(|_| !size_text.is_empty() && size_text.len() <= 16)
-            .ok_or_else(|| bad("invalid chunk size\n"))?;
-        at += line.len() + 2;
-        if size == 0 {
-            // Trailers, up to an empty line.
-            loop {
-                let Some(trailer) = line_at(data, at)? else {
-                    return Ok(None);
-                };
-                at += trailer.len() + 2;
-                if trailer.is_empty() {
-                    return Ok(Some(at));
-                }
-            }
-        }
-        if body.len().saturating_add(size) > max_body {
-            return Err(Reject {
-                status: 413,
-                kind: "too_large",
-                message: format!("request body larger than {max_body} bytes\n"),
-                discard: max_body as u64,
-            });
-        }
-        if data.len() < at + size + 2 {
-            return Ok(None);
-        }
-        if &data[at + size..at + size + 2] != b"\r\n" {
-            return Err(bad("a chunk is not followed by CRLF\n"));
-        }
-        body.extend_from_slice(&data[at..at + size]);
-        at += size + 2;
-    }
-}
-
-/// The line starting at `at` (without its CRLF), `None` until its CRLF has arrived.
-fn line_at(data: &[u8], at: usize) -> Result<Option<&[u8]>, Reject> {
-    let rest = &data[at.min(data.len())..];
-    match rest.windows(2).take(MAX_LINE + 1).position(|w| w == b"\r\n") {
-        Some(end) => Ok(Some(&rest[..end])),
-        None if rest.len() > MAX_LINE => Err(bad("a chunk-size or trailer line is too long\n")),
-        None => Ok(None),
     }
 }
 
