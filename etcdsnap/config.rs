@@ -35,6 +35,8 @@ pub struct EngineConfig {
     pub storage_class: Option<String>,
     /// Image with `/usr/local/bin/etcdctl` and `/usr/local/bin/etcdutl`.
     pub etcd_image: String,
+    /// etcdsnap's own image (`/usr/local/bin/etcdsnap`), for the export container.
+    pub export_image: String,
     /// Smallest per-snapshot PVC, in bytes.
     pub pvc_min_bytes: u64,
     /// Extra room over the etcd database size, in percent.
@@ -99,6 +101,9 @@ impl Config {
         let etcd_image = env
             .optional("ETCD_IMAGE")
             .unwrap_or_else(|| "registry.k8s.io/etcd:3.5.21-0".to_string());
+        let export_image = env
+            .optional("EXPORT_IMAGE")
+            .unwrap_or_else(|| format!("ghcr.io/kaidotio/lifeboat/etcdsnap:{}", env!("CARGO_PKG_VERSION")));
         let pvc_min_bytes = env.parse_with("PVC_MIN_SIZE", 1 << 30, parse_quantity);
         let pvc_headroom_percent = env.number_in("PVC_HEADROOM_PERCENT", 50u64, 0, 1000);
         let job_timeout = env.duration("JOB_TIMEOUT", Some(Duration::from_secs(600)));
@@ -138,6 +143,7 @@ impl Config {
                 cluster_label,
                 storage_class,
                 etcd_image,
+                export_image,
                 pvc_min_bytes,
                 pvc_headroom_percent,
                 job_timeout,

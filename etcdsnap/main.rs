@@ -3,7 +3,8 @@
 //! `etcdsnap [--endpoint unix:///csi/csi.sock]` serves the CSI Identity, Controller
 //! (snapshots only) and GroupController services on a Unix socket, next to the
 //! csi-snapshotter sidecar, plus `/metrics`, `/healthz` and `/ready` over HTTP.
-//! `etcdsnap restore …` prints or runs the Job that restores a snapshot (see `restore.rs`).
+//! `etcdsnap restore …` prints or runs the Job that restores a snapshot (see `restore.rs`);
+//! `etcdsnap export …` is the snapshot Job's upload step (`export.rs`).
 //!
 //! Reading order: `config` → `kube` (API client) → `discovery` (volume → etcd cluster) →
 //! `etcd` (health) → `job` (PVC + Job) → `metadata` (records) → `locks` → `lifecycle` (a
@@ -12,9 +13,11 @@
 
 mod config;
 mod controller;
+mod copies;
 mod discovery;
 mod engine;
 mod etcd;
+mod export;
 mod group_controller;
 mod grpc;
 mod identity;
@@ -42,10 +45,11 @@ use crate::kube::Kube;
 
 const USAGE: &str = "usage: etcdsnap [--endpoint unix:///csi/csi.sock]
        etcdsnap restore --help
+       etcdsnap export --help
 
 Serves the etcdsnap CSI driver. Configuration is read from the environment:
 CSI_ENDPOINT, DRIVER_NAME, METRICS_ADDR, METADATA_NAMESPACE, CLUSTER_LABEL, STORAGE_CLASS,
-ETCD_IMAGE, PVC_MIN_SIZE, PVC_HEADROOM_PERCENT, JOB_TIMEOUT, JOB_BACKOFF_LIMIT, ETCD_TIMEOUT,
+ETCD_IMAGE, EXPORT_IMAGE, PVC_MIN_SIZE, PVC_HEADROOM_PERCENT, JOB_TIMEOUT, JOB_BACKOFF_LIMIT, ETCD_TIMEOUT,
 POLL_INTERVAL, CREATE_WAIT, GRPC_THREADS, SHUTDOWN_GRACE, LOG_LEVEL (see docs/etcdsnap.md).";
 
 const KUBE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -55,8 +59,10 @@ const KUBE_READY: &str = "etcdsnap_kube_api_ready";
 fn main() {
     let level = lifeboat::log::init_from_env();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("restore") {
-        std::process::exit(restore::main(&args[1..]));
+    match args.first().map(String::as_str) {
+        Some("restore") => std::process::exit(restore::main(&args[1..])),
+        Some("export") => std::process::exit(export::main(&args[1..])),
+        _ => {}
     }
     let endpoint = match parse_args(&args) {
         Ok(Some(e)) => e,
