@@ -4,7 +4,8 @@
 //! (snapshots only) and GroupController services on a Unix socket, next to the
 //! csi-snapshotter sidecar, plus `/metrics`, `/healthz` and `/ready` over HTTP.
 //! `etcdsnap restore …` prints or runs the Job that restores a snapshot (see `restore.rs`);
-//! `etcdsnap export …` is the snapshot Job's upload step (`export.rs`).
+//! `etcdsnap restore --from-s3 …` restores from its S3 copy (`restore_s3.rs`); `etcdsnap
+//! export …` is the snapshot Job's upload step (`export.rs`).
 //!
 //! Reading order: `config` → `kube` (API client) → `discovery` (volume → etcd cluster) →
 //! `etcd` (health) → `job` (PVC + Job) → `metadata` (records) → `locks` → `lifecycle` (a
@@ -30,6 +31,7 @@ mod metadata;
 mod params;
 mod proto;
 mod restore;
+mod restore_s3;
 mod status;
 
 use std::sync::{Arc, Mutex};
@@ -60,6 +62,7 @@ fn main() {
     let level = lifeboat::log::init_from_env();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
+        Some("restore") if restore_s3::wanted(&args[1..]) => std::process::exit(restore_s3::main(&args[1..])),
         Some("restore") => std::process::exit(restore::main(&args[1..])),
         Some("export") => std::process::exit(export::main(&args[1..])),
         _ => {}

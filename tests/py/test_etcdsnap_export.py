@@ -152,3 +152,92 @@ def test_missing_keys_secret_is_refused_before_anything_is_made(driver, kube, vo
     assert kube.objects("jobs", NS) == [] and kube.objects("persistentvolumeclaims", NS) == [
         o for o in kube.objects("persistentvolumeclaims", NS) if not o["metadata"]["name"].startswith("etcdsnap-")]
 
+
+def restore_argv(bin_dir, endpoint, key, out_dir, peer, **extra):
+    argv = [str(bin_dir / "etcdsnap"), "restore", "--from-s3", f"s3://{BUCKET}/{key}", "--endpoint", endpoint,
+            "--output", str(out_dir / "snapshot.db"), "--data-dir", str(out_dir / "data"), "--name", "r0",
+            "--initial-cluster", f"r0=http://127.0.0.1:{peer}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}"]
+    for k, v in extra.items():
+        argv += [f"--{k.replace('_', '-')}", v]
+    return argv
+
+
+def test_restore_from_the_copy_checks_sha256_first(tmp_path, driver, kube, etcd_cluster, volume, stubs, bin_dir):
+    """Issue 9: `etcdsnap restore --from-s3` with the cluster gone: the copy's SHA-256 is checked
+    before etcdutl runs; a damaged copy is a clear error and nothing is restored."""
+    import subprocess
+
+    from etcdsnap_driver import free_port
+    from etcd_cluster import scrubbed_env
+
+    pb2, _ = stubs
+    tools = etcd_cluster.tools
+    expected = {f"/s3-restore/k{i}": f"v{i}" for i in range(30)}
+    for k, v in expected.items():
+        etcd_cluster.put(k, v)
+    with s3_server("rclone", tools, tmp_path / "s3") as s3:
+        s3.make_bucket(BUCKET)
+        put_keys_secret(kube)
+        params = export_params(s3.endpoint, exportRetention="retain")
+        content = Sidecar(driver, pb2).create_snapshot("snap-restore", volume, params, budget=120)
+        sid = content.snapshot_handle
+        etcd_cluster.put("/s3-restore/after-snapshot", "must not be restored")
+        want = record(kube, sid)["export"]["sha256"]
+        key = f"{NS}/main/{sid}.db"
+        # The cluster is lost: the snapshot, its PVC and its record go; the copy stays.
+        driver.controller.DeleteSnapshot(pb2.DeleteSnapshotRequest(snapshot_id=sid), timeout=30)
+        assert record(kube, sid) is None and s3.keys(BUCKET) == [key]
+        env = scrubbed_env({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY})
+        peer, client = free_port(), free_port()
+
+        good = tmp_path / "good"
+        good.mkdir()
+        run = subprocess.run(restore_argv(bin_dir, s3.endpoint, key, good, peer, sha256=want,
+                                          etcdutl=str(tools / "etcdutl")),
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert f"SHA-256 {want} checked" in run.stdout and SECRET_KEY not in run.stdout + run.stderr
+        assert sha256(good / "snapshot.db") == want
+        proc = subprocess.Popen([str(tools / "etcd"), "--name", "r0", "--data-dir", str(good / "data"),
+                                 "--listen-client-urls", f"http://127.0.0.1:{client}",
+                                 "--advertise-client-urls", f"http://127.0.0.1:{client}",
+                                 "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                                 "--initial-cluster", f"r0=http://127.0.0.1:{peer}"],
+                                stdout=subprocess.DEVNULL, stderr=open(tmp_path / "restored-etcd.log", "wb"))
+        try:
+            def keys():
+                out = subprocess.run([str(tools / "etcdctl"), f"--endpoints=http://127.0.0.1:{client}", "get",
+                                      "/s3-restore/", "--prefix", "-w", "json"], capture_output=True, text=True,
+                                     timeout=10, env=scrubbed_env())
+                if out.returncode != 0:
+                    return None
+                kvs = json.loads(out.stdout).get("kvs", [])
+                return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv["value"]).decode() for kv in kvs}
+            assert wait_for(keys, 30, "the restored etcd to answer") == expected
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+        # The copy is damaged in the bucket (one byte changed, its metadata kept): refused
+        # before etcdutl runs, no file and no data dir left, with or without --sha256.
+        body = bytearray(s3.boto().get_object(Bucket=BUCKET, Key=key)["Body"].read())
+        body[len(body) // 2] ^= 0x01
+        s3.boto().put_object(Bucket=BUCKET, Key=key, Body=bytes(body), Metadata={"sha256": want})
+        for extra in ({"sha256": want}, {}):
+            bad = tmp_path / f"bad{len(extra)}"
+            bad.mkdir()
+            run = subprocess.run(restore_argv(bin_dir, s3.endpoint, key, bad, peer, etcdutl=str(tools / "etcdutl"),
+                                              **extra), env=env, capture_output=True, text=True, timeout=120)
+            assert run.returncode == 1, run.stdout
+            assert "is damaged: its SHA-256 is" in run.stderr and "nothing restored" in run.stderr, run.stderr
+            assert list(bad.iterdir()) == []
+        # A --sha256 that is not the copy's: refused before anything is fetched.
+        other = tmp_path / "other"
+        other.mkdir()
+        run = subprocess.run(restore_argv(bin_dir, s3.endpoint, key, other, peer, sha256="0" * 64,
+                                          etcdutl=str(tools / "etcdutl")), env=env, capture_output=True, text=True,
+                             timeout=60)
+        assert run.returncode == 1 and "differs from the copy's x-amz-meta-sha256" in run.stderr, run.stderr
+        assert list(other.iterdir()) == []
