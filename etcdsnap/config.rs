@@ -35,6 +35,8 @@ pub struct EngineConfig {
     pub storage_class: Option<String>,
     /// Image with `/usr/local/bin/etcdctl` and `/usr/local/bin/etcdutl`.
     pub etcd_image: String,
+    /// etcdsnap's own image (`/usr/local/bin/etcdsnap`), for the export container.
+    pub export_image: String,
     /// Smallest per-snapshot PVC, in bytes.
     pub pvc_min_bytes: u64,
     /// Extra room over the etcd database size, in percent.
@@ -95,6 +97,8 @@ impl Config {
             }
         }
         let etcd_image = env.string_or("ETCD_IMAGE", "registry.k8s.io/etcd:3.5.21-0");
+        let default_export_image = format!("ghcr.io/kaidotio/lifeboat/etcdsnap:{}", env!("CARGO_PKG_VERSION"));
+        let export_image = env.string_or("EXPORT_IMAGE", &default_export_image);
         let pvc_min_bytes = env.parse_or("PVC_MIN_SIZE", "1Gi", parse_quantity);
         let pvc_headroom_percent = env.number_in("PVC_HEADROOM_PERCENT", 50u64, 0, 1000);
         let job_timeout = env.duration("JOB_TIMEOUT", Some(Duration::from_secs(600)));
@@ -134,6 +138,7 @@ impl Config {
                 cluster_label,
                 storage_class,
                 etcd_image,
+                export_image,
                 pvc_min_bytes,
                 pvc_headroom_percent,
                 job_timeout,

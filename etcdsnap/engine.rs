@@ -34,7 +34,7 @@ use crate::job::{self, Plan};
 use crate::kube::{batch_path, core_path, Kube};
 use crate::lifecycle::failure_status;
 use crate::locks::KeyLocks;
-use crate::metadata::{GroupRecord, SnapshotRecord, State, Store, Time};
+use crate::metadata::{ExportRecord, GroupRecord, SnapshotRecord, State, Store, Time};
 use crate::params::{GroupConsistency, Member, Params};
 use crate::status::{truncate, Code, Status};
 
@@ -367,6 +367,11 @@ impl Engine {
 
     fn delete_snapshot_locked(&self, sid: &str) -> Result<(), Status> {
         if let Some(rec) = self.store.get::<SnapshotRecord>(sid)? {
+            // The copy first: the record is what names it.
+            if let Some(e) = rec.export.as_ref().filter(|e| !e.retain) {
+                crate::copies::delete_copy(&self.kube, &rec.namespace, e)
+                    .map_err(|s| s.context(format!("deleting snapshot {sid}")))?;
+            }
             self.remove_objects(&rec.namespace, &rec.object)?;
             self.store.delete(sid)?;
             log::info!(snapshot = sid, volume = rec.volume_id.as_str(); "snapshot deleted");
@@ -694,6 +699,22 @@ impl Engine {
             })?,
         };
         let ns = target.volume.namespace.clone();
+        let export = match &params.export {
+            Some(e) => {
+                crate::copies::check_secret(&self.kube, &ns, &e.secret)?;
+                Some(ExportRecord {
+                    target: e.target.clone(),
+                    key: format!("{}{}/{sid}.db", e.prefix, target.cluster_id()),
+                    secret: e.secret.clone(),
+                    part_size: e.part_size,
+                    retain: e.retain,
+                    sha256: None,
+                    size: None,
+                    parts: None,
+                })
+            }
+            None => None,
+        };
         let size = job::pvc_size(health.db_size, self.cfg.pvc_min_bytes, self.cfg.pvc_headroom_percent);
         let record = SnapshotRecord {
             id: sid.to_string(),
@@ -719,6 +740,7 @@ impl Engine {
             failure: None,
             reverify_attempts: 0,
             parameters: Some(params.given.clone()),
+            export: export.clone(),
         };
         if !self.store.create(&record)? {
             // Left over from an earlier attempt (another instance, or a crash): follow it.
@@ -738,6 +760,7 @@ impl Engine {
             size_bytes: size,
             storage_class: params.storage_class.clone(),
             trial_restore: params.trial_restore,
+            export: export.as_ref().map(ExportRecord::job_export),
         };
         let made = (|| -> Result<SnapshotRecord, Status> {
             let pvc_path = core_path(&ns, "persistentvolumeclaims", None);

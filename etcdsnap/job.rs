@@ -7,6 +7,11 @@
 //!    fails on a damaged file and prints hash, revision, key count and size, which the
 //!    driver reads from the container's log.
 //!
+//! 3. with an export (class parameters), `verify` becomes the last init container and the
+//!    container `export` (etcdsnap's own image) runs `etcdsnap export`, which uploads the file
+//!    to S3, reads it back and checks its SHA-256 (see `export`); the keys come from the
+//!    class's Secret as environment variables by reference.
+//!
 //! The PVC is sized from the database size plus headroom. Both objects carry etcdsnap's
 //! labels (driver, snapshot id, group id); the Job is owned by the PVC, so deleting the PVC
 //! garbage-collects the Job and its pods.
@@ -15,9 +20,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    Capabilities, Container, EnvVar, EnvVarSource, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements,
-    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
+    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -31,6 +37,9 @@ pub const TRIAL_RESTORE_CONTAINER: &str = "trial-restore";
 /// Where the trial restore writes (an emptyDir as large as the snapshot PVC).
 pub const SCRATCH_DIR: &str = "/scratch";
 pub const VERIFY_CONTAINER: &str = "verify";
+pub const EXPORT_CONTAINER: &str = "export";
+/// etcdsnap in its own image.
+pub const ETCDSNAP: &str = "/usr/local/bin/etcdsnap";
 /// Where the snapshot PVC is mounted in the Job, and the file in it.
 pub const SNAPSHOT_DIR: &str = "/snapshot";
 pub const SNAPSHOT_FILE: &str = "/snapshot/snapshot.db";
@@ -62,6 +71,18 @@ pub struct Plan {
     pub storage_class: Option<String>,
     /// Restore the file into a scratch folder before verifying it (class parameter).
     pub trial_restore: bool,
+    /// Copy the verified file to S3 (class parameters).
+    pub export: Option<JobExport>,
+}
+
+/// Where the export container uploads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobExport {
+    pub target: crate::export::Target,
+    pub key: String,
+    /// The Secret with the S3 keys.
+    pub secret: String,
+    pub part_size: u64,
 }
 
 /// The labels every object of one snapshot carries. All values are short ids.
@@ -236,6 +257,47 @@ fn trial_restore(plan: &Plan, cfg: &EngineConfig) -> (Container, Volume) {
     (container, scratch)
 }
 
+/// `etcdsnap export` of the verified file, the keys from the Secret by reference.
+fn export_container(e: &JobExport, cfg: &EngineConfig) -> Container {
+    let from_secret = |name: &str, optional: bool| EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: e.secret.clone(),
+                key: name.to_string(),
+                optional: Some(optional),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Container {
+        name: EXPORT_CONTAINER.to_string(),
+        image: Some(cfg.export_image.clone()),
+        command: Some(vec![ETCDSNAP.to_string()]),
+        args: Some(vec![
+            "export".to_string(),
+            format!("--file={SNAPSHOT_FILE}"),
+            format!("--endpoint={}", e.target.endpoint),
+            format!("--bucket={}", e.target.bucket),
+            format!("--key={}", e.key),
+            format!("--region={}", e.target.region),
+            format!("--path-style={}", e.target.path_style),
+            format!("--part-size={}", e.part_size),
+        ]),
+        env: Some(vec![
+            from_secret(crate::export::ENV_ACCESS_KEY, false),
+            from_secret(crate::export::ENV_SECRET_KEY, false),
+            from_secret(crate::export::ENV_SESSION_TOKEN, true),
+        ]),
+        volume_mounts: Some(vec![snapshot_mount(true)]),
+        resources: Some(small_resources()),
+        security_context: Some(hardened()),
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+        ..Default::default()
+    }
+}
+
 /// A Job that only verifies the file already on the PVC (named [`verify_job_name`]): used
 /// when the first Job succeeded but its pods, and with them the verify result, were gone
 /// before the driver read it.
@@ -264,7 +326,7 @@ fn job_object(
     cfg: &EngineConfig,
     pvc_uid: &str,
     name: &str,
-    init: Vec<Container>,
+    mut init: Vec<Container>,
     mut volumes: Vec<Volume>,
 ) -> Job {
     let labels = labels(&cfg.driver_name, &plan.snapshot_id, plan.group_id.as_deref());
@@ -284,6 +346,14 @@ fn job_object(
         security_context: Some(hardened()),
         termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         ..Default::default()
+    };
+    // With an export, the file is verified before it is uploaded.
+    let containers = match &plan.export {
+        Some(e) => {
+            init.push(verify);
+            vec![export_container(e, cfg)]
+        }
+        None => vec![verify],
     };
     volumes.insert(
         0,
@@ -335,7 +405,7 @@ fn job_object(
                         ..Default::default()
                     }),
                     init_containers: if init.is_empty() { None } else { Some(init) },
-                    containers: vec![verify],
+                    containers,
                     volumes: Some(volumes),
                     ..Default::default()
                 }),
@@ -549,6 +619,7 @@ mod tests {
             size_bytes: 3 << 30,
             storage_class: None,
             trial_restore: false,
+            export: None,
         }
     }
 
@@ -700,6 +771,38 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn export_runs_etcdsnap_after_verify_with_keys_by_reference() {
+        let mut p = plan();
+        p.export = Some(JobExport {
+            target: crate::export::Target {
+                endpoint: "https://s3.example:9000".into(),
+                bucket: "backups".into(),
+                region: "eu-west-1".into(),
+                path_style: true,
+            },
+            key: "etcd/main/s-1.db".into(),
+            secret: "s3-keys".into(),
+            part_size: 16 << 20,
+        });
+        for j in [job(&p, &cfg(), "uid-1"), verify_job(&p, &cfg(), "uid-1")] {
+            let v = serde_json::to_value(&j).unwrap();
+            let spec = &v["spec"]["template"]["spec"];
+            let init = spec["initContainers"].as_array().unwrap();
+            assert_eq!(init.last().unwrap()["name"], VERIFY_CONTAINER);
+            let c = &spec["containers"][0];
+            assert_eq!(spec["containers"].as_array().unwrap().len(), 1);
+            assert_eq!(c["name"], EXPORT_CONTAINER);
+            assert_eq!(c["command"][0], ETCDSNAP);
+            assert_eq!(c["image"], cfg().export_image);
+            assert!(c["args"].as_array().unwrap().contains(&"--key=etcd/main/s-1.db".into()));
+            assert_eq!(c["env"][0]["valueFrom"]["secretKeyRef"]["name"], "s3-keys");
+            assert_eq!(c["env"][2]["valueFrom"]["secretKeyRef"]["optional"], true);
+            assert!(c["env"].as_array().unwrap().iter().all(|e| e.get("value").is_none()));
+            assert_eq!(c["volumeMounts"][0]["readOnly"], true);
+        }
     }
 
     #[test]

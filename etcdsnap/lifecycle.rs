@@ -221,25 +221,49 @@ impl Engine {
                 );
             }
         }
-        for pod in pods.iter().rev().filter(|p| job::exited_ok(p, job::VERIFY_CONTAINER)) {
+        // With an export, a pod counts once its export step (the last) has succeeded.
+        let last_step = if rec.export.is_some() {
+            job::EXPORT_CONTAINER
+        } else {
+            job::VERIFY_CONTAINER
+        };
+        for pod in pods.iter().rev().filter(|p| job::exited_ok(p, last_step)) {
             let name = pod_name(pod).to_string();
-            let log_path = format!("{}/log", core_path(&rec.namespace, "pods", Some(&name)));
-            match self.kube.get_text(&log_path, &[("container", job::VERIFY_CONTAINER)]) {
-                Ok(Some(text)) => {
-                    return match job::parse_file_status(&text) {
-                        Ok(st) => self.succeed(&rec, st),
-                        Err(why) => self.fail(&rec, FailureKind::Unverified, why),
-                    }
-                }
+            let st = match self.container_log(&rec, &name, job::VERIFY_CONTAINER) {
+                Ok(Some(text)) => match job::parse_file_status(&text) {
+                    Ok(st) => st,
+                    Err(why) => return self.fail(&rec, FailureKind::Unverified, why),
+                },
                 Ok(None) => continue,
-                Err(e) => {
-                    log::warn!(snapshot = rec.id.as_str(), pod = name.as_str(), error = e.message.as_str();
-                        "reading the verify log; will retry");
-                    return Ok(rec);
-                }
-            }
+                Err(()) => return Ok(rec),
+            };
+            let exported = match &rec.export {
+                None => None,
+                Some(e) => match self.container_log(&rec, &name, job::EXPORT_CONTAINER) {
+                    Ok(Some(text)) => match crate::export::parse_result(&text) {
+                        Ok(x) if x.key == e.key => Some(x),
+                        Ok(x) => {
+                            let why = format!("the export reports key {:?}, the record {:?}", x.key, e.key);
+                            return self.fail(&rec, FailureKind::Unverified, why);
+                        }
+                        Err(why) => return self.fail(&rec, FailureKind::Unverified, why),
+                    },
+                    Ok(None) => continue,
+                    Err(()) => return Ok(rec),
+                },
+            };
+            return self.succeed(&rec, st, exported);
         }
         self.reverify(rec)
+    }
+
+    /// The log of `container` in pod `pod`: `Err` (logged, to retry later) on an API error.
+    fn container_log(&self, rec: &SnapshotRecord, pod: &str, container: &str) -> Result<Option<String>, ()> {
+        let log_path = format!("{}/log", core_path(&rec.namespace, "pods", Some(pod)));
+        self.kube.get_text(&log_path, &[("container", container)]).map_err(|e| {
+            log::warn!(snapshot = rec.id.as_str(), pod = pod, container = container, error = e.message.as_str();
+                "reading the {container} log; will retry");
+        })
     }
 
     /// The Job succeeded but no pod shows its result any more: verify the file on the PVC
@@ -293,6 +317,7 @@ impl Engine {
                     size_bytes: rec.pvc_bytes,
                     storage_class: None,
                     trial_restore: false,
+                    export: rec.export.as_ref().map(|e| e.job_export()),
                 };
                 match self
                     .kube
@@ -313,7 +338,12 @@ impl Engine {
         }
     }
 
-    fn succeed(&self, rec: &SnapshotRecord, st: job::FileStatus) -> Result<SnapshotRecord, Status> {
+    fn succeed(
+        &self,
+        rec: &SnapshotRecord,
+        st: job::FileStatus,
+        exported: Option<crate::export::Exported>,
+    ) -> Result<SnapshotRecord, Status> {
         let (updated, took) = self.finish(
             rec,
             "ready",
@@ -324,6 +354,11 @@ impl Engine {
                 r.revision = Some(st.revision);
                 r.hash = Some(st.hash);
                 r.total_keys = Some(st.total_key);
+                if let (Some(e), Some(x)) = (r.export.as_mut(), exported.as_ref()) {
+                    e.sha256 = Some(x.sha256.clone());
+                    e.size = Some(x.size);
+                    e.parts = Some(x.parts);
+                }
             },
         )?;
         if let Some(secs) = took {
@@ -356,6 +391,13 @@ impl Engine {
             log::warn!(snapshot = rec.id.as_str(), volume = rec.volume_id.as_str(), reason = reason.as_str(); "snapshot failed");
         }
         if updated.state == State::Failed {
+            // A copy of a failed snapshot is not a verified one (retained or not): best effort,
+            // since the export removes a copy it could not verify itself.
+            if let (Some(e), true) = (&updated.export, took.is_some()) {
+                if let Err(why) = crate::copies::delete_copy(&self.kube, &rec.namespace, e) {
+                    log::warn!(snapshot = rec.id.as_str(), error = why.message.as_str(); "removing the S3 copy of a failed snapshot");
+                }
+            }
             self.remove_objects(&rec.namespace, &rec.object)?;
         }
         Ok(updated)

@@ -3,7 +3,9 @@
 //! `etcdsnap [--endpoint unix:///csi/csi.sock]` serves the CSI Identity, Controller
 //! (snapshots only) and GroupController services on a Unix socket, next to the
 //! csi-snapshotter sidecar, plus `/metrics`, `/healthz` and `/ready` over HTTP.
-//! `etcdsnap restore …` prints or runs the Job that restores a snapshot (see `restore.rs`).
+//! `etcdsnap restore …` prints or runs the Job that restores a snapshot (see `restore.rs`);
+//! `etcdsnap restore --from-s3 …` restores from its S3 copy (`restore_s3.rs`); `etcdsnap
+//! export …` is the snapshot Job's upload step (`export.rs`).
 //!
 //! Reading order: `config` → `kube` (API client) → `discovery` (volume → etcd cluster) →
 //! `etcd` (health) → `job` (PVC + Job) → `metadata` (records) → `locks` → `lifecycle` (a
@@ -12,9 +14,11 @@
 
 mod config;
 mod controller;
+mod copies;
 mod discovery;
 mod engine;
 mod etcd;
+mod export;
 mod group_controller;
 mod grpc;
 mod identity;
@@ -27,6 +31,7 @@ mod metadata;
 mod params;
 mod proto;
 mod restore;
+mod restore_s3;
 mod status;
 
 use std::sync::{Arc, Mutex};
@@ -42,11 +47,12 @@ use crate::kube::Kube;
 
 const USAGE: &str = "usage: etcdsnap [--endpoint unix:///csi/csi.sock]
        etcdsnap restore --help
+       etcdsnap export --help
        etcdsnap --print-config-schema
 
 Serves the etcdsnap CSI driver. Configuration is read from the environment:
 CSI_ENDPOINT, DRIVER_NAME, METRICS_ADDR, METADATA_NAMESPACE, CLUSTER_LABEL, STORAGE_CLASS,
-ETCD_IMAGE, PVC_MIN_SIZE, PVC_HEADROOM_PERCENT, JOB_TIMEOUT, JOB_BACKOFF_LIMIT, ETCD_TIMEOUT,
+ETCD_IMAGE, EXPORT_IMAGE, PVC_MIN_SIZE, PVC_HEADROOM_PERCENT, JOB_TIMEOUT, JOB_BACKOFF_LIMIT, ETCD_TIMEOUT,
 POLL_INTERVAL, CREATE_WAIT, GRPC_THREADS, SHUTDOWN_GRACE, LOG_LEVEL (see docs/etcdsnap.md).";
 
 const KUBE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -56,8 +62,11 @@ const KUBE_READY: &str = "etcdsnap_kube_api_ready";
 fn main() {
     let level = lifeboat::log::init_from_env();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("restore") {
-        std::process::exit(restore::main(&args[1..]));
+    match args.first().map(String::as_str) {
+        Some("restore") if restore_s3::wanted(&args[1..]) => std::process::exit(restore_s3::main(&args[1..])),
+        Some("restore") => std::process::exit(restore::main(&args[1..])),
+        Some("export") => std::process::exit(export::main(&args[1..])),
+        _ => {}
     }
     if args.first().map(String::as_str) == Some("--print-config-schema") {
         // The handle PVC annotations discovery reads are part of the contract too.

@@ -155,6 +155,28 @@ pub struct SnapshotRecord {
     /// The class parameters it was created with (`None` in records of older drivers).
     #[serde(default)]
     pub parameters: Option<BTreeMap<String, String>>,
+    /// The S3 copy, when the class asks for one.
+    #[serde(default)]
+    pub export: Option<ExportRecord>,
+}
+
+/// Where a snapshot's S3 copy is, and (once ready) what was checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportRecord {
+    pub target: crate::export::Target,
+    pub key: String,
+    /// The Secret (in the snapshot's namespace) with the S3 keys: read again to delete the copy.
+    pub secret: String,
+    pub part_size: u64,
+    /// Keep the copy when the snapshot is deleted.
+    pub retain: bool,
+    /// Hex SHA-256 of the snapshot file, equal to that of the copy read back.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub size: Option<u64>,
+    #[serde(default)]
+    pub parts: Option<u32>,
 }
 
 /// A group snapshot: its name, volumes and member snapshots.
@@ -358,6 +380,7 @@ mod tests {
             failure: None,
             reverify_attempts: 0,
             parameters: None,
+            export: None,
         }
     }
 

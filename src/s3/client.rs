@@ -118,7 +118,7 @@ pub struct Client {
     path_bucket: String,
     region: String,
     credentials: Credentials,
-    retries: u32,
+    pub(super) retries: u32,
 }
 
 impl Client {
@@ -207,6 +207,32 @@ impl Client {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Answer, Error> {
+        let (url, path, query_string) = self.target(key, query);
+        let payload = if body.is_empty() {
+            sigv4::EMPTY_SHA256.to_string()
+        } else {
+            sigv4::sha256_hex(body)
+        };
+        let mut last = err(ErrorKind::Other, "no attempt made");
+        for attempt in 0..self.retries {
+            if attempt > 0 {
+                backoff(attempt);
+            }
+            match self.once(method, &url, &path, &query_string, headers, &payload, body) {
+                Ok(answer) => return Ok(answer),
+                Err((e, retry)) => {
+                    last = e;
+                    if !retry {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// The URL, the encoded path and the canonical query string of a request for `key`.
+    pub(super) fn target(&self, key: &str, query: &[(&str, &str)]) -> (String, String, String) {
         let path = self.path(key);
         let mut pairs: Vec<(String, String)> = query
             .iter()
@@ -229,27 +255,7 @@ impl Client {
         } else {
             format!("{}://{}{}?{}", self.scheme, self.authority, path, query_string)
         };
-        let payload = if body.is_empty() {
-            sigv4::EMPTY_SHA256.to_string()
-        } else {
-            sigv4::sha256_hex(body)
-        };
-        let mut last = err(ErrorKind::Other, "no attempt made");
-        for attempt in 0..self.retries {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(200 << attempt.min(4)));
-            }
-            match self.once(method, &url, &path, &query_string, headers, &payload, body) {
-                Ok(answer) => return Ok(answer),
-                Err((e, retry)) => {
-                    last = e;
-                    if !retry {
-                        break;
-                    }
-                }
-            }
-        }
-        Err(last)
+        (url, path, query_string)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -263,6 +269,41 @@ impl Client {
         payload: &str,
         body: &[u8],
     ) -> Result<Answer, (Error, bool)> {
+        let mut response = self.send(method, url, path, query, headers, payload, body)?;
+        let status = response.status().as_u16();
+        let answer_headers = response_headers(&response);
+        let body = if method == "HEAD" {
+            Vec::new()
+        } else {
+            response
+                .body_mut()
+                .with_config()
+                .limit(MAX_BODY_BYTES)
+                .read_to_vec()
+                .map_err(|e| classify_transport(&e))?
+        };
+        if (200..300).contains(&status) {
+            return Ok(Answer {
+                status,
+                headers: answer_headers,
+                body,
+            });
+        }
+        Err(status_error(status, &body))
+    }
+
+    /// Signs and sends one request; the answer's body is left unread (any status).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn send(
+        &self,
+        method: &str,
+        url: &str,
+        path: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+        payload: &str,
+        body: &[u8],
+    ) -> Result<ureq::http::Response<ureq::Body>, (Error, bool)> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -286,55 +327,7 @@ impl Client {
         let request = builder
             .body(body.to_vec())
             .map_err(|e| (err(ErrorKind::Other, format!("bad request: {e}")), false))?;
-        let mut response = self.agent.run(request).map_err(|e| classify_transport(&e))?;
-        let status = response.status().as_u16();
-        let answer_headers = response
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        let body = if method == "HEAD" {
-            Vec::new()
-        } else {
-            response
-                .body_mut()
-                .with_config()
-                .limit(MAX_BODY_BYTES)
-                .read_to_vec()
-                .map_err(|e| classify_transport(&e))?
-        };
-        if (200..300).contains(&status) {
-            return Ok(Answer {
-                status,
-                headers: answer_headers,
-                body,
-            });
-        }
-        let text = String::from_utf8_lossy(&body);
-        let code = xml::tag(&text, "Code").unwrap_or_default();
-        let message = xml::tag(&text, "Message").unwrap_or_default();
-        let detail = format!("HTTP {status} {code}: {message}")
-            .trim_end_matches([' ', ':'])
-            .to_string();
-        let kind = match (status, code.as_str()) {
-            (_, "NoSuchBucket" | "NoSuchKey") | (404, _) => ErrorKind::BucketMissing,
-            (_, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied") | (401 | 403, _) => {
-                ErrorKind::Credentials
-            }
-            _ => ErrorKind::Other,
-        };
-        let e = Error {
-            kind,
-            status: Some(status),
-            code,
-            detail,
-        };
-        Err((e, status >= 500 || status == 429))
+        self.agent.run(request).map_err(|e| classify_transport(&e))
     }
 
     /// One ListObjectsV2 page under `prefix`.
@@ -379,6 +372,47 @@ impl Client {
             }
         }
     }
+}
+
+/// The pause before attempt `attempt` (from 1) of a retried request.
+pub(super) fn backoff(attempt: u32) {
+    std::thread::sleep(Duration::from_millis(200 << attempt.min(4)));
+}
+
+/// The response headers, names lowercase.
+pub(super) fn response_headers(response: &ureq::http::Response<ureq::Body>) -> Vec<(String, String)> {
+    response
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The error of a non-2xx answer with `body`, and whether it is worth retrying.
+pub(super) fn status_error(status: u16, body: &[u8]) -> (Error, bool) {
+    let text = String::from_utf8_lossy(body);
+    let code = xml::tag(&text, "Code").unwrap_or_default();
+    let message = xml::tag(&text, "Message").unwrap_or_default();
+    let detail = format!("HTTP {status} {code}: {message}")
+        .trim_end_matches([' ', ':'])
+        .to_string();
+    let kind = match (status, code.as_str()) {
+        (_, "NoSuchBucket" | "NoSuchKey") | (404, _) => ErrorKind::BucketMissing,
+        (_, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied") | (401 | 403, _) => ErrorKind::Credentials,
+        _ => ErrorKind::Other,
+    };
+    let e = Error {
+        kind,
+        status: Some(status),
+        code,
+        detail,
+    };
+    (e, status >= 500 || status == 429)
 }
 
 fn classify_transport(e: &ureq::Error) -> (Error, bool) {

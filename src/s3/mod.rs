@@ -13,10 +13,16 @@
 //! - [`sigv4`]: the signature.
 //! - [`xml`]: reading S3's XML answers.
 //! - [`client`]: the requests.
+//! - [`object`]: PUT, HEAD and DELETE of one object.
+//! - [`multipart`]: uploading a file (one PUT, or a multipart upload in bounded parts).
+//! - [`download`]: streaming GET into a sink, bounded, with its SHA-256.
 
 pub mod bucket;
 pub mod client;
+pub mod download;
 pub mod endpoint;
+pub mod multipart;
+pub mod object;
 pub mod proxy;
 pub mod sigv4;
 pub mod trust;

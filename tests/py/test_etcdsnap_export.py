@@ -1,0 +1,243 @@
+"""etcdsnap's S3 copies (issue 9, "copies that survive the loss of the cluster"): each verified
+snapshot uploaded by the Job's `etcdsnap export` container to real S3 servers (`rclone serve s3`
+and moto), its SHA-256 checked against the copy read back before the snapshot is ready, the copy
+deleted with the snapshot unless retained; a refused or corrupted upload never reports ready.
+A real 3-member etcd over TLS, the strict Kubernetes stand-in running the Jobs' real programs,
+csi-snapshotter's calls as csi_sidecar.py models them."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import time
+
+import grpc
+import pytest
+
+from csi_sidecar import Sidecar
+from etcdsnap_fixtures import META, NS, code_of, driver, volume  # noqa: F401 - fixtures
+from s3_servers import ACCESS_KEY, SECRET_KEY, FaultProxy, s3_server
+from waiting import wait_for
+
+BUCKET = "etcd-copies"
+KEYS_SECRET = "s3-keys"
+
+
+def record(kube, sid) -> dict:
+    cm = kube.get_object("configmaps", META, "etcdsnap-" + sid)
+    return json.loads(cm["data"]["record.json"]) if cm else None
+
+
+def put_keys_secret(kube, name: str = KEYS_SECRET) -> None:
+    b64 = lambda s: base64.b64encode(s.encode()).decode()  # noqa: E731
+    kube.put_object({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS},
+                     "data": {"AWS_ACCESS_KEY_ID": b64(ACCESS_KEY), "AWS_SECRET_ACCESS_KEY": b64(SECRET_KEY)}})
+
+
+def fill(cluster, mib: int = 8) -> None:
+    """Enough incompressible data that the snapshot needs several 5 MiB parts."""
+    if cluster.etcdctl("get", "/export-fill/0", "--keys-only", check=True).stdout.strip():
+        return
+    for i in range(mib * 8):
+        cluster.etcdctl("put", f"/export-fill/{i}", input=base64.b64encode(os.urandom(96 * 1024)), check=True)
+
+
+def export_params(endpoint: str, **extra) -> dict:
+    p = {"exportBucket": BUCKET, "exportEndpoint": endpoint, "exportSecretName": KEYS_SECRET}
+    p.update(extra)
+    return p
+
+
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("flavor,retention", [("rclone", "delete"), ("moto", "retain")])
+def test_copy_is_checked_before_ready_and_follows_the_snapshot(flavor, retention, tmp_path, driver, kube,
+                                                               etcd_cluster, volume, stubs):
+    pb2, _ = stubs
+    fill(etcd_cluster)
+    with s3_server(flavor, etcd_cluster.tools, tmp_path / "s3") as s3:
+        s3.make_bucket(BUCKET)
+        put_keys_secret(kube)
+        params = export_params(s3.endpoint, exportPartSize="5Mi", exportPrefix="prod/", exportRetention=retention)
+        req = pb2.CreateSnapshotRequest(name=f"snap-{flavor}", source_volume_id=volume, parameters=params)
+        # Saved and verified, the upload held: cut (OK) but not ready.
+        kube.hold_containers("export")
+        first = wait_for(lambda: driver.controller.CreateSnapshot(req, timeout=30).snapshot, 60, "the cut")
+        assert not first.ready_to_use
+        sid = first.snapshot_id
+        time.sleep(1.0)
+        assert not driver.controller.CreateSnapshot(req, timeout=30).snapshot.ready_to_use
+        assert s3.keys(BUCKET) == []
+        job = kube.get_object("jobs", NS, "etcdsnap-" + sid)
+        export = job["spec"]["template"]["spec"]["containers"][0]
+        assert export["name"] == "export" and export["command"] == ["/usr/local/bin/etcdsnap"]
+        assert all("valueFrom" in e and "value" not in e for e in export["env"])  # keys by reference only
+        kube.release_containers()
+        content = Sidecar(driver, pb2).create_snapshot(f"snap-{flavor}", volume, params, budget=120)
+        assert content.ready and content.snapshot_handle == sid
+
+        key = f"prod/{NS}/main/{sid}.db"
+        assert s3.keys(BUCKET) == [key]
+        local = kube.pvc_dir(NS, "etcdsnap-" + sid) / "snapshot.db"
+        want = sha256(local)
+        obj = s3.boto().get_object(Bucket=BUCKET, Key=key)
+        body = obj["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == want and len(body) == local.stat().st_size
+        assert {k.lower(): v for k, v in obj["Metadata"].items()}.get("sha256") == want  # rclone: "Sha256"
+        rec = record(kube, sid)
+        assert rec["state"] == "ready"
+        assert rec["export"]["sha256"] == want and rec["export"]["size"] == len(body)
+        assert rec["export"]["parts"] == -(-len(body) // (5 << 20)) >= 2, rec["export"]  # multipart, 5 MiB parts
+        assert SECRET_KEY not in json.dumps(rec) and SECRET_KEY not in driver.logs()
+        for log in kube.job_logs(NS, "etcdsnap-" + sid).splitlines():
+            assert SECRET_KEY not in log
+
+        driver.controller.DeleteSnapshot(pb2.DeleteSnapshotRequest(snapshot_id=sid), timeout=30)
+        assert record(kube, sid) is None
+        assert s3.keys(BUCKET) == ([key] if retention == "retain" else [])
+
+
+@pytest.mark.parametrize("fault", ["refuse-upload", "corrupt-upload", "corrupt-download"])
+def test_refused_or_corrupted_copy_never_reports_ready(fault, tmp_path, driver, kube, etcd_cluster, volume, stubs):
+    pb2, _ = stubs
+    fill(etcd_cluster)
+    # moto: it lists open multipart uploads (rclone serve s3 does not).
+    with s3_server("moto", etcd_cluster.tools, tmp_path / "s3") as s3:
+        s3.make_bucket(BUCKET)
+        put_keys_secret(kube)
+        proxy = FaultProxy(s3.port, fault)
+        try:
+            req = pb2.CreateSnapshotRequest(name=f"snap-{fault}", source_volume_id=volume,
+                                            parameters=export_params(proxy.endpoint, exportPartSize="5Mi"))
+            answers, deadline, failure = [], time.monotonic() + 120, None
+            while time.monotonic() < deadline:
+                try:
+                    answers.append(driver.controller.CreateSnapshot(req, timeout=30).snapshot)
+                except grpc.RpcError as e:
+                    if e.code() in (grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE):
+                        time.sleep(0.2)
+                        continue
+                    failure = (e.code(), e.details())
+                    break
+                time.sleep(0.2)
+            assert failure is not None, f"no failure reported; answers: {answers[-3:]}"
+            assert not any(a.ready_to_use for a in answers), "a failed upload reported ready"
+            code, details = failure
+            assert code == grpc.StatusCode.INTERNAL and "container export exited with code 1" in details, details
+            if fault == "corrupt-download":
+                assert "read back has SHA-256" in details, details
+            assert SECRET_KEY not in details and SECRET_KEY not in driver.logs()
+            # Nothing that could pass for a copy is left behind, and no upload is left open.
+            assert s3.keys(BUCKET) == []
+            assert s3.boto().list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+            assert ("PUT" in {m for m, _ in proxy.seen})
+        finally:
+            proxy.stop()
+
+
+def test_missing_keys_secret_is_refused_before_anything_is_made(driver, kube, volume, stubs):
+    pb2, _ = stubs
+    req = pb2.CreateSnapshotRequest(name="snap-nosecret", source_volume_id=volume,
+                                    parameters=export_params("http://127.0.0.1:9", exportSecretName="absent"))
+    code, details = code_of(lambda: driver.controller.CreateSnapshot(req, timeout=30))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and f"Secret {NS}/absent" in details, details
+    assert kube.objects("jobs", NS) == [] and kube.objects("persistentvolumeclaims", NS) == [
+        o for o in kube.objects("persistentvolumeclaims", NS) if not o["metadata"]["name"].startswith("etcdsnap-")]
+
+
+def restore_argv(bin_dir, endpoint, key, out_dir, peer, **extra):
+    argv = [str(bin_dir / "etcdsnap"), "restore", "--from-s3", f"s3://{BUCKET}/{key}", "--endpoint", endpoint,
+            "--output", str(out_dir / "snapshot.db"), "--data-dir", str(out_dir / "data"), "--name", "r0",
+            "--initial-cluster", f"r0=http://127.0.0.1:{peer}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}"]
+    for k, v in extra.items():
+        argv += [f"--{k.replace('_', '-')}", v]
+    return argv
+
+
+def test_restore_from_the_copy_checks_sha256_first(tmp_path, driver, kube, etcd_cluster, volume, stubs, bin_dir):
+    """Issue 9: `etcdsnap restore --from-s3` with the cluster gone: the copy's SHA-256 is checked
+    before etcdutl runs; a damaged copy is a clear error and nothing is restored."""
+    import subprocess
+
+    from etcdsnap_driver import free_port
+    from etcd_cluster import scrubbed_env
+
+    pb2, _ = stubs
+    tools = etcd_cluster.tools
+    expected = {f"/s3-restore/k{i}": f"v{i}" for i in range(30)}
+    for k, v in expected.items():
+        etcd_cluster.put(k, v)
+    with s3_server("rclone", tools, tmp_path / "s3") as s3:
+        s3.make_bucket(BUCKET)
+        put_keys_secret(kube)
+        params = export_params(s3.endpoint, exportRetention="retain")
+        content = Sidecar(driver, pb2).create_snapshot("snap-restore", volume, params, budget=120)
+        sid = content.snapshot_handle
+        etcd_cluster.put("/s3-restore/after-snapshot", "must not be restored")
+        want = record(kube, sid)["export"]["sha256"]
+        key = f"{NS}/main/{sid}.db"
+        # The cluster is lost: the snapshot, its PVC and its record go; the copy stays.
+        driver.controller.DeleteSnapshot(pb2.DeleteSnapshotRequest(snapshot_id=sid), timeout=30)
+        assert record(kube, sid) is None and s3.keys(BUCKET) == [key]
+        env = scrubbed_env({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY})
+        peer, client = free_port(), free_port()
+
+        good = tmp_path / "good"
+        good.mkdir()
+        run = subprocess.run(restore_argv(bin_dir, s3.endpoint, key, good, peer, sha256=want,
+                                          etcdutl=str(tools / "etcdutl")),
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert f"SHA-256 {want} checked" in run.stdout and SECRET_KEY not in run.stdout + run.stderr
+        assert sha256(good / "snapshot.db") == want
+        proc = subprocess.Popen([str(tools / "etcd"), "--name", "r0", "--data-dir", str(good / "data"),
+                                 "--listen-client-urls", f"http://127.0.0.1:{client}",
+                                 "--advertise-client-urls", f"http://127.0.0.1:{client}",
+                                 "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                                 "--initial-cluster", f"r0=http://127.0.0.1:{peer}"],
+                                stdout=subprocess.DEVNULL, stderr=open(tmp_path / "restored-etcd.log", "wb"))
+        try:
+            def keys():
+                out = subprocess.run([str(tools / "etcdctl"), f"--endpoints=http://127.0.0.1:{client}", "get",
+                                      "/s3-restore/", "--prefix", "-w", "json"], capture_output=True, text=True,
+                                     timeout=10, env=scrubbed_env())
+                if out.returncode != 0:
+                    return None
+                kvs = json.loads(out.stdout).get("kvs", [])
+                return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv["value"]).decode() for kv in kvs}
+            assert wait_for(keys, 30, "the restored etcd to answer") == expected
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+        # The copy is damaged in the bucket (one byte changed, its metadata kept): refused
+        # before etcdutl runs, no file and no data dir left, with or without --sha256.
+        body = bytearray(s3.boto().get_object(Bucket=BUCKET, Key=key)["Body"].read())
+        body[len(body) // 2] ^= 0x01
+        s3.boto().put_object(Bucket=BUCKET, Key=key, Body=bytes(body), Metadata={"sha256": want})
+        for extra in ({"sha256": want}, {}):
+            bad = tmp_path / f"bad{len(extra)}"
+            bad.mkdir()
+            run = subprocess.run(restore_argv(bin_dir, s3.endpoint, key, bad, peer, etcdutl=str(tools / "etcdutl"),
+                                              **extra), env=env, capture_output=True, text=True, timeout=120)
+            assert run.returncode == 1, run.stdout
+            assert "is damaged: its SHA-256 is" in run.stderr and "nothing restored" in run.stderr, run.stderr
+            assert list(bad.iterdir()) == []
+        # A --sha256 that is not the copy's: refused before anything is fetched.
+        other = tmp_path / "other"
+        other.mkdir()
+        run = subprocess.run(restore_argv(bin_dir, s3.endpoint, key, other, peer, sha256="0" * 64,
+                                          etcdutl=str(tools / "etcdutl")), env=env, capture_output=True, text=True,
+                             timeout=60)
+        assert run.returncode == 1 and "differs from the copy's x-amz-meta-sha256" in run.stderr, run.stderr
+        assert list(other.iterdir()) == []
