@@ -12,8 +12,10 @@
 //! - [`sigv4`]: the signature.
 //! - [`xml`]: reading S3's XML answers.
 //! - [`client`]: the requests.
+//! - [`credentials`]: keys from the platform (environment, web identity, container).
 
 pub mod client;
+pub mod credentials;
 pub mod endpoint;
 pub mod proxy;
 pub mod sigv4;
