@@ -6,9 +6,11 @@
 //! variables of the rclone child (see `rclone.rs`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lifeboat::env::Env;
+use lifeboat::s3::credentials::{self, Provider};
 pub use lifeboat::secret::Secret;
 use log::LevelFilter;
 
@@ -50,8 +52,7 @@ impl Role {
 pub struct Bucket {
     pub role: Role,
     pub endpoint: String,
-    pub access_key: Secret,
-    pub secret_key: Secret,
+    pub auth: Auth,
     pub bucket: String,
     /// The key prefix inside the bucket, without leading or trailing `/`; empty = whole bucket.
     pub prefix: String,
@@ -81,12 +82,15 @@ impl Bucket {
         }
     }
 
-    /// The static keys the side is configured with.
-    pub fn credentials(&self) -> lifeboat::s3::Credentials {
-        lifeboat::s3::Credentials {
-            access_key: self.access_key.expose().to_string(),
-            secret_key: self.secret_key.clone(),
-            session_token: None,
+    /// Where this side's signing keys come from, shared by every client of the run.
+    pub fn provider(&self) -> Arc<Provider> {
+        match &self.auth {
+            Auth::Static { access_key, secret_key } => Arc::new(Provider::fixed(lifeboat::s3::Credentials {
+                access_key: access_key.expose().to_string(),
+                secret_key: secret_key.clone(),
+                session_token: None,
+            })),
+            Auth::Platform(p) => p.clone(),
         }
     }
 
@@ -107,6 +111,16 @@ impl Bucket {
             format!("{}/{}", self.bucket, self.prefix)
         }
     }
+}
+
+/// How one side authenticates.
+#[derive(Clone, Debug)]
+pub enum Auth {
+    /// `<SIDE>_ACCESS_KEY` and `<SIDE>_SECRET_KEY`.
+    Static { access_key: Secret, secret_key: Secret },
+    /// Neither is set: the platform's credentials (rclone's `env_auth`), resolved by
+    /// `lifeboat::s3::credentials` from the variables in `Config::aws_env`.
+    Platform(Arc<Provider>),
 }
 
 /// How rclone decides that an object is unchanged.
@@ -182,6 +196,9 @@ pub struct Config {
     pub metrics_file: Option<PathBuf>,
     /// A Pushgateway to push the run's metrics to, if any.
     pub metrics_push_url: Option<String>,
+    /// When a side uses the platform's credentials: the `AWS_*` variables they were resolved
+    /// from, exactly as read, for rclone's environment (empty otherwise).
+    pub aws_env: Vec<(&'static str, Secret)>,
 }
 
 /// The soft-delete location.
@@ -196,8 +213,8 @@ pub struct Backup {
 /// `LOG_LEVEL` (done first, to set up logging), reported here with the other problems.
 pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<Config, lifeboat::env::ConfigError> {
     let log_level = env.log_level(log_level);
-    let source = bucket(&mut env, Role::Source);
-    let dest = bucket(&mut env, Role::Dest);
+    let mut source = bucket(&mut env, Role::Source);
+    let mut dest = bucket(&mut env, Role::Dest);
     let dry_run = env.bool("DRY_RUN", false);
     let max_delete = env.parse_or("MAX_DELETE", "1000", parse_max_delete);
     let max_delete_percent = env.number_in("MAX_DELETE_PERCENT", 50u8, 0, 100);
@@ -269,6 +286,7 @@ pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<
     }
     let connect_timeout = positive_duration(&mut env, "CONNECT_TIMEOUT", Duration::from_secs(10));
     let io_timeout = positive_duration(&mut env, "IO_TIMEOUT", Duration::from_secs(300));
+    let aws_env = platform_auth(&mut env, [&mut source, &mut dest], connect_timeout, io_timeout);
     let stats_interval = positive_duration(&mut env, "STATS_INTERVAL", Duration::from_secs(60));
     let stop_grace = positive_duration(&mut env, "STOP_GRACE", Duration::from_secs(20));
     if stop_grace > Duration::from_secs(600) {
@@ -352,7 +370,66 @@ pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<
         backup,
         metrics_file,
         metrics_push_url,
+        aws_env,
     })
+}
+
+/// For the sides without static keys: resolves the platform's credentials once (both such
+/// sides share them) and returns the variables read, for rclone. A side with no source at
+/// all, or a source rclone would resolve differently, is a problem.
+fn platform_auth(
+    env: &mut Env,
+    sides: [&mut Bucket; 2],
+    connect: Duration,
+    io_timeout: Duration,
+) -> Vec<(&'static str, Secret)> {
+    if !sides.iter().any(|b| matches!(b.auth, Auth::Platform(_))) {
+        return Vec::new();
+    }
+    // Read as they are (a secret may end in a space); rclone gets the same values.
+    let mut read = Vec::new();
+    for var in credentials::VARS {
+        if env.optional(var).is_some() {
+            read.push((var, Secret::new(env.secret(var))));
+        }
+    }
+    for var in ["AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"] {
+        if let Some(v) = env.optional(var) {
+            read.push((var, Secret::new(v)));
+        }
+    }
+    let lookup = |name: &str| {
+        read.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.expose().to_string())
+    };
+    let resolved = credentials::resolve(&lookup);
+    read.retain(|(k, _)| credentials::VARS.contains(k));
+    let timeout = io_timeout.min(crate::preflight::REQUEST_TIMEOUT);
+    let user_agent = concat!("s3sync/", env!("CARGO_PKG_VERSION"));
+    let provider = match resolved {
+        Ok(Some(source)) => Some(Arc::new(Provider::new(source, connect, timeout, user_agent))),
+        Ok(None) => None,
+        Err((var, why)) => {
+            env.problem(var, why);
+            return read;
+        }
+    };
+    for side in sides {
+        if let Auth::Platform(p) = &mut side.auth {
+            match &provider {
+                Some(shared) => *p = shared.clone(),
+                None => env.problem(
+                    &format!("{}ACCESS_KEY", side.role.var_prefix()),
+                    format!(
+                        "is missing, and the environment offers no credentials either: set {p}ACCESS_KEY and                          {p}SECRET_KEY, or give the Pod platform credentials (AWS_ACCESS_KEY_ID and                          AWS_SECRET_ACCESS_KEY; IRSA's AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN; Pod Identity's                          AWS_CONTAINER_CREDENTIALS_FULL_URI)",
+                        p = side.role.var_prefix()
+                    ),
+                ),
+            }
+        }
+    }
+    read
 }
 
 fn bucket(env: &mut Env, role: Role) -> Bucket {
@@ -365,8 +442,34 @@ fn bucket(env: &mut Env, role: Role) -> Bucket {
             env.problem(&var("S3_ENDPOINT"), why);
         }
     }
-    let access_key = Secret::new(env.secret(&var("ACCESS_KEY")));
-    let secret_key = Secret::new(env.secret(&var("SECRET_KEY")));
+    // Both keys, or neither (then the platform's credentials, see `platform_auth`).
+    let key = |env: &mut Env, name: &str| env.optional(&var(name)).map(|_| Secret::new(env.secret(&var(name))));
+    let auth = match (key(env, "ACCESS_KEY"), key(env, "SECRET_KEY")) {
+        (Some(access_key), Some(secret_key)) => Auth::Static { access_key, secret_key },
+        (None, None) => Auth::Platform(Arc::new(Provider::fixed(lifeboat::s3::Credentials {
+            access_key: String::new(),
+            secret_key: Secret::new(String::new()),
+            session_token: None,
+        }))),
+        (have, _) => {
+            let (set, unset) = if have.is_some() {
+                ("ACCESS_KEY", "SECRET_KEY")
+            } else {
+                ("SECRET_KEY", "ACCESS_KEY")
+            };
+            env.problem(
+                &var(unset),
+                format!(
+                    "is missing while {p}{set} is set: give both, or neither to use the platform's credentials",
+                    p = p
+                ),
+            );
+            Auth::Static {
+                access_key: Secret::new(String::new()),
+                secret_key: Secret::new(String::new()),
+            }
+        }
+    };
     let bucket = env.required(&var("BUCKET"));
     if !bucket.is_empty() {
         if let Err(why) = check_bucket(&bucket) {
@@ -402,8 +505,7 @@ fn bucket(env: &mut Env, role: Role) -> Bucket {
     Bucket {
         role,
         endpoint,
-        access_key,
-        secret_key,
+        auth,
         bucket,
         prefix,
         region,

@@ -159,12 +159,27 @@ fn run() -> i32 {
 
 /// Pre-flight and plan, sync, verification.
 fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
-    let redactor = Redactor::new([
-        config.source.access_key.expose(),
-        config.source.secret_key.expose(),
-        config.dest.access_key.expose(),
-        config.dest.secret_key.expose(),
-    ]);
+    let mut secrets: Vec<&str> = Vec::new();
+    for side in [&config.source, &config.dest] {
+        if let config::Auth::Static { access_key, secret_key } = &side.auth {
+            secrets.extend([access_key.expose(), secret_key.expose()]);
+        }
+    }
+    secrets.extend(
+        config
+            .aws_env
+            .iter()
+            .filter(|(k, _)| {
+                [
+                    "AWS_SECRET_ACCESS_KEY",
+                    "AWS_SESSION_TOKEN",
+                    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+                ]
+                .contains(k)
+            })
+            .map(|(_, v)| v.expose()),
+    );
+    let redactor = Redactor::new(secrets);
     log::info!(
         source = config.source.display().as_str(),
         source_endpoint = config.source.endpoint.as_str(),

@@ -34,15 +34,25 @@ pub struct Failure {
 
 /// A client for `bucket`, with the run's timeouts.
 pub fn client(config: &Config, bucket: &Bucket, trust: &Trust) -> Client {
+    let provider = bucket.provider();
+    let fixed = match provider.source() {
+        s3::credentials::Source::Static(c) => c.clone(),
+        _ => s3::Credentials {
+            access_key: String::new(),
+            secret_key: lifeboat::secret::Secret::new(String::new()),
+            session_token: None,
+        },
+    };
     Client::new(
         &bucket.location(),
-        bucket.credentials(),
+        fixed,
         trust,
         config.connect_timeout,
         config.io_timeout.min(REQUEST_TIMEOUT),
         config.low_level_retries,
         concat!("s3sync/", env!("CARGO_PKG_VERSION")),
     )
+    .with_provider(provider)
 }
 
 /// Lists both sides at once. `Ok(None)` when a stop was requested (the listing threads are
@@ -88,16 +98,27 @@ pub fn explain(bucket: &Bucket, e: &s3::Error) -> Failure {
     let side = bucket.role.word();
     let (code, what) = match e.kind {
         ErrorKind::BucketMissing => (3, format!("{side} bucket {:?} does not exist at {}", bucket.bucket, bucket.endpoint)),
-        ErrorKind::Credentials => (
-            1,
-            format!(
-                "{side} credentials were rejected by {} ({}ACCESS_KEY / {}SECRET_KEY, or their permissions on bucket {:?})",
-                bucket.endpoint,
-                bucket.role.var_prefix(),
-                bucket.role.var_prefix(),
-                bucket.bucket
+        ErrorKind::Credentials => match &bucket.auth {
+            crate::config::Auth::Static { .. } => (
+                1,
+                format!(
+                    "{side} credentials were rejected by {} ({}ACCESS_KEY / {}SECRET_KEY, or their permissions on bucket {:?})",
+                    bucket.endpoint,
+                    bucket.role.var_prefix(),
+                    bucket.role.var_prefix(),
+                    bucket.bucket
+                ),
             ),
-        ),
+            crate::config::Auth::Platform(p) => (
+                1,
+                format!(
+                    "{side} credentials from the platform ({}) could not be had or were rejected by {} (or lack permissions on bucket {:?})",
+                    p.source().kind(),
+                    bucket.endpoint,
+                    bucket.bucket
+                ),
+            ),
+        },
         ErrorKind::Tls => (1, format!("TLS with the {side} endpoint {} failed (the CA is taken from SSL_CERT_FILE / SSL_CERT_DIR)", bucket.endpoint)),
         ErrorKind::Unreachable => (5, format!("{side} endpoint {} is unreachable", bucket.endpoint)),
         ErrorKind::Timeout => (5, format!("{side} endpoint {} did not answer in time", bucket.endpoint)),

@@ -5,14 +5,17 @@
 //! and no credential is ever in argv (visible in `ps` and `/proc/<pid>/cmdline`). The child's
 //! environment is built from scratch: only a few system variables pass through
 //! ([`PASS_THROUGH`]), so a stray `RCLONE_*` or `AWS_*` variable in the Pod cannot change what
-//! the sync does.
+//! the sync does. The one deliberate exception: a side without static keys runs with rclone's
+//! `env_auth`, and then the `AWS_*` credential variables s3sync resolved its own keys from
+//! (`lifeboat::s3::credentials::VARS`, as read) pass, with profile files and instance metadata
+//! switched off.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use log::LevelFilter;
 
-use crate::config::{Bucket, Compare, Config};
+use crate::config::{Auth, Bucket, Compare, Config};
 
 /// System variables rclone may need: search path, home, temp dir, time zone, proxies, and
 /// the Go TLS trust store location (`SSL_CERT_FILE`/`SSL_CERT_DIR`, for private CAs).
@@ -42,6 +45,17 @@ pub fn command(config: &Config) -> Command {
         }
     }
     cmd.env("RCLONE_CONFIG", "/dev/null");
+    // A side without static keys uses rclone's env_auth: it gets the very AWS_* values s3sync
+    // resolved its own credentials from, and no profile file or instance metadata (sources
+    // s3sync does not follow), so both sign as the same identity.
+    if !config.aws_env.is_empty() {
+        for (var, value) in &config.aws_env {
+            cmd.env(var, value.expose());
+        }
+        for (var, value) in lifeboat::s3::credentials::RCLONE_ENV {
+            cmd.env(var, value);
+        }
+    }
     for bucket in [&config.source, &config.dest] {
         for (key, value) in remote_env(bucket) {
             cmd.env(key, value);
@@ -56,12 +70,17 @@ pub fn command(config: &Config) -> Command {
 fn remote_env(b: &Bucket) -> Vec<(String, String)> {
     let name = b.role.remote().to_ascii_uppercase();
     let var = |key: &str| format!("RCLONE_CONFIG_{name}_{key}");
-    vec![
+    let auth = match &b.auth {
+        Auth::Static { access_key, secret_key } => vec![
+            (var("ENV_AUTH"), "false".into()),
+            (var("ACCESS_KEY_ID"), access_key.expose().into()),
+            (var("SECRET_ACCESS_KEY"), secret_key.expose().into()),
+        ],
+        Auth::Platform(_) => vec![(var("ENV_AUTH"), "true".into())],
+    };
+    let mut out = vec![
         (var("TYPE"), "s3".into()),
         (var("PROVIDER"), b.provider.clone()),
-        (var("ENV_AUTH"), "false".into()),
-        (var("ACCESS_KEY_ID"), b.access_key.expose().into()),
-        (var("SECRET_ACCESS_KEY"), b.secret_key.expose().into()),
         (var("ENDPOINT"), b.endpoint.clone()),
         (var("REGION"), b.region.clone()),
         (var("FORCE_PATH_STYLE"), b.path_style.to_string()),
@@ -69,7 +88,9 @@ fn remote_env(b: &Bucket) -> Vec<(String, String)> {
         // (measured: "Failed to copy ... NoSuchKey", exit 4, and then no deletion ever runs);
         // without it they are copied byte for byte (S3 to S3, both sides the same encoding).
         (var("ENCODING"), "Slash,InvalidUtf8".into()),
-    ]
+    ];
+    out.extend(auth);
+    out
 }
 
 /// Flags every rclone run gets: JSON logs, bounded connection handling.
@@ -214,6 +235,46 @@ mod tests {
         assert_eq!(get("RCLONE_CONFIG_SOURCE_SECRET_ACCESS_KEY"), Some("source-secret-xyz"));
         assert_eq!(get("RCLONE_CONFIG_DEST_ENDPOINT"), Some("http://127.0.0.1:2"));
         assert_eq!(get("RCLONE_CONFIG_DEST_ENV_AUTH"), Some("false"));
+    }
+
+    #[test]
+    fn a_side_without_keys_gets_env_auth_and_exactly_the_variables_read() {
+        let pairs = [
+            ("SOURCE_S3_ENDPOINT", "http://127.0.0.1:1"),
+            ("SOURCE_BUCKET", "src"),
+            ("DEST_S3_ENDPOINT", "http://127.0.0.1:2"),
+            ("DEST_ACCESS_KEY", "AKIA-DEST-XYZ"),
+            ("DEST_SECRET_KEY", "dest-secret-xyz"),
+            ("DEST_BUCKET", "dst"),
+            ("DEST_PREFIX", "/"),
+            ("RCLONE_BINARY", "/bin/sh"),
+            ("AWS_ACCESS_KEY_ID", "AKIA-ENV"),
+            ("AWS_SECRET_ACCESS_KEY", "env-secret "),
+            ("AWS_SESSION_TOKEN", "env-token"),
+        ];
+        let c = crate::config::from_env(Env::from_pairs(pairs), Ok(LevelFilter::Info)).unwrap();
+        let cmd = command(&c);
+        let envs: Vec<(String, String)> = cmd
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_string_lossy().into_owned(), v?.to_string_lossy().into_owned())))
+            .collect();
+        let get = |k: &str| envs.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("RCLONE_CONFIG_SOURCE_ENV_AUTH"), Some("true"));
+        assert_eq!(get("RCLONE_CONFIG_SOURCE_ACCESS_KEY_ID"), None);
+        assert_eq!(get("RCLONE_CONFIG_DEST_ENV_AUTH"), Some("false"));
+        // The values as read, untrimmed; no profile file, no instance metadata.
+        assert_eq!(get("AWS_SECRET_ACCESS_KEY"), Some("env-secret "));
+        assert_eq!(get("AWS_SESSION_TOKEN"), Some("env-token"));
+        assert_eq!(get("AWS_SHARED_CREDENTIALS_FILE"), Some("/dev/null"));
+        assert_eq!(get("AWS_EC2_METADATA_DISABLED"), Some("true"));
+        // Both sides with static keys: no AWS_* variable reaches rclone.
+        let c = config(&[
+            ("AWS_ACCESS_KEY_ID", "AKIA-ENV"),
+            ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+        ]);
+        assert!(command(&c)
+            .get_envs()
+            .all(|(k, _)| !k.to_string_lossy().starts_with("AWS_")));
     }
 
     #[test]

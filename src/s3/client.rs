@@ -4,6 +4,9 @@
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
+use super::credentials::Provider;
 use super::sigv4::{self, uri_encode};
 use super::trust::Trust;
 use super::{endpoint, proxy, xml, Credentials, Location};
@@ -117,7 +120,7 @@ pub struct Client {
     /// The bucket as a path segment (path style), empty for virtual-hosted style.
     path_bucket: String,
     region: String,
-    credentials: Credentials,
+    credentials: Arc<Provider>,
     pub(super) retries: u32,
 }
 
@@ -182,9 +185,16 @@ impl Client {
                 String::new()
             },
             region: location.region.clone(),
-            credentials,
+            credentials: Arc::new(Provider::fixed(credentials)),
             retries: retries.max(1),
         }
+    }
+
+    /// Signs with credentials from `provider` (fetched, cached and renewed there) instead of
+    /// the fixed ones given to [`Client::new`].
+    pub fn with_provider(mut self, provider: Arc<Provider>) -> Client {
+        self.credentials = provider;
+        self
     }
 
     /// The URI-encoded path of `key` (the bucket's root for an empty key).
@@ -316,7 +326,8 @@ impl Client {
             headers,
             payload_sha256: payload,
         };
-        let signed = sigv4::sign(&req, &self.credentials, &self.region, now);
+        let credentials = self.credentials.get().map_err(|e| (e, false))?;
+        let signed = sigv4::sign(&req, &credentials, &self.region, now);
         let mut builder = ureq::http::Request::builder().method(method).uri(url);
         for (k, v) in headers {
             builder = builder.header(*k, *v);

@@ -16,9 +16,11 @@
 //! - [`object`]: PUT, HEAD and DELETE of one object.
 //! - [`multipart`]: uploading a file (one PUT, or a multipart upload in bounded parts).
 //! - [`download`]: streaming GET into a sink, bounded, with its SHA-256.
+//! - [`credentials`]: keys from the platform (environment, web identity, container).
 
 pub mod bucket;
 pub mod client;
+pub mod credentials;
 pub mod download;
 pub mod endpoint;
 pub mod multipart;

@@ -14,6 +14,7 @@ mod hook_litestream;
 mod hook_shutdown;
 mod hook_tls;
 mod log_panics;
+mod s3sync_credentials;
 mod s3sync_dataloss;
 mod s3sync_failures;
 mod s3sync_safety;

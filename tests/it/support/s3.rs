@@ -29,6 +29,12 @@ pub struct S3Server {
 impl S3Server {
     /// Starts `flavor` on a free loopback port with the given credentials (moto accepts any).
     pub fn start(flavor: Flavor, access_key: &str, secret_key: &str) -> S3Server {
+        S3Server::start_with_env(flavor, access_key, secret_key, &[])
+    }
+
+    /// [`S3Server::start`] with extra environment variables for the server (moto's
+    /// `MOTO_ENABLE_RECORDING`, for instance).
+    pub fn start_with_env(flavor: Flavor, access_key: &str, secret_key: &str, env: &[(&str, &str)]) -> S3Server {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let (proc, dir) = match flavor {
@@ -37,6 +43,7 @@ impl S3Server {
                 let mut cmd = Command::new(tool("rclone"));
                 scrub(&mut cmd);
                 cmd.env("RCLONE_CONFIG", "/dev/null")
+                    .envs(env.iter().copied())
                     .args(["serve", "s3", "--addr"])
                     .arg(addr.to_string())
                     .arg("--auth-key")
@@ -50,7 +57,8 @@ impl S3Server {
             Flavor::Moto => {
                 let mut cmd = Command::new(tool("moto_server"));
                 scrub(&mut cmd);
-                cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                cmd.envs(env.iter().copied())
+                    .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                     .stdout(Stdio::null())
                     .stderr(Stdio::null());
                 (Proc::spawn("moto_server", cmd), None)
