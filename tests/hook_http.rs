@@ -445,12 +445,6 @@ fn a_half_sent_first_request_never_reaches_the_http_layer() {
     );
     client.send(head.as_bytes()).unwrap();
     client.send(&body.as_bytes()[..body.len() / 2]).unwrap();
-    // Nothing reached the HTTP layer, so there is nothing to kick: the watchdog looks every
-    // 10 ms and kicks a forwarded request left unanswered for two looks. (Checked before any
-    // complete request is sent: on a loaded machine a complete one may be slow enough to be
-    // kicked, which is the watchdog doing its job.)
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(hook.metric("hook_backend_kicks_total"), 0.0);
     // The only worker is free: another client is served while the first one stalls.
     let started = std::time::Instant::now();
     assert_eq!(
@@ -462,6 +456,7 @@ fn a_half_sent_first_request_never_reaches_the_http_layer() {
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     client.send(&body.as_bytes()[body.len() / 2..]).unwrap();
     assert_eq!(client.read_reply().unwrap().status, 200);
+    assert_eq!(hook.metric("hook_backend_kicks_total"), 0.0);
 }
 
 /// The hook's peak resident memory (VmHWM) in KiB.
