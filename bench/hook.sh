@@ -98,6 +98,33 @@ slow=$!
 sleep 1
 ARGS=(32 "$((REQ32 / 5))"); RATE=2000 round "open 2000/s c=32, 64 slow clients" "$load"
 kill "$slow" 2>/dev/null || true
+# Where the hook's extra CPU goes, by counters (perf is often unavailable): the system calls each
+# server makes per request in a closed c=1 round (strace -c -f attached to it; strace slows both
+# alike, so only the counts matter), futex calls being the thread hand-offs.
+if command -v strace >/dev/null && [[ ${COUNTERS:-1} == 1 ]]; then
+  for target in "hook:$pid:$port" "floor:$fpid:$fport"; do
+    IFS=: read -r name p prt <<<"$target"
+    strace -c -f -q -p "$p" -o "$work/strace-$name" &
+    spid=$!
+    sleep 1
+    n=${STRACE_REQUESTS:-300}
+    "$load" "127.0.0.1:$prt" "$work/ca.crt" "$work/body.json" 1 "$n" >/dev/null
+    kill -INT "$spid"; wait "$spid" 2>/dev/null || true
+    python3 - "$name" "$n" "$work/strace-$name" <<'PY'
+import json, sys
+name, n, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+calls = {}
+for line in open(path):
+    parts = line.split()
+    if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+        calls[parts[-1]] = int(parts[3])
+total = sum(calls.values())
+top = sorted(calls.items(), key=lambda kv: -kv[1])[:6]
+print(json.dumps({"syscalls_per_request": name, "total": round(total / n, 1),
+                  "top": {k: round(v / n, 1) for k, v in top}}))
+PY
+  done
+fi
 echo "load average: $(cut -d" " -f1-3 /proc/loadavg)"
 for p in "$pid" "$fpid"; do
   echo "{\"pid\":$p,\"peak_rss_kb\":$(awk '/VmHWM/ {print $2}' /proc/$p/status),\"threads_now\":$(awk '/Threads/ {print $2}' /proc/$p/status)}"

@@ -106,12 +106,14 @@ pub fn check(setting: &Setting, value: &str) -> Result<(), String> {
     check_go_duration_in(value, setting.min, setting.max)
 }
 
-/// The cluster defaults from the environment (`DEFAULT_SYNC_INTERVAL`...), each checked like
-/// its annotation; a bad one is a configuration problem naming the variable.
-pub fn read_defaults(env: &mut lifeboat::env::Env) -> Tuning {
-    let values =
-        SETTINGS.map(|setting| env.parse_with(setting.env, None, |v| check(&setting, v).map(|_| Some(v.to_string()))));
-    Tuning::from_values(values)
+/// The cluster default `var` (a `DEFAULT_` variable of [`SETTINGS`]) from the environment,
+/// checked like its annotation; a bad one is a configuration problem naming the variable.
+pub fn read_default(env: &mut lifeboat::env::Env, var: &str) -> Option<String> {
+    let Some(setting) = SETTINGS.iter().find(|s| s.env == var) else {
+        env.problem(var, "is not a Litestream setting this hook passes through");
+        return None;
+    };
+    env.parse_with(var, None, |v| check(setting, v).map(|_| Some(v.to_string())))
 }
 
 /// Puts the top-level settings (`snapshot`, `validation`) into `config`.

@@ -120,7 +120,13 @@ fn read_injection(mut env: Env) -> (Env, Option<String>, Defaults) {
     if let Err((what, message)) = resources.check() {
         env.problem(&format!("DEFAULT_{}_REQUEST", what.to_uppercase()), &message);
     }
-    let tuning = litestream_settings::read_defaults(&mut env);
+    // Litestream settings (litestream_settings::SETTINGS), each by its own name.
+    let tuning = litestream_settings::Tuning {
+        sync_interval: litestream_settings::read_default(&mut env, "DEFAULT_SYNC_INTERVAL"),
+        snapshot_interval: litestream_settings::read_default(&mut env, "DEFAULT_SNAPSHOT_INTERVAL"),
+        retention: litestream_settings::read_default(&mut env, "DEFAULT_RETENTION"),
+        validation_interval: litestream_settings::read_default(&mut env, "DEFAULT_VALIDATION_INTERVAL"),
+    };
     let defaults = Defaults {
         tuning,
         image,

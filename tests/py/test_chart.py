@@ -83,7 +83,8 @@ SCENARIOS = {
     "everything": {
         "s3sync": {**S3_ON, "extraEnv": {"SOURCE_PREFIX": "db/", "DEST_REGION": "", "BANDWIDTH_LIMIT": "10M",
                                          "MAX_DURATION": "50m", "COMPARE": "size", "HTTPS_PROXY": "http://proxy:3128"}},
-        "hook": {"extraEnv": {"NATIVE_SIDECAR": "false", "WORKERS": "8"},
+        "hook": {"extraEnv": {"NATIVE_SIDECAR": "false", "WORKERS": "8", "DEFAULT_RETENTION": "72h",
+                              "DEFAULT_SYNC_INTERVAL": "2s"},
                  "drain": {"preStopSleepSeconds": 5, "shutdownTimeoutSeconds": 20}},
         "etcdsnap": {"enabled": True, "extraEnv": {"JOB_TIMEOUT": "15m", "GRPC_THREADS": "8"}, "handles": [
             {"cluster": "main", "namespace": "etcd", "clientTLSSecret": "main-client-tls",
