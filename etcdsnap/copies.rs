@@ -9,7 +9,7 @@ use lifeboat::secret::Secret;
 
 use crate::export::{self, ENV_ACCESS_KEY, ENV_SECRET_KEY, ENV_SESSION_TOKEN};
 use crate::job::JobExport;
-use crate::kube::{core_path, Kube};
+use crate::kube::{path, Kube};
 use crate::metadata::ExportRecord;
 use crate::status::{Code, Status};
 
@@ -28,7 +28,7 @@ impl ExportRecord {
 /// The keys in Secret `ns/name`.
 pub fn credentials(kube: &Kube, ns: &str, name: &str) -> Result<Credentials, Status> {
     let secret: KubeSecret = kube
-        .get(&core_path(ns, "secrets", Some(name)))?
+        .get(&path::<KubeSecret>(ns, Some(name)))?
         .ok_or_else(|| Status::precondition(format!("export: Secret {ns}/{name} (exportSecretName) not found")))?;
     let data = secret.data.unwrap_or_default();
     let take = |key: &str| -> Option<String> {

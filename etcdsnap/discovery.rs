@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{Endpoints, PersistentVolumeClaim, Secret, Servi
 
 use crate::etcd::ClientTls;
 use crate::ids::{self, VolumeId};
-use crate::kube::{core_path, Kube};
+use crate::kube::{path, Kube};
 use crate::status::Status;
 
 pub const ANNOTATION_ENDPOINTS: &str = "etcd.io/endpoints";
@@ -47,11 +47,8 @@ impl Target {
 pub fn handle_exists(kube: &Kube, cluster_label: &str, volume_id: &str) -> Result<(), Status> {
     let not_found = || Status::not_found(format!("volume {volume_id:?} not found"));
     let volume = ids::parse_volume_id(volume_id).map_err(|_| not_found())?;
-    let pvc: Option<PersistentVolumeClaim> = kube.get(&core_path(
-        &volume.namespace,
-        "persistentvolumeclaims",
-        Some(&volume.name),
-    ))?;
+    let pvc: Option<PersistentVolumeClaim> =
+        kube.get(&path::<PersistentVolumeClaim>(&volume.namespace, Some(&volume.name)))?;
     match pvc {
         Some(p) if p.metadata.labels.as_ref().is_some_and(|l| l.contains_key(cluster_label)) => Ok(()),
         Some(_) => Err(Status::not_found(format!(
@@ -66,7 +63,7 @@ pub fn resolve(kube: &Kube, cluster_label: &str, volume_id: &str) -> Result<Targ
     let volume = ids::parse_volume_id(volume_id)?;
     let ns = volume.namespace.as_str();
     let pvc: PersistentVolumeClaim = kube
-        .get(&core_path(ns, "persistentvolumeclaims", Some(&volume.name)))?
+        .get(&path::<PersistentVolumeClaim>(ns, Some(&volume.name)))?
         .ok_or_else(|| {
             Status::not_found(format!(
                 "source volume {volume}: PersistentVolumeClaim {volume} not found"
@@ -131,14 +128,14 @@ pub fn parse_endpoint_list(list: &str) -> Result<Vec<String>, String> {
 }
 
 fn service_endpoints(kube: &Kube, ns: &str, service: &str) -> Result<Vec<String>, Status> {
-    let svc: Option<Service> = kube.get(&core_path(ns, "services", Some(service)))?;
+    let svc: Option<Service> = kube.get(&path::<Service>(ns, Some(service)))?;
     if svc.is_none() {
         return Err(Status::precondition(format!(
             "Service {ns}/{service} not found, and the handle PVC has no {ANNOTATION_ENDPOINTS} annotation"
         )));
     }
     let eps: Endpoints = kube
-        .get(&core_path(ns, "endpoints", Some(service)))?
+        .get(&path::<Endpoints>(ns, Some(service)))?
         .ok_or_else(|| Status::precondition(format!("Service {ns}/{service} has no Endpoints")))?;
     let urls = endpoint_urls(&eps, ns, service);
     if urls.is_empty() {
@@ -177,7 +174,7 @@ pub fn endpoint_urls(eps: &Endpoints, ns: &str, service: &str) -> Vec<String> {
 
 fn client_tls(kube: &Kube, ns: &str, name: &str) -> Result<ClientTls, Status> {
     let secret: Secret = kube
-        .get(&core_path(ns, "secrets", Some(name)))?
+        .get(&path::<Secret>(ns, Some(name)))?
         .ok_or_else(|| Status::precondition(format!("client TLS Secret {ns}/{name} not found")))?;
     let data = secret.data.unwrap_or_default();
     let take = |key: &str| {

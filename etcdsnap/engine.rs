@@ -23,6 +23,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use lifeboat::metrics::Registry;
 
@@ -31,7 +32,7 @@ use crate::discovery::{self, Target};
 use crate::etcd::{EtcdClient, Healthy};
 use crate::ids;
 use crate::job::{self, Plan};
-use crate::kube::{batch_path, core_path, Kube};
+use crate::kube::{path, Kube};
 use crate::lifecycle::failure_status;
 use crate::locks::KeyLocks;
 use crate::metadata::{ExportRecord, GroupRecord, SnapshotRecord, State, Store, Time};
@@ -763,12 +764,12 @@ impl Engine {
             export: export.as_ref().map(ExportRecord::job_export),
         };
         let made = (|| -> Result<SnapshotRecord, Status> {
-            let pvc_path = core_path(&ns, "persistentvolumeclaims", None);
+            let pvc_path = path::<PersistentVolumeClaim>(&ns, None);
             let pvc = match self.kube.create(&pvc_path, &job::pvc(&plan, &self.cfg)) {
                 Ok(p) => p,
                 Err(e) if e.is_already_exists() => self
                     .kube
-                    .get::<PersistentVolumeClaim>(&core_path(&ns, "persistentvolumeclaims", Some(&object)))?
+                    .get::<PersistentVolumeClaim>(&path::<PersistentVolumeClaim>(&ns, Some(&object)))?
                     .ok_or_else(|| Status::new(Code::Aborted, format!("PVC {ns}/{object} vanished; retry")))?,
                 Err(e) => return Err(e.into()),
             };
@@ -779,7 +780,7 @@ impl Engine {
                 .ok_or_else(|| Status::internal(format!("PVC {ns}/{object} has no uid")))?;
             match self
                 .kube
-                .create(&batch_path(&ns, "jobs", None), &job::job(&plan, &self.cfg, &uid))
+                .create(&path::<Job>(&ns, None), &job::job(&plan, &self.cfg, &uid))
             {
                 Ok(_) => {}
                 Err(e) if e.is_already_exists() => {}

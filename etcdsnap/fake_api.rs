@@ -102,7 +102,19 @@ impl State {
                         }
                     }
                 }
-                (200, json!({"kind": "List", "metadata": {}, "items": items}).to_string())
+                // As the apiserver answers: `<Kind>List` of the items' apiVersion.
+                let kind = items.first().map(|first| {
+                    (
+                        format!("{}List", first["kind"].as_str().unwrap_or("")),
+                        first["apiVersion"].clone(),
+                    )
+                });
+                let mut list = json!({"metadata": {}, "items": items});
+                if let Some((kind, api_version)) = kind {
+                    list["kind"] = json!(kind);
+                    list["apiVersion"] = api_version;
+                }
+                (200, list.to_string())
             }
             "POST" => {
                 let mut obj: Value = match serde_json::from_str(body) {

@@ -29,7 +29,7 @@ use lifeboat::shutdown::Shutdown;
 
 use crate::engine::{Engine, SNAPSHOTS_TOTAL, SNAPSHOT_BYTES, SNAPSHOT_SECONDS};
 use crate::job::{self, JobState, Plan, LABEL_SNAPSHOT};
-use crate::kube::{batch_path, core_path};
+use crate::kube::path;
 use crate::metadata::{FailureKind, SnapshotRecord, State, Time, MAX_REASON};
 use crate::status::{truncate, Code, Status};
 
@@ -85,7 +85,7 @@ impl Engine {
     }
 
     fn follow(&self, rec: SnapshotRecord) -> Result<SnapshotRecord, Status> {
-        let job_path = batch_path(&rec.namespace, "jobs", Some(&rec.object));
+        let job_path = path::<Job>(&rec.namespace, Some(&rec.object));
         let Some(job) = self.kube.get::<Job>(&job_path)? else {
             return self.fail(
                 &rec,
@@ -140,7 +140,7 @@ impl Engine {
     /// Every pod of the snapshot's Jobs (the first one and any verify-only one).
     fn snapshot_pods(&self, rec: &SnapshotRecord) -> Result<Vec<Pod>, Status> {
         let selector = format!("{LABEL_SNAPSHOT}={}", rec.id);
-        Ok(self.kube.list(&core_path(&rec.namespace, "pods", None), &selector)?)
+        Ok(self.kube.list(&path::<Pod>(&rec.namespace, None), &selector)?)
     }
 
     /// Records the cut once the save step has exited 0. `fallback` is the time to record
@@ -160,7 +160,7 @@ impl Engine {
         let (cut, pod) = match saved {
             Some(pod) => {
                 let name = pod_name(pod).to_string();
-                let log_path = format!("{}/log", core_path(&rec.namespace, "pods", Some(&name)));
+                let log_path = format!("{}/log", path::<Pod>(&rec.namespace, Some(&name)));
                 let from_log = match self.kube.get_text(&log_path, &[("container", job::SAVE_CONTAINER)]) {
                     Ok(Some(text)) => job::cut_time_from_log(&text),
                     Ok(None) => None,
@@ -259,7 +259,7 @@ impl Engine {
 
     /// The log of `container` in pod `pod`: `Err` (logged, to retry later) on an API error.
     fn container_log(&self, rec: &SnapshotRecord, pod: &str, container: &str) -> Result<Option<String>, ()> {
-        let log_path = format!("{}/log", core_path(&rec.namespace, "pods", Some(pod)));
+        let log_path = format!("{}/log", path::<Pod>(&rec.namespace, Some(pod)));
         self.kube.get_text(&log_path, &[("container", container)]).map_err(|e| {
             log::warn!(snapshot = rec.id.as_str(), pod = pod, container = container, error = e.message.as_str();
                 "reading the {container} log; will retry");
@@ -270,7 +270,7 @@ impl Engine {
     /// again with a verify-only Job (at most [`MAX_REVERIFY`] of them).
     fn reverify(&self, rec: SnapshotRecord) -> Result<SnapshotRecord, Status> {
         let name = job::verify_job_name(&rec.object);
-        let verify_path = batch_path(&rec.namespace, "jobs", Some(&name));
+        let verify_path = path::<Job>(&rec.namespace, Some(&name));
         match self.kube.get::<Job>(&verify_path)? {
             Some(vjob) => match job::job_state(&vjob) {
                 JobState::Running => Ok(rec),
@@ -298,7 +298,7 @@ impl Engine {
                 ),
             ),
             None => {
-                let pvc_path = core_path(&rec.namespace, "persistentvolumeclaims", Some(&rec.object));
+                let pvc_path = path::<PersistentVolumeClaim>(&rec.namespace, Some(&rec.object));
                 let Some(pvc) = self.kube.get::<PersistentVolumeClaim>(&pvc_path)? else {
                     return self.fail(
                         &rec,
@@ -321,7 +321,7 @@ impl Engine {
                 };
                 match self
                     .kube
-                    .create(&batch_path(&rec.namespace, "jobs", None), &job::verify_job(&plan, &self.cfg, &uid))
+                    .create(&path::<Job>(&rec.namespace, None), &job::verify_job(&plan, &self.cfg, &uid))
                 {
                     Ok(_) => {}
                     Err(e) if e.is_already_exists() => {}
@@ -405,11 +405,10 @@ impl Engine {
 
     /// Deletes the Jobs (their pods go with them) and the PVC; absent objects are fine.
     pub(crate) fn remove_objects(&self, ns: &str, object: &str) -> Result<(), Status> {
-        self.kube.delete(&batch_path(ns, "jobs", Some(object)))?;
+        self.kube.delete(&path::<Job>(ns, Some(object)))?;
         self.kube
-            .delete(&batch_path(ns, "jobs", Some(&job::verify_job_name(object))))?;
-        self.kube
-            .delete(&core_path(ns, "persistentvolumeclaims", Some(object)))?;
+            .delete(&path::<Job>(ns, Some(&job::verify_job_name(object))))?;
+        self.kube.delete(&path::<PersistentVolumeClaim>(ns, Some(object)))?;
         Ok(())
     }
 

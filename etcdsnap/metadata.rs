@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids;
 use crate::job::{LABEL_DRIVER, LABEL_GROUP, LABEL_MANAGED_BY};
-use crate::kube::{core_path, Kube};
+use crate::kube::{path, Kube};
 use crate::status::Status;
 
 pub const LABEL_KIND: &str = "etcdsnap.lifeboat.dev/kind";
@@ -247,7 +247,7 @@ impl Store {
 
     fn path(&self, id: Option<&str>) -> String {
         let name = id.map(ids::object_name);
-        core_path(&self.namespace, "configmaps", name.as_deref())
+        path::<ConfigMap>(&self.namespace, name.as_deref())
     }
 
     fn make_configmap<R: Record>(&self, record: &R, resource_version: Option<String>) -> Result<ConfigMap, Status> {

@@ -26,7 +26,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::ids;
 use crate::job::{self, JobState, LABEL_MANAGED_BY, LABEL_SNAPSHOT};
-use crate::kube::{batch_path, Kube};
+use crate::kube::{path, Kube};
 use crate::metadata::{SnapshotRecord, State, Store};
 
 const USAGE: &str = "usage: etcdsnap restore --snapshot-id ID --name MEMBER --initial-cluster NAME=URL,...
@@ -268,12 +268,12 @@ fn run(args: &Args) -> Result<(), String> {
         return Ok(());
     }
     let name = job.metadata.name.clone().unwrap_or_default();
-    kube.create(&batch_path(&rec.namespace, "jobs", None), &job)
+    kube.create(&path::<Job>(&rec.namespace, None), &job)
         .map_err(|e| e.to_string())?;
     log::info!(job = format!("{}/{name}", rec.namespace).as_str(), snapshot = rec.id.as_str(),
         revision = rec.revision.unwrap_or_default(), member = args.name.as_str(); "restore job created");
     let deadline = Instant::now() + args.timeout + Duration::from_secs(30);
-    let path = batch_path(&rec.namespace, "jobs", Some(&name));
+    let path = path::<Job>(&rec.namespace, Some(&name));
     while Instant::now() < deadline {
         let job: Job = kube
             .get(&path)
