@@ -55,6 +55,30 @@ pub struct EngineConfig {
 
 pub const DEFAULT_ENDPOINT: &str = "unix:///csi/csi.sock";
 pub const DEFAULT_DRIVER_NAME: &str = "etcdsnap.lifeboat.dev";
+/// The image of the snapshot and restore Jobs (`ETCD_IMAGE`, `restore --image`).
+pub const DEFAULT_ETCD_IMAGE: &str = "registry.k8s.io/etcd:3.5.21-0";
+
+/// `DRIVER_NAME`: the CSI driver name (the driver and `etcdsnap restore` read it alike).
+pub fn driver_name(env: &mut Env) -> String {
+    env.parse_with("DRIVER_NAME", DEFAULT_DRIVER_NAME.to_string(), |s| {
+        if ids::is_valid_driver_name(s) {
+            Ok(s.to_string())
+        } else {
+            Err("must match ^[a-zA-Z][A-Za-z0-9-._]{0,61}[a-zA-Z]$ (CSI driver name)".into())
+        }
+    })
+}
+
+/// `METADATA_NAMESPACE`: where the snapshot records live (the driver and `etcdsnap restore`).
+pub fn metadata_namespace(env: &mut Env) -> String {
+    env.parse_with("METADATA_NAMESPACE", "kube-system".to_string(), |s| {
+        if ids::is_dns_label(s) {
+            Ok(s.to_string())
+        } else {
+            Err("must be a Kubernetes namespace name".into())
+        }
+    })
+}
 
 impl Config {
     /// Reads the configuration from `env`; `endpoint_flag` (from `--endpoint`) wins over
@@ -69,20 +93,8 @@ impl Config {
             }
         };
         let metrics_addr = env.parse_with("METRICS_ADDR", "0.0.0.0:8080".to_string(), parse_listen_addr);
-        let driver_name = env.parse_with("DRIVER_NAME", DEFAULT_DRIVER_NAME.to_string(), |s| {
-            if ids::is_valid_driver_name(s) {
-                Ok(s.to_string())
-            } else {
-                Err("must match ^[a-zA-Z][A-Za-z0-9-._]{0,61}[a-zA-Z]$ (CSI driver name)".into())
-            }
-        });
-        let metadata_namespace = env.parse_with("METADATA_NAMESPACE", "kube-system".to_string(), |s| {
-            if ids::is_dns_label(s) {
-                Ok(s.to_string())
-            } else {
-                Err("must be a Kubernetes namespace name".into())
-            }
-        });
+        let driver_name = driver_name(&mut env);
+        let metadata_namespace = metadata_namespace(&mut env);
         let cluster_label = env.parse_with("CLUSTER_LABEL", "etcd.io/cluster".to_string(), |s| {
             if ids::is_label_key(s) {
                 Ok(s.to_string())
@@ -96,34 +108,30 @@ impl Config {
                 env.problem("STORAGE_CLASS", format!("must be a StorageClass name, got {sc:?}"));
             }
         }
-        let etcd_image = env.string_or("ETCD_IMAGE", "registry.k8s.io/etcd:3.5.21-0");
+        let etcd_image = env.string_or("ETCD_IMAGE", DEFAULT_ETCD_IMAGE);
         let default_export_image = format!("ghcr.io/kaidotio/lifeboat/etcdsnap:{}", env!("CARGO_PKG_VERSION"));
         let export_image = env.string_or("EXPORT_IMAGE", &default_export_image);
         let pvc_min_bytes = env.parse_or("PVC_MIN_SIZE", "1Gi", parse_quantity);
         let pvc_headroom_percent = env.number_in("PVC_HEADROOM_PERCENT", 50u64, 0, 1000);
-        let job_timeout = env.duration("JOB_TIMEOUT", Some(Duration::from_secs(600)));
+        let job_timeout = env.duration_or("JOB_TIMEOUT", Duration::from_secs(600));
         let job_backoff_limit = env.number_in("JOB_BACKOFF_LIMIT", 1i32, 0, 10);
-        let etcd_timeout = env.duration("ETCD_TIMEOUT", Some(Duration::from_secs(5)));
-        let poll_interval = env.duration("POLL_INTERVAL", Some(Duration::from_secs(2)));
-        let create_wait = env.duration("CREATE_WAIT", Some(Duration::from_secs(45)));
+        let etcd_timeout = env.duration_or("ETCD_TIMEOUT", Duration::from_secs(5));
+        let poll_interval = env.duration_or("POLL_INTERVAL", Duration::from_secs(2));
+        let create_wait = env.duration_or("CREATE_WAIT", Duration::from_secs(45));
         let grpc_threads = env.number_in("GRPC_THREADS", 4usize, 1, 64);
-        let shutdown_grace = env.duration("SHUTDOWN_GRACE", Some(Duration::from_secs(30)));
-        let job_timeout = job_timeout.unwrap_or_default();
+        let shutdown_grace = env.duration_or("SHUTDOWN_GRACE", Duration::from_secs(30));
         if job_timeout < Duration::from_secs(10) {
             env.problem("JOB_TIMEOUT", "must be at least 10s");
         }
-        let poll_interval = poll_interval.unwrap_or_default();
         if poll_interval < Duration::from_millis(100) || poll_interval > Duration::from_secs(60) {
             env.problem("POLL_INTERVAL", "must be between 100ms and 60s");
         }
-        let create_wait = create_wait.unwrap_or_default();
         if create_wait < Duration::from_secs(1) || create_wait > Duration::from_secs(600) {
             env.problem(
                 "CREATE_WAIT",
                 "must be between 1s and 10m (and below the sidecar's --timeout)",
             );
         }
-        let etcd_timeout = etcd_timeout.unwrap_or_default();
         if etcd_timeout.is_zero() {
             env.problem("ETCD_TIMEOUT", "must be more than 0");
         }
@@ -148,7 +156,7 @@ impl Config {
                 create_wait,
             },
             grpc_threads,
-            shutdown_grace: shutdown_grace.unwrap_or_default(),
+            shutdown_grace,
         })
     }
 }

@@ -15,13 +15,9 @@ pub const MAX_GROUP_VOLUMES: usize = 32;
 /// The longest idempotency name we accept (the CO sends ~60 bytes; the spec caps ids at 128).
 pub const MAX_NAME_BYTES: usize = 1024;
 
-/// SHA-256 of `data`, with rustls' ring provider (already linked; no extra crate).
+/// SHA-256 of `data` (ring, already linked as rustls' crypto provider; no extra crate).
 pub fn sha256(data: &[u8]) -> Vec<u8> {
-    match rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256 {
-        rustls::SupportedCipherSuite::Tls13(suite) => suite.common.hash_provider.hash(data).as_ref().to_vec(),
-        #[allow(unreachable_patterns)]
-        _ => unreachable!("TLS13_AES_128_GCM_SHA256 is a TLS 1.3 suite"),
-    }
+    ring::digest::digest(&ring::digest::SHA256, data).as_ref().to_vec()
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -132,7 +132,7 @@ pub fn parse_args(args: &[String]) -> Result<Option<Args>, String> {
         image: m
             .get("image")
             .cloned()
-            .unwrap_or_else(|| "registry.k8s.io/etcd:3.5.21-0".into()),
+            .unwrap_or_else(|| crate::config::DEFAULT_ETCD_IMAGE.into()),
         apply,
         timeout,
     }))
@@ -246,8 +246,11 @@ pub fn main(argv: &[String]) -> i32 {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    let namespace = std::env::var("METADATA_NAMESPACE").unwrap_or_else(|_| "kube-system".into());
-    let driver = std::env::var("DRIVER_NAME").unwrap_or_else(|_| crate::config::DEFAULT_DRIVER_NAME.into());
+    // Read and checked as the driver reads them, so restore looks where the driver wrote.
+    let mut env = lifeboat::env::Env::from_process();
+    let namespace = crate::config::metadata_namespace(&mut env);
+    let driver = crate::config::driver_name(&mut env);
+    env.finish().map_err(|e| e.to_string())?;
     let kube = std::sync::Arc::new(Kube::from_environment(Duration::from_secs(15))?);
     let store = Store::new(std::sync::Arc::clone(&kube), &namespace, &driver);
     let rec: SnapshotRecord = store

@@ -159,20 +159,19 @@ fn read_config(env: Env, level: Result<log::LevelFilter, String>) -> Result<Conf
     let cert = PathBuf::from(env.required("TLS_CERT_FILE"));
     let key = PathBuf::from(env.required("TLS_KEY_FILE"));
     let reload_interval = env
-        .duration("TLS_RELOAD_INTERVAL", Some(Duration::from_secs(1)))
-        .unwrap_or(Duration::from_secs(1))
+        .duration_or("TLS_RELOAD_INTERVAL", Duration::from_secs(1))
         .max(Duration::from_millis(10));
     // The API server refuses request bodies over 3 MiB (its MaxRequestBodyBytes: twice etcd's
     // 1.5 MiB, for JSON against protobuf), so the Pod in an AdmissionReview is at most that;
     // 256 KiB more covers the envelope (userInfo, options) and earlier webhooks' additions.
     let max_body = env.number_in("MAX_BODY_BYTES", 3 * 1024 * 1024 + 256 * 1024, 4096, 256 * 1024 * 1024);
     let max_head = env.number_in("MAX_HEADER_BYTES", 32 * 1024, 1024, 1024 * 1024);
-    let request_timeout = env.duration("REQUEST_TIMEOUT", Some(Duration::from_secs(10)));
+    let request_timeout = env.duration_or("REQUEST_TIMEOUT", Duration::from_secs(10));
     let max_connections = env.number_in("MAX_CONNECTIONS", 256, 1, 10_000);
     let workers = env.number_in("WORKERS", 4, 1, 256);
-    let handshake_timeout = env.duration("HANDSHAKE_TIMEOUT", Some(Duration::from_secs(10)));
-    let idle_timeout = env.duration("IDLE_TIMEOUT", Some(Duration::from_secs(120)));
-    let shutdown_timeout = env.duration("SHUTDOWN_TIMEOUT", Some(Duration::from_secs(25)));
+    let handshake_timeout = env.duration_or("HANDSHAKE_TIMEOUT", Duration::from_secs(10));
+    let idle_timeout = env.duration_or("IDLE_TIMEOUT", Duration::from_secs(120));
+    let shutdown_timeout = env.duration_or("SHUTDOWN_TIMEOUT", Duration::from_secs(25));
     let socket_dir = env
         .optional("SOCKET_DIR")
         .map(PathBuf::from)
@@ -189,16 +188,16 @@ fn read_config(env: Env, level: Result<log::LevelFilter, String>) -> Result<Conf
         max_body,
         limits: proxy::Limits {
             max_connections,
-            handshake_timeout: handshake_timeout.unwrap_or(Duration::from_secs(10)),
-            idle_timeout: idle_timeout.unwrap_or(Duration::from_secs(120)),
+            handshake_timeout,
+            idle_timeout,
             request: framing::Limits {
                 max_head,
                 max_body,
-                request_timeout: request_timeout.unwrap_or(Duration::from_secs(10)),
+                request_timeout,
             },
         },
         workers,
-        shutdown_timeout: shutdown_timeout.unwrap_or(Duration::from_secs(25)),
+        shutdown_timeout,
         socket_dir,
     })
 }

@@ -56,10 +56,49 @@ fn config_schema() -> lifeboat::env::Schema {
     schema
 }
 
+/// How a run ended: the summary's `outcome` field and the metrics' label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Success,
+    DryRun,
+    Failed,
+    Refused,
+    Stopped,
+    VerifyFailed,
+    ConfigError,
+}
+
+impl Kind {
+    /// The name in the summary line and the metrics.
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Success => "success",
+            Kind::DryRun => "dry_run",
+            Kind::Failed => "failed",
+            Kind::Refused => "refused",
+            Kind::Stopped => "stopped",
+            Kind::VerifyFailed => "verify_failed",
+            Kind::ConfigError => "config_error",
+        }
+    }
+
+    /// The summary line's message.
+    fn message(self) -> &'static str {
+        match self {
+            Kind::Success => "sync finished",
+            Kind::DryRun => "dry run finished: nothing was changed",
+            Kind::Stopped => "sync stopped",
+            Kind::Refused => "sync refused",
+            Kind::ConfigError => "not started: invalid configuration",
+            Kind::VerifyFailed => "sync finished but the copy differs from the source",
+            Kind::Failed => "sync failed",
+        }
+    }
+}
+
 /// How the run ended, for the summary line.
 struct Outcome {
-    /// success, dry_run, failed, refused, stopped, verify_failed, config_error.
-    kind: &'static str,
+    kind: Kind,
     code: i32,
     stats: Option<Stats>,
     error: Option<String>,
@@ -81,7 +120,7 @@ struct Extra {
 }
 
 impl Outcome {
-    fn early(kind: &'static str, code: i32, error: impl Into<String>) -> Outcome {
+    fn early(kind: Kind, code: i32, error: impl Into<String>) -> Outcome {
         Outcome {
             kind,
             code,
@@ -106,7 +145,7 @@ fn run() -> i32 {
         Err(err) => {
             let problems: Vec<String> = err.problems.iter().map(|p| format!("{}: {}", p.var, p.what)).collect();
             log::error!(problems:serde = problems; "{err}");
-            let outcome = Outcome::early("config_error", EXIT_CONFIG, err.to_string());
+            let outcome = Outcome::early(Kind::ConfigError, EXIT_CONFIG, err.to_string());
             return summarize(None, &outcome, started);
         }
     };
@@ -125,7 +164,7 @@ fn run() -> i32 {
         let problems = [format!("DEST_PREFIX: {why}")];
         log::error!(problems:serde = problems; "invalid configuration (1 problem): DEST_PREFIX: {why}");
         let outcome = Outcome::early(
-            "config_error",
+            Kind::ConfigError,
             EXIT_CONFIG,
             format!("invalid configuration (1 problem): DEST_PREFIX: {why}"),
         );
@@ -137,7 +176,7 @@ fn run() -> i32 {
             let problem = format!("RCLONE_BINARY: {why}");
             log::error!(problems:serde = [&problem]; "invalid configuration (1 problem): {problem}");
             let outcome = Outcome::early(
-                "config_error",
+                Kind::ConfigError,
                 EXIT_CONFIG,
                 format!("invalid configuration (1 problem): {problem}"),
             );
@@ -147,7 +186,7 @@ fn run() -> i32 {
     let shutdown = match Shutdown::install() {
         Ok(s) => s,
         Err(e) => {
-            let outcome = Outcome::early("failed", 1, format!("cannot install signal handlers: {e}"));
+            let outcome = Outcome::early(Kind::Failed, 1, format!("cannot install signal handlers: {e}"));
             return summarize(Some(&config), &outcome, started);
         }
     };
@@ -213,7 +252,7 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
             // A server's error text could quote a credential back.
             let message = redactor.apply(&f.message);
             log::error!(kind = f.kind, exit_code = f.code; "pre-flight failed: {message}");
-            return Outcome::early("failed", f.code, message);
+            return Outcome::early(Kind::Failed, f.code, message);
         }
     };
     log::info!(
@@ -238,7 +277,7 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
         if !config.allow_uncopyable_keys {
             let why = format!("refusing to sync: {what}; nothing was copied or deleted. Set ALLOW_UNCOPYABLE_KEYS=true to sync everything else and leave these out");
             log::error!(uncopyable = source.uncopyable.len(), keys:serde = first; "{why}");
-            return Outcome::early("refused", EXIT_REFUSED, why).with(outcome_extra);
+            return Outcome::early(Kind::Refused, EXIT_REFUSED, why).with(outcome_extra);
         }
         log::warn!(uncopyable = source.uncopyable.len(), keys:serde = first; "{what}; ALLOW_UNCOPYABLE_KEYS=true: they are left out");
     }
@@ -251,7 +290,7 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
     let (source_n, dest_n) = (source.objects.len() as u64, dest.objects.len() as u64);
     if let Err(why) = guard::check(source_n, dest_n, config.allow_empty_source) {
         log::error!("{why}");
-        return Outcome::early("refused", EXIT_REFUSED, why).with(outcome_extra);
+        return Outcome::early(Kind::Refused, EXIT_REFUSED, why).with(outcome_extra);
     }
     if source_n == 0 && dest_n == 0 {
         log::warn!(source = config.source.display().as_str();
@@ -271,7 +310,7 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
         outcome_extra.deletes_allowed = Some(t.allowed);
         if !config.dry_run {
             log::error!(limit = t.limit, deletes_planned = planned.deletions, deletes_allowed = t.allowed; "{}", t.message);
-            return Outcome::early("refused", EXIT_REFUSED, t.message).with(outcome_extra);
+            return Outcome::early(Kind::Refused, EXIT_REFUSED, t.message).with(outcome_extra);
         }
         log::warn!(limit = t.limit, deletes_planned = planned.deletions, deletes_allowed = t.allowed;
             "dry run: a real run would be refused: {}", t.message);
@@ -288,7 +327,7 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
             let checks = report.objects;
             outcome_extra.verify = Some(report);
             return Outcome {
-                kind: "success",
+                kind: Kind::Success,
                 code: 0,
                 stats: Some(Stats {
                     checks,
@@ -318,7 +357,7 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
         Ok(ended) => ended,
         Err(e) => {
             return Outcome::early(
-                "failed",
+                Kind::Failed,
                 1,
                 format!("cannot run rclone ({}): {e}", config.rclone.display()),
             )
@@ -328,7 +367,7 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
     let error = ended.folded.errors.last().cloned();
     let outcome = match (ended.stopped_by, ended.code) {
         _ if ended.timed_out => Outcome {
-            kind: "failed",
+            kind: Kind::Failed,
             code: EXIT_TIMEOUT,
             stats: ended.folded.stats,
             error: Some(format!(
@@ -339,7 +378,7 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
             extra: outcome_extra,
         },
         (Some(signal), code) => Outcome {
-            kind: "stopped",
+            kind: Kind::Stopped,
             code: if code == 0 { 128 + signal } else { code },
             stats: ended.folded.stats,
             error: Some(format!("stopped by {}", signal_name(signal))),
@@ -349,7 +388,7 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
         // rclone always ends with a stats line (--stats-log-level NOTICE); a program that
         // exits 0 without one did not sync anything.
         (None, 0) if ended.folded.stats.is_none() => Outcome {
-            kind: "failed",
+            kind: Kind::Failed,
             code: 1,
             stats: None,
             error: Some(format!(
@@ -360,7 +399,7 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
             extra: outcome_extra,
         },
         (None, 0) => Outcome {
-            kind: if config.dry_run { "dry_run" } else { "success" },
+            kind: if config.dry_run { Kind::DryRun } else { Kind::Success },
             code: 0,
             stats: ended.folded.stats,
             error: None,
@@ -368,7 +407,7 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
             extra: outcome_extra,
         },
         (None, code) => Outcome {
-            kind: "failed",
+            kind: Kind::Failed,
             code,
             stats: ended.folded.stats,
             error: Some(error.unwrap_or_else(|| format!("rclone exited with code {code}"))),
@@ -376,7 +415,7 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
             extra: outcome_extra,
         },
     };
-    if outcome.kind != "success" || !config.verify {
+    if outcome.kind != Kind::Success || !config.verify {
         return outcome;
     }
     verify_after(config, &trust, shutdown, &redactor, outcome)
@@ -398,7 +437,7 @@ fn verify_after(
         ),
         Ok(None) => {
             let signal = shutdown.requested().unwrap_or(libc::SIGTERM);
-            outcome.kind = "stopped";
+            outcome.kind = Kind::Stopped;
             outcome.code = 128 + signal;
             outcome.signal = Some(signal);
             outcome.error = Some(format!("stopped by {} during the verification", signal_name(signal)));
@@ -408,7 +447,7 @@ fn verify_after(
         Err(f) => {
             let message = redactor.apply(&f.message);
             log::error!(kind = f.kind; "verification could not list: {message}");
-            outcome.kind = "verify_failed";
+            outcome.kind = Kind::VerifyFailed;
             outcome.code = EXIT_VERIFY;
             outcome.error = Some(format!("the copy could not be verified: {message}"));
             outcome.extra.verified = Some(false);
@@ -429,7 +468,7 @@ fn verify_after(
             report.first.join("; ")
         );
         log::error!(missing = report.missing, extra = report.extra, differing = report.differing, keys:serde = report.first; "{why}");
-        outcome.kind = "verify_failed";
+        outcome.kind = Kind::VerifyFailed;
         outcome.code = EXIT_VERIFY;
         outcome.error = Some(why);
     }
@@ -439,7 +478,7 @@ fn verify_after(
 
 fn stopped_before_sync(signal: i32) -> Outcome {
     Outcome {
-        kind: "stopped",
+        kind: Kind::Stopped,
         code: 128 + signal,
         stats: None,
         error: Some(format!("stopped by {} before the sync started", signal_name(signal))),
@@ -461,19 +500,11 @@ fn summarize(config: Option<&Config>, outcome: &Outcome, started: Instant) -> i3
     let level = if outcome.code == 0 { Level::Info } else { Level::Error };
     let elapsed_s = logfold::round_ms(started.elapsed().as_secs_f64());
     let v = outcome.extra.verify.as_ref();
-    let msg = match outcome.kind {
-        "success" => "sync finished",
-        "dry_run" => "dry run finished: nothing was changed",
-        "stopped" => "sync stopped",
-        "refused" => "sync refused",
-        "config_error" => "not started: invalid configuration",
-        "verify_failed" => "sync finished but the copy differs from the source",
-        _ => "sync failed",
-    };
+    let msg = outcome.kind.message();
     log::log!(
         target: lifeboat::log::SUMMARY_TARGET,
         level,
-        outcome = outcome.kind,
+        outcome = outcome.kind.as_str(),
         exit_code = outcome.code,
         dry_run = config.map(|c| c.dry_run).unwrap_or(false),
         bytes = stats.bytes,
@@ -498,7 +529,7 @@ fn summarize(config: Option<&Config>, outcome: &Outcome, started: Instant) -> i3
     );
     if let Some(c) = config.filter(|c| c.metrics_file.is_some() || c.metrics_push_url.is_some()) {
         let numbers = report::RunNumbers {
-            outcome: outcome.kind,
+            outcome: outcome.kind.as_str(),
             exit_code: outcome.code,
             bytes: stats.bytes,
             transfers: stats.transfers,
@@ -515,4 +546,37 @@ fn summarize(config: Option<&Config>, outcome: &Outcome, started: Instant) -> i3
         );
     }
     outcome.code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Kind;
+
+    #[test]
+    fn outcome_kinds_have_the_documented_names_and_their_own_messages() {
+        let all = [
+            Kind::Success,
+            Kind::DryRun,
+            Kind::Failed,
+            Kind::Refused,
+            Kind::Stopped,
+            Kind::VerifyFailed,
+            Kind::ConfigError,
+        ];
+        let names: Vec<_> = all.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "success",
+                "dry_run",
+                "failed",
+                "refused",
+                "stopped",
+                "verify_failed",
+                "config_error"
+            ]
+        );
+        let messages: std::collections::HashSet<_> = all.iter().map(|k| k.message()).collect();
+        assert_eq!(messages.len(), all.len());
+    }
 }

@@ -16,8 +16,11 @@ import base64
 import copy
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -37,11 +40,13 @@ def hook(tmp_path, bin_dir):
     ca = make_ca(tmp_path / "pki", "hook-ca")
     cert, key = ca.issue(tmp_path / "pki", "hook", ["127.0.0.1", "localhost"], client=False, server=True)
     port, metrics = free_ports(2)
-    (tmp_path / "run").mkdir()
+    # Unix socket paths are at most 107 bytes: pytest's tmp_path (its name grows with the run
+    # number and the test's name) is too long on some runs, so the socket folder is short.
+    run_dir = Path(tempfile.mkdtemp(prefix="hk-", dir="/tmp"))
     env = scrubbed_env({
         "LISTEN_ADDR": f"127.0.0.1:{port}", "METRICS_ADDR": f"127.0.0.1:{metrics}",
         "TLS_CERT_FILE": str(cert), "TLS_KEY_FILE": str(key), "HOOK_IMAGE": HOOK_IMAGE,
-        "SOCKET_DIR": str(tmp_path / "run"), "LOG_LEVEL": "debug",
+        "SOCKET_DIR": str(run_dir), "LOG_LEVEL": "debug",
     })
     for var in ("VARIANT", "NATIVE_SIDECAR", "LITESTREAM_IMAGE"):
         env.pop(var, None)
@@ -63,6 +68,7 @@ def hook(tmp_path, bin_dir):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def rendered_webhook(ns: str, ca_pem: bytes, port: int) -> dict:
