@@ -1,7 +1,10 @@
 """etcdsnap benchmark: an end-to-end snapshot of a ~50 MB etcd (CreateVolumeGroupSnapshot until
 GetVolumeGroupSnapshot says ready: health check, PVC, Job running etcdctl + etcdutl, result read
 back) against a raw `etcdctl snapshot save` of the same cluster; Identity/Get RPC latency over
-the Unix socket; the driver's RSS. Uses the test fixtures (real 3-member TLS etcd, Kubernetes
+the Unix socket; the driver's RSS; and the S3 export of a BENCH_EXPORT_MB (100) MiB file by
+`etcdsnap export` (hash, upload in 16 MiB parts, full read-back) against `rclone copyto` of the same
+file to the same `rclone serve s3`, interleaved. BENCH_ONLY=export or =snapshot runs one half.
+Uses the test fixtures (real 3-member TLS etcd, Kubernetes
 stand-in) and the built binary in LIFEBOAT_BIN_DIR. Prints figures; asserts nothing about speed."""
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from kube_standin import KubeStandin  # noqa: E402
 SIZE_MB = int(os.environ.get("BENCH_SIZE_MB", "50"))
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 RPCS = int(os.environ.get("BENCH_RPCS", "500"))
+EXPORT_MB = int(os.environ.get("BENCH_EXPORT_MB", "100"))
+ONLY = os.environ.get("BENCH_ONLY", "")
 
 
 def pct(values, p):
@@ -39,9 +44,54 @@ def rss_kib(pid):
     return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
+def export_bench(tools: Path, bin_dir: Path, tmp: Path) -> None:
+    from etcd_cluster import scrubbed_env
+    from s3_servers import ACCESS_KEY, SECRET_KEY, S3Server
+
+    server = S3Server("rclone", tools, tmp / "s3")
+    try:
+        server.make_bucket("bench")
+        src = tmp / "export.db"
+        with open(src, "wb") as f:
+            for _ in range(EXPORT_MB):
+                f.write(os.urandom(1 << 20))
+        size = src.stat().st_size
+        env = scrubbed_env({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "LOG_LEVEL": "warn"})
+        rclone_env = scrubbed_env({
+            "RCLONE_CONFIG": "/dev/null", "RCLONE_CONFIG_S3_TYPE": "s3", "RCLONE_CONFIG_S3_PROVIDER": "Other",
+            "RCLONE_CONFIG_S3_ENDPOINT": server.endpoint, "RCLONE_CONFIG_S3_ACCESS_KEY_ID": ACCESS_KEY,
+            "RCLONE_CONFIG_S3_SECRET_ACCESS_KEY": SECRET_KEY, "RCLONE_CONFIG_S3_REGION": "us-east-1",
+            "RCLONE_CONFIG_S3_FORCE_PATH_STYLE": "true"})
+        ours, theirs = [], []
+        for i in range(RUNS):
+            t = time.perf_counter()
+            subprocess.run([str(tools / "rclone"), "copyto", str(src), f"s3:bench/rclone-{i}.db"], env=rclone_env,
+                           check=True, timeout=600, stdout=subprocess.DEVNULL)
+            theirs.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            subprocess.run([str(bin_dir / "etcdsnap"), "export", "--file", str(src), "--endpoint", server.endpoint,
+                            "--bucket", "bench", "--key", f"etcdsnap-{i}.db"], env=env, check=True, timeout=600,
+                           stdout=subprocess.DEVNULL)
+            ours.append(time.perf_counter() - t)
+        mib = size / 2**20
+        o, r = statistics.median(ours), statistics.median(theirs)
+        print(f"export file: {mib:.0f} MiB to rclone serve s3 (loopback)")
+        print(f"rclone copyto: median {r:.2f} s ({mib / r:.0f} MiB/s)  runs {', '.join(f'{x:.2f}' for x in theirs)}")
+        print(f"etcdsnap export (hash, 16 MiB parts, full read-back): median {o:.2f} s ({mib / o:.0f} MiB/s)  "
+              f"runs {', '.join(f'{x:.2f}' for x in ours)}")
+        print(f"export throughput ratio etcdsnap / rclone copyto: {r / o:.2f}x")
+    finally:
+        server.stop()
+
+
 def main():
     tools = tools_bin()
     bin_dir = Path(os.environ.get("LIFEBOAT_BIN_DIR") or REPO / "target" / "debug")
+    if ONLY != "snapshot":
+        with tempfile.TemporaryDirectory(prefix="etcdsnap-bench-export-") as tmp:
+            export_bench(tools, bin_dir, Path(tmp))
+    if ONLY == "export":
+        return
     with tempfile.TemporaryDirectory(prefix="etcdsnap-bench-") as tmp:
         tmp = Path(tmp)
         pb2, pb2_grpc = generate_stubs(tmp / "stubs")

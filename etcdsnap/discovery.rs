@@ -10,10 +10,13 @@
 //!   the one named `client` (or `etcd-client`), else 2379, else the only one.
 //! * client TLS: the Secret named by the annotation `etcd.io/client-tls-secret` (default
 //!   `<cluster>-client-tls`) with `ca.crt`, `tls.crt`, `tls.key`.
+//! * etcd user and password (optional, for clusters with `auth enable`): the Secret named by
+//!   the annotation `etcd.io/auth-secret`, a `kubernetes.io/basic-auth` Secret with `username`
+//!   and `password`. Without the annotation no user is sent.
 
 use k8s_openapi::api::core::v1::{Endpoints, PersistentVolumeClaim, Secret, Service};
 
-use crate::etcd::ClientTls;
+use crate::etcd::{ClientTls, UserAuth};
 use crate::ids::{self, VolumeId};
 use crate::kube::{path, Kube};
 use crate::status::Status;
@@ -21,8 +24,14 @@ use crate::status::Status;
 pub const ANNOTATION_ENDPOINTS: &str = "etcd.io/endpoints";
 pub const ANNOTATION_SERVICE: &str = "etcd.io/service";
 pub const ANNOTATION_TLS_SECRET: &str = "etcd.io/client-tls-secret";
+pub const ANNOTATION_AUTH_SECRET: &str = "etcd.io/auth-secret";
 /// Every annotation of a handle PVC that discovery reads (`etcdsnap --print-config-schema`).
-pub const ANNOTATIONS: [&str; 3] = [ANNOTATION_ENDPOINTS, ANNOTATION_SERVICE, ANNOTATION_TLS_SECRET];
+pub const ANNOTATIONS: [&str; 4] = [
+    ANNOTATION_ENDPOINTS,
+    ANNOTATION_SERVICE,
+    ANNOTATION_TLS_SECRET,
+    ANNOTATION_AUTH_SECRET,
+];
 
 /// Where a volume's etcd cluster is and how to talk to it.
 #[derive(Debug, Clone)]
@@ -33,6 +42,8 @@ pub struct Target {
     pub endpoints: Vec<String>,
     pub tls_secret: String,
     pub tls: ClientTls,
+    /// The Secret with the etcd user and password, and what it holds.
+    pub auth: Option<(String, UserAuth)>,
 }
 
 impl Target {
@@ -96,12 +107,20 @@ pub fn resolve(kube: &Kube, cluster_label: &str, volume_id: &str) -> Result<Targ
         .cloned()
         .unwrap_or_else(|| format!("{cluster}-client-tls"));
     let tls = client_tls(kube, ns, &tls_secret).map_err(|e| e.context(format!("etcd cluster {cluster_id}")))?;
+    let auth = match annotations.get(ANNOTATION_AUTH_SECRET) {
+        None => None,
+        Some(name) => Some((
+            name.clone(),
+            user_auth(kube, ns, name).map_err(|e| e.context(format!("etcd cluster {cluster_id}")))?,
+        )),
+    };
     Ok(Target {
         volume,
         cluster,
         endpoints,
         tls_secret,
         tls,
+        auth,
     })
 }
 
@@ -187,6 +206,24 @@ fn client_tls(kube: &Kube, ns: &str, name: &str) -> Result<ClientTls, Status> {
         ca: take("ca.crt")?,
         cert: take("tls.crt")?,
         key: take("tls.key")?,
+    })
+}
+
+/// `username` and `password` of a basic-auth Secret (the password only as a [`Secret`]).
+fn user_auth(kube: &Kube, ns: &str, name: &str) -> Result<UserAuth, Status> {
+    let secret: Secret = kube
+        .get(&core_path(ns, "secrets", Some(name)))?
+        .ok_or_else(|| Status::precondition(format!("etcd auth Secret {ns}/{name} not found")))?;
+    let data = secret.data.unwrap_or_default();
+    let take = |key: &str| {
+        data.get(key)
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| Status::precondition(format!("etcd auth Secret {ns}/{name} has no {key}")))
+    };
+    Ok(UserAuth {
+        username: take("username")?,
+        password: lifeboat::secret::Secret::new(take("password")?),
     })
 }
 

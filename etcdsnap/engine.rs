@@ -251,8 +251,26 @@ impl Engine {
     fn healthy_target(&self, volume_id: &str) -> Result<(Target, Healthy), Status> {
         let target = discovery::resolve(&self.kube, &self.cfg.cluster_label, volume_id)?;
         let cluster = target.cluster_id();
-        let client = EtcdClient::new(&cluster, &target.tls, self.cfg.etcd_timeout)?;
-        let result = client.check(&target.endpoints);
+        let mut client = EtcdClient::new(&cluster, &target.tls, self.cfg.etcd_timeout)?;
+        let result = match &target.auth {
+            Some((secret, auth)) => client
+                .authenticate(&target.endpoints, auth, secret)
+                .and_then(|()| client.check(&target.endpoints)),
+            // Without a user, an etcd with auth on would fail the Job's etcdctl ("user name is
+            // empty"): refuse before anything is made, saying what is missing. Asked of the
+            // member found healthy, so an unreachable cluster costs no extra timeout.
+            None => client.check(&target.endpoints).and_then(|h| {
+                if client.auth_enabled(std::slice::from_ref(&h.member_url)) == Some(true) {
+                    return Err(Status::precondition(format!(
+                        "etcd cluster {cluster} has authentication enabled: name a basic-auth Secret (username, \
+                         password; the user needs the root role to take snapshots) with the annotation {} on volume \
+                         {volume_id}",
+                        discovery::ANNOTATION_AUTH_SECRET
+                    )));
+                }
+                Ok(h)
+            }),
+        };
         let labels = [("cluster", cluster.as_str())];
         match &result {
             Ok(h) => {
@@ -727,6 +745,7 @@ impl Engine {
             object: object.clone(),
             member_url: member_url.clone(),
             tls_secret: target.tls_secret.clone(),
+            auth_secret: target.auth.as_ref().map(|(s, _)| s.clone()),
             created,
             state: State::Pending,
             reason: None,
@@ -758,6 +777,7 @@ impl Engine {
             name: object.clone(),
             member_url: member_url.clone(),
             tls_secret: target.tls_secret.clone(),
+            auth_secret: target.auth.as_ref().map(|(s, _)| s.clone()),
             size_bytes: size,
             storage_class: params.storage_class.clone(),
             trial_restore: params.trial_restore,

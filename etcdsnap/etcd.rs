@@ -28,6 +28,13 @@ pub struct ClientTls {
     pub key: Vec<u8>,
 }
 
+/// An etcd user (clusters with `auth enable`); the password never printed.
+#[derive(Clone, Debug)]
+pub struct UserAuth {
+    pub username: String,
+    pub password: lifeboat::secret::Secret,
+}
+
 impl std::fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ClientTls { .. }")
@@ -113,6 +120,8 @@ pub struct EtcdClient {
     agent: ureq::Agent,
     /// Cluster name for messages (`namespace/cluster`).
     cluster: String,
+    /// The token of [`EtcdClient::authenticate`], sent as `Authorization`.
+    token: Option<lifeboat::secret::Secret>,
 }
 
 impl EtcdClient {
@@ -134,18 +143,71 @@ impl EtcdClient {
         Ok(EtcdClient {
             agent,
             cluster: cluster.to_string(),
+            token: None,
         })
+    }
+
+    /// Whether the cluster has `auth enable`d: `/v3/auth/status` on the first endpoint that
+    /// answers says so, or (etcd 3.5, asked without a user) refuses with "user name not
+    /// found" / "user name is empty"; `None` when no endpoint answers (the health check then
+    /// says why).
+    pub fn auth_enabled(&self, endpoints: &[String]) -> Option<bool> {
+        #[derive(Deserialize)]
+        struct AuthStatus {
+            #[serde(default)]
+            enabled: bool,
+        }
+        endpoints
+            .iter()
+            .find_map(|ep| match self.post::<AuthStatus>(ep, "/v3/auth/status", "{}") {
+                Ok(s) => Some(s.enabled),
+                Err(e) if e.starts_with("HTTP ") && e.contains("user name") => Some(true),
+                Err(_) => None,
+            })
+    }
+
+    /// Logs in as `auth` (`/v3/auth/authenticate` on the first endpoint that answers) and sends
+    /// the token with every later request. A refused password is FAILED_PRECONDITION naming
+    /// `secret`, never echoing the password.
+    pub fn authenticate(&mut self, endpoints: &[String], auth: &UserAuth, secret: &str) -> Result<(), Status> {
+        #[derive(Deserialize)]
+        struct Token {
+            token: String,
+        }
+        let body = serde_json::json!({"name": auth.username, "password": auth.password.expose()}).to_string();
+        let mut tried = Vec::new();
+        for ep in endpoints {
+            match self.post::<Token>(ep, "/v3/auth/authenticate", &body) {
+                Ok(t) if !t.token.is_empty() => {
+                    self.token = Some(lifeboat::secret::Secret::new(t.token));
+                    return Ok(());
+                }
+                Ok(_) => tried.push(format!("{ep}: no token in the answer (is auth enabled?)")),
+                Err(e) if e.contains("authentication failed") => {
+                    return Err(Status::precondition(format!(
+                        "etcd cluster {}: user {:?} of Secret {secret} was refused: {e}",
+                        self.cluster, auth.username
+                    )))
+                }
+                Err(e) => tried.push(format!("{ep}: {e}")),
+            }
+        }
+        Err(Status::precondition(format!(
+            "etcd cluster {}: cannot log in as user {:?} of Secret {secret}: {}",
+            self.cluster,
+            auth.username,
+            tried.join("; ")
+        )))
     }
 
     /// `POST {endpoint}{path}` with a JSON body; the parsed answer or a one-line reason.
     fn post<T: serde::de::DeserializeOwned>(&self, endpoint: &str, path: &str, body: &str) -> Result<T, String> {
         let url = format!("{}{path}", endpoint.trim_end_matches('/'));
-        let mut resp = self
-            .agent
-            .post(&url)
-            .content_type("application/json")
-            .send(body)
-            .map_err(|e| e.to_string())?;
+        let mut req = self.agent.post(&url).content_type("application/json");
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", t.expose());
+        }
+        let mut resp = req.send(body).map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
         let text = resp
             .body_mut()

@@ -66,6 +66,8 @@ pub struct Plan {
     pub name: String,
     pub member_url: String,
     pub tls_secret: String,
+    /// The Secret with the etcd user (`username`) and `password`, when the cluster has auth.
+    pub auth_secret: Option<String>,
     pub size_bytes: u64,
     /// The snapshot PVC's storage class (class parameter), else `STORAGE_CLASS`.
     pub storage_class: Option<String>,
@@ -190,6 +192,25 @@ pub fn job(plan: &Plan, cfg: &EngineConfig, pvc_uid: &str) -> Job {
                 ..Default::default()
             },
         ]),
+        // etcdctl reads ETCDCTL_USER and ETCDCTL_PASSWORD (its --user/--password), here from
+        // the auth Secret by reference: the password is in no argv and no object we write.
+        env: plan.auth_secret.as_ref().map(|secret| {
+            [("ETCDCTL_USER", "username"), ("ETCDCTL_PASSWORD", "password")]
+                .into_iter()
+                .map(|(name, key)| EnvVar {
+                    name: name.to_string(),
+                    value_from: Some(EnvVarSource {
+                        secret_key_ref: Some(SecretKeySelector {
+                            name: secret.clone(),
+                            key: key.to_string(),
+                            optional: Some(false),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect()
+        }),
         resources: Some(small_resources()),
         security_context: Some(hardened()),
         termination_message_policy: Some("FallbackToLogsOnError".to_string()),
@@ -616,6 +637,7 @@ mod tests {
             name: "etcdsnap-s-0123456789abcdef0123456789abcdef".into(),
             member_url: "https://etcd-0.etcd.etcd.svc:2379".into(),
             tls_secret: "main-client-tls".into(),
+            auth_secret: None,
             size_bytes: 3 << 30,
             storage_class: None,
             trial_restore: false,

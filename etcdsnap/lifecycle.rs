@@ -314,6 +314,7 @@ impl Engine {
                     name: rec.object.clone(),
                     member_url: rec.member_url.clone(),
                     tls_secret: rec.tls_secret.clone(),
+                    auth_secret: rec.auth_secret.clone(),
                     size_bytes: rec.pvc_bytes,
                     storage_class: None,
                     trial_restore: false,

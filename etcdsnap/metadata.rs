@@ -121,6 +121,9 @@ pub struct SnapshotRecord {
     pub object: String,
     pub member_url: String,
     pub tls_secret: String,
+    /// The Secret with the etcd user and password (annotation `etcd.io/auth-secret`).
+    #[serde(default)]
+    pub auth_secret: Option<String>,
     pub created: Time,
     pub state: State,
     #[serde(default)]
@@ -363,6 +366,7 @@ mod tests {
             object: "etcdsnap-s-0123456789abcdef0123456789abcdef".into(),
             member_url: "https://127.0.0.1:2379".into(),
             tls_secret: "main-client-tls".into(),
+            auth_secret: None,
             created: Time {
                 seconds: 1_800_000_000,
                 nanos: 5,

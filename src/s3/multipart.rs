@@ -1,6 +1,6 @@
 //! Uploading a file: one PUT when it fits in one part, else a multipart upload (create,
-//! upload each part, complete; abort on any failure so no parts are left behind), one part in
-//! memory at a time. Part size and part count are bounded by S3's limits.
+//! upload the parts two at a time, complete; abort on any failure so no parts are left behind),
+//! one part in memory per part in flight. Part size and part count are bounded by S3's limits.
 
 use std::fs::File;
 use std::io::Read;
@@ -14,6 +14,8 @@ use super::xml;
 pub const MIN_PART: u64 = 5 << 20;
 pub const MAX_PART: u64 = 5 << 30;
 pub const MAX_PARTS: u64 = 10_000;
+/// Parts in flight at once (each holds one part in memory).
+pub const PARALLEL_PARTS: u64 = 2;
 
 /// What was uploaded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,17 +79,11 @@ impl Client {
                 etag,
             });
         }
+        drop(buf);
         let upload_id = self.create_multipart(key, headers)?;
-        let result = (|| {
-            let count = size.div_ceil(part);
-            let mut etags = Vec::with_capacity(count as usize);
-            for n in 1..=count {
-                let len = part.min(size - (n - 1) * part);
-                read_part(&mut file, &mut buf, len).map_err(io)?;
-                etags.push(self.upload_part(key, &upload_id, n as u32, &buf)?);
-            }
-            self.complete_multipart(key, &upload_id, &etags)
-        })();
+        let result = self
+            .upload_parts(&file, path, key, &upload_id, size, part)
+            .and_then(|etags| self.complete_multipart(key, &upload_id, &etags));
         match result {
             Ok(etag) => Ok(Uploaded {
                 size,
@@ -102,6 +98,58 @@ impl Client {
                 Err(e)
             }
         }
+    }
+
+    /// Uploads every part, [`PARALLEL_PARTS`] at a time (one buffer of a part each, read with
+    /// `pread`); the ETags in part order, or the first error (the other workers stop).
+    fn upload_parts(
+        &self,
+        file: &File,
+        path: &Path,
+        key: &str,
+        upload_id: &str,
+        size: u64,
+        part: u64,
+    ) -> Result<Vec<String>, Error> {
+        use std::os::unix::fs::FileExt;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Mutex;
+
+        let count = size.div_ceil(part);
+        let next = AtomicU64::new(1);
+        let failed = AtomicBool::new(false);
+        let etags = Mutex::new(vec![String::new(); count as usize]);
+        let first_error: Mutex<Option<Error>> = Mutex::new(None);
+        std::thread::scope(|scope| {
+            for _ in 0..PARALLEL_PARTS.min(count) {
+                scope.spawn(|| {
+                    let mut buf = vec![0u8; part as usize];
+                    while !failed.load(Ordering::Relaxed) {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        if n > count {
+                            break;
+                        }
+                        let offset = (n - 1) * part;
+                        let len = part.min(size - offset) as usize;
+                        let result = file
+                            .read_exact_at(&mut buf[..len], offset)
+                            .map_err(|e| err(ErrorKind::Other, format!("reading {}: {e}", path.display())))
+                            .and_then(|()| self.upload_part(key, upload_id, n as u32, &buf[..len]));
+                        match result {
+                            Ok(etag) => etags.lock().unwrap_or_else(|e| e.into_inner())[(n - 1) as usize] = etag,
+                            Err(e) => {
+                                failed.store(true, Ordering::Relaxed);
+                                first_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(e);
+        }
+        Ok(etags.into_inner().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// CreateMultipartUpload: the upload id.

@@ -114,7 +114,8 @@ class EtcdCluster:
     STARTUP_TIMEOUT = 30.0
 
     def __init__(self, tmpdir, members: int = 3, quota_backend_bytes: int | None = None,
-                 tools: Path | None = None, heartbeat_ms: int = 50, election_ms: int = 500):
+                 tools: Path | None = None, heartbeat_ms: int = 50, election_ms: int = 500,
+                 client_common_name: str = "etcdsnap"):
         if members < 1:
             raise ValueError("members must be >= 1")
         self.dir = Path(tmpdir)
@@ -132,7 +133,7 @@ class EtcdCluster:
         self.peer_cert_path, self.peer_key_path = self.ca.issue(
             pki_dir, "etcd-peer", ["127.0.0.1", "localhost"], client=True, server=True)
         self.client_cert_path, self.client_key_path = self.ca.issue(
-            pki_dir, "etcdsnap-client", ["localhost"], client=True, server=False, common_name="etcdsnap")
+            pki_dir, "etcdsnap-client", ["localhost"], client=True, server=False, common_name=client_common_name)
         ports = free_ports(2 * members)
         self.token = f"lifeboat-{os.getpid()}-{id(self):x}"
         self.members = [

@@ -171,7 +171,8 @@ def running_driver(bin_dir: Path, workdir: Path, kubeconfig: Path | None, stubs,
 
 
 def seed_cluster(kube, cluster, ns: str = "etcd", name: str = "main", pvc: str | None = None,
-                 endpoints: list[str] | None = None, label_key: str = "etcd.io/cluster") -> str:
+                 endpoints: list[str] | None = None, label_key: str = "etcd.io/cluster",
+                 annotations: dict | None = None) -> str:
     """Seed the stand-in with an etcd cluster's handle PVC (labelled, with the member URLs in the
     `etcd.io/endpoints` annotation) and its client TLS Secret. Returns the volume id `ns/pvc`."""
     pvc = pvc or f"{name}-handle"
@@ -188,7 +189,8 @@ def seed_cluster(kube, cluster, ns: str = "etcd", name: str = "main", pvc: str |
     kube.put_object({
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": {"name": pvc, "namespace": ns, "labels": {label_key: name},
-                     "annotations": {"etcd.io/endpoints": ",".join(endpoints or cluster.client_urls)}},
+                     "annotations": {"etcd.io/endpoints": ",".join(endpoints or cluster.client_urls),
+                                     **(annotations or {})}},
         "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Mi"}},
                  "storageClassName": "etcdsnap-handle", "volumeName": f"{ns}-{pvc}"},
     })

@@ -79,7 +79,10 @@ class CA:
             raise ValueError("a leaf must be usable as client, server or both")
         builder = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name or stem)]))
+            # common_name="" leaves the subject empty (etcd's gateway refuses a client
+            # certificate with a CN once auth is enabled)
+            .subject_name(x509.Name([] if common_name == "" else
+                                    [x509.NameAttribute(NameOID.COMMON_NAME, common_name or stem)]))
             .issuer_name(self.cert.subject)
             .public_key(leaf_key.public_key())
             .serial_number(x509.random_serial_number())

@@ -806,6 +806,8 @@ def handle_annotations(handle):
         out["etcd.io/service"] = handle["service"]
     if handle.get("clientTLSSecret"):
         out["etcd.io/client-tls-secret"] = handle["clientTLSSecret"]
+    if handle.get("authSecret"):
+        out["etcd.io/auth-secret"] = handle["authSecret"]
     return {**out, **handle.get("annotations", {})}
 
 
@@ -1262,7 +1264,8 @@ def test_etcdsnap_handles_match_the_documented_manifests(helm):
     handle = {"cluster": want_pvc["metadata"]["labels"]["etcd.io/cluster"],
               "namespace": want_pvc["metadata"]["namespace"],
               "endpoints": annotations["etcd.io/endpoints"].split(","),
-              "clientTLSSecret": annotations["etcd.io/client-tls-secret"]}
+              "clientTLSSecret": annotations["etcd.io/client-tls-secret"],
+              "authSecret": annotations["etcd.io/auth-secret"]}
     objects = render(helm, {"hook": {"enabled": False}, "etcdsnap": {"enabled": True, "handles": [handle]}})
     got = {o["kind"]: strip(o) for o in objects if o["kind"] in ("PersistentVolume", "PersistentVolumeClaim")}
     for kind in ("PersistentVolume", "PersistentVolumeClaim"):
@@ -1274,7 +1277,8 @@ def test_etcdsnap_handles_match_the_documented_manifests(helm):
         assert g["metadata"].get("annotations") == w["metadata"].get("annotations"), kind
     # the annotation keys are the ones etcdsnap's discovery reads (its contract says which)
     read = set(config_schema.contract("etcdsnap")["pvc_annotations"])
-    assert set(handle_annotations({"endpoints": ["https://a:2379"], "service": "s", "clientTLSSecret": "t"})) == read
+    assert set(handle_annotations({"endpoints": ["https://a:2379"], "service": "s", "clientTLSSecret": "t",
+                                               "authSecret": "u"})) == read
 
 
 def test_images_run_the_binaries_the_way_the_chart_and_the_hook_call_them(bin_dir, tmp_path):
