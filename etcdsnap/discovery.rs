@@ -212,7 +212,7 @@ fn client_tls(kube: &Kube, ns: &str, name: &str) -> Result<ClientTls, Status> {
 /// `username` and `password` of a basic-auth Secret (the password only as a [`Secret`]).
 fn user_auth(kube: &Kube, ns: &str, name: &str) -> Result<UserAuth, Status> {
     let secret: Secret = kube
-        .get(&core_path(ns, "secrets", Some(name)))?
+        .get(&path::<Secret>(ns, Some(name)))?
         .ok_or_else(|| Status::precondition(format!("etcd auth Secret {ns}/{name} not found")))?;
     let data = secret.data.unwrap_or_default();
     let take = |key: &str| {
