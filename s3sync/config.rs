@@ -454,8 +454,13 @@ fn bucket(env: &mut Env, role: Role) -> Bucket {
         }
     }
     // Both keys, or neither (then the platform's credentials, see `platform_auth`).
-    let key = |env: &mut Env, name: &str| env.optional(&var(name)).map(|_| Secret::new(env.secret(&var(name))));
-    let auth = match (key(env, "ACCESS_KEY"), key(env, "SECRET_KEY")) {
+    let access_key = env
+        .optional(&var("ACCESS_KEY"))
+        .map(|_| Secret::new(env.secret(&var("ACCESS_KEY"))));
+    let secret_key = env
+        .optional(&var("SECRET_KEY"))
+        .map(|_| Secret::new(env.secret(&var("SECRET_KEY"))));
+    let auth = match (access_key, secret_key) {
         (Some(access_key), Some(secret_key)) => Auth::Static { access_key, secret_key },
         (None, None) => Auth::Platform(Arc::new(Provider::fixed(lifeboat::s3::Credentials {
             access_key: String::new(),

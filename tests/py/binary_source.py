@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # The files whose code reads each binary's configuration. Shared library code (src/log.rs reads
 # LOG_LEVEL for every binary) is listed too.
 CONFIG_FILES = {
-    "s3sync": ["s3sync/config.rs", "s3sync/rclone.rs", "src/log.rs"],
+    "s3sync": ["s3sync/config.rs", "s3sync/rclone.rs", "src/log.rs", "src/s3/credentials.rs"],
     "hook": ["hook/main.rs", "src/log.rs"],
     "etcdsnap": ["etcdsnap/config.rs", "etcdsnap/kube.rs", "src/log.rs"],
 }
@@ -84,6 +84,11 @@ def env_reads(component: str) -> dict[str, Var]:
         passthrough = re.search(r"const PASS_THROUGH: \[&str; \d+\] = \[(.*?)\];", text, re.S)
         if passthrough:
             for name in re.findall(r'"([A-Za-z_]+)"', passthrough.group(1)):
+                add(name, "optional")
+        # src/s3/credentials.rs: the platform's credential variables (read by s3sync's config)
+        creds = re.search(r"pub const VARS: \[&str; \d+\] = \[(.*?)\];", text, re.S)
+        if creds:
+            for name in re.findall(r'"([A-Za-z_]+)"', creds.group(1)):
                 add(name, "optional")
         # s3sync: env.required(&var("S3_ENDPOINT")) and friends, once per bucket prefix
         prefixes = _prefixes(text)
