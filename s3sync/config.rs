@@ -166,6 +166,9 @@ pub struct Config {
     pub allow_uncopyable_keys: bool,
     /// Compare both sides after the sync with s3sync's own S3 client.
     pub verify: bool,
+    /// Copy server-side (`--server-side-across-configs`) when both sides are one service
+    /// signed by one identity (`overlap::server_side`); false = always through s3sync's Pod.
+    pub server_side_copy: bool,
     /// The most objects one side's listing may hold (memory bound).
     pub max_objects: usize,
     /// The longest one side's full listing may take.
@@ -221,6 +224,7 @@ pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<
     let allow_empty_source = env.bool("ALLOW_EMPTY_SOURCE", false);
     let allow_uncopyable_keys = env.bool("ALLOW_UNCOPYABLE_KEYS", false);
     let verify = env.bool("VERIFY", true);
+    let server_side_copy = env.bool("SERVER_SIDE_COPY", true);
     let log_objects = env.bool("LOG_OBJECTS", true);
     let metrics_file = env.optional("METRICS_FILE").map(PathBuf::from);
     if let Some(p) = &metrics_file {
@@ -349,6 +353,7 @@ pub fn from_env(mut env: Env, log_level: Result<LevelFilter, String>) -> Result<
         allow_empty_source,
         allow_uncopyable_keys,
         verify,
+        server_side_copy,
         max_objects,
         list_timeout,
         compare,
@@ -443,8 +448,13 @@ fn bucket(env: &mut Env, role: Role) -> Bucket {
         }
     }
     // Both keys, or neither (then the platform's credentials, see `platform_auth`).
-    let key = |env: &mut Env, name: &str| env.optional(&var(name)).map(|_| Secret::new(env.secret(&var(name))));
-    let auth = match (key(env, "ACCESS_KEY"), key(env, "SECRET_KEY")) {
+    let access_key = env
+        .optional(&var("ACCESS_KEY"))
+        .map(|_| Secret::new(env.secret(&var("ACCESS_KEY"))));
+    let secret_key = env
+        .optional(&var("SECRET_KEY"))
+        .map(|_| Secret::new(env.secret(&var("SECRET_KEY"))));
+    let auth = match (access_key, secret_key) {
         (Some(access_key), Some(secret_key)) => Auth::Static { access_key, secret_key },
         (None, None) => Auth::Platform(Arc::new(Provider::fixed(lifeboat::s3::Credentials {
             access_key: String::new(),

@@ -345,7 +345,13 @@ fn sync(config: &Config, shutdown: &Shutdown) -> Outcome {
         return stopped_before_sync(signal);
     }
 
-    let args = rclone::sync_args(config, backstop);
+    let server_side = overlap::server_side(
+        &config.source,
+        &config.dest,
+        config.server_side_copy,
+        config.connect_timeout,
+    );
+    let args = rclone::sync_args(config, backstop, server_side);
     log::info!(args:serde = args; "running rclone sync");
     let mut cmd = rclone::command(config);
     cmd.args(&args);

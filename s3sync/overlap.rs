@@ -79,6 +79,34 @@ pub fn check(source: &Bucket, dest: &Bucket, timeout: Duration) -> Result<(), St
     ))
 }
 
+/// Whether rclone may copy server-side (CopyObject on the destination, reading the source):
+/// `SERVER_SIDE_COPY` is on, both sides are one service ([`same_service`]), and they sign as
+/// one identity in one region (the same static keys, or both the platform's credentials), so
+/// the destination's credentials can read the source. Anything else copies through the Pod.
+pub fn server_side(source: &Bucket, dest: &Bucket, enabled: bool, timeout: Duration) -> bool {
+    use crate::config::Auth;
+    let one_identity = match (&source.auth, &dest.auth) {
+        (
+            Auth::Static {
+                access_key: a1,
+                secret_key: s1,
+            },
+            Auth::Static {
+                access_key: a2,
+                secret_key: s2,
+            },
+        ) => a1 == a2 && s1 == s2,
+        (Auth::Platform(_), Auth::Platform(_)) => true,
+        _ => false,
+    };
+    enabled
+        && one_identity
+        && source.region == dest.region
+        && source.provider == dest.provider
+        && source.path_style == dest.path_style
+        && same_service(&source.endpoint, &dest.endpoint, timeout)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

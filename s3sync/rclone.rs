@@ -120,7 +120,9 @@ pub fn log_level_for(level: LevelFilter) -> &'static str {
 
 /// The arguments of the sync itself. `max_delete`: the deletions the plan allows (`None` =
 /// unlimited), passed as `--max-delete`, a backstop should the source change after the plan.
-pub fn sync_args(config: &Config, max_delete: Option<u64>) -> Vec<String> {
+/// `server_side`: both sides are one service and identity (`overlap::server_side`), so
+/// objects are copied by the server (`--server-side-across-configs`), not through this Pod.
+pub fn sync_args(config: &Config, max_delete: Option<u64>, server_side: bool) -> Vec<String> {
     let mut args = vec!["sync".into(), config.source.rclone_path(), config.dest.rclone_path()];
     let level = match log_level_for(config.log_level) {
         // INFO is where rclone logs each object; LOG_OBJECTS=false keeps those lines out.
@@ -150,6 +152,10 @@ pub fn sync_args(config: &Config, max_delete: Option<u64>) -> Vec<String> {
     }
     if config.fast_list {
         args.push("--fast-list".into());
+    }
+    if server_side {
+        // The two remotes are one service: CopyObject instead of download and upload.
+        args.push("--server-side-across-configs".into());
     }
     if let Some(b) = &config.backup {
         // Deleted and overwritten objects are moved here instead (server-side, same remote).
@@ -217,7 +223,7 @@ mod tests {
     fn argv_has_no_secrets_and_env_has_remotes() {
         let c = config(&[]);
         let cmd = command(&c);
-        let argv = sync_args(&c, Some(1000)).join(" ");
+        let argv = sync_args(&c, Some(1000), false).join(" ");
         for secret in [
             "AKIA-SOURCE-XYZ",
             "source-secret-xyz",
@@ -280,7 +286,7 @@ mod tests {
     #[test]
     fn sync_flags_follow_config() {
         let c = config(&[]);
-        let args = sync_args(&c, Some(1000));
+        let args = sync_args(&c, Some(1000), false);
         let s = args.join(" ");
         assert!(s.starts_with("sync source:src/ dest:dst/ "), "{s}");
         assert!(s.contains("--checksum") && s.contains("--fast-list") && s.contains("--max-delete 1000"));
@@ -296,7 +302,7 @@ mod tests {
             ("MAX_DURATION", "1h30m"),
             ("SOURCE_PREFIX", "a/b"),
         ]);
-        let s = sync_args(&c, None).join(" ");
+        let s = sync_args(&c, None, false).join(" ");
         assert!(s.starts_with("sync source:src/a/b/ dest:dst/ "), "{s}");
         assert!(s.contains("--size-only") && !s.contains("--checksum") && !s.contains("--max-delete"));
         assert!(s.contains("--dry-run") && !s.contains("--fast-list") && s.contains("--bwlimit 1M"));
@@ -312,7 +318,9 @@ mod tests {
         let t = std::time::UNIX_EPOCH + Duration::from_secs(1_440_938_160);
         assert_eq!(backup_dir(&b, t), "dest:bk/deleted/2015-08-30T123600Z/");
         let c = config(&[("BACKUP_PREFIX", "deleted"), ("DEST_PREFIX", "live")]);
-        assert!(sync_args(&c, None).join(" ").contains("--backup-dir dest:dst/deleted/"));
+        assert!(sync_args(&c, None, false)
+            .join(" ")
+            .contains("--backup-dir dest:dst/deleted/"));
     }
 
     #[test]

@@ -540,6 +540,37 @@ def test_s3sync_existing_secret_and_zero_values(helm):
     assert env["MAX_DELETE"]["value"] == "0"
 
 
+def test_s3sync_platform_credentials_for_irsa_and_pod_identity(helm):
+    """credentials: platform leaves a side's keys out (s3sync and rclone then use the Pod's own
+    credentials); the ServiceAccount carries the IRSA role annotation; the AWS_* variables of
+    the credentials chain are accepted in extraEnv."""
+    role = {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/backup"}
+    values = {"s3sync": {**S3_ON, "serviceAccount": {"annotations": role},
+                         "source": {**S3_ON["source"], "credentials": "platform"},
+                         "extraEnv": {"AWS_REGION": "eu-west-1", "AWS_ROLE_SESSION_NAME": "lifeboat"}}}
+    objects = render(helm, values)
+    assert one(objects, "ServiceAccount", "s3sync")["metadata"]["annotations"] == role
+    env = env_of(one(objects, "CronJob", "s3sync")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0])
+    assert "SOURCE_ACCESS_KEY" not in env and "SOURCE_SECRET_KEY" not in env
+    assert env["DEST_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "DEST_SECRET_KEY"
+    assert env["AWS_REGION"]["value"] == "eu-west-1"
+    assert set(one(objects, "Secret", "s3sync")["stringData"]) == {"DEST_ACCESS_KEY", "DEST_SECRET_KEY"}
+    # Both sides from the platform: no Secret at all, no keys needed in the values.
+    both = {"s3sync": {"enabled": True,
+                       "source": {"endpoint": "https://s3.eu-west-1.amazonaws.com", "bucket": "a", "credentials": "platform"},
+                       "destination": {"endpoint": "https://s3.eu-west-1.amazonaws.com", "bucket": "b", "prefix": "/",
+                                       "credentials": "platform"}}}
+    objects = render(helm, both)
+    assert not by_kind(objects, "Secret")
+    env = env_of(one(objects, "CronJob", "s3sync")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0])
+    assert not {n for n in env if n.endswith(("_ACCESS_KEY", "_SECRET_KEY"))}
+    with pytest.raises(helm.HelmError, match="credentials"):
+        render(helm, {"s3sync": {**S3_ON, "source": {**S3_ON["source"], "credentials": "irsa"}}})
+    # A side with keys still needs them.
+    with pytest.raises(helm.HelmError, match="accessKey"):
+        render(helm, {"s3sync": {**both["s3sync"], "source": {**both["s3sync"]["source"], "credentials": "keys"}}})
+
+
 @pytest.mark.parametrize("deadline, grace", [(3600, 60), (600, 30), (120, 30)])
 def test_s3sync_ends_an_overlong_run_itself_before_the_job_deadline(helm, deadline, grace):
     """MAX_DURATION (then STOP_GRACE, 20 s by default, to stop rclone) ends within
