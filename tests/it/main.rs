@@ -18,5 +18,6 @@ mod s3sync_credentials;
 mod s3sync_dataloss;
 mod s3sync_failures;
 mod s3sync_safety;
+mod s3sync_server_side;
 mod s3sync_sync;
 mod support_selftest;

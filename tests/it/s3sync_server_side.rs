@@ -2,11 +2,8 @@
 //! with CopyObject (`--server-side-across-configs`) instead of through s3sync's Pod; the copy
 //! is checked by the verification like any other. Other pairs copy client-side.
 
-mod s3sync_common;
-mod support;
-
-use s3sync_common::{contents, make_bucket, run, set, vars, Run};
-use support::s3::{Flavor, S3Server};
+use crate::s3sync_common::{contents, make_bucket, run, set, vars, Run};
+use crate::support::s3::{Flavor, S3Server};
 
 const AK: &str = "AKIALIFEBOATTEST01";
 const SK: &str = "lifeboat-test-secret-0123456789";
