@@ -214,16 +214,9 @@ fn parse_args(args: &[String]) -> Result<Option<Args>, String> {
 
 /// The subcommand; returns the exit code.
 pub fn main(args: &[String]) -> i32 {
-    let a = match parse_args(args) {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            println!("{USAGE}");
-            return 0;
-        }
-        Err(e) => {
-            eprintln!("etcdsnap export: {e}\n\n{USAGE}");
-            return 2;
-        }
+    let a = match lifeboat::cli::parsed("etcdsnap export", USAGE, parse_args(args)) {
+        Ok(a) => a,
+        Err(code) => return code,
     };
     let creds = match credentials_from_env() {
         Ok(c) => c,

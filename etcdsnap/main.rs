@@ -75,16 +75,9 @@ fn main() {
         println!("{}", config_schema().to_json_with(more));
         return;
     }
-    let endpoint = match parse_args(&args) {
-        Ok(Some(e)) => e,
-        Ok(None) => {
-            println!("{USAGE}");
-            return;
-        }
-        Err(e) => {
-            eprintln!("etcdsnap: {e}\n\n{USAGE}");
-            std::process::exit(2);
-        }
+    let endpoint = match lifeboat::cli::parsed("etcdsnap", USAGE, parse_args(&args)) {
+        Ok(e) => e,
+        Err(code) => std::process::exit(code),
     };
     let mut env = Env::from_process();
     env.log_level(level);

@@ -225,16 +225,9 @@ pub fn restore_job(args: &Args, rec: &SnapshotRecord) -> Job {
 
 /// Entry point of `etcdsnap restore`; returns the exit code.
 pub fn main(argv: &[String]) -> i32 {
-    let args = match parse_args(argv) {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            println!("{USAGE}");
-            return 0;
-        }
-        Err(e) => {
-            eprintln!("etcdsnap restore: {e}\n\n{USAGE}");
-            return 2;
-        }
+    let args = match lifeboat::cli::parsed("etcdsnap restore", USAGE, parse_args(argv)) {
+        Ok(a) => a,
+        Err(code) => return code,
     };
     match run(&args) {
         Ok(()) => 0,

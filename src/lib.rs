@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod base64;
+pub mod cli;
 pub mod env;
 pub mod log;
 pub mod metrics;
