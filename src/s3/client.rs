@@ -109,6 +109,13 @@ impl Answer {
     }
 }
 
+/// Where one request goes: its URL, and the encoded path and canonical query it is signed with.
+pub(super) struct Target {
+    pub url: String,
+    pub path: String,
+    pub query: String,
+}
+
 /// A client for one bucket.
 pub struct Client {
     agent: ureq::Agent,
@@ -217,18 +224,24 @@ impl Client {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Answer, Error> {
-        let (url, path, query_string) = self.target(key, query);
+        let target = self.target(key, query);
         let payload = if body.is_empty() {
             sigv4::EMPTY_SHA256.to_string()
         } else {
             sigv4::sha256_hex(body)
         };
+        self.retrying(|| self.once(method, &target, headers, &payload, body))
+    }
+
+    /// Runs `attempt` up to the client's number of attempts, with backoff in between, while
+    /// it fails with a retryable error; the last error otherwise.
+    pub(super) fn retrying<T>(&self, mut attempt: impl FnMut() -> Result<T, (Error, bool)>) -> Result<T, Error> {
         let mut last = err(ErrorKind::Other, "no attempt made");
-        for attempt in 0..self.retries {
-            if attempt > 0 {
-                backoff(attempt);
+        for n in 0..self.retries {
+            if n > 0 {
+                backoff(n);
             }
-            match self.once(method, &url, &path, &query_string, headers, &payload, body) {
+            match attempt() {
                 Ok(answer) => return Ok(answer),
                 Err((e, retry)) => {
                     last = e;
@@ -242,7 +255,7 @@ impl Client {
     }
 
     /// The URL, the encoded path and the canonical query string of a request for `key`.
-    pub(super) fn target(&self, key: &str, query: &[(&str, &str)]) -> (String, String, String) {
+    pub(super) fn target(&self, key: &str, query: &[(&str, &str)]) -> Target {
         let path = self.path(key);
         let mut pairs: Vec<(String, String)> = query
             .iter()
@@ -265,21 +278,22 @@ impl Client {
         } else {
             format!("{}://{}{}?{}", self.scheme, self.authority, path, query_string)
         };
-        (url, path, query_string)
+        Target {
+            url,
+            path,
+            query: query_string,
+        }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn once(
         &self,
         method: &str,
-        url: &str,
-        path: &str,
-        query: &str,
+        target: &Target,
         headers: &[(&str, &str)],
         payload: &str,
         body: &[u8],
     ) -> Result<Answer, (Error, bool)> {
-        let mut response = self.send(method, url, path, query, headers, payload, body)?;
+        let mut response = self.send(method, target, headers, payload, body)?;
         let status = response.status().as_u16();
         let answer_headers = response_headers(&response);
         let body = if method == "HEAD" {
@@ -303,13 +317,10 @@ impl Client {
     }
 
     /// Signs and sends one request; the answer's body is left unread (any status).
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn send(
         &self,
         method: &str,
-        url: &str,
-        path: &str,
-        query: &str,
+        target: &Target,
         headers: &[(&str, &str)],
         payload: &str,
         body: &[u8],
@@ -321,14 +332,14 @@ impl Client {
         let req = sigv4::Request {
             method,
             authority: &self.authority,
-            path,
-            query,
+            path: &target.path,
+            query: &target.query,
             headers,
             payload_sha256: payload,
         };
         let credentials = self.credentials.get().map_err(|e| (e, false))?;
         let signed = sigv4::sign(&req, &credentials, &self.region, now);
-        let mut builder = ureq::http::Request::builder().method(method).uri(url);
+        let mut builder = ureq::http::Request::builder().method(method).uri(target.url.as_str());
         for (k, v) in headers {
             builder = builder.header(*k, *v);
         }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use ring::digest;
 
-use super::client::{backoff, err, status_error, Client, Error, ErrorKind};
+use super::client::{err, status_error, Client, Error, ErrorKind, Target};
 use super::sigv4::{self, hex};
 
 /// What was read.
@@ -55,25 +55,16 @@ impl Sink for ToFile {
 impl Client {
     /// GETs `key` into `sink`, refusing an object over `max_bytes` (announced or sent).
     pub fn get_streamed(&self, key: &str, max_bytes: u64, sink: &mut dyn Sink) -> Result<Fetched, Error> {
-        let (url, path, query) = self.target(key, &[]);
-        let mut last = err(ErrorKind::Other, "no attempt made");
-        for attempt in 0..self.retries {
-            if attempt > 0 {
-                backoff(attempt);
-            }
-            sink.restart()
-                .map_err(|e| err(ErrorKind::Other, format!("GET {key}: cannot start the output: {e}")))?;
-            match self.get_once(key, &url, &path, &query, max_bytes, sink) {
-                Ok(f) => return Ok(f),
-                Err((e, retry)) => {
-                    last = e;
-                    if !retry {
-                        break;
-                    }
-                }
-            }
-        }
-        Err(last)
+        let target = self.target(key, &[]);
+        self.retrying(|| {
+            sink.restart().map_err(|e| {
+                (
+                    err(ErrorKind::Other, format!("GET {key}: cannot start the output: {e}")),
+                    false,
+                )
+            })?;
+            self.get_once(key, &target, max_bytes, sink)
+        })
     }
 
     /// GETs `key` into a new file at `to` (created, never overwritten).
@@ -94,13 +85,11 @@ impl Client {
     fn get_once(
         &self,
         key: &str,
-        url: &str,
-        path: &str,
-        query: &str,
+        target: &Target,
         max_bytes: u64,
         sink: &mut dyn Sink,
     ) -> Result<Fetched, (Error, bool)> {
-        let mut response = self.send("GET", url, path, query, &[], sigv4::EMPTY_SHA256, &[])?;
+        let mut response = self.send("GET", target, &[], sigv4::EMPTY_SHA256, &[])?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
             let body = response
