@@ -186,27 +186,10 @@ fn parse_listen_addr(s: &str) -> Result<String, String> {
     Ok(addr)
 }
 
-/// A Kubernetes-style byte quantity: `1073741824`, `512Mi`, `1Gi`, `2G`, `100Ki`.
+/// A Kubernetes byte quantity (`1073741824`, `512Mi`, `1.5Gi`, `2G`): the rule of
+/// [`lifeboat::quantity::bytes`], rounded up to a whole byte as Kubernetes rounds it.
 pub fn parse_quantity(s: &str) -> Result<u64, String> {
-    const WHY: &str = "expected a size such as 1Gi, 512Mi or a number of bytes";
-    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    if digits == 0 {
-        return Err(WHY.into());
-    }
-    let n: u64 = s[..digits].parse().map_err(|_| WHY)?;
-    let factor: u64 = match &s[digits..] {
-        "" => 1,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        _ => return Err(WHY.into()),
-    };
-    n.checked_mul(factor).ok_or_else(|| WHY.to_string())
+    lifeboat::quantity::bytes(s).map(|b| b.ceil() as u64)
 }
 
 #[cfg(test)]
@@ -258,7 +241,9 @@ mod tests {
         assert_eq!(parse_quantity("512Mi"), Ok(512 << 20));
         assert_eq!(parse_quantity("2G"), Ok(2_000_000_000));
         assert_eq!(parse_quantity("100"), Ok(100));
-        for bad in ["", "Mi", "1.5Gi", "1Xi", "-1"] {
+        // Kubernetes' own grammar, shared with the hook: 1.5Gi is a whole number of bytes.
+        assert_eq!(parse_quantity("1.5Gi"), Ok(1610612736));
+        for bad in ["", "Mi", "1Xi", "-1", "100m"] {
             assert!(parse_quantity(bad).is_err(), "{bad}");
         }
     }

@@ -5,6 +5,10 @@
 //! - [`env`]: reading configuration from environment variables, reporting every problem at once,
 //!   and the schema those reads declare (`--print-config-schema`).
 //! - [`names`]: Kubernetes name rules (DNS labels).
+//! - [`quantity`]: Kubernetes quantities (bytes, CPU).
+//! - [`s3`]: lifeboat's own S3 client (SigV4, listings, uploads, downloads, credentials).
+//! - [`secret`]: a credential that never prints.
+//! - [`cli`]: a subcommand's `--help` and bad-argument handling.
 //! - [`shutdown`]: SIGTERM/SIGINT turned into a flag threads can wait on.
 //! - [`tls`]: loading PEM certificates and keys for rustls and ureq, with errors that name the file.
 //! - [`base64`]: standard base64 (AdmissionReview patches, Secret and kubeconfig data).
@@ -20,6 +24,7 @@ pub mod log;
 pub mod metrics;
 pub mod names;
 pub mod ops_http;
+pub mod quantity;
 pub mod s3;
 pub mod secret;
 pub mod shutdown;
