@@ -394,8 +394,13 @@ fn platform_auth(
     // Read as they are (a secret may end in a space); rclone gets the same values.
     let mut read = Vec::new();
     for var in credentials::VARS {
-        if env.optional(var).is_some() {
-            read.push((var, Secret::new(env.secret(var))));
+        let value = if credentials::SECRET_VARS.contains(&var) {
+            env.optional_secret(var)
+        } else {
+            env.optional(var)
+        };
+        if let Some(v) = value {
+            read.push((var, Secret::new(v)));
         }
     }
     for var in ["AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"] {
@@ -448,12 +453,8 @@ fn bucket(env: &mut Env, role: Role) -> Bucket {
         }
     }
     // Both keys, or neither (then the platform's credentials, see `platform_auth`).
-    let access_key = env
-        .optional(&var("ACCESS_KEY"))
-        .map(|_| Secret::new(env.secret(&var("ACCESS_KEY"))));
-    let secret_key = env
-        .optional(&var("SECRET_KEY"))
-        .map(|_| Secret::new(env.secret(&var("SECRET_KEY"))));
+    let access_key = env.optional_secret(&var("ACCESS_KEY")).map(Secret::new);
+    let secret_key = env.optional_secret(&var("SECRET_KEY")).map(Secret::new);
     let auth = match (access_key, secret_key) {
         (Some(access_key), Some(secret_key)) => Auth::Static { access_key, secret_key },
         (None, None) => Auth::Platform(Arc::new(Provider::fixed(lifeboat::s3::Credentials {

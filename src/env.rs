@@ -186,6 +186,14 @@ impl Env {
         }
     }
 
+    /// The value of an optional secret variable, untrimmed, or `None` when unset or empty.
+    /// Declared secret (so the contract says it must come from a Secret) even when unset.
+    pub fn optional_secret(&mut self, var: &str) -> Option<String> {
+        self.schema.declare(var, |d| d.secret = true);
+        self.check_utf8(var);
+        self.vars.get(var).filter(|v| !v.is_empty()).cloned()
+    }
+
     /// A value parsed by `parse`, or `default` when unset. A parse error is recorded
     /// together with the offending value.
     /// The schema shows `default` when it is a string, number, boolean or duration (or an

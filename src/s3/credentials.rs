@@ -49,6 +49,14 @@ pub const VARS: [&str; 13] = [
     "AWS_CONTAINER_AUTHORIZATION_TOKEN",
 ];
 
+/// Those of [`VARS`] that are credentials (never logged; the chart must take them from a Secret).
+pub const SECRET_VARS: [&str; 4] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+];
+
 /// Set in rclone's environment beside [`VARS`]: no profile files, no instance metadata, the
 /// two sources of the SDK's chain this module does not follow.
 pub const RCLONE_ENV: [(&str, &str); 3] = [

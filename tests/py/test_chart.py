@@ -1060,7 +1060,8 @@ def test_chart_yaml_and_values_yaml_are_well_formed(helm):
 
 # Variables a binary reads that the chart neither sets nor offers in extraEnv, and why.
 NOT_FOR_THE_CHART = {
-    "s3sync": {"PATH", "HOME"},  # the image's own environment, passed through to rclone
+    # the image's own environment, passed through to rclone; profile files, read only to refuse them
+    "s3sync": {"PATH", "HOME", "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"},
     "hook": set(),
     # the kubelet sets the in-cluster ones; KUBECONFIG is for running etcdsnap on a workstation
     "etcdsnap": {"KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"},
@@ -1135,13 +1136,15 @@ def test_every_env_var_the_chart_sets_is_one_the_binary_reads(helm, scenario_nam
 def test_the_drift_guard_has_something_to_guard():
     """What the binaries declare is what they are known to need: the contract is not silently
     empty, and its kinds, ranges and secrets are the ones the reading code applies."""
+    # the keys are optional: a side without them uses the platform's credentials
     assert config_schema.required("s3sync") == {
-        f"{side}_{name}" for side in ("SOURCE", "DEST") for name in ("S3_ENDPOINT", "ACCESS_KEY", "SECRET_KEY", "BUCKET")
+        f"{side}_{name}" for side in ("SOURCE", "DEST") for name in ("S3_ENDPOINT", "BUCKET")
     } | {"DEST_PREFIX"}
     assert config_schema.required("hook") == {"TLS_CERT_FILE", "TLS_KEY_FILE", "HOOK_IMAGE"}
     assert config_schema.required("etcdsnap") == set()  # every etcdsnap variable has a default
     secrets = {n for n, v in config_schema.variables("s3sync").items() if v["secret"]}
-    assert secrets == {f"{side}_{name}" for side in ("SOURCE", "DEST") for name in ("ACCESS_KEY", "SECRET_KEY")}
+    assert secrets == {f"{side}_{name}" for side in ("SOURCE", "DEST") for name in ("ACCESS_KEY", "SECRET_KEY")} | {
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN"}
     for component in ("hook", "etcdsnap"):
         assert not any(v["secret"] for v in config_schema.variables(component).values()), component
     reads = config_schema.variables("etcdsnap")
