@@ -1,5 +1,6 @@
 //! The CSI snapshot operations, shared by Controller (one volume) and GroupController (a
-//! group of volumes). Each one validates, takes the id's lock ([`KeyLocks`]), acts, answers.
+//! group of volumes; the group's own operations are in `groups`). Each one validates, takes
+//! the id's lock ([`KeyLocks`]), acts, answers.
 //!
 //! Creating a snapshot of a volume:
 //! 1. resolve the handle PVC to its etcd cluster (`discovery`) and check the cluster's
@@ -36,7 +37,7 @@ use crate::kube::{path, Kube};
 use crate::lifecycle::failure_status;
 use crate::locks::KeyLocks;
 use crate::metadata::{ExportRecord, GroupRecord, SnapshotRecord, State, Store, Time};
-use crate::params::{GroupConsistency, Member, Params};
+use crate::params::{Member, Params};
 use crate::status::{truncate, Code, Status};
 
 pub const SNAPSHOTS_TOTAL: &str = "etcdsnap_snapshots_total";
@@ -50,7 +51,7 @@ pub const ETCD_CHECKS: &str = "etcdsnap_etcd_health_checks_total";
 /// How long an RPC waits for another operation on the same id.
 pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(30);
 /// How often a waiting Create looks again, at most.
-const CUT_POLL: Duration = Duration::from_millis(500);
+pub(crate) const CUT_POLL: Duration = Duration::from_millis(500);
 /// Entries of one ListSnapshots answer at most, whatever max_entries asks.
 pub const MAX_LIST_ENTRIES: usize = 500;
 
@@ -110,7 +111,7 @@ pub struct GroupView {
     pub ready: bool,
 }
 
-fn view(rec: &SnapshotRecord) -> SnapshotView {
+pub(crate) fn view(rec: &SnapshotRecord) -> SnapshotView {
     SnapshotView {
         id: rec.id.clone(),
         volume_id: rec.volume_id.clone(),
@@ -127,12 +128,12 @@ fn view(rec: &SnapshotRecord) -> SnapshotView {
 }
 
 /// Whether etcd has cut this snapshot (a verified one necessarily has).
-fn is_cut(rec: &SnapshotRecord) -> bool {
+pub(crate) fn is_cut(rec: &SnapshotRecord) -> bool {
     rec.cut.is_some() || rec.state == State::Ready
 }
 
 /// ABORTED while the snapshot is not cut yet: the sidecar retries the same Create.
-fn not_cut_yet(what: &str, rec: &SnapshotRecord, waited: Duration) -> Status {
+pub(crate) fn not_cut_yet(what: &str, rec: &SnapshotRecord, waited: Duration) -> Status {
     Status::new(
         Code::Aborted,
         format!(
@@ -187,7 +188,7 @@ pub fn paginate<T>(mut items: Vec<T>, max_entries: i32, token: &str) -> Result<(
 
 /// ALREADY_EXISTS when a snapshot or group of this name was created with other parameters.
 /// Records of older drivers did not keep them and match any.
-fn check_same_parameters(
+pub(crate) fn check_same_parameters(
     what: &str,
     stored: Option<&std::collections::BTreeMap<String, String>>,
     params: &Params,
@@ -205,7 +206,7 @@ fn check_same_parameters(
 }
 
 /// FAILED_PRECONDITION when `snapshot_ids` (optional) are not exactly the group's snapshots.
-fn check_snapshot_ids(group: &GroupRecord, snapshot_ids: &[String]) -> Result<(), Status> {
+pub(crate) fn check_snapshot_ids(group: &GroupRecord, snapshot_ids: &[String]) -> Result<(), Status> {
     if snapshot_ids.is_empty() || same_volumes(&group.snapshot_ids, snapshot_ids) {
         return Ok(());
     }
@@ -223,7 +224,7 @@ pub struct Engine {
     pub(crate) locks: KeyLocks,
 }
 
-fn same_volumes(a: &[String], b: &[String]) -> bool {
+pub(crate) fn same_volumes(a: &[String], b: &[String]) -> bool {
     let mut a: Vec<&String> = a.iter().collect();
     let mut b: Vec<&String> = b.iter().collect();
     a.sort();
@@ -248,7 +249,7 @@ impl Engine {
     // ---- health ----
 
     /// Resolves the volume and checks its cluster, recording the health metrics.
-    fn healthy_target(&self, volume_id: &str) -> Result<(Target, Healthy), Status> {
+    pub(crate) fn healthy_target(&self, volume_id: &str) -> Result<(Target, Healthy), Status> {
         let target = discovery::resolve(&self.kube, &self.cfg.cluster_label, volume_id)?;
         let cluster = target.cluster_id();
         let mut client = EtcdClient::new(&cluster, &target.tls, self.cfg.etcd_timeout)?;
@@ -384,7 +385,7 @@ impl Engine {
         self.delete_snapshot_locked(sid)
     }
 
-    fn delete_snapshot_locked(&self, sid: &str) -> Result<(), Status> {
+    pub(crate) fn delete_snapshot_locked(&self, sid: &str) -> Result<(), Status> {
         if let Some(rec) = self.store.get::<SnapshotRecord>(sid)? {
             // The copy first: the record is what names it.
             if let Some(e) = rec.export.as_ref().filter(|e| !e.retain) {
@@ -453,237 +454,6 @@ impl Engine {
         Ok((page.iter().map(view).collect(), next))
     }
 
-    // ---- group snapshots (GroupController) ----
-
-    /// CreateVolumeGroupSnapshot: idempotent by `name`; ALREADY_EXISTS for other volumes;
-    /// OK only once etcd has cut every member.
-    pub fn create_group(&self, name: &str, volume_ids: &[String], params: &Params) -> Result<GroupView, Status> {
-        let gid = ids::group_id(&self.cfg.driver_name, name);
-        let what = format!("CreateVolumeGroupSnapshot {name:?}");
-        {
-            let _guard = self.locks.lock(&gid, LOCK_WAIT)?;
-            match self.store.get::<GroupRecord>(&gid)? {
-                Some(group) => self.check_same_volumes(name, &group, volume_ids, params)?,
-                None => self.start_group(&gid, name, volume_ids, params)?,
-            }
-        }
-        let started = Instant::now();
-        let poll = self.cfg.poll_interval.min(CUT_POLL);
-        loop {
-            let (view, cut) = {
-                let _guard = self.locks.lock(&gid, LOCK_WAIT)?;
-                let group = self.store.get::<GroupRecord>(&gid)?.ok_or_else(|| {
-                    Status::new(
-                        Code::Aborted,
-                        format!("{what}: group snapshot {gid} was deleted meanwhile; retry"),
-                    )
-                })?;
-                self.progress_or_clear(&group)?
-            };
-            if let Some(pending) = cut {
-                let waited = started.elapsed();
-                if waited >= self.cfg.create_wait {
-                    return Err(not_cut_yet(&what, &pending, waited));
-                }
-                std::thread::sleep(poll.min(self.cfg.create_wait - waited));
-                continue;
-            }
-            return Ok(view);
-        }
-    }
-
-    /// Checks every cluster, then writes the group record and starts every member; all or
-    /// nothing.
-    fn start_group(&self, gid: &str, name: &str, volume_ids: &[String], params: &Params) -> Result<(), Status> {
-        if volume_ids.len() > 1 && params.group_consistency == GroupConsistency::Strict {
-            return Err(Status::invalid(format!(
-                "CreateVolumeGroupSnapshot {name:?}: source volumes {} would be {} separate etcd snapshots (one Job \
-                 each) with no common point in time, so the group would not be write-order consistent; snapshot \
-                 each in a group of its own, or set the class parameter {}: per-volume to accept one point in time \
-                 per volume",
-                volume_ids.join(", "),
-                volume_ids.len(),
-                crate::params::GROUP_CONSISTENCY
-            )));
-        }
-        // Resolve and check every cluster before creating anything, so a refusal leaves nothing.
-        let mut checked = Vec::new();
-        for v in volume_ids {
-            checked.push(self.healthy_target(v)?);
-        }
-        let created = Time::now();
-        let group = GroupRecord {
-            id: gid.to_string(),
-            name: name.to_string(),
-            volume_ids: volume_ids.to_vec(),
-            snapshot_ids: volume_ids.iter().map(|v| ids::member_snapshot_id(gid, v)).collect(),
-            created,
-            complete: false,
-            parameters: Some(params.given.clone()),
-        };
-        if !self.store.create(&group)? {
-            // Another driver instance created it meanwhile.
-            let group = self.store.get::<GroupRecord>(gid)?.ok_or_else(|| {
-                Status::new(
-                    Code::Aborted,
-                    format!("group snapshot {gid} changed concurrently; retry"),
-                )
-            })?;
-            return self.check_same_volumes(name, &group, volume_ids, params);
-        }
-        for ((target, health), (sid, v)) in checked.iter().zip(group.snapshot_ids.iter().zip(volume_ids)) {
-            let started_one = {
-                let _g = self.locks.lock(sid, LOCK_WAIT)?;
-                self.start(sid, Some(gid), "", v, target, health, created, params)
-            };
-            if let Err(e) = started_one {
-                // Undo the whole group: a group snapshot is all or nothing.
-                for sid in &group.snapshot_ids {
-                    let _g = self.locks.lock(sid, LOCK_WAIT)?;
-                    if let Err(e) = self.delete_snapshot_locked(sid) {
-                        log::warn!(snapshot = sid.as_str(), error = e.message.as_str(); "cleanup after a failed group create");
-                    }
-                }
-                if let Err(e) = self.store.delete(gid) {
-                    log::warn!(group = gid, error = e.message.as_str(); "cleanup after a failed group create");
-                }
-                return Err(e);
-            }
-        }
-        self.store.update::<GroupRecord>(gid, |g| {
-            let changed = !g.complete;
-            g.complete = true;
-            changed
-        })?;
-        log::info!(group = gid, volumes = volume_ids.len(); "group snapshot started");
-        Ok(())
-    }
-
-    fn check_same_volumes(
-        &self,
-        name: &str,
-        group: &GroupRecord,
-        volume_ids: &[String],
-        params: &Params,
-    ) -> Result<(), Status> {
-        if same_volumes(&group.volume_ids, volume_ids) {
-            return check_same_parameters(&format!("group snapshot {name:?}"), group.parameters.as_ref(), params);
-        }
-        Err(Status::new(
-            Code::AlreadyExists,
-            format!(
-                "group snapshot {name:?} already exists with source volumes {:?}, not {volume_ids:?}",
-                group.volume_ids
-            ),
-        ))
-    }
-
-    /// The group's progress; a failed group is reported once and cleared, so the CO's next
-    /// retry starts afresh. The caller holds the group's lock.
-    fn progress_or_clear(&self, group: &GroupRecord) -> Result<(GroupView, Option<SnapshotRecord>), Status> {
-        match self.group_progress(group) {
-            Err(failed) if failed.code != Code::Unavailable && failed.code != Code::Aborted => {
-                for sid in &group.snapshot_ids {
-                    let _g = self.locks.lock(sid, LOCK_WAIT)?;
-                    self.delete_snapshot_locked(sid)?;
-                }
-                self.store.delete(&group.id)?;
-                Err(failed)
-            }
-            other => other,
-        }
-    }
-
-    /// GetVolumeGroupSnapshot: NOT_FOUND for an unknown id.
-    pub fn get_group(&self, gid: &str, snapshot_ids: &[String]) -> Result<GroupView, Status> {
-        let not_found = || Status::not_found(format!("group snapshot {gid} not found"));
-        if !ids::is_our_id(gid, "g-") {
-            return Err(not_found());
-        }
-        let _guard = self.locks.lock(gid, LOCK_WAIT)?;
-        let group = self.store.get::<GroupRecord>(gid)?.ok_or_else(not_found)?;
-        check_snapshot_ids(&group, snapshot_ids)?;
-        Ok(self.group_progress(&group)?.0)
-    }
-
-    /// DeleteVolumeGroupSnapshot: removes every member and the group; succeeds when absent.
-    /// `snapshot_ids` may name members too (only those of this group are touched).
-    pub fn delete_group(&self, gid: &str, snapshot_ids: &[String]) -> Result<(), Status> {
-        if !ids::is_our_id(gid, "g-") {
-            return Ok(());
-        }
-        let _guard = self.locks.lock(gid, LOCK_WAIT)?;
-        let mut members: Vec<String> = Vec::new();
-        if let Some(group) = self.store.get::<GroupRecord>(gid)? {
-            check_snapshot_ids(&group, snapshot_ids)?;
-            members.extend(group.snapshot_ids);
-        }
-        for sid in snapshot_ids {
-            if !members.contains(sid) && ids::is_our_id(sid, "s-") {
-                if let Some(rec) = self.store.get::<SnapshotRecord>(sid)? {
-                    if rec.group_id.as_deref() == Some(gid) {
-                        members.push(sid.clone());
-                    }
-                }
-            }
-        }
-        for sid in &members {
-            let _g = self.locks.lock(sid, LOCK_WAIT)?;
-            self.delete_snapshot_locked(sid)?;
-        }
-        self.store.delete(gid)?;
-        log::info!(group = gid, snapshots = members.len(); "group snapshot deleted");
-        Ok(())
-    }
-
-    /// The group with every member refreshed, and the first member not cut yet, if any; an
-    /// error when a member failed or vanished. The group's creation_time is its last cut.
-    fn group_progress(&self, group: &GroupRecord) -> Result<(GroupView, Option<SnapshotRecord>), Status> {
-        let mut snapshots = Vec::new();
-        let mut pending = None;
-        let mut last_cut: Option<Time> = None;
-        for (sid, volume) in group.snapshot_ids.iter().zip(&group.volume_ids) {
-            let rec = match self.store.get::<SnapshotRecord>(sid)? {
-                Some(rec) => {
-                    let _g = self.locks.lock(sid, LOCK_WAIT)?;
-                    self.refresh_locked(rec)?
-                }
-                None if group.complete => {
-                    // Deleted on its own (DeleteSnapshot): the group reports what is left.
-                    log::warn!(group = group.id.as_str(), snapshot = sid.as_str(), volume = volume.as_str();
-                        "a member of the group snapshot was deleted");
-                    continue;
-                }
-                None => {
-                    return Err(Status::internal(format!(
-                        "group snapshot {}: creating the snapshot of volume {volume} was interrupted",
-                        group.id
-                    )))
-                }
-            };
-            if rec.state == State::Failed {
-                return Err(failure_status(&rec).context(format!("group snapshot {}", group.id)));
-            }
-            let v = view(&rec);
-            if is_cut(&rec) {
-                last_cut = Some(match last_cut {
-                    Some(t) if t.as_secs_f64() >= v.created.as_secs_f64() => t,
-                    _ => v.created,
-                });
-            } else if pending.is_none() {
-                pending = Some(rec);
-            }
-            snapshots.push(v);
-        }
-        let view = GroupView {
-            id: group.id.clone(),
-            ready: snapshots.iter().all(|s| s.ready),
-            snapshots,
-            created: last_cut.filter(|_| pending.is_none()).unwrap_or(group.created),
-        };
-        Ok((view, pending))
-    }
-
     fn report_failure_and_clear(&self, rec: &SnapshotRecord) -> Status {
         let status = failure_status(rec);
         if let Err(e) = self.delete_snapshot_locked(&rec.id) {
@@ -696,7 +466,7 @@ impl Engine {
 
     /// Writes the record, then the PVC and the Job; undoes everything on failure.
     #[allow(clippy::too_many_arguments)]
-    fn start(
+    pub(crate) fn start(
         &self,
         sid: &str,
         gid: Option<&str>,

@@ -20,6 +20,7 @@ mod engine;
 mod etcd;
 mod export;
 mod group_controller;
+mod groups;
 mod grpc;
 mod identity;
 mod ids;
