@@ -20,6 +20,9 @@
 //! that looks at a snapshot and by the monitor thread every `POLL_INTERVAL`. A failed
 //! snapshot is reported once by the next Create with the same name, which clears it; the
 //! retry after that starts afresh.
+//!
+//! Longer than the ~500-line guide (about 600 lines before its tests): every single-snapshot
+//! RPC with its validate, lock, act and answer steps; the group RPCs are in `groups`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

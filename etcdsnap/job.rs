@@ -15,6 +15,10 @@
 //! The PVC is sized from the database size plus headroom. Both objects carry etcdsnap's
 //! labels (driver, snapshot id, group id); the Job is owned by the PVC, so deleting the PVC
 //! garbage-collects the Job and its pods.
+//!
+//! Longer than the ~500-line guide: the Job is one object (save, status, verify, trial
+//! restore and export steps with their volumes, environment and security context), built here
+//! by one small function per part, so the whole spec reads in one place.
 
 use std::collections::BTreeMap;
 

@@ -1,10 +1,14 @@
 //! s3sync: makes one S3 bucket (or prefix) a copy of another by driving `rclone sync`.
 //!
 //! The flow, top to bottom: read the configuration (exit 2 on any problem, before any network
-//! call) → pre-flight both buckets with rclone → the empty-source guard → `rclone sync`, its
-//! output folded into our JSON log, SIGTERM/SIGINT forwarded → one summary line, always →
-//! exit with 0, 2, or rclone's own code. See docs/s3sync.md for every variable.
-
+//! call) → the overlap check → list both sides with lifeboat's own S3 client (the pre-flight)
+//! → plan: uncopyable keys, the empty-source guard, the deletion limits (exit 7 before
+//! anything changes) → `rclone sync`, its output folded into our JSON log, SIGTERM/SIGINT
+//! forwarded → verification by a second listing (exit 11 on a difference) → one summary line,
+//! always → exit with 0, 2, 7, 11, or rclone's own code. See docs/s3sync.md for every variable.
+//!
+//! Longer than the ~500-line guide: this is that story, step by step, with the summary and
+//! its metrics; each step's work is in its own module.
 mod child;
 mod config;
 mod guard;

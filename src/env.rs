@@ -10,6 +10,9 @@
 //! required) in a [`Schema`]: a binary's `--print-config-schema` runs its own reading code
 //! against an empty environment and prints what was declared, so the machine-readable
 //! contract is the code that reads, and cannot drift from it.
+//!
+//! Longer than the ~500-line guide on purpose: reading and declaring are the same calls, so
+//! the reader and the schema live together.
 
 use std::any::Any;
 use std::cell::RefCell;

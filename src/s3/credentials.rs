@@ -20,6 +20,9 @@
 //! expiry, so a long run signs its last request with valid keys. Every fetch is bounded
 //! (connect and request timeouts, [`MAX_ANSWER_BYTES`], [`MAX_TOKEN_BYTES`], three
 //! attempts); no token, key or answer body reaches an error message.
+//!
+//! Longer than the ~500-line guide: the order of the sources is the rule (the AWS SDK's), so
+//! the chain stays in one file, one function per source.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
