@@ -34,7 +34,7 @@ RBAC_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRo
 def render(ns):
     import helm_python
 
-    from test_chart import CHART
+    from chart_render import CHART
 
     values = {"hook": {"enabled": False},
               "etcdsnap": {"enabled": True, "namespaces": [ns], "metadataNamespace": ns, "etcdImage": ETCD_IMAGE}}

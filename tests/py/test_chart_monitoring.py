@@ -17,7 +17,7 @@ import subprocess
 import pytest
 
 from etcdsnap_driver import free_port, running_driver, scrubbed_env, unreachable_kubeconfig
-from test_chart import CHART, NAMESPACE, SCENARIOS, by_kind, helm, one, render, selector_matches  # noqa: F401
+from chart_render import CHART, NAMESPACE, SCENARIOS, by_kind, helm, one, render, selector_matches  # noqa: F401
 from waiting import wait_for
 
 MONITORING_ON = {**SCENARIOS["everything"],

@@ -47,7 +47,7 @@ def without_fields_newer_than_1_20(obj):
 def render(values, ns):
     import helm_python
 
-    from test_chart import CHART
+    from chart_render import CHART
 
     with helm_python.Chart.load(str(CHART)) as chart:
         files = chart.render(copy.deepcopy(values), name="rel", namespace=ns, is_install=True)
@@ -62,14 +62,14 @@ def discovery(admin, api_version):
 
 
 def scenarios():
-    from test_chart import SCENARIOS
+    from chart_render import SCENARIOS
 
     return sorted(s for s in SCENARIOS if s != "nothing")  # "nothing" renders no object
 
 
 @pytest.mark.parametrize("scenario", scenarios())
 def test_every_rendered_object_passes_a_server_side_dry_run_where_1_20_serves_its_kind(kube_plane, kube_ns, scenario):
-    from test_chart import SCENARIOS
+    from chart_render import SCENARIOS
 
     admin = kube_plane.admin
     objects = render(SCENARIOS[scenario], kube_ns)

@@ -14,7 +14,7 @@ import json
 import subprocess
 
 from etcdsnap_driver import running_driver
-from test_chart import DRIVER_CLUSTER_CALLS, DRIVER_METADATA_CALLS
+from test_chart_etcdsnap import DRIVER_CLUSTER_CALLS, DRIVER_METADATA_CALLS
 from kube_control_plane import ns_path
 from kube_etcdsnap import etcdsnap_kube, job_label_webhook, rbac  # noqa: F401 - fixtures
 from waiting import wait_for
@@ -87,7 +87,7 @@ def test_group_snapshot_through_the_real_api_with_exactly_the_charts_rbac(kube_p
     granted = etcdsnap_rules(k.objs, ns)
     assert used <= granted, f"used but not granted: {used - granted}"
     assert granted - used == UNUSED_HERE, f"granted but unused: {granted - used - UNUSED_HERE}"
-    # What test_chart.py holds the chart's RBAC to (per namespace) is what the apiserver recorded.
+    # What test_chart_etcdsnap.py holds the chart's RBAC to (per namespace) is what the apiserver recorded.
     needs = {(verb, resource) for calls in (DRIVER_METADATA_CALLS, DRIVER_CLUSTER_CALLS)
              for (_, resource), verbs in calls.items() for verb in verbs}
-    assert used | UNUSED_HERE == needs, f"recorded {sorted(used)}, test_chart.py says {sorted(needs)}"
+    assert used | UNUSED_HERE == needs, f"recorded {sorted(used)}, test_chart_etcdsnap.py says {sorted(needs)}"

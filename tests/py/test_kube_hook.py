@@ -77,7 +77,7 @@ def rendered_webhook(ns: str, ca_pem: bytes, port: int) -> dict:
     import helm_python
     import yaml
 
-    from test_chart import CHART  # the chart folder; rendering as test_chart.py does
+    from chart_render import CHART  # the chart folder; rendering as the chart tests do
 
     values = {
         "hook": {"tls": {"mode": "secret", "secretName": "hook-tls", "caBundle": base64.b64encode(ca_pem).decode()},
