@@ -401,7 +401,7 @@ fn platform_auth(
         let value = if credentials::SECRET_VARS.contains(&var) {
             env.optional_secret(var)
         } else {
-            env.optional(var)
+            env.optional_untrimmed(var)
         };
         if let Some(v) = value {
             read.push((var, Secret::new(v)));

@@ -189,12 +189,19 @@ impl Env {
         }
     }
 
-    /// The value of an optional secret variable, untrimmed, or `None` when unset or empty.
+    /// The value of an optional secret variable, untrimmed, or `None` when unset, empty or only
+    /// blanks.
     /// Declared secret (so the contract says it must come from a Secret) even when unset.
     pub fn optional_secret(&mut self, var: &str) -> Option<String> {
         self.schema.declare(var, |d| d.secret = true);
-        self.check_utf8(var);
-        self.vars.get(var).filter(|v| !v.is_empty()).cloned()
+        self.optional_untrimmed(var)
+    }
+
+    /// The value of `var` as it is (not trimmed), or `None` when it is unset, empty or only
+    /// blanks (like [`Env::optional`]), or not UTF-8 (then a problem is recorded).
+    pub fn optional_untrimmed(&self, var: &str) -> Option<String> {
+        self.optional(var)?;
+        self.vars.get(var).cloned()
     }
 
     /// A value parsed by `parse`, or `default` when unset. A parse error is recorded
@@ -581,6 +588,15 @@ fn shown_default<T: 'static>(default: &T) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn optional_secrets_keep_their_blanks_but_blank_is_unset() {
+        let mut env = Env::from_pairs([("K", "key "), ("B", "  ")]);
+        assert_eq!(env.optional_secret("K").as_deref(), Some("key "));
+        assert_eq!(env.optional_secret("B"), None);
+        assert_eq!(env.optional_untrimmed("K").as_deref(), Some("key "));
+        assert!(env.schema().vars().iter().all(|d| d.secret));
+    }
 
     #[test]
     fn reports_every_problem_at_once() {
