@@ -187,9 +187,10 @@ fn parse_listen_addr(s: &str) -> Result<String, String> {
 }
 
 /// A Kubernetes byte quantity (`1073741824`, `512Mi`, `1.5Gi`, `2G`): the rule of
-/// [`lifeboat::quantity::bytes`], rounded up to a whole byte as Kubernetes rounds it.
+/// [`lifeboat::quantity::bytes`] (0 allowed, as before), rounded up to a whole byte as
+/// Kubernetes rounds it.
 pub fn parse_quantity(s: &str) -> Result<u64, String> {
-    lifeboat::quantity::bytes(s).map(|b| b.ceil() as u64)
+    lifeboat::quantity::bytes_at_least(s, 0.0).map(|b| b.ceil() as u64)
 }
 
 #[cfg(test)]
@@ -243,6 +244,7 @@ mod tests {
         assert_eq!(parse_quantity("100"), Ok(100));
         // Kubernetes' own grammar, shared with the hook: 1.5Gi is a whole number of bytes.
         assert_eq!(parse_quantity("1.5Gi"), Ok(1610612736));
+        assert_eq!(parse_quantity("0"), Ok(0));
         for bad in ["", "Mi", "1Xi", "-1", "100m"] {
             assert!(parse_quantity(bad).is_err(), "{bad}");
         }

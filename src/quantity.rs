@@ -57,9 +57,14 @@ const MAX_QUANTITY: f64 = 9.2e15;
 /// A quantity of bytes (`storage`, memory): a whole number of bytes at least 1, so no milli
 /// (`100m` is a tenth of a byte), micro or nano suffix. Returns the bytes.
 pub fn bytes(s: &str) -> Result<f64, String> {
+    bytes_at_least(s, 1.0)
+}
+
+/// A quantity of bytes as [`bytes`], at least `min` (0 where "none" is a valid size).
+pub fn bytes_at_least(s: &str, min: f64) -> Result<f64, String> {
     const WHY: &str = "must be a number of bytes such as 1Gi, 500Mi or 2G (no m, u or n suffix)";
     let (value, suffix) = parse(s).ok_or(WHY)?;
-    if matches!(suffix, "m" | "u" | "n") || suffix.contains('-') || !(1.0..=MAX_QUANTITY).contains(&value) {
+    if matches!(suffix, "m" | "u" | "n") || suffix.contains('-') || !(min..=MAX_QUANTITY).contains(&value) {
         return Err(WHY.into());
     }
     Ok(value)
@@ -101,5 +106,7 @@ mod tests {
     #[test]
     fn fractions_of_a_binary_unit_are_whole_bytes() {
         assert_eq!(bytes("1.5Gi"), Ok(1610612736.0));
+        assert_eq!(bytes_at_least("0Gi", 0.0), Ok(0.0));
+        assert!(bytes("0Gi").is_err());
     }
 }
