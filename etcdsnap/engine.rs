@@ -40,16 +40,9 @@ use crate::kube::{path, Kube};
 use crate::lifecycle::failure_status;
 use crate::locks::KeyLocks;
 use crate::metadata::{ExportRecord, GroupRecord, SnapshotRecord, State, Store, Time};
+use crate::metrics;
 use crate::params::{Member, Params};
 use crate::status::{truncate, Code, Status};
-
-pub const SNAPSHOTS_TOTAL: &str = "etcdsnap_snapshots_total";
-pub const SNAPSHOT_SECONDS: &str = "etcdsnap_snapshot_duration_seconds";
-pub const SNAPSHOT_BYTES: &str = "etcdsnap_snapshot_size_bytes";
-pub const ETCD_MEMBERS: &str = "etcdsnap_etcd_members";
-pub const ETCD_MEMBERS_HEALTHY: &str = "etcdsnap_etcd_members_healthy";
-pub const ETCD_HEALTHY: &str = "etcdsnap_etcd_healthy";
-pub const ETCD_CHECKS: &str = "etcdsnap_etcd_health_checks_total";
 
 /// How long an RPC waits for another operation on the same id.
 pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -57,42 +50,6 @@ pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(30);
 pub(crate) const CUT_POLL: Duration = Duration::from_millis(500);
 /// Entries of one ListSnapshots answer at most, whatever max_entries asks.
 pub const MAX_LIST_ENTRIES: usize = 500;
-
-/// Declares the engine's metrics.
-pub fn register_metrics(m: &Registry) {
-    m.counter(SNAPSHOTS_TOTAL, "Snapshots finished, by result (ready or failed).");
-    m.histogram(
-        SNAPSHOT_SECONDS,
-        "Seconds from Create to a verified (or failed) snapshot, by result.",
-        &[
-            1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
-        ],
-    );
-    m.histogram(
-        SNAPSHOT_BYTES,
-        "Size of verified snapshot files in bytes.",
-        &[
-            1048576.0,
-            4194304.0,
-            16777216.0,
-            67108864.0,
-            268435456.0,
-            1073741824.0,
-            4294967296.0,
-            8589934592.0,
-        ],
-    );
-    m.gauge(
-        ETCD_MEMBERS,
-        "Voting members of the etcd cluster at its last health check.",
-    );
-    m.gauge(ETCD_MEMBERS_HEALTHY, "Healthy voting members at the last health check.");
-    m.gauge(ETCD_HEALTHY, "1 when the last health check allowed a snapshot, else 0.");
-    m.counter(
-        ETCD_CHECKS,
-        "etcd health checks, by cluster and result (ok or refused).",
-    );
-}
 
 /// A snapshot as the CSI services report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,22 +232,21 @@ impl Engine {
                 Ok(h)
             }),
         };
-        let labels = [("cluster", cluster.as_str())];
+        let labels = [cluster.as_str()];
         match &result {
             Ok(h) => {
-                self.metrics.set(ETCD_MEMBERS, &labels, h.voting_members as f64);
                 self.metrics
-                    .set(ETCD_MEMBERS_HEALTHY, &labels, h.healthy_members as f64);
-                self.metrics.set(ETCD_HEALTHY, &labels, 1.0);
+                    .set(&metrics::ETCD_MEMBERS, labels, h.voting_members as f64);
                 self.metrics
-                    .inc(ETCD_CHECKS, &[("cluster", &cluster), ("result", "ok")]);
+                    .set(&metrics::ETCD_MEMBERS_HEALTHY, labels, h.healthy_members as f64);
+                self.metrics.set(&metrics::ETCD_HEALTHY, labels, 1.0);
+                self.metrics.inc(&metrics::ETCD_CHECKS, [&cluster, "ok"]);
                 log::info!(cluster = cluster.as_str(), healthy = h.healthy_members, members = h.voting_members,
                     member = h.member_name.as_str(), db_size = h.db_size; "etcd cluster healthy");
             }
             Err(e) => {
-                self.metrics.set(ETCD_HEALTHY, &labels, 0.0);
-                self.metrics
-                    .inc(ETCD_CHECKS, &[("cluster", &cluster), ("result", "refused")]);
+                self.metrics.set(&metrics::ETCD_HEALTHY, labels, 0.0);
+                self.metrics.inc(&metrics::ETCD_CHECKS, [&cluster, "refused"]);
                 log::warn!(cluster = cluster.as_str(), error = e.message.as_str(); "etcd cluster refused for a snapshot");
             }
         }

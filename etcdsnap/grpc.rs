@@ -23,11 +23,12 @@ use grpcio::{
     pb_de, pb_ser, Environment, Marshaller, Method, MethodType, RpcStatus, RpcStatusCode, Server, ServerBuilder,
     ServerCredentials, ServiceBuilder,
 };
-use lifeboat::metrics::{Registry, LATENCY_BUCKETS};
+use lifeboat::metrics::Registry;
 
 use crate::controller::Controller;
 use crate::group_controller::GroupController;
 use crate::identity::Identity;
+use crate::metrics;
 use crate::proto::csi;
 use crate::status::Status;
 
@@ -122,21 +123,6 @@ unary_method!(
     csi::GetVolumeGroupSnapshotResponse
 );
 
-pub const RPC_TOTAL: &str = "etcdsnap_rpc_total";
-pub const RPC_SECONDS: &str = "etcdsnap_rpc_duration_seconds";
-pub const RPC_IN_FLIGHT: &str = "etcdsnap_rpc_in_flight";
-
-/// Declares the RPC metrics.
-pub fn register_metrics(metrics: &Registry) {
-    metrics.counter(RPC_TOTAL, "CSI RPCs answered, by method and gRPC code.");
-    metrics.histogram(
-        RPC_SECONDS,
-        "CSI RPC latency in seconds, by method and gRPC code.",
-        LATENCY_BUCKETS,
-    );
-    metrics.gauge(RPC_IN_FLIGHT, "CSI RPCs being handled now.");
-}
-
 /// Counts RPCs being handled; shutdown waits for it to reach zero.
 #[derive(Clone, Default)]
 pub struct InFlight(Arc<AtomicUsize>);
@@ -152,7 +138,7 @@ struct InFlightGuard(InFlight, Registry);
 impl InFlightGuard {
     fn enter(inflight: &InFlight, metrics: &Registry) -> InFlightGuard {
         let n = inflight.0.fetch_add(1, Ordering::SeqCst) + 1;
-        metrics.set(RPC_IN_FLIGHT, &[], n as f64);
+        metrics.set(&metrics::RPC_IN_FLIGHT, [], n as f64);
         InFlightGuard(inflight.clone(), metrics.clone())
     }
 }
@@ -160,7 +146,7 @@ impl InFlightGuard {
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         let n = self.0 .0.fetch_sub(1, Ordering::SeqCst) - 1;
-        self.1.set(RPC_IN_FLIGHT, &[], n as f64);
+        self.1.set(&metrics::RPC_IN_FLIGHT, [], n as f64);
     }
 }
 
@@ -296,10 +282,10 @@ where
                 Ok(_) => "OK",
                 Err(s) => s.code.name(),
             };
-            shared.metrics.inc(RPC_TOTAL, &[("method", name), ("code", code)]);
+            shared.metrics.inc(&metrics::RPC_TOTAL, [name, code]);
             shared
                 .metrics
-                .observe(RPC_SECONDS, &[("method", name), ("code", code)], elapsed.as_secs_f64());
+                .observe(&metrics::RPC_SECONDS, [name, code], elapsed.as_secs_f64());
             let ms = elapsed.as_secs_f64() * 1000.0;
             match &result {
                 Ok(_) if quiet => log::debug!(method = name, code = code, ms = ms; "rpc"),

@@ -27,10 +27,11 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use lifeboat::shutdown::Shutdown;
 
-use crate::engine::{Engine, SNAPSHOTS_TOTAL, SNAPSHOT_BYTES, SNAPSHOT_SECONDS};
+use crate::engine::Engine;
 use crate::job::{self, JobState, Plan, LABEL_SNAPSHOT};
 use crate::kube::path;
 use crate::metadata::{FailureKind, SnapshotRecord, State, Time, MAX_REASON};
+use crate::metrics;
 use crate::status::{truncate, Code, Status};
 
 /// A record stuck in `pending` this long was interrupted (the driver died mid-create).
@@ -363,7 +364,7 @@ impl Engine {
             },
         )?;
         if let Some(secs) = took {
-            self.metrics.observe(SNAPSHOT_BYTES, &[], st.total_size as f64);
+            self.metrics.observe(&metrics::SNAPSHOT_BYTES, [], st.total_size as f64);
             log::info!(snapshot = rec.id.as_str(), volume = rec.volume_id.as_str(), size = st.total_size,
                 revision = st.revision, hash = st.hash, keys = st.total_key, seconds = secs; "snapshot ready");
         }
@@ -442,8 +443,8 @@ impl Engine {
             return Ok((updated, None));
         }
         let secs = now.as_secs_f64() - rec.created.as_secs_f64();
-        self.metrics.inc(SNAPSHOTS_TOTAL, &[("result", result)]);
-        self.metrics.observe(SNAPSHOT_SECONDS, &[("result", result)], secs);
+        self.metrics.inc(&metrics::SNAPSHOTS_TOTAL, [result]);
+        self.metrics.observe(&metrics::SNAPSHOT_SECONDS, [result], secs);
         Ok((updated, Some(secs)))
     }
 
@@ -552,7 +553,7 @@ mod tests {
             .unwrap()
             .engine;
         let metrics = lifeboat::metrics::Registry::new();
-        crate::engine::register_metrics(&metrics);
+        crate::metrics::declare(&metrics);
         Engine::new(api.kube(), cfg, metrics)
     }
 

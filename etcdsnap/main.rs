@@ -29,6 +29,7 @@ mod kube;
 mod lifecycle;
 mod locks;
 mod metadata;
+mod metrics;
 mod params;
 mod proto;
 mod restore;
@@ -58,7 +59,6 @@ POLL_INTERVAL, CREATE_WAIT, GRPC_THREADS, SHUTDOWN_GRACE, LOG_LEVEL (see docs/et
 
 const KUBE_TIMEOUT: Duration = Duration::from_secs(15);
 const READY_CACHE: Duration = Duration::from_secs(2);
-const KUBE_READY: &str = "etcdsnap_kube_api_ready";
 
 fn main() {
     let level = lifeboat::log::init_from_env();
@@ -135,7 +135,7 @@ fn kube_ready_check(kube: Arc<Kube>, metrics: Registry) -> ReadyCheck {
             }
         }
         let result = kube.ready().map_err(|e| format!("Kubernetes API: {e}"));
-        metrics.set(KUBE_READY, &[], if result.is_ok() { 1.0 } else { 0.0 });
+        metrics.set(&metrics::KUBE_READY, [], if result.is_ok() { 1.0 } else { 0.0 });
         *last = Some((Instant::now(), result.clone()));
         result
     })
@@ -145,12 +145,7 @@ fn serve(cfg: Config) -> Result<(), String> {
     let shutdown = Shutdown::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let kube = Arc::new(Kube::from_environment(KUBE_TIMEOUT)?);
     let metrics = Registry::new();
-    grpc::register_metrics(&metrics);
-    engine::register_metrics(&metrics);
-    metrics.gauge(
-        KUBE_READY,
-        "1 when the Kubernetes API answered the last readiness check.",
-    );
+    metrics::declare(&metrics);
     let ready = kube_ready_check(Arc::clone(&kube), metrics.clone());
     let ops = OpsServer::start(&cfg.metrics_addr, metrics.clone(), Arc::clone(&ready), shutdown.clone())?;
 

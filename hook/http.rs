@@ -24,6 +24,7 @@ use tiny_http::{Header, Method, Request, Response};
 use crate::admission::{self, Outcome};
 use crate::annotations::KEYS;
 use crate::framing::{self, DEADLINE_HEADER};
+use crate::metrics;
 
 /// What the request handlers share.
 pub struct App {
@@ -132,7 +133,7 @@ impl Backend {
                 Ok(Some(request)) => handle(request, &app),
                 Ok(None) => {}
                 Err(e) => {
-                    app.metrics.inc("hook_errors_total", &[("kind", "accept")]);
+                    app.metrics.inc(&metrics::ERRORS, ["accept"]);
                     self.mark_dead(generation, &e);
                 }
             }
@@ -213,13 +214,13 @@ fn handle(mut request: Request, app: &App) {
         mutate(&mut request, app)
     };
     let code = response.status_code().0;
-    app.metrics.inc("hook_requests_total", &[("code", &code.to_string())]);
+    app.metrics.inc(&metrics::REQUESTS, [&code.to_string()]);
     if let Err(e) = request.respond(response) {
-        app.metrics.inc("hook_errors_total", &[("kind", "respond")]);
+        app.metrics.inc(&metrics::ERRORS, ["respond"]);
         log::debug!(error:% = e; "client went away before the response was sent");
     }
     app.metrics
-        .observe("hook_request_duration_seconds", &[], started.elapsed().as_secs_f64());
+        .observe(&metrics::REQUEST_SECONDS, [], started.elapsed().as_secs_f64());
 }
 
 /// The deadline the front end gave the request, if any.
@@ -233,7 +234,7 @@ fn deadline(request: &Request) -> Option<Instant> {
 }
 
 fn too_late(app: &App) -> Response<std::io::Cursor<Vec<u8>>> {
-    app.metrics.inc("hook_errors_total", &[("kind", "deadline")]);
+    app.metrics.inc(&metrics::ERRORS, ["deadline"]);
     text(
         504,
         "the request's deadline (the API server's timeout) passed before it could be answered\n",
@@ -255,31 +256,30 @@ fn mutate(request: &mut Request, app: &App) -> Response<std::io::Cursor<Vec<u8>>
         .as_deref()
         .map(|c| c.split(';').next().unwrap_or("").trim());
     if media != Some("application/json") {
-        app.metrics.inc("hook_errors_total", &[("kind", "content_type")]);
+        app.metrics.inc(&metrics::ERRORS, ["content_type"]);
         return text(415, "unsupported media type: send Content-Type: application/json\n");
     }
     if request.body_length().is_some_and(|n| n > app.max_body) {
-        app.metrics.inc("hook_errors_total", &[("kind", "too_large")]);
+        app.metrics.inc(&metrics::ERRORS, ["too_large"]);
         return text(413, format!("request body larger than {} bytes\n", app.max_body));
     }
     let mut body = Vec::new();
     if let Err(e) = request.as_reader().take(app.max_body as u64 + 1).read_to_end(&mut body) {
-        app.metrics.inc("hook_errors_total", &[("kind", "read")]);
+        app.metrics.inc(&metrics::ERRORS, ["read"]);
         return text(400, format!("cannot read the request body: {e}\n"));
     }
     if body.len() > app.max_body {
-        app.metrics.inc("hook_errors_total", &[("kind", "too_large")]);
+        app.metrics.inc(&metrics::ERRORS, ["too_large"]);
         return text(413, format!("request body larger than {} bytes\n", app.max_body));
     }
     let answer = admission::review(&body, &app.admission);
     if late() {
         return too_late(app);
     }
-    app.metrics
-        .inc("hook_admissions_total", &[("result", answer.outcome.label())]);
+    app.metrics.inc(&metrics::ADMISSIONS, [answer.outcome.label()]);
     match answer.outcome {
         Outcome::Injected => {
-            app.metrics.inc("hook_injections_total", &[]);
+            app.metrics.inc(&metrics::INJECTIONS, []);
             log::info!(uid = answer.uid.as_str(), detail = answer.detail.as_str(); "injected Litestream");
         }
         Outcome::Denied => {
@@ -289,14 +289,14 @@ fn mutate(request: &mut Request, app: &App) -> Response<std::io::Cursor<Vec<u8>>
                 .and_then(|k| k.strip_prefix('/'))
                 .filter(|k| KEYS.contains(k))
                 .unwrap_or(if answer.annotation.is_empty() { "none" } else { "other" });
-            app.metrics.inc("hook_denials_total", &[("annotation", key)]);
+            app.metrics.inc(&metrics::DENIALS, [key]);
             log::info!(uid = answer.uid.as_str(), reason = answer.detail.as_str(); "denied a Pod");
         }
         Outcome::Skipped => {
             log::debug!(uid = answer.uid.as_str(), reason = answer.detail.as_str(); "allowed unchanged")
         }
         Outcome::Invalid => {
-            app.metrics.inc("hook_errors_total", &[("kind", "invalid")]);
+            app.metrics.inc(&metrics::ERRORS, ["invalid"]);
             log::warn!(reason = answer.detail.as_str(); "refused a request that is not an AdmissionReview");
         }
     }

@@ -20,6 +20,7 @@ mod http;
 mod inject;
 mod litestream_config;
 mod litestream_settings;
+mod metrics;
 mod offline;
 mod pod;
 mod proxy;
@@ -32,41 +33,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lifeboat::env::Env;
-use lifeboat::metrics::{Registry, LATENCY_BUCKETS};
+use lifeboat::metrics::Registry;
 use lifeboat::ops_http::{OpsServer, ReadyCheck};
 use lifeboat::shutdown::{signal_name, Shutdown};
 
 use config::{config_schema, read_config, read_injection, Config};
-
-fn declare(metrics: &Registry) {
-    metrics.counter(
-        "hook_requests_total",
-        "HTTP requests on the admission endpoint, by status code.",
-    );
-    metrics.counter(
-        "hook_admissions_total",
-        "Admission decisions, by result (injected, skipped, denied, invalid).",
-    );
-    metrics.counter("hook_injections_total", "Pods that got Litestream injected.");
-    metrics.counter("hook_denials_total", "Pods denied, by the annotation at fault.");
-    metrics.counter(
-        "hook_errors_total",
-        "Errors, by kind (accept, handshake, too_large, content_type, invalid, ...).",
-    );
-    metrics.counter(
-        "hook_backend_kicks_total",
-        "Wake-ups sent to the HTTP layer for a request left unanswered (see proxy::watchdog).",
-    );
-    metrics.counter(
-        "hook_tls_reloads_total",
-        "Certificate reloads after the files changed, by result.",
-    );
-    metrics.histogram(
-        "hook_request_duration_seconds",
-        "Time from a request's headers to its response, in seconds.",
-        LATENCY_BUCKETS,
-    );
-}
 
 fn main() {
     let level = lifeboat::log::init_from_env();
@@ -140,7 +111,7 @@ fn serve(config: Config) -> Result<(), String> {
     let started = Instant::now();
     let shutdown = Shutdown::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let metrics = Registry::new();
-    declare(&metrics);
+    metrics::declare(&metrics);
     let certs = tls::start(
         config.cert.clone(),
         config.key.clone(),

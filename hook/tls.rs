@@ -17,6 +17,8 @@ use lifeboat::shutdown::Shutdown;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use crate::metrics;
+
 /// The certificate currently served, swapped when the files change.
 #[derive(Debug)]
 pub struct Certificates {
@@ -82,11 +84,11 @@ pub fn start(
                 match load_pair(&cert, &key) {
                     Ok(pair) => {
                         *watched.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(pair);
-                        metrics.inc("hook_tls_reloads_total", &[("result", "ok")]);
+                        metrics.inc(&metrics::TLS_RELOADS, ["ok"]);
                         log::info!(cert:% = cert.display(); "TLS certificate reloaded");
                     }
                     Err(e) => {
-                        metrics.inc("hook_tls_reloads_total", &[("result", "error")]);
+                        metrics.inc(&metrics::TLS_RELOADS, ["error"]);
                         log::error!(error:% = e; "TLS certificate files changed but do not load; still serving the previous certificate");
                     }
                 }

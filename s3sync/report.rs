@@ -26,46 +26,54 @@ pub struct RunNumbers<'a> {
     pub verified: Option<bool>,
 }
 
-const LAST_SUCCESS: &str = "s3sync_last_success_timestamp_seconds";
+/// The run's metrics, declared once. A run sets each of them, except
+/// `LAST_SUCCESS` when no run has succeeded yet; none is declared without a value.
+mod metrics {
+    lifeboat::metrics_table! {
+        LAST_RUN: Gauge<0> = Gauge::new(
+            "s3sync_last_run_timestamp_seconds",
+            "When the last run ended (Unix time).",
+            &[],
+        );
+        EXIT_CODE: Gauge<0> = Gauge::new("s3sync_exit_code", "The last run's exit code.", &[]);
+        BYTES: Gauge<0> = Gauge::new("s3sync_bytes", "Bytes the last run transferred.", &[]);
+        TRANSFERS: Gauge<0> = Gauge::new("s3sync_transfers", "Objects the last run copied.", &[]);
+        DELETES: Gauge<0> = Gauge::new("s3sync_deletes", "Objects the last run deleted.", &[]);
+        ERRORS: Gauge<0> = Gauge::new("s3sync_errors", "Errors rclone counted in the last run.", &[]);
+        DURATION: Gauge<0> = Gauge::new("s3sync_duration_seconds", "Wall time of the last run.", &[]);
+        VERIFIED: Gauge<0> = Gauge::new(
+            "s3sync_verified",
+            "1 if the last run verified the copy, 0 if verification failed or did not run.",
+            &[],
+        );
+        OUTCOME: Gauge<1> = Gauge::new(
+            "s3sync_outcome",
+            "1 for the last run's outcome (success, refused, failed, ...).",
+            &["outcome"],
+        );
+        LAST_SUCCESS: Gauge<0> = Gauge::new(
+            "s3sync_last_success_timestamp_seconds",
+            "When a run last succeeded (Unix time).",
+            &[],
+        );
+    }
+}
 
 /// The text of the metrics; `previous_success` is carried over when this run did not succeed.
 pub fn render(n: &RunNumbers<'_>, now: f64, previous_success: Option<f64>) -> String {
     let r = Registry::new();
-    let gauges: [(&str, &str, f64); 8] = [
-        (
-            "s3sync_last_run_timestamp_seconds",
-            "When the last run ended (Unix time).",
-            now,
-        ),
-        ("s3sync_exit_code", "The last run's exit code.", f64::from(n.exit_code)),
-        ("s3sync_bytes", "Bytes the last run transferred.", n.bytes as f64),
-        ("s3sync_transfers", "Objects the last run copied.", n.transfers as f64),
-        ("s3sync_deletes", "Objects the last run deleted.", n.deletes as f64),
-        (
-            "s3sync_errors",
-            "Errors rclone counted in the last run.",
-            n.errors as f64,
-        ),
-        ("s3sync_duration_seconds", "Wall time of the last run.", n.duration_s),
-        (
-            "s3sync_verified",
-            "1 if the last run verified the copy, 0 if verification failed or did not run.",
-            if n.verified == Some(true) { 1.0 } else { 0.0 },
-        ),
-    ];
-    for (name, help, value) in gauges {
-        r.gauge(name, help);
-        r.set(name, &[], value);
-    }
-    r.gauge(
-        "s3sync_outcome",
-        "1 for the last run's outcome (success, refused, failed, ...).",
-    );
-    r.set("s3sync_outcome", &[("outcome", n.outcome)], 1.0);
+    r.set(&metrics::LAST_RUN, [], now);
+    r.set(&metrics::EXIT_CODE, [], f64::from(n.exit_code));
+    r.set(&metrics::BYTES, [], n.bytes as f64);
+    r.set(&metrics::TRANSFERS, [], n.transfers as f64);
+    r.set(&metrics::DELETES, [], n.deletes as f64);
+    r.set(&metrics::ERRORS, [], n.errors as f64);
+    r.set(&metrics::DURATION, [], n.duration_s);
+    r.set(&metrics::VERIFIED, [], if n.verified == Some(true) { 1.0 } else { 0.0 });
+    r.set(&metrics::OUTCOME, [n.outcome], 1.0);
     let success = if n.exit_code == 0 { Some(now) } else { previous_success };
     if let Some(t) = success {
-        r.gauge(LAST_SUCCESS, "When a run last succeeded (Unix time).");
-        r.set(LAST_SUCCESS, &[], t);
+        r.set(&metrics::LAST_SUCCESS, [], t);
     }
     r.render()
 }
@@ -82,7 +90,7 @@ pub fn report(file: Option<&Path>, push: Option<&str>, instance: &str, n: &RunNu
             let mut text = String::new();
             f.take(64 * 1024).read_to_string(&mut text).ok()?;
             text.lines()
-                .find_map(|l| l.strip_prefix(LAST_SUCCESS)?.trim().parse::<f64>().ok())
+                .find_map(|l| l.strip_prefix(metrics::LAST_SUCCESS.name())?.trim().parse::<f64>().ok())
         });
         let text = render(n, now, previous);
         let tmp = path.with_extension("tmp");
@@ -143,5 +151,53 @@ mod tests {
         );
         assert!(failed.contains("s3sync_exit_code 7\n") && failed.contains("s3sync_verified 0\n"));
         assert!(!render(&n, 200.0, None).contains("last_success"));
+    }
+
+    /// The textfile's whole text, byte for byte (what node-exporter and the Pushgateway read).
+    #[test]
+    fn renders_the_exact_textfile() {
+        let n = RunNumbers {
+            outcome: "failed",
+            exit_code: 3,
+            bytes: 1024,
+            transfers: 2,
+            deletes: 1,
+            errors: 4,
+            duration_s: 2.25,
+            verified: Some(false),
+        };
+        assert_eq!(
+            render(&n, 1700000000.0, Some(1690000000.0)),
+            "# HELP s3sync_bytes Bytes the last run transferred.\n\
+             # TYPE s3sync_bytes gauge\n\
+             s3sync_bytes 1024\n\
+             # HELP s3sync_deletes Objects the last run deleted.\n\
+             # TYPE s3sync_deletes gauge\n\
+             s3sync_deletes 1\n\
+             # HELP s3sync_duration_seconds Wall time of the last run.\n\
+             # TYPE s3sync_duration_seconds gauge\n\
+             s3sync_duration_seconds 2.25\n\
+             # HELP s3sync_errors Errors rclone counted in the last run.\n\
+             # TYPE s3sync_errors gauge\n\
+             s3sync_errors 4\n\
+             # HELP s3sync_exit_code The last run's exit code.\n\
+             # TYPE s3sync_exit_code gauge\n\
+             s3sync_exit_code 3\n\
+             # HELP s3sync_last_run_timestamp_seconds When the last run ended (Unix time).\n\
+             # TYPE s3sync_last_run_timestamp_seconds gauge\n\
+             s3sync_last_run_timestamp_seconds 1700000000\n\
+             # HELP s3sync_last_success_timestamp_seconds When a run last succeeded (Unix time).\n\
+             # TYPE s3sync_last_success_timestamp_seconds gauge\n\
+             s3sync_last_success_timestamp_seconds 1690000000\n\
+             # HELP s3sync_outcome 1 for the last run's outcome (success, refused, failed, ...).\n\
+             # TYPE s3sync_outcome gauge\n\
+             s3sync_outcome{outcome=\"failed\"} 1\n\
+             # HELP s3sync_transfers Objects the last run copied.\n\
+             # TYPE s3sync_transfers gauge\n\
+             s3sync_transfers 2\n\
+             # HELP s3sync_verified 1 if the last run verified the copy, 0 if verification failed or did not run.\n\
+             # TYPE s3sync_verified gauge\n\
+             s3sync_verified 0\n"
+        );
     }
 }

@@ -118,9 +118,9 @@ mod tests {
 
     #[test]
     fn serves_metrics_health_and_readiness() {
+        static T: crate::metrics::Counter<0> = crate::metrics::Counter::new("t_total", "T.", &[]);
         let metrics = Registry::new();
-        metrics.counter("t_total", "T.");
-        metrics.inc("t_total", &[]);
+        metrics.inc(&T, []);
         let flag = Arc::new(AtomicBool::new(false));
         let f = Arc::clone(&flag);
         let ready: ReadyCheck = Arc::new(move || {

@@ -13,6 +13,7 @@ use rustls::ServerConnection;
 use super::pump::pump;
 use super::{Conn, Shared};
 use crate::framing::Reject;
+use crate::metrics;
 
 /// Handshake, then pump until either side is done.
 pub(super) fn serve(mut tcp: TcpStream, conn: &Arc<Conn>, shared: &Arc<Shared>) -> Result<(), String> {
@@ -23,7 +24,7 @@ pub(super) fn serve(mut tcp: TcpStream, conn: &Arc<Conn>, shared: &Arc<Shared>) 
     // again and again within one call, so it is not used here.)
     let deadline = Instant::now() + shared.limits.handshake_timeout;
     if let Err(e) = handshake(&mut tls, &mut tcp, deadline) {
-        shared.metrics.inc("hook_errors_total", &[("kind", "handshake")]);
+        shared.metrics.inc(&metrics::ERRORS, ["handshake"]);
         return Err(format!("TLS handshake failed: {e}"));
     }
     tcp.set_write_timeout(Some(shared.limits.handshake_timeout.max(Duration::from_secs(10))))
@@ -31,7 +32,7 @@ pub(super) fn serve(mut tcp: TcpStream, conn: &Arc<Conn>, shared: &Arc<Shared>) 
     // From here on poll() does the waiting; the write timeouts bound a peer that stops reading.
     tcp.set_read_timeout(None).map_err(|e| e.to_string())?;
     let mut unix = shared.backend.connect().map_err(|e| {
-        shared.metrics.inc("hook_errors_total", &[("kind", "backend")]);
+        shared.metrics.inc(&metrics::ERRORS, ["backend"]);
         format!("cannot reach the HTTP layer: {e}")
     })?;
     unix.set_write_timeout(Some(shared.limits.idle_timeout))
@@ -92,10 +93,8 @@ pub(super) fn answer(
     reject: &Reject,
     shared: &Shared,
 ) -> Result<(), String> {
-    shared
-        .metrics
-        .inc("hook_requests_total", &[("code", &reject.status.to_string())]);
-    shared.metrics.inc("hook_errors_total", &[("kind", reject.kind)]);
+    shared.metrics.inc(&metrics::REQUESTS, [&reject.status.to_string()]);
+    shared.metrics.inc(&metrics::ERRORS, [reject.kind]);
     let reason = match reject.status {
         400 => "Bad Request",
         408 => "Request Timeout",

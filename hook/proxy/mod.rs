@@ -35,6 +35,7 @@ mod pump;
 
 use crate::framing;
 use crate::http::Backend;
+use crate::metrics;
 use connection::serve;
 
 /// Limits of the front end.
@@ -287,7 +288,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, stop: &AtomicBool) 
             Ok(parts) => parts,
             Err(e) => {
                 // EMFILE, ENOBUFS, ECONNABORTED...: log, pause, go on; never give up.
-                shared.metrics.inc("hook_errors_total", &[("kind", "accept")]);
+                shared.metrics.inc(&metrics::ERRORS, ["accept"]);
                 log::warn!(error:% = e, retry_ms = backoff.as_millis() as u64; "accepting a connection failed");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -328,7 +329,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, stop: &AtomicBool) 
             });
         if let Err(e) = spawned {
             shared.conns.remove(id);
-            shared.metrics.inc("hook_errors_total", &[("kind", "thread")]);
+            shared.metrics.inc(&metrics::ERRORS, ["thread"]);
             log::warn!(error:% = e; "cannot start a connection thread; connection dropped");
         }
     }
@@ -353,7 +354,7 @@ fn evict_one(map: &HashMap<u64, Arc<Conn>>, metrics: &Registry) -> bool {
     };
     conn.closing.store(true, Ordering::SeqCst);
     let _ = conn.tcp.shutdown(Direction::Both);
-    metrics.inc("hook_errors_total", &[("kind", "evicted")]);
+    metrics.inc(&metrics::ERRORS, ["evicted"]);
     true
 }
 
@@ -382,7 +383,7 @@ fn watchdog(shared: &Shared) {
             }
         }
         for _ in 0..stuck {
-            shared.metrics.inc("hook_backend_kicks_total", &[]);
+            shared.metrics.inc(&metrics::BACKEND_KICKS, []);
             drop(UnixStream::connect(shared.backend.socket_path()));
         }
     }
