@@ -130,7 +130,7 @@ impl EtcdClient {
             .map_err(|e| Status::precondition(format!("etcd cluster {cluster}: client TLS ca.crt: {e}")))?;
         let client = lifeboat::tls::ureq_client_cert(&tls.cert, &tls.key)
             .map_err(|e| Status::precondition(format!("etcd cluster {cluster}: client TLS tls.crt/tls.key: {e}")))?;
-        let tls = ureq::tls::TlsConfig::builder()
+        let tls = lifeboat::tls::ureq_tls()
             .root_certs(ca)
             .client_cert(Some(client))
             .build();

@@ -102,9 +102,20 @@ pub fn report(file: Option<&Path>, push: Option<&str>, instance: &str, n: &RunNu
     if let Some(url) = push {
         let text = render(n, now, None);
         let target = format!("{}/metrics/job/s3sync/instance/{instance}", url.trim_end_matches('/'));
+        // The system's roots, as the Pushgateway's Go clients read them; required for https
+        // (a redirect from http to https with none trusts nothing and fails).
+        let roots = match lifeboat::roots::ureq_system() {
+            Ok(roots) => roots,
+            Err(e) if url.to_ascii_lowercase().starts_with("https://") => {
+                log::warn!(error:% = e; "cannot push the metrics");
+                return;
+            }
+            Err(_) => ureq::tls::RootCerts::new_with_certs(&[]),
+        };
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(10)))
             .http_status_as_error(false)
+            .tls_config(lifeboat::tls::ureq_tls().root_certs(roots).build())
             .build()
             .new_agent();
         match agent

@@ -10,7 +10,9 @@
 //! - [`secret`]: a credential that never prints.
 //! - [`cli`]: a subcommand's `--help` and bad-argument handling.
 //! - [`shutdown`]: SIGTERM/SIGINT turned into a flag threads can wait on.
-//! - [`tls`]: loading PEM certificates and keys for rustls and ureq, with errors that name the file.
+//! - [`tls`]: loading PEM certificates and keys for rustls and ureq, with errors that name the file;
+//!   `ureq_tls`, the start of every ureq TLS configuration.
+//! - [`roots`]: the system's trusted CA certificates, read as Go reads them (no roots compiled in).
 //! - [`base64`]: standard base64 (AdmissionReview patches, Secret and kubeconfig data).
 //! - [`metrics`]: a small Prometheus registry and its text format.
 //! - [`ops_http`]: the plain-HTTP `/metrics`, `/healthz`, `/readyz` endpoint of the servers.
@@ -25,6 +27,7 @@ pub mod metrics;
 pub mod names;
 pub mod ops_http;
 pub mod quantity;
+pub mod roots;
 pub mod s3;
 pub mod secret;
 pub mod shutdown;

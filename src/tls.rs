@@ -37,13 +37,28 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError>
     certs_from_pem(&bytes).map_err(|what| error(path, what))
 }
 
+/// The start of every ureq TLS configuration: ring as the crypto provider and no trusted
+/// roots. ureq is built without a compiled-in root list, so the caller names the roots (a
+/// kubeconfig's CA, [`crate::roots::system`]); one it forgets fails closed ("unknown issuer").
+#[allow(clippy::disallowed_methods)] // the one place that may call TlsConfig::builder
+pub fn ureq_tls() -> ureq::tls::TlsConfigBuilder {
+    ureq::tls::TlsConfig::builder()
+        .unversioned_rustls_crypto_provider(provider())
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&[]))
+}
+
 /// ureq's trust roots: exactly the certificates in PEM text (at least one).
 pub fn ureq_roots(ca_pem: &[u8]) -> Result<ureq::tls::RootCerts, String> {
-    let certs: Vec<_> = certs_from_pem(ca_pem)?
+    Ok(ureq_roots_of(&certs_from_pem(ca_pem)?))
+}
+
+/// ureq's trust roots: exactly these certificates.
+pub fn ureq_roots_of(certs: &[CertificateDer<'_>]) -> ureq::tls::RootCerts {
+    let certs: Vec<_> = certs
         .iter()
         .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
         .collect();
-    Ok(ureq::tls::RootCerts::new_with_certs(&certs))
+    ureq::tls::RootCerts::new_with_certs(&certs)
 }
 
 /// A ureq client certificate from a PEM chain and a PEM private key (PKCS#8, RSA or EC).

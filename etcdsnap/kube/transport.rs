@@ -141,9 +141,14 @@ impl Kube {
         auth: Auth,
         timeout: Duration,
     ) -> Result<Kube, String> {
-        let mut tls = ureq::tls::TlsConfig::builder();
+        let mut tls = lifeboat::tls::ureq_tls();
         if let Some(ca) = ca_pem {
             tls = tls.root_certs(lifeboat::tls::ureq_roots(ca).map_err(|e| format!("API server CA: {e}"))?);
+        } else if server.to_ascii_lowercase().starts_with("https://") {
+            // No CA named: the system's roots, as kubectl (Go's crypto/x509) would use.
+            let roots = lifeboat::roots::ureq_system()
+                .map_err(|e| format!("API server CA: the kubeconfig names none, and {e}"))?;
+            tls = tls.root_certs(roots);
         }
         if let Some((cert, key)) = client {
             tls = tls.client_cert(Some(

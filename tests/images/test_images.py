@@ -95,6 +95,11 @@ def test_image_shape(name, tmp_path):
         assert loader and "ld-linux" in loader  # gRPC core: libstdc++ from cc-debian13
     else:
         assert loader is None, f"{name} is expected to be static, names {loader}"
+    # lifeboat has no compiled-in roots: s3sync (S3, Pushgateway) and etcdsnap (an API server
+    # with no CA in the kubeconfig) read the system's as Go does, first from this bundle.
+    if name != "hook":
+        bundle = file_in(name, "/etc/ssl/certs/ca-certificates.crt")
+        assert bundle.count(b"-----BEGIN CERTIFICATE-----") >= 100, len(bundle)
 
 
 def test_image_sizes_are_within_the_aims():

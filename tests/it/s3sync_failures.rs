@@ -7,7 +7,7 @@ use crate::support;
 
 use std::time::Duration;
 
-use crate::s3sync_common::{command, make_bucket, run, set, spawn, vars};
+use crate::s3sync_common::{command, make_bucket, rclone_s3_over_tls, run, set, spawn, vars};
 use crate::support::s3::{Flavor, S3Server};
 use crate::support::{free_port, tool, wait_for};
 
@@ -208,23 +208,7 @@ fn https_endpoint_with_a_private_ca() {
     let files = ca.write(&leaf, dir.path(), "s3");
     let data = support::temp_dir("tls-data");
     std::fs::create_dir_all(data.path().join("dst")).unwrap();
-    let port = free_port();
-    let mut serve = std::process::Command::new(tool("rclone"));
-    support::scrub(&mut serve);
-    serve
-        .env("RCLONE_CONFIG", "/dev/null")
-        .args(["serve", "s3", "--addr", &format!("127.0.0.1:{port}"), "--auth-key"])
-        .arg(format!("{AK},{SK}"))
-        .arg("--cert")
-        .arg(&files.cert)
-        .arg("--key")
-        .arg(&files.key)
-        .args(["--log-level", "ERROR"])
-        .arg(data.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let _server = support::Proc::spawn("rclone serve s3 (TLS)", serve);
-    support::wait_for_port(format!("127.0.0.1:{port}").parse().unwrap(), Duration::from_secs(30));
+    let (_server, port) = rclone_s3_over_tls(&files, data.path(), Some(&format!("{AK},{SK}")));
 
     let src = S3Server::start(Flavor::Moto, AK, SK);
     make_bucket(&src, "src");

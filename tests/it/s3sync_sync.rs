@@ -4,7 +4,7 @@
 
 use crate::support;
 
-use crate::s3sync_common::{contents, delete, make_bucket, run, set, vars};
+use crate::s3sync_common::{command, contents, delete, make_bucket, rclone_s3_over_tls, run, set, spawn, vars};
 use crate::support::s3::{Flavor, S3Server};
 
 const AK: &str = "AKIALIFEBOATTEST01";
@@ -273,4 +273,47 @@ fn metrics_file_reports_every_run_and_keeps_the_last_success() {
     assert_eq!(value(&text, "s3sync_verified"), 0.0);
     assert!(text.contains("s3sync_outcome{outcome=\"refused\"} 1"), "{text}");
     assert_eq!(value(&text, "s3sync_last_success_timestamp_seconds"), success);
+}
+
+#[test]
+fn metrics_are_pushed_over_tls_trusting_only_the_roots_read_as_go_reads_them() {
+    // The Pushgateway's place is taken by rclone serve s3 over TLS without auth: a real Go TLS
+    // server that stores the PUT body under its path. It does not do the Pushgateway's grouping
+    // (not under test here: the TLS trust is). Its CA is trusted only through SSL_CERT_FILE;
+    // ureq has no compiled-in roots that could stand in.
+    let src = S3Server::start(Flavor::Rclone, AK, SK);
+    let dst = S3Server::start(Flavor::Rclone, AK, SK);
+    make_bucket(&src, "src");
+    make_bucket(&dst, "dst");
+    src.put("src", "a.txt", b"a");
+    let dir = support::temp_dir("push");
+    let ca = support::pki::Ca::new("pushgateway-test-ca");
+    let leaf = ca.leaf("localhost", &["localhost"], support::pki::Alg::EcdsaP256);
+    let files = ca.write(&leaf, dir.path(), "push");
+    let other = support::pki::Ca::new("another-ca");
+    let other_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&other_ca, &other.cert_pem).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("metrics")).unwrap();
+    let (_gateway, port) = rclone_s3_over_tls(&files, &data, None);
+    let pushed = data.join("metrics/job/s3sync/instance/dst");
+    let mut env = vars(&src, "src", &dst, "dst");
+    set(&mut env, "METRICS_PUSH_URL", &format!("https://localhost:{port}"));
+
+    // Another CA in SSL_CERT_FILE: the push is refused (a warning; the run still succeeds).
+    let mut cmd = command(&env);
+    cmd.env("SSL_CERT_FILE", &other_ca);
+    let r = spawn(cmd).finish();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.has_msg("cannot push the metrics"), "{}", r.stderr);
+    assert!(!pushed.exists());
+
+    let mut cmd = command(&env);
+    cmd.env("SSL_CERT_FILE", &files.ca);
+    let r = spawn(cmd).finish();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.has_msg("cannot push the metrics"), "{}", r.stderr);
+    let text = std::fs::read_to_string(&pushed).unwrap();
+    assert!(text.contains("s3sync_outcome{outcome=\"success\"} 1\n"), "{text}");
+    assert!(text.contains("s3sync_last_success_timestamp_seconds "), "{text}");
 }

@@ -278,3 +278,52 @@ def test_token_file_is_reread_and_a_wrong_token_is_unauthenticated(tmp_path, kub
     finally:
         assert d.stop() == 0
     assert kube.token not in d.logs()
+
+
+def test_a_kubeconfig_without_a_ca_trusts_the_system_roots(tmp_path, kube, bin_dir, stubs):
+    """A kubeconfig that names no certificate-authority: the API server is trusted through the
+    system roots as Go's crypto/x509 (so kubectl) reads them, here SSL_CERT_FILE; another CA
+    there is refused; no roots at all refuse the start, naming every place tried. Nothing is
+    compiled in that could stand in for them."""
+    import json
+
+    from pki import make_ca
+
+    kubeconfig = tmp_path / "kubeconfig.json"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "standin", "cluster": {"server": kube.url}}],
+        "users": [{"name": "sa", "user": {"token": kube.token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "standin", "user": "sa"}}],
+    }))
+    no_certs = tmp_path / "no-certs"
+    no_certs.mkdir()
+
+    d = Driver(bin_dir, tmp_path / "trusted", kubeconfig, *stubs,
+               SSL_CERT_FILE=kube.ca_path, SSL_CERT_DIR=no_certs).start()
+    try:
+        wait_for(lambda: d.http("/ready")[0] == 200, 20, "ready through SSL_CERT_FILE")
+    finally:
+        assert d.stop() == 0
+
+    other = make_ca(tmp_path / "other", "other")
+    d = Driver(bin_dir, tmp_path / "other-ca", kubeconfig, *stubs,
+               SSL_CERT_FILE=other.cert_path, SSL_CERT_DIR=no_certs).start()
+    try:
+        status, body = d.http("/ready")
+        assert status == 503 and "unknownissuer" in body.lower(), (status, body)
+    finally:
+        assert d.stop() == 0
+
+    missing = tmp_path / "missing.pem"
+    d = Driver(bin_dir, tmp_path / "none", kubeconfig, *stubs, SSL_CERT_FILE=missing, SSL_CERT_DIR=no_certs)
+    d.start(wait=False)
+    try:
+        assert d.proc.wait(20) != 0
+    finally:
+        d.stop()
+    logs = d.logs()
+    assert "the kubeconfig names none" in logs, logs
+    assert f"SSL_CERT_FILE={missing}: not found" in logs, logs
+    assert f"SSL_CERT_DIR entry {no_certs}: no PEM certificate in its 0 entries" in logs, logs
+    assert kube.token not in logs

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::support::pki::Files;
 use crate::support::s3::S3Server;
-use crate::support::{tool, Proc};
+use crate::support::{free_port, scrub, tool, wait_for_port, Proc};
 
 /// How long any single s3sync run in a test may take before it is killed and the test fails.
 pub const RUN_LIMIT: Duration = Duration::from_secs(120);
@@ -200,4 +201,32 @@ pub fn contents(s3: &S3Server, bucket: &str) -> Vec<(String, Vec<u8>)> {
         .into_iter()
         .map(|k| (k.clone(), s3.get(bucket, &k)))
         .collect()
+}
+
+/// `rclone serve s3` over TLS with `files`' certificate, serving the folders of `data` as
+/// buckets, on 127.0.0.1; `auth` is `Some("KEY,SECRET")`, or `None` to take any request
+/// unsigned (then it stores each PUT body as a file, which the Pushgateway tests read).
+/// Returns the server and its port, once it accepts connections.
+pub fn rclone_s3_over_tls(files: &Files, data: &std::path::Path, auth: Option<&str>) -> (Proc, u16) {
+    let port = free_port();
+    let mut serve = Command::new(tool("rclone"));
+    scrub(&mut serve);
+    serve
+        .env("RCLONE_CONFIG", "/dev/null")
+        .args(["serve", "s3", "--addr", &format!("127.0.0.1:{port}")]);
+    if let Some(auth) = auth {
+        serve.arg("--auth-key").arg(auth);
+    }
+    serve
+        .arg("--cert")
+        .arg(&files.cert)
+        .arg("--key")
+        .arg(&files.key)
+        .args(["--log-level", "ERROR"])
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let server = Proc::spawn("rclone serve s3 (TLS)", serve);
+    wait_for_port(format!("127.0.0.1:{port}").parse().unwrap(), Duration::from_secs(30));
+    (server, port)
 }
