@@ -10,7 +10,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
-use crate::s3sync_common::{command, contents, make_bucket, set, spawn, vars};
+use crate::s3sync_common::{alive, children, cmdline, command, contents, make_bucket, rclone_pair, set, spawn, vars};
 use crate::support::s3::{Flavor, S3Server};
 use crate::support::wait_for;
 
@@ -18,36 +18,7 @@ const AK: &str = "AKIALIFEBOATTEST08";
 const SK: &str = "lifeboat-test-secret-dataloss-8";
 
 fn servers() -> (S3Server, S3Server) {
-    let src = S3Server::start(Flavor::Rclone, AK, SK);
-    let dst = S3Server::start(Flavor::Rclone, AK, SK);
-    make_bucket(&src, "src");
-    make_bucket(&dst, "dst");
-    (src, dst)
-}
-
-/// The PIDs of the direct children of `pid`.
-fn children(pid: u32) -> Vec<u32> {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) else {
-        return Vec::new();
-    };
-    text.split_whitespace().filter_map(|p| p.parse().ok()).collect()
-}
-
-fn cmdline(pid: u32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-        .unwrap_or_default()
-}
-
-/// Whether `pid` is a live process (not gone, not a zombie).
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-            .unwrap_or(false),
-        Err(_) => false,
-    }
+    rclone_pair(AK, SK)
 }
 
 #[test]

@@ -7,7 +7,9 @@ use crate::support;
 
 use std::time::Duration;
 
-use crate::s3sync_common::{command, make_bucket, rclone_s3_over_tls, run, set, spawn, vars};
+use crate::s3sync_common::{
+    alive, children, cmdline, command, make_bucket, rclone_pair, rclone_s3_over_tls, run, set, spawn, vars,
+};
 use crate::support::s3::{Flavor, S3Server};
 use crate::support::{free_port, tool, wait_for};
 
@@ -15,10 +17,7 @@ const AK: &str = "AKIALIFEBOATTEST03";
 const SK: &str = "lifeboat-test-secret-failures-42";
 
 fn servers() -> (S3Server, S3Server) {
-    let src = S3Server::start(Flavor::Rclone, AK, SK);
-    let dst = S3Server::start(Flavor::Rclone, AK, SK);
-    make_bucket(&src, "src");
-    make_bucket(&dst, "dst");
+    let (src, dst) = rclone_pair(AK, SK);
     src.put("src", "a.txt", b"alpha");
     (src, dst)
 }
@@ -81,20 +80,6 @@ fn preflight_failures_are_clear_and_use_rclone_exit_codes() {
         "{error}"
     );
     assert!(error.to_lowercase().contains("connection refused"), "{error}");
-}
-
-/// The PIDs of the direct children of `pid`.
-fn children(pid: u32) -> Vec<u32> {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) else {
-        return Vec::new();
-    };
-    text.split_whitespace().filter_map(|p| p.parse().ok()).collect()
-}
-
-fn cmdline(pid: u32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-        .unwrap_or_default()
 }
 
 #[test]
@@ -298,12 +283,7 @@ fn stubborn_rclone(dir: &std::path::Path) -> (std::path::PathBuf, std::path::Pat
 
 fn helper_alive(pidfile: &std::path::Path) -> bool {
     let pid = std::fs::read_to_string(pidfile).unwrap_or_default();
-    std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
-        .map(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+    pid.trim().parse().is_ok_and(alive)
 }
 
 #[test]

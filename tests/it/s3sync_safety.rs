@@ -8,17 +8,14 @@ use crate::support;
 
 use std::net::TcpListener;
 
-use crate::s3sync_common::{contents, make_bucket, run, set, vars};
+use crate::s3sync_common::{contents, make_bucket, rclone_pair, run, set, vars};
 use crate::support::s3::{Flavor, S3Server};
 
 const AK: &str = "AKIALIFEBOATTEST02";
 const SK: &str = "lifeboat-test-secret-9876543210";
 
 fn with_extras(extras: usize) -> (S3Server, S3Server) {
-    let src = S3Server::start(Flavor::Rclone, AK, SK);
-    let dst = S3Server::start(Flavor::Rclone, AK, SK);
-    make_bucket(&src, "src");
-    make_bucket(&dst, "dst");
+    let (src, dst) = rclone_pair(AK, SK);
     src.put("src", "keep.txt", b"keep");
     src.put("src", "new.txt", b"new");
     dst.put("dst", "keep.txt", b"keep");

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::pki::Files;
-use crate::support::s3::S3Server;
+use crate::support::s3::{Flavor, S3Server};
 use crate::support::{free_port, scrub, tool, wait_for_port, Proc};
 
 /// How long any single s3sync run in a test may take before it is killed and the test fails.
@@ -229,4 +229,39 @@ pub fn rclone_s3_over_tls(files: &Files, data: &std::path::Path, auth: Option<&s
     let server = Proc::spawn("rclone serve s3 (TLS)", serve);
     wait_for_port(format!("127.0.0.1:{port}").parse().unwrap(), Duration::from_secs(30));
     (server, port)
+}
+
+/// Two `rclone serve s3` servers with the keys `ak`/`sk`, one with the bucket `src`, one `dst`.
+pub fn rclone_pair(ak: &str, sk: &str) -> (S3Server, S3Server) {
+    let src = S3Server::start(Flavor::Rclone, ak, sk);
+    let dst = S3Server::start(Flavor::Rclone, ak, sk);
+    make_bucket(&src, "src");
+    make_bucket(&dst, "dst");
+    (src, dst)
+}
+
+/// The PIDs of the direct children of `pid`.
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) else {
+        return Vec::new();
+    };
+    text.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
+/// The command line of `pid`, arguments joined by spaces (empty when it is gone).
+pub fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
 }
