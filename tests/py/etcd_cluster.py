@@ -510,3 +510,31 @@ class EtcdCluster:
             if time.monotonic() > deadline:
                 raise EtcdError(f"alarm state did not become {'active' if present else 'clear'}: {alarms}")
             time.sleep(0.1)
+
+
+def restored_keys(tools: Path, data_dir: Path, peer: int, client: int, prefix: str, log: Path) -> dict:
+    """Starts a single etcd member `r0` on a restored `data_dir` (plain HTTP on 127.0.0.1),
+    waits (30 s at most) until etcdctl reads the keys under `prefix`, stops it and returns them
+    as {key: value}."""
+    from waiting import wait_for
+
+    proc = subprocess.Popen([str(tools / "etcd"), "--name", "r0", "--data-dir", str(data_dir),
+                             "--listen-client-urls", f"http://127.0.0.1:{client}",
+                             "--advertise-client-urls", f"http://127.0.0.1:{client}",
+                             "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                             "--initial-cluster", f"r0=http://127.0.0.1:{peer}"],
+                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+    try:
+        def keys():
+            out = subprocess.run([str(tools / "etcdctl"), f"--endpoints=http://127.0.0.1:{client}", "get",
+                                  prefix, "--prefix", "-w", "json"], capture_output=True, text=True,
+                                 timeout=10, env=scrubbed_env())
+            if out.returncode != 0:
+                return None
+            kvs = json.loads(out.stdout).get("kvs", [])
+            return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv["value"]).decode() for kv in kvs}
+        return wait_for(keys, 30, "the restored etcd to answer")
+    finally:
+        proc.terminate()
+        proc.wait(10)

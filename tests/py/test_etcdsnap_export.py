@@ -169,7 +169,7 @@ def test_restore_from_the_copy_checks_sha256_first(tmp_path, driver, kube, etcd_
     import subprocess
 
     from etcdsnap_driver import free_port
-    from etcd_cluster import scrubbed_env
+    from etcd_cluster import restored_keys, scrubbed_env
 
     pb2, _ = stubs
     tools = etcd_cluster.tools
@@ -199,26 +199,8 @@ def test_restore_from_the_copy_checks_sha256_first(tmp_path, driver, kube, etcd_
         assert run.returncode == 0, run.stderr
         assert f"SHA-256 {want} checked" in run.stdout and SECRET_KEY not in run.stdout + run.stderr
         assert sha256(good / "snapshot.db") == want
-        proc = subprocess.Popen([str(tools / "etcd"), "--name", "r0", "--data-dir", str(good / "data"),
-                                 "--listen-client-urls", f"http://127.0.0.1:{client}",
-                                 "--advertise-client-urls", f"http://127.0.0.1:{client}",
-                                 "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-                                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-                                 "--initial-cluster", f"r0=http://127.0.0.1:{peer}"],
-                                stdout=subprocess.DEVNULL, stderr=open(tmp_path / "restored-etcd.log", "wb"))
-        try:
-            def keys():
-                out = subprocess.run([str(tools / "etcdctl"), f"--endpoints=http://127.0.0.1:{client}", "get",
-                                      "/s3-restore/", "--prefix", "-w", "json"], capture_output=True, text=True,
-                                     timeout=10, env=scrubbed_env())
-                if out.returncode != 0:
-                    return None
-                kvs = json.loads(out.stdout).get("kvs", [])
-                return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv["value"]).decode() for kv in kvs}
-            assert wait_for(keys, 30, "the restored etcd to answer") == expected
-        finally:
-            proc.terminate()
-            proc.wait(10)
+        restored = restored_keys(tools, good / "data", peer, client, "/s3-restore/", tmp_path / "restored-etcd.log")
+        assert restored == expected
 
         # The copy is damaged in the bucket (one byte changed, its metadata kept): refused
         # before etcdutl runs, no file and no data dir left, with or without --sha256.

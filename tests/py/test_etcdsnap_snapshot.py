@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from etcdsnap_driver import Driver, create_group_when_cut, free_port, running_driver, seed_cluster
+from etcd_cluster import restored_keys
 from etcdsnap_fixtures import META, NS, code_of, driver, volume  # noqa: F401 - fixtures
 from waiting import wait_for
 
@@ -369,26 +370,8 @@ def test_restore_round_trip(driver, kube, etcd_cluster, volume, stubs, tools_bin
     data_dir = kube.pvc_dir(NS, "data-r0") / "data"
     assert (data_dir / "member").is_dir()
     # A fresh etcd on the restored data: the keys are exactly those at snapshot time.
-    proc = subprocess.Popen([str(tools_bin / "etcd"), "--name", "r0", "--data-dir", str(data_dir),
-                             "--listen-client-urls", f"http://127.0.0.1:{client}",
-                             "--advertise-client-urls", f"http://127.0.0.1:{client}",
-                             "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-                             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-                             "--initial-cluster", f"r0=http://127.0.0.1:{peer}"],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "restored-etcd.log", "wb"))
-    try:
-        def keys():
-            out = subprocess.run([str(tools_bin / "etcdctl"), f"--endpoints=http://127.0.0.1:{client}", "get",
-                                  "/restore/", "--prefix", "-w", "json"], capture_output=True, text=True, timeout=10)
-            if out.returncode != 0:
-                return None
-            kvs = json.loads(out.stdout).get("kvs", [])
-            return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv["value"]).decode() for kv in kvs}
-        restored = wait_for(keys, 30, "the restored etcd to answer")
-        assert restored == expected
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    restored = restored_keys(tools_bin, data_dir, peer, client, "/restore/", tmp_path / "restored-etcd.log")
+    assert restored == expected
     # Restoring an unknown snapshot fails clearly.
     bad = subprocess.run([str(bin_dir / "etcdsnap"), "restore", "--snapshot-id", "s-" + "0" * 32, "--name", "r0",
                           "--initial-cluster", "r0=http://x:1", "--initial-advertise-peer-urls", "http://x:1",
