@@ -9,14 +9,13 @@ annotation), Litestream refuses too when handed it in the same config. The Pod i
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 
 import pytest
 
 from etcd_cluster import scrubbed_env
+from kube_control_plane import kill
 from test_kube_hook import ACCESS_KEY, PREFIX, SECRET_KEY, s3  # noqa: F401  (s3 is a fixture)
 from waiting import wait_for
 
@@ -70,13 +69,7 @@ def run_litestream(tools_bin, config_file, tmp_path, seconds=4.0):
             time.sleep(0.1)
         code = p.poll()
     finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(5)
+        kill(p, grace=30)
     return code, log.read_text(errors="replace")
 
 

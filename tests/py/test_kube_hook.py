@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from etcd_cluster import free_ports, scrubbed_env
-from kube_control_plane import KubeError, ns_path
+from kube_control_plane import KubeError, kill, ns_path
 from pki import make_ca
 from process_kubelet import Image
 from waiting import WaitTimeout, wait_for
@@ -61,13 +61,7 @@ def hook(tmp_path, bin_dir):
         assert proc.poll() is None, f"hook exited {proc.returncode}: {log.read_text()}"
         yield {"port": port, "ca": ca, "log": log, "metrics": metrics}
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        kill(proc, grace=30)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
