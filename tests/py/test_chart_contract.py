@@ -293,11 +293,12 @@ def test_images_run_the_binaries_the_way_the_chart_and_the_hook_call_them(bin_di
     """The chart never sets `command`: each image's ENTRYPOINT is its binary. The hook injects
     HOOK_IMAGE as an init container with args `write-config FILE` and no command, so the hook
     image's ENTRYPOINT must be the hook binary, which accepts `write-config` (run here with the
-    init container's own args and environment, as `hook inject` writes them)."""
-    text = (ROOT / "Containerfile").read_text()
-    blocks = {m.group(1): m.group(0) for m in re.finditer(r"^FROM \S+ AS (\w+)\n(?:(?!^FROM ).*\n?)*", text, re.M)}
-    for target in ("s3sync", "hook", "etcdsnap"):
-        assert f'ENTRYPOINT ["/usr/local/bin/{target}"]' in blocks[target], target
+    init container's own args and environment, as `hook inject` writes them).
+
+    The images themselves are checked where they are built and run (tests/images/test_images.py):
+    each image's ENTRYPOINT is /usr/local/bin/<binary> (test_image_shape), the hook image runs
+    the injected init container's args with no command given, and the s3sync image syncs with
+    the rclone on its PATH; nothing here reads the Containerfile."""
     hook_image = "registry.example/lifeboat/hook:0.1.0"
     pod = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": "app", "namespace": "shop",
@@ -322,7 +323,6 @@ def test_images_run_the_binaries_the_way_the_chart_and_the_hook_call_them(bin_di
     # s3sync runs "rclone" from PATH unless RCLONE_BINARY says otherwise; the image puts it in
     # /usr/local/bin (on distroless's PATH) and the chart leaves RCLONE_BINARY unset
     assert config_schema.variables("s3sync")["RCLONE_BINARY"]["default"] == "rclone"
-    assert "COPY --from=rclone /rclone /usr/local/bin/rclone" in blocks["s3sync"]
 
 
 def test_schema_limits_are_the_binaries_limits(helm):
