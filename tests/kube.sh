@@ -19,8 +19,12 @@
 # The binaries are cached outside the repository clone, so a fresh clone on the same machine
 # (CI) reuses them: ${LIFEBOAT_CACHE:-$HOME/.cache/lifeboat}/kube-<key>/bin, key = hash of
 # the source version, the Go toolchain's version, reflect2's version and this script.
-# Idempotent; prints the bin dir. Parallelism is limited (KUBE_BUILD_P, default 2) because
-# the machine is shared; the build log is kept in the cache dir next to the binaries.
+# Idempotent; prints the bin dir. Parallelism: KUBE_BUILD_P, default the number of cores; the
+# build log is kept in the cache dir next to the binaries.
+#
+# Both binaries are built with the `providerless` tag (upstream's build without the in-tree
+# cloud providers and their cloud-only volume plugins: AWS, Azure, GCE, OpenStack, vSphere), which
+# the tests never use, with -trimpath and -ldflags '-s -w' (no symbol table or DWARF).
 set -euo pipefail
 script="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 src_pkg=kubernetes
@@ -116,7 +120,7 @@ tree=$(find "$work" -mindepth 1 -maxdepth 1 -type d -name "$src_pkg-*" | head -n
 [[ -d $tree/vendor ]] || die "apt-get source gave no tree with vendor/ in $work"
 
 export GOROOT=$goroot PATH="$goroot/bin:$PATH"
-export GOPATH="$work/gopath" GOCACHE="$work/gocache" GO111MODULE=off GOFLAGS="-p=${KUBE_BUILD_P:-2}"
+export GOPATH="$work/gopath" GOCACHE="$work/gocache" GO111MODULE=off GOFLAGS="-p=${KUBE_BUILD_P:-$(nproc)}"
 export GOPROXY=off CGO_ENABLED=0
 mkdir -p "$GOPATH/src/k8s.io"
 ln -s "$tree" "$GOPATH/src/k8s.io/kubernetes"
@@ -165,7 +169,7 @@ cd "$pkgroot"
   done
   mkdir -p "$work/bin"
   for cmd in kube-apiserver kube-controller-manager; do
-    /usr/bin/time -v go build -trimpath -ldflags "-s -w$ldflags" -o "$work/bin/$cmd" "./cmd/$cmd"
+    /usr/bin/time -v go build -tags providerless -trimpath -ldflags "-s -w$ldflags" -o "$work/bin/$cmd" "./cmd/$cmd"
   done
 } >>"$log" 2>&1
 "$work/bin/kube-apiserver" --version | grep -qx "Kubernetes $kube_version" \
