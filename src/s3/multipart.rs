@@ -92,10 +92,13 @@ impl Client {
         // The probe writes `key` itself when the server does not check: the upload replaces it,
         // or it is deleted when the upload fails.
         let probe = self.probe_content_md5(key)?;
+        // Where the server verifies each body's signed Content-MD5, the body is not hashed a
+        // second time for the signature.
+        let sign_body = probe == Probe::Ignored;
         let result = if size <= part {
-            self.put_file(&mut file, path, key, size, headers)
+            self.put_file(&mut file, path, key, size, headers, sign_body)
         } else {
-            self.multipart_file(&file, path, key, size, part, headers)
+            self.multipart_file(&file, path, key, size, part, headers, sign_body)
         };
         match result {
             Ok(etag) => Ok(Uploaded {
@@ -124,6 +127,7 @@ impl Client {
         key: &str,
         size: u64,
         headers: &[(&str, &str)],
+        sign_body: bool,
     ) -> Result<String, Error> {
         let mut buf = Vec::with_capacity(size as usize);
         read_part(file, &mut buf, size)
@@ -132,12 +136,13 @@ impl Client {
         let header = checksum::content_md5(&md5);
         let mut all = headers.to_vec();
         all.push(("content-md5", header.as_str()));
-        let etag = self.put_object(key, &all, &buf)?;
+        let etag = etag(&self.request_body("PUT", key, &[], &all, &buf, sign_body)?);
         check_etag(&format!("PUT {key}"), &etag, &md5)?;
         Ok(etag)
     }
 
     /// A multipart upload of the file (aborted on any failure): the object's ETag.
+    #[allow(clippy::too_many_arguments)] // private steps of one upload, called once each
     fn multipart_file(
         &self,
         file: &File,
@@ -146,10 +151,11 @@ impl Client {
         size: u64,
         part: u64,
         headers: &[(&str, &str)],
+        sign_body: bool,
     ) -> Result<String, Error> {
         let upload_id = self.create_multipart(key, headers)?;
         let result = self
-            .upload_parts(file, path, key, &upload_id, size, part)
+            .upload_parts(file, path, key, &upload_id, size, part, sign_body)
             .and_then(|(etags, md5s)| {
                 let etag = self.complete_multipart(key, &upload_id, &etags)?;
                 let want = checksum::multipart_etag(&md5s);
@@ -172,6 +178,7 @@ impl Client {
     /// Uploads every part, [`PARALLEL_PARTS`] at a time (one buffer of a part each, read with
     /// `pread`), each with its `Content-MD5`; the ETags and MD5s in part order, or the first
     /// error (the other workers stop).
+    #[allow(clippy::too_many_arguments)] // private steps of one upload, called once each
     fn upload_parts(
         &self,
         file: &File,
@@ -180,6 +187,7 @@ impl Client {
         upload_id: &str,
         size: u64,
         part: u64,
+        sign_body: bool,
     ) -> Result<(Vec<String>, Vec<[u8; 16]>), Error> {
         use std::os::unix::fs::FileExt;
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -206,7 +214,7 @@ impl Client {
                             .map_err(|e| err(ErrorKind::Other, format!("reading {}: {e}", path.display())))
                             .and_then(|()| {
                                 let md5 = checksum::md5(&buf[..len]);
-                                let etag = self.upload_part(key, upload_id, n as u32, &md5, &buf[..len])?;
+                                let etag = self.upload_part(key, upload_id, n as u32, &md5, &buf[..len], sign_body)?;
                                 check_etag(&format!("UploadPart {n} of {key}"), &etag, &md5)?;
                                 Ok((etag, md5))
                             });
@@ -239,8 +247,8 @@ impl Client {
         })
     }
 
-    /// UploadPart number `n` (from 1) with `md5`, the MD5 of `body`, as its `Content-MD5`:
-    /// its ETag.
+    /// UploadPart number `n` (from 1) with `md5`, the MD5 of `body`, as its `Content-MD5`
+    /// (and the body's SHA-256 signed when `sign_body`): its ETag.
     pub fn upload_part(
         &self,
         key: &str,
@@ -248,15 +256,17 @@ impl Client {
         n: u32,
         md5: &[u8; 16],
         body: &[u8],
+        sign_body: bool,
     ) -> Result<String, Error> {
         let number = n.to_string();
         let content_md5 = checksum::content_md5(md5);
-        let answer = self.request(
+        let answer = self.request_body(
             "PUT",
             key,
             &[("partNumber", number.as_str()), ("uploadId", upload_id)],
             &[("content-md5", content_md5.as_str())],
             body,
+            sign_body,
         )?;
         let etag = etag(&answer);
         if etag.is_empty() {
