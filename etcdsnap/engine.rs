@@ -459,6 +459,7 @@ impl Engine {
                     sha256: None,
                     size: None,
                     parts: None,
+                    check: None,
                 })
             }
             None => None,

@@ -9,7 +9,10 @@
 //! 1. hashes the file (SHA-256);
 //! 2. uploads it, one PUT or a multipart upload in bounded parts, each body's SHA-256 signed,
 //!    with the hash as metadata `x-amz-meta-sha256`;
-//! 3. reads the object back (HEAD: size and metadata; GET: every byte, hashed) and compares;
+//! 3. checks what the server stored: HEAD (size and metadata) always; then, where a probe showed
+//!    the server refuses a body whose `Content-MD5` does not match (`BadDigest`), the bodies it
+//!    accepted are the bytes hashed here (check `content-md5`, as `rclone copyto` relies on);
+//!    otherwise every byte is read back with a GET and hashed (check `read-back`);
 //! 4. prints one line `{"etcdsnapExport":{...}}` and exits 0 only when all of it matches. On
 //!    a mismatch it deletes the object it wrote, so a bad copy never looks like a good one.
 
@@ -89,6 +92,18 @@ pub struct Exported {
     pub sha256: String,
     /// 0 for a single PUT.
     pub parts: u32,
+    /// How the copy was checked: [`CHECK_CONTENT_MD5`] or [`CHECK_READ_BACK`].
+    #[serde(default = "read_back_check")]
+    pub check: String,
+}
+
+/// The server verified each body's `Content-MD5` on receipt (a probe proved it checks).
+pub const CHECK_CONTENT_MD5: &str = "content-md5";
+/// Every byte of the copy was read back and its SHA-256 compared.
+pub const CHECK_READ_BACK: &str = "read-back";
+
+fn read_back_check() -> String {
+    CHECK_READ_BACK.to_string()
 }
 
 /// The result line in the export container's log.
@@ -253,24 +268,31 @@ fn export(a: &Args, creds: Credentials) -> Result<Exported, String> {
             up.size
         ));
     }
-    let checked = read_back(&client, &a.key, size, &sha256);
+    let check = if up.md5_verified {
+        CHECK_CONTENT_MD5
+    } else {
+        CHECK_READ_BACK
+    };
+    let checked = check_copy(&client, &a.key, size, &sha256, !up.md5_verified);
     if let Err(why) = &checked {
         if let Err(e) = client.delete_object(&a.key) {
             log::warn!(url = url.as_str(), error = e.detail.as_str(); "export: deleting the bad copy failed");
         }
         return Err(format!("{url}: {why}"));
     }
-    log::info!(url = url.as_str(), size = size, parts = up.parts, sha256 = sha256.as_str(); "export: uploaded and read back");
+    log::info!(url = url.as_str(), size = size, parts = up.parts, sha256 = sha256.as_str(), check = check;
+        "export: uploaded and checked");
     Ok(Exported {
         key: a.key.clone(),
         size,
         sha256,
         parts: up.parts,
+        check: check.to_string(),
     })
 }
 
-/// HEAD and a full GET of what the server stored, compared with the file.
-fn read_back(client: &Client, key: &str, size: u64, sha256: &str) -> Result<(), String> {
+/// HEAD of what the server stored, and with `full` a GET of every byte, compared with the file.
+fn check_copy(client: &Client, key: &str, size: u64, sha256: &str, full: bool) -> Result<(), String> {
     let head = client
         .head_object(key)
         .map_err(|e| format!("reading the copy back (HEAD): {e}"))?
@@ -283,6 +305,9 @@ fn read_back(client: &Client, key: &str, size: u64, sha256: &str) -> Result<(), 
             "the copy's x-amz-meta-{META_SHA256} is {:?}, the snapshot's SHA-256 {sha256}",
             head.meta(META_SHA256).unwrap_or("")
         ));
+    }
+    if !full {
+        return Ok(());
     }
     let got = client
         .get_streamed(key, size, &mut Discard)
@@ -307,7 +332,11 @@ mod tests {
             "{{\"level\":\"info\",\"msg\":\"x\"}}\n{{\"etcdsnapExport\":{{\"key\":\"k\",\"size\":5,\"sha256\":\"{sha}\",\"parts\":0}}}}\n"
         );
         let r = parse_result(&log).unwrap();
-        assert_eq!((r.key.as_str(), r.size, r.parts), ("k", 5, 0));
+        // A result without `check` (an older image) was read back.
+        assert_eq!(
+            (r.key.as_str(), r.size, r.parts, r.check.as_str()),
+            ("k", 5, 0, CHECK_READ_BACK)
+        );
         assert!(parse_result("{\"level\":\"error\"}").is_err());
         assert!(parse_result("{\"etcdsnapExport\":{\"key\":\"k\",\"size\":5,\"sha256\":\"zz\",\"parts\":0}}").is_err());
     }

@@ -173,13 +173,16 @@ pub struct ExportRecord {
     pub part_size: u64,
     /// Keep the copy when the snapshot is deleted.
     pub retain: bool,
-    /// Hex SHA-256 of the snapshot file, equal to that of the copy read back.
+    /// Hex SHA-256 of the snapshot file, equal to that of the copy (checked as `check` says).
     #[serde(default)]
     pub sha256: Option<String>,
     #[serde(default)]
     pub size: Option<u64>,
     #[serde(default)]
     pub parts: Option<u32>,
+    /// How the copy was checked (`content-md5` or `read-back`, see `export`).
+    #[serde(default)]
+    pub check: Option<String>,
 }
 
 /// A group snapshot: its name, volumes and member snapshots.

@@ -224,9 +224,25 @@ impl Client {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Answer, Error> {
+        self.request_body(method, key, query, headers, body, true)
+    }
+
+    /// [`Client::request`], with `sign_body` false: `UNSIGNED-PAYLOAD` instead of the body's
+    /// SHA-256 (for a body whose signed `Content-MD5` the server is known to verify).
+    pub fn request_body(
+        &self,
+        method: &str,
+        key: &str,
+        query: &[(&str, &str)],
+        headers: &[(&str, &str)],
+        body: &[u8],
+        sign_body: bool,
+    ) -> Result<Answer, Error> {
         let target = self.target(key, query);
         let payload = if body.is_empty() {
             sigv4::EMPTY_SHA256.to_string()
+        } else if !sign_body {
+            sigv4::UNSIGNED_PAYLOAD.to_string()
         } else {
             sigv4::sha256_hex(body)
         };
@@ -347,7 +363,7 @@ impl Client {
             builder = builder.header(*k, v);
         }
         let request = builder
-            .body(body.to_vec())
+            .body(body)
             .map_err(|e| (err(ErrorKind::Other, format!("bad request: {e}")), false))?;
         self.agent.run(request).map_err(|e| classify_transport(&e))
     }

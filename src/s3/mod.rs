@@ -14,11 +14,13 @@
 //! - [`xml`]: reading S3's XML answers.
 //! - [`client`]: the requests.
 //! - [`object`]: PUT, HEAD and DELETE of one object.
+//! - [`checksum`]: `Content-MD5`, and a probe of whether a server verifies it.
 //! - [`multipart`]: uploading a file (one PUT, or a multipart upload in bounded parts).
 //! - [`download`]: streaming GET into a sink, bounded, with its SHA-256.
 //! - [`credentials`]: keys from the platform (environment, web identity, container).
 
 pub mod bucket;
+pub mod checksum;
 pub mod client;
 pub mod credentials;
 pub mod download;

@@ -8,6 +8,10 @@ use ring::{digest, hmac};
 
 use super::Credentials;
 
+/// The payload hash of a body whose integrity is carried otherwise (a signed `Content-MD5` the
+/// server verifies, or TLS): the body is not hashed for the signature.
+pub const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
+
 /// The SHA-256 of an empty body, the payload hash of every GET, HEAD and DELETE.
 pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 

@@ -125,7 +125,10 @@ class FaultProxy:
                     body = body[:-1] + bytes([body[-1] ^ 0xFF])
                 conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
-                conn.request(method, self.path, body=body, headers=headers)
+                try:
+                    conn.request(method, self.path, body=body, headers=headers)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the server answered before the whole body (rclone serve s3 on BadDigest)
                 resp = conn.getresponse()
                 data = resp.read()
                 if method == "GET" and proxy.fault == "corrupt-download" and data and resp.status == 200:

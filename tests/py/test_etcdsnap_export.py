@@ -96,6 +96,9 @@ def test_copy_is_checked_before_ready_and_follows_the_snapshot(flavor, retention
         assert rec["state"] == "ready"
         assert rec["export"]["sha256"] == want and rec["export"]["size"] == len(body)
         assert rec["export"]["parts"] == -(-len(body) // (5 << 20)) >= 2, rec["export"]  # multipart, 5 MiB parts
+        # rclone serve s3 refuses a mismatched Content-MD5 (BadDigest); moto does not, so its copy
+        # is read back in full.
+        assert rec["export"]["check"] == {"rclone": "content-md5", "moto": "read-back"}[flavor], rec["export"]
         assert SECRET_KEY not in json.dumps(rec) and SECRET_KEY not in driver.logs()
         for log in kube.job_logs(NS, "etcdsnap-" + sid).splitlines():
             assert SECRET_KEY not in log
@@ -223,3 +226,46 @@ def test_restore_from_the_copy_checks_sha256_first(tmp_path, driver, kube, etcd_
                              timeout=60)
         assert run.returncode == 1 and "differs from the copy's x-amz-meta-sha256" in run.stderr, run.stderr
         assert list(other.iterdir()) == []
+
+
+def export_argv(bin_dir, src, endpoint: str, key: str, part_size: int) -> list[str]:
+    return [str(bin_dir / "etcdsnap"), "export", "--file", str(src), "--endpoint", endpoint, "--bucket", BUCKET,
+            "--key", key, "--part-size", str(part_size)]
+
+
+@pytest.mark.parametrize("multipart", [False, True])
+def test_a_server_that_verifies_content_md5_refuses_a_corrupted_upload(multipart, tmp_path, bin_dir):
+    """The `content-md5` check, which replaces the full read-back on a server that proves (by
+    refusing the probe) that it checks Content-MD5: `rclone serve s3` through a proxy that flips a
+    byte of every PUT body. Each body's digest makes the server refuse it, nothing is left, and the
+    export fails; without the proxy the same export is ready with check `content-md5` and the copy
+    is byte for byte the file."""
+    import subprocess
+
+    from etcd_cluster import scrubbed_env, tools_bin
+
+    src = tmp_path / "snapshot.db"
+    src.write_bytes(os.urandom((11 << 20) + 12345 if multipart else 3 << 20))
+    part = 5 << 20 if multipart else 8 << 20
+    env = scrubbed_env({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY})
+    with s3_server("rclone", tools_bin(), tmp_path / "s3") as s3:
+        s3.make_bucket(BUCKET)
+        proxy = FaultProxy(s3.port, "corrupt-upload")
+        try:
+            run = subprocess.run(export_argv(bin_dir, src, proxy.endpoint, "bad.db", part), env=env,
+                                 capture_output=True, text=True, timeout=120)
+        finally:
+            proxy.stop()
+        # rclone serve s3 answers BadDigest, and fails the whole multipart upload when one part is
+        # refused, so a parallel part may see the upload gone instead.
+        assert run.returncode == 1 and "export failed" in run.stderr, run.stdout + run.stderr
+        assert s3.keys(BUCKET) == [] and "etcdsnapExport" not in run.stdout
+
+        run = subprocess.run(export_argv(bin_dir, src, s3.endpoint, "good.db", part), env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        result = json.loads(run.stdout.strip().splitlines()[-1])["etcdsnapExport"]
+        assert result["check"] == "content-md5" and result["parts"] == (3 if multipart else 0), result
+        assert result["sha256"] == sha256(src)
+        body = s3.boto().get_object(Bucket=BUCKET, Key="good.db")["Body"].read()
+        assert body == src.read_bytes()
