@@ -55,7 +55,7 @@ start_ns=$(date +%s%N)
 LISTEN_ADDR=127.0.0.1:$port METRICS_ADDR=127.0.0.1:$mport TLS_CERT_FILE=$work/tls.crt TLS_KEY_FILE=$work/tls.key \
   HOOK_IMAGE=registry.example/lifeboat:bench SOCKET_DIR=$work LOG_LEVEL=warn "$bin" 2>"$work/hook.log" &
 pid=$!
-echo "binary: $(du -h "$bin" | cut -f1), $(nproc) cores, body $(wc -c <"$work/body.json") bytes"
+echo "binary: $(du -h "$bin" | cut -f1), $(nproc) cores, body $(wc -c <"$work/body.json") bytes, load average at the start: $(cut -d" " -f1-3 /proc/loadavg)"
 SAVE_RESPONSE=$work/answer.json "$load" "127.0.0.1:$port" "$work/ca.crt" "$work/body.json" 1 0 "$start_ns"
 "$floor" "127.0.0.1:$fport" "$work/tls.crt" "$work/tls.key" "$work/answer.json" &
 fpid=$!
