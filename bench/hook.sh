@@ -8,7 +8,10 @@
 # Release build, no gRPC.
 #
 #   bash bench/hook.sh            # REQUESTS=3000 per connection at c=1, 500 per connection at c=32
-#                                 # (closed loop), then 100 per connection at RATES="1000 2000"/s
+#                                 # (closed loop), then 100 per connection at RATES="1000 2000"/s,
+#                                 # then RSS_REQUESTS=100000 over 32 connections for memory
+#   RSS_REQUESTS=1000000 bash bench/hook.sh   # the memory figure of docs/hook.md
+#   STATIC=1 bash bench/hook.sh   # hook, floor and client built static, as the image ships the hook
 #
 # The request is a realistic Pod CREATE AdmissionReview (a Deployment's Pod with managedFields,
 # asking for injection of two databases), so every request produces a full patch.
@@ -17,10 +20,19 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REQ1=${REQUESTS:-3000}
 REQ32=${REQUESTS32:-500}
 
-cargo build --quiet --release --no-default-features --bin hook --example hook_load --example hook_floor
-bin=${HOOK_BIN:-target/release/hook}   # HOOK_BIN: compare another build side by side
-load=target/release/examples/hook_load
-floor=target/release/examples/hook_floor
+# STATIC=1: all three built as the image ships the hook (glibc static-pie, see Containerfile).
+out=target/release
+if [[ ${STATIC:-0} == 1 ]]; then
+  triple=$(rustc -vV | sed -n 's/^host: //p')
+  export RUSTFLAGS="-C target-feature=+crt-static"
+  cargo build --quiet --release --no-default-features --target "$triple" --bin hook --example hook_load --example hook_floor
+  out=target/$triple/release
+else
+  cargo build --quiet --release --no-default-features --bin hook --example hook_load --example hook_floor
+fi
+bin=${HOOK_BIN:-$out/hook}   # HOOK_BIN: compare another build side by side
+load=$out/examples/hook_load
+floor=$out/examples/hook_floor
 
 work=$(mktemp -d)
 pid=; fpid=
@@ -43,7 +55,7 @@ start_ns=$(date +%s%N)
 LISTEN_ADDR=127.0.0.1:$port METRICS_ADDR=127.0.0.1:$mport TLS_CERT_FILE=$work/tls.crt TLS_KEY_FILE=$work/tls.key \
   HOOK_IMAGE=registry.example/lifeboat:bench SOCKET_DIR=$work LOG_LEVEL=warn "$bin" 2>"$work/hook.log" &
 pid=$!
-echo "binary: $(du -h "$bin" | cut -f1), $(nproc) cores, body $(wc -c <"$work/body.json") bytes"
+echo "binary: $(du -h "$bin" | cut -f1), $(nproc) cores, body $(wc -c <"$work/body.json") bytes, load average at the start: $(cut -d" " -f1-3 /proc/loadavg)"
 SAVE_RESPONSE=$work/answer.json "$load" "127.0.0.1:$port" "$work/ca.crt" "$work/body.json" 1 0 "$start_ns"
 "$floor" "127.0.0.1:$fport" "$work/tls.crt" "$work/tls.key" "$work/answer.json" &
 fpid=$!
@@ -124,6 +136,30 @@ print(json.dumps({"syscalls_per_request": name, "total": round(total / n, 1),
                   "top": {k: round(v / n, 1) for k, v in top}}))
 PY
   done
+fi
+# Memory: RSS_REQUESTS requests (default 100 000; docs/hook.md's figure is for 1 000 000) over
+# 32 keep-alive connections on each server in turn, closed loop, after everything above. The
+# peak (VmHWM, reset just before through /proc/PID/clear_refs) is the most either held while
+# its 32 connections were open; "after" is once they have closed.
+if [[ ${RSS_REQUESTS:-100000} -gt 0 ]]; then
+  per=$(( (${RSS_REQUESTS:-100000} + 31) / 32 ))
+  for target in "hook:$pid:$port" "floor:$fpid:$fport"; do
+    IFS=: read -r name p prt <<<"$target"
+    echo 5 >"/proc/$p/clear_refs"
+    line=$("$load" "127.0.0.1:$prt" "$work/ca.crt" "$work/body.json" 32 "$per")
+    printf '%s %s %s\n' "$name" "$(awk '/VmHWM/ {print $2}' "/proc/$p/status")" "$(awk '/VmRSS/ {print $2}' "/proc/$p/status")"
+    echo "$line" >&2
+  done >"$work/rss" 2>"$work/rss-load"
+  python3 - "$work/rss" "$work/rss-load" "$per" <<'PY'
+import json, sys
+rows = [l.split() for l in open(sys.argv[1])]
+loads = [json.loads(l) for l in open(sys.argv[2]) if l.startswith("{")]
+kb = {name: (int(peak), int(after)) for name, peak, after in rows}
+print(json.dumps({"memory": f"{32 * int(sys.argv[3])} requests over 32 connections",
+    "hook": {"peak_rss_kb": kb["hook"][0], "rss_after_kb": kb["hook"][1], "errors": loads[0]["errors"]},
+    "floor": {"peak_rss_kb": kb["floor"][0], "rss_after_kb": kb["floor"][1], "errors": loads[1]["errors"]},
+    "ratio_hook_to_floor": {"peak_rss": round(kb["hook"][0] / kb["floor"][0], 2)}}))
+PY
 fi
 echo "load average: $(cut -d" " -f1-3 /proc/loadavg)"
 for p in "$pid" "$fpid"; do

@@ -11,6 +11,7 @@
 //! from its environment into the Pod's config volume (see `litestream_config`).
 
 mod admission;
+mod alloc;
 mod annotations;
 mod config;
 mod conflicts;
@@ -109,6 +110,11 @@ fn write_config(args: &[String]) -> i32 {
 
 fn serve(config: Config) -> Result<(), String> {
     let started = Instant::now();
+    // Before any thread starts (see `alloc`).
+    let refused = alloc::tune();
+    if !refused.is_empty() {
+        log::warn!(settings:? = refused; "the C library refused some malloc settings; memory use may be higher");
+    }
     let shutdown = Shutdown::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let metrics = Registry::new();
     metrics::declare(&metrics);

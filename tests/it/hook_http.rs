@@ -756,3 +756,66 @@ fn a_request_whose_deadline_passed_while_queued_gets_504() {
     }
     assert!(hook.metric("hook_errors_total{kind=\"deadline\"}") >= 1.0);
 }
+
+/// glibc malloc's arenas besides the main heap in process `pid`: each is an anonymous mapping
+/// of 64 MiB (HEAP_MAX_SIZE on 64-bit), aligned to its size, read-write for the part in use
+/// and inaccessible for the rest (thread stacks are the other way round: guard page first).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn malloc_arenas(pid: u32) -> usize {
+    const HEAP_MAX: u64 = 64 << 20;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let rows: Vec<(u64, u64, String, bool)> = maps
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (start, end) = fields[0].split_once('-').unwrap();
+            let hex = |s: &str| u64::from_str_radix(s, 16).unwrap();
+            (hex(start), hex(end), fields[1].to_string(), fields.len() < 6)
+        })
+        .collect();
+    rows.windows(2)
+        .filter(|w| {
+            let ((start, end, perms, anon), (next_start, next_end, next_perms, next_anon)) = (&w[0], &w[1]);
+            *anon
+                && *next_anon
+                && start % HEAP_MAX == 0
+                && perms == "rw-p"
+                && next_perms == "---p"
+                && end == next_start
+                && next_end - start == HEAP_MAX
+        })
+        .count()
+}
+
+#[test]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn malloc_keeps_to_two_arenas_however_many_threads_serve() {
+    // Every thread (about two per connection) would get an arena of its own, up to 8 per
+    // core, each holding its own free memory: the hook limits glibc to two in all.
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    let body = std::sync::Arc::new(pod_review("arenas").to_string());
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(32));
+    let threads: Vec<_> = (0..32)
+        .map(|_| {
+            let (addr, config, body, barrier) = (hook.addr, client_config(&hook.ca_pem), body.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut client = Client::try_connect(addr, &config)?;
+                for _ in 0..5 {
+                    let reply = client.try_post("/mutate", "application/json", body.as_bytes())?;
+                    if reply.status != 200 {
+                        return Err(format!("status {}", reply.status));
+                    }
+                }
+                Ok::<(), String>(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap().expect("every connection is served");
+    }
+    assert_eq!(hook.metric("hook_requests_total{code=\"200\"}"), 160.0);
+    let arenas = malloc_arenas(hook.proc.pid());
+    assert!(arenas <= 1, "{arenas} malloc arenas besides the main heap");
+}
