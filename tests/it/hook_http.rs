@@ -386,33 +386,38 @@ fn a_request_sent_together_with_the_handshake_is_answered() {
     }
 }
 
+/// 32 connections opened at once (a barrier), each sending five reviews on keep-alive; every
+/// one must get a 200.
+fn burst_of_32_connections(hook: &Hook, body: &std::sync::Arc<String>) {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(32));
+    let threads: Vec<_> = (0..32)
+        .map(|_| {
+            let (addr, config, body, barrier) = (hook.addr, client_config(&hook.ca_pem), body.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut client = Client::try_connect(addr, &config)?;
+                for _ in 0..5 {
+                    let reply = client.try_post("/mutate", "application/json", body.as_bytes())?;
+                    if reply.status != 200 {
+                        return Err(format!("status {}", reply.status));
+                    }
+                }
+                Ok::<(), String>(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap().expect("every connection is served");
+    }
+}
+
 #[test]
 fn many_connections_opened_at_once_are_all_served() {
     let setup = Setup::new(Alg::EcdsaP256);
     let hook = start(&setup, &[]);
     let body = std::sync::Arc::new(pod_review("burst").to_string());
     for _round in 0..20 {
-        let barrier = std::sync::Arc::new(std::sync::Barrier::new(32));
-        let threads: Vec<_> = (0..32)
-            .map(|_| {
-                let (addr, config, body, barrier) =
-                    (hook.addr, client_config(&hook.ca_pem), body.clone(), barrier.clone());
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    let mut client = Client::try_connect(addr, &config)?;
-                    for _ in 0..5 {
-                        let reply = client.try_post("/mutate", "application/json", body.as_bytes())?;
-                        if reply.status != 200 {
-                            return Err(format!("status {}", reply.status));
-                        }
-                    }
-                    Ok::<(), String>(())
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap().expect("every connection is served");
-        }
+        burst_of_32_connections(&hook, &body);
     }
     assert_eq!(hook.metric("hook_requests_total{code=\"200\"}"), 3200.0);
 }
@@ -795,26 +800,7 @@ fn malloc_keeps_to_two_arenas_however_many_threads_serve() {
     let setup = Setup::new(Alg::EcdsaP256);
     let hook = start(&setup, &[]);
     let body = std::sync::Arc::new(pod_review("arenas").to_string());
-    let barrier = std::sync::Arc::new(std::sync::Barrier::new(32));
-    let threads: Vec<_> = (0..32)
-        .map(|_| {
-            let (addr, config, body, barrier) = (hook.addr, client_config(&hook.ca_pem), body.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                let mut client = Client::try_connect(addr, &config)?;
-                for _ in 0..5 {
-                    let reply = client.try_post("/mutate", "application/json", body.as_bytes())?;
-                    if reply.status != 200 {
-                        return Err(format!("status {}", reply.status));
-                    }
-                }
-                Ok::<(), String>(())
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap().expect("every connection is served");
-    }
+    burst_of_32_connections(&hook, &body);
     assert_eq!(hook.metric("hook_requests_total{code=\"200\"}"), 160.0);
     let arenas = malloc_arenas(hook.proc.pid());
     assert!(arenas <= 1, "{arenas} malloc arenas besides the main heap");
