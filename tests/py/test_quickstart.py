@@ -118,12 +118,20 @@ class Reader:
         return "".join(self.lines)
 
 
+def ctrl_c_as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT at its default, as in a terminal's shell. A test run
+    started in the background of a non-interactive shell inherits SIGINT ignored, and bash can
+    then not trap it: the script would run on and this test would test nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_mid_run_stops_everything_and_removes_the_files(tmp_path):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     before = socket_dirs()
     proc = subprocess.Popen(["bash", str(SCRIPT)], cwd=REPO, env=env_with_tmp(tmp), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=ctrl_c_as_in_a_terminal)
     reader = Reader(proc)
     try:
         # Interrupt while the etcd cluster runs and the API stand-in and the driver start (seconds
