@@ -92,18 +92,30 @@ pub struct Exported {
     pub sha256: String,
     /// 0 for a single PUT.
     pub parts: u32,
-    /// How the copy was checked: [`CHECK_CONTENT_MD5`] or [`CHECK_READ_BACK`].
-    #[serde(default = "read_back_check")]
-    pub check: String,
+    /// How the copy was checked; a result without it (an older image) was read back.
+    #[serde(default)]
+    pub check: Check,
 }
 
-/// The server verified each body's `Content-MD5` on receipt (a probe proved it checks).
-pub const CHECK_CONTENT_MD5: &str = "content-md5";
-/// Every byte of the copy was read back and its SHA-256 compared.
-pub const CHECK_READ_BACK: &str = "read-back";
+/// How the export checked what the server stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Check {
+    /// The server verified each body's `Content-MD5` on receipt (a probe proved it checks).
+    #[serde(rename = "content-md5")]
+    ContentMd5,
+    /// Every byte of the copy was read back and its SHA-256 compared.
+    #[default]
+    #[serde(rename = "read-back")]
+    ReadBack,
+}
 
-fn read_back_check() -> String {
-    CHECK_READ_BACK.to_string()
+impl Check {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Check::ContentMd5 => "content-md5",
+            Check::ReadBack => "read-back",
+        }
+    }
 }
 
 /// The result line in the export container's log.
@@ -269,25 +281,25 @@ fn export(a: &Args, creds: Credentials) -> Result<Exported, String> {
         ));
     }
     let check = if up.md5_verified {
-        CHECK_CONTENT_MD5
+        Check::ContentMd5
     } else {
-        CHECK_READ_BACK
+        Check::ReadBack
     };
-    let checked = check_copy(&client, &a.key, size, &sha256, !up.md5_verified);
+    let checked = check_copy(&client, &a.key, size, &sha256, check == Check::ReadBack);
     if let Err(why) = &checked {
         if let Err(e) = client.delete_object(&a.key) {
             log::warn!(url = url.as_str(), error = e.detail.as_str(); "export: deleting the bad copy failed");
         }
         return Err(format!("{url}: {why}"));
     }
-    log::info!(url = url.as_str(), size = size, parts = up.parts, sha256 = sha256.as_str(), check = check;
+    log::info!(url = url.as_str(), size = size, parts = up.parts, sha256 = sha256.as_str(), check = check.as_str();
         "export: uploaded and checked");
     Ok(Exported {
         key: a.key.clone(),
         size,
         sha256,
         parts: up.parts,
-        check: check.to_string(),
+        check,
     })
 }
 
@@ -333,10 +345,7 @@ mod tests {
         );
         let r = parse_result(&log).unwrap();
         // A result without `check` (an older image) was read back.
-        assert_eq!(
-            (r.key.as_str(), r.size, r.parts, r.check.as_str()),
-            ("k", 5, 0, CHECK_READ_BACK)
-        );
+        assert_eq!((r.key.as_str(), r.size, r.parts, r.check), ("k", 5, 0, Check::ReadBack));
         assert!(parse_result("{\"level\":\"error\"}").is_err());
         assert!(parse_result("{\"etcdsnapExport\":{\"key\":\"k\",\"size\":5,\"sha256\":\"zz\",\"parts\":0}}").is_err());
     }

@@ -360,7 +360,7 @@ impl Engine {
                     e.sha256 = Some(x.sha256.clone());
                     e.size = Some(x.size);
                     e.parts = Some(x.parts);
-                    e.check = Some(x.check.clone());
+                    e.check = Some(x.check.as_str().to_string());
                 }
             },
         )?;

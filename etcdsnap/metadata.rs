@@ -180,7 +180,7 @@ pub struct ExportRecord {
     pub size: Option<u64>,
     #[serde(default)]
     pub parts: Option<u32>,
-    /// How the copy was checked (`content-md5` or `read-back`, see `export`).
+    /// How the copy was checked (`export::Check`; a string, so a record any version wrote parses).
     #[serde(default)]
     pub check: Option<String>,
 }
