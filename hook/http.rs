@@ -26,6 +26,10 @@ use crate::annotations::KEYS;
 use crate::framing::{self, DEADLINE_HEADER};
 use crate::metrics;
 
+/// A request body this large leaves enough freed memory behind to be worth giving back
+/// (`alloc::trim_later`); a typical Pod is a few KiB.
+const LARGE_REQUEST: usize = 64 * 1024;
+
 /// What the request handlers share.
 pub struct App {
     pub admission: admission::Config,
@@ -215,9 +219,14 @@ fn handle(mut request: Request, app: &App) {
     };
     let code = response.status_code().0;
     app.metrics.inc(&metrics::REQUESTS, [&code.to_string()]);
+    let large = request.body_length().is_some_and(|n| n >= LARGE_REQUEST);
     if let Err(e) = request.respond(response) {
         app.metrics.inc(&metrics::ERRORS, ["respond"]);
         log::debug!(error:% = e; "client went away before the response was sent");
+    }
+    if large {
+        // Its body, parsed Pod and patch are freed by now, mostly in small pieces.
+        crate::alloc::trim_later();
     }
     app.metrics
         .observe(&metrics::REQUEST_SECONDS, [], started.elapsed().as_secs_f64());

@@ -57,6 +57,10 @@ fn main() {
         log::error!(argument = arg.as_str(); "unknown argument; usage: hook (serve) | hook inject -f FILE [-n NAMESPACE] | hook write-config FILE | hook --print-config-schema");
         std::process::exit(2);
     }
+    // Serving: before any thread starts, so once more with the C library's tunables (`alloc`).
+    if let Err(e) = alloc::with_tunables() {
+        log::warn!(error = e.as_str(); "serving with the C library's default thread stack cache; memory use may be higher");
+    }
     let config = match read_config(Env::from_process(), level) {
         Ok(c) => c,
         Err(e) => {

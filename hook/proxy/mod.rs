@@ -86,6 +86,8 @@ impl Conn {
 /// Kicks per connection: a client that sends half a request and stops must not make the
 /// watchdog poke the HTTP layer forever.
 const MAX_KICKS: u64 = 5;
+/// How often at most the watchdog gives freed memory back (`alloc::trim_if_asked`).
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Conns {
@@ -106,6 +108,7 @@ impl Conns {
 
     fn remove(&self, id: u64) {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        crate::alloc::trim_later();
         self.changed.notify_all();
     }
 }
@@ -367,9 +370,16 @@ fn evict_one(map: &HashMap<u64, Arc<Conn>>, metrics: &Registry) -> bool {
 /// starts or wakes a pool thread, which serves the queue in order. Connections that were
 /// answered once own a thread for good, so they are never kicked for being slow; each
 /// connection gets at most [`MAX_KICKS`]. Kicks are counted in `hook_backend_kicks_total`.
+///
+/// It also gives freed memory back to the system when asked (`alloc::trim_if_asked`: a
+/// connection ended, a large request was answered), at most once per [`TRIM_EVERY`].
 fn watchdog(shared: &Shared) {
+    let mut last_trim = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(10));
+        if last_trim.elapsed() >= TRIM_EVERY && crate::alloc::trim_if_asked() {
+            last_trim = Instant::now();
+        }
         let mut stuck = 0;
         for conn in shared.conns.map.lock().unwrap_or_else(|e| e.into_inner()).values() {
             let last_in = conn.forwarded.load(Ordering::SeqCst);
