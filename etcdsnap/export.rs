@@ -13,14 +13,14 @@
 //!    the server refuses a body whose `Content-MD5` does not match (`BadDigest`), the bodies it
 //!    accepted are the bytes hashed here (check `content-md5`, as `rclone copyto` relies on);
 //!    otherwise every byte is read back with a GET and hashed (check `read-back`);
+//! 4. prints one line `{"etcdsnapExport":{...}}` and exits 0 only when all of it matches. On
+//!    a mismatch it deletes the object it wrote, so a bad copy never looks like a good one.
 //!
 //! With `--compression gzip` the file is gzipped while it is uploaded (no temporary file, a few
 //! parts in memory; see `gzip` for what the copy says about itself): step 2 streams the
 //! compressor's output (hashing the file again on the way: it must not have changed), and step
 //! 3 reads the copy back through a bounded decompressor and compares the SHA-256 of what comes
 //! out, where the server does not prove it verifies `Content-MD5`.
-//! 4. prints one line `{"etcdsnapExport":{...}}` and exits 0 only when all of it matches. On
-//!    a mismatch it deletes the object it wrote, so a bad copy never looks like a good one.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -53,7 +53,9 @@ const USAGE: &str = "usage: etcdsnap export --file FILE --endpoint URL --bucket 
                        [--compression none|gzip]
 
 Uploads FILE to s3://BUCKET/KEY, reads it back and checks its SHA-256; keys from
-AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN). Prints one JSON line.";
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN). Prints one JSON line.
+--compression gzip: FILE is gzipped on the way (KEY should end in .gz); the metadata keeps
+the SHA-256 and size of FILE itself.";
 
 /// Where copies go (from the class parameters, kept in the record).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -34,6 +34,8 @@ const USAGE: &str = "usage: etcdsnap restore --from-s3 s3://BUCKET/KEY --endpoin
 
 Fetches the S3 copy of a snapshot to FILE and checks its SHA-256 (--sha256, else the copy's
 x-amz-meta-sha256) before anything else; with --data-dir, then runs etcdutl snapshot restore.
+A gzip copy (x-amz-meta-compression: gzip) is decompressed on the way, at most its
+x-amz-meta-size bytes, and the SHA-256 checked is that of the decompressed snapshot.
 Keys from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN).";
 
 #[derive(Debug)]
