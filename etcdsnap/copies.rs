@@ -21,6 +21,7 @@ impl ExportRecord {
             key: self.key.clone(),
             secret: self.secret.clone(),
             part_size: self.part_size,
+            compression: self.compression,
         }
     }
 }

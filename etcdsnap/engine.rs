@@ -452,10 +452,12 @@ impl Engine {
                 crate::copies::check_secret(&self.kube, &ns, &e.secret)?;
                 Some(ExportRecord {
                     target: e.target.clone(),
-                    key: format!("{}{}/{sid}.db", e.prefix, target.cluster_id()),
+                    key: format!("{}{}/{sid}.db{}", e.prefix, target.cluster_id(), e.compression.suffix()),
                     secret: e.secret.clone(),
                     part_size: e.part_size,
                     retain: e.retain,
+                    compression: e.compression,
+                    stored_size: None,
                     sha256: None,
                     size: None,
                     parts: None,

@@ -3,7 +3,7 @@
 //! image, argv only), what it reports, and the client the driver and `etcdsnap restore` use.
 //!
 //! `etcdsnap export --file F --endpoint URL --bucket B --key K [--region R] [--path-style
-//! true|false] [--part-size BYTES]` with the keys in `AWS_ACCESS_KEY_ID`,
+//! true|false] [--part-size BYTES] [--compression none|gzip]` with the keys in `AWS_ACCESS_KEY_ID`,
 //! `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`), which the Job takes from the Secret the
 //! class names (by reference: the driver never reads them into an object it writes):
 //! 1. hashes the file (SHA-256);
@@ -15,17 +15,26 @@
 //!    otherwise every byte is read back with a GET and hashed (check `read-back`);
 //! 4. prints one line `{"etcdsnapExport":{...}}` and exits 0 only when all of it matches. On
 //!    a mismatch it deletes the object it wrote, so a bad copy never looks like a good one.
+//!
+//! With `--compression gzip` the file is gzipped while it is uploaded (no temporary file, a few
+//! parts in memory; see `gzip` for what the copy says about itself): step 2 streams the
+//! compressor's output (hashing the file again on the way: it must not have changed), and step
+//! 3 reads the copy back through a bounded decompressor and compares the SHA-256 of what comes
+//! out, where the server does not prove it verifies `Content-MD5`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lifeboat::s3::download::Discard;
+use lifeboat::s3::multipart::Uploaded;
 use lifeboat::s3::trust::Trust;
 use lifeboat::s3::{Client, Credentials, Location};
 use lifeboat::secret::Secret;
 use ring::digest;
 use serde::{Deserialize, Serialize};
+
+use crate::gzip::{self, Compression};
 
 /// The marker of the result line in the export container's log.
 pub const RESULT_KEY: &str = "etcdsnapExport";
@@ -41,9 +50,12 @@ const ATTEMPTS: u32 = 4;
 
 const USAGE: &str = "usage: etcdsnap export --file FILE --endpoint URL --bucket BUCKET --key KEY
                        [--region us-east-1] [--path-style true] [--part-size 16777216]
+                       [--compression none|gzip]
 
 Uploads FILE to s3://BUCKET/KEY, reads it back and checks its SHA-256; keys from
-AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN). Prints one JSON line.";
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN). Prints one JSON line.
+--compression gzip: FILE is gzipped on the way (KEY should end in .gz); the metadata keeps
+the SHA-256 and size of FILE itself.";
 
 /// Where copies go (from the class parameters, kept in the record).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +107,12 @@ pub struct Exported {
     /// How the copy was checked; a result without it (an older image) was read back.
     #[serde(default)]
     pub check: Check,
+    /// How the copy is stored; `size` and `sha256` are always the snapshot's.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Bytes of the object in S3 (with gzip, compressed).
+    #[serde(default)]
+    pub stored_size: Option<u64>,
 }
 
 /// How the export checked what the server stored.
@@ -171,6 +189,7 @@ struct Args {
     target: Target,
     key: String,
     part_size: u64,
+    compression: Compression,
 }
 
 /// Reads `--name value` / `--name=value` pairs; every name must be in `known`.
@@ -202,7 +221,16 @@ pub fn flags(args: &[String], known: &[&str]) -> Result<Option<std::collections:
 }
 
 fn parse_args(args: &[String]) -> Result<Option<Args>, String> {
-    let known = ["file", "endpoint", "bucket", "key", "region", "path-style", "part-size"];
+    let known = [
+        "file",
+        "endpoint",
+        "bucket",
+        "key",
+        "region",
+        "path-style",
+        "part-size",
+        "compression",
+    ];
     let Some(mut m) = flags(args, &known)? else {
         return Ok(None);
     };
@@ -226,6 +254,12 @@ fn parse_args(args: &[String]) -> Result<Option<Args>, String> {
             .parse()
             .map_err(|_| format!("--part-size must be a byte count, got {v:?}"))?,
     };
+    let compression = match m.remove("compression") {
+        None => Compression::None,
+        Some(v) => {
+            Compression::parse(&v).ok_or(format!("--compression must be {}, got {v:?}", Compression::ALLOWED))?
+        }
+    };
     Ok(Some(Args {
         file,
         target: Target {
@@ -236,6 +270,7 @@ fn parse_args(args: &[String]) -> Result<Option<Args>, String> {
         },
         key,
         part_size,
+        compression,
     }))
 }
 
@@ -267,67 +302,166 @@ pub fn main(args: &[String]) -> i32 {
 fn export(a: &Args, creds: Credentials) -> Result<Exported, String> {
     let url = a.target.url(&a.key);
     let (sha256, size) = sha256_file(&a.file).map_err(|e| format!("reading {}: {e}", a.file.display()))?;
-    log::info!(url = url.as_str(), size = size, sha256 = sha256.as_str(); "export: uploading");
+    log::info!(url = url.as_str(), size = size, sha256 = sha256.as_str(), compression = a.compression.as_str();
+        "export: uploading");
     let client = client(&a.target, creds);
-    let meta = format!("x-amz-meta-{META_SHA256}");
-    let up = client
-        .upload_file(&a.file, &a.key, a.part_size, &[(meta.as_str(), sha256.as_str())])
-        .map_err(|e| format!("uploading {url}: {e}"))?;
-    if up.size != size {
-        return Err(format!(
-            "{} changed while it was uploaded ({size} then {} bytes)",
-            a.file.display(),
-            up.size
-        ));
-    }
+    let up = match a.compression {
+        Compression::None => upload_plain(&client, a, &sha256, size)?,
+        Compression::Gzip => upload_gzip(&client, a, &sha256, size)?,
+    };
     let check = if up.md5_verified {
         Check::ContentMd5
     } else {
         Check::ReadBack
     };
-    let checked = check_copy(&client, &a.key, size, &sha256, check == Check::ReadBack);
+    let copy = Copy {
+        key: &a.key,
+        compression: a.compression,
+        size,
+        stored: up.size,
+        sha256: &sha256,
+    };
+    let checked = check_copy(&client, &copy, check == Check::ReadBack);
     if let Err(why) = &checked {
-        if let Err(e) = client.delete_object(&a.key) {
-            log::warn!(url = url.as_str(), error = e.detail.as_str(); "export: deleting the bad copy failed");
-        }
+        delete_bad_copy(&client, &a.target, &a.key);
         return Err(format!("{url}: {why}"));
     }
-    log::info!(url = url.as_str(), size = size, parts = up.parts, sha256 = sha256.as_str(), check = check.as_str();
-        "export: uploaded and checked");
+    log::info!(url = url.as_str(), size = size, stored_size = up.size, parts = up.parts, sha256 = sha256.as_str(),
+        check = check.as_str(), compression = a.compression.as_str(); "export: uploaded and checked");
     Ok(Exported {
         key: a.key.clone(),
         size,
         sha256,
         parts: up.parts,
         check,
+        compression: a.compression,
+        stored_size: Some(up.size),
     })
 }
 
-/// HEAD of what the server stored, and with `full` a GET of every byte, compared with the file.
-fn check_copy(client: &Client, key: &str, size: u64, sha256: &str, full: bool) -> Result<(), String> {
+fn delete_bad_copy(client: &Client, target: &Target, key: &str) {
+    if let Err(e) = client.delete_object(key) {
+        let url = target.url(key);
+        log::warn!(url = url.as_str(), error = e.detail.as_str(); "export: deleting the bad copy failed");
+    }
+}
+
+fn changed(file: &Path, size: u64, then: u64) -> String {
+    format!(
+        "{} changed while it was uploaded ({size} bytes hashed, then {then} read)",
+        file.display()
+    )
+}
+
+/// The file as it is.
+fn upload_plain(client: &Client, a: &Args, sha256: &str, size: u64) -> Result<Uploaded, String> {
+    let url = a.target.url(&a.key);
+    let meta = format!("x-amz-meta-{META_SHA256}");
+    let up = client
+        .upload_file(&a.file, &a.key, a.part_size, &[(meta.as_str(), sha256)])
+        .map_err(|e| format!("uploading {url}: {e}"))?;
+    if up.size != size {
+        delete_bad_copy(client, &a.target, &a.key);
+        return Err(changed(&a.file, size, up.size));
+    }
+    Ok(up)
+}
+
+/// The file gzipped on the way (read a second time, and hashed again: it must not have changed
+/// since `sha256` was taken, which the metadata already names).
+fn upload_gzip(client: &Client, a: &Args, sha256: &str, size: u64) -> Result<Uploaded, String> {
+    let url = a.target.url(&a.key);
+    let file = std::fs::File::open(&a.file).map_err(|e| format!("reading {}: {e}", a.file.display()))?;
+    let mut reader = flate2::read::GzEncoder::new(gzip::Hashing::new(file), flate2::Compression::new(gzip::LEVEL));
+    let meta_sha = format!("x-amz-meta-{META_SHA256}");
+    let meta_compression = format!("x-amz-meta-{}", gzip::META_COMPRESSION);
+    let meta_size = format!("x-amz-meta-{}", gzip::META_SIZE);
+    let size_text = size.to_string();
+    // Never Content-Encoding: S3 clients would hand out the decompressed bytes under this key.
+    let headers = [
+        (meta_sha.as_str(), sha256),
+        (meta_compression.as_str(), Compression::Gzip.as_str()),
+        (meta_size.as_str(), size_text.as_str()),
+        ("content-type", gzip::CONTENT_TYPE),
+    ];
+    let started = std::time::Instant::now();
+    let up = client
+        .upload_reader(&mut reader, &a.key, a.part_size, &headers)
+        .map_err(|e| format!("uploading {url}: {e}"))?;
+    let read = reader.get_ref();
+    if read.total != size || read.sha256() != sha256 {
+        delete_bad_copy(client, &a.target, &a.key);
+        return Err(changed(&a.file, size, read.total));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    log::info!(url = url.as_str(), size = size, stored_size = up.size, seconds = secs; "export: gzipped and uploaded");
+    Ok(up)
+}
+
+/// What the copy must be.
+struct Copy<'a> {
+    key: &'a str,
+    compression: Compression,
+    /// The snapshot's size and SHA-256.
+    size: u64,
+    sha256: &'a str,
+    /// The object's size.
+    stored: u64,
+}
+
+/// HEAD of what the server stored, and with `full` a GET of every byte (decompressed, with
+/// gzip), compared with the file.
+fn check_copy(client: &Client, c: &Copy, full: bool) -> Result<(), String> {
     let head = client
-        .head_object(key)
+        .head_object(c.key)
         .map_err(|e| format!("reading the copy back (HEAD): {e}"))?
         .ok_or("the copy is not there after the upload")?;
-    if head.size != size {
-        return Err(format!("the copy has {} bytes, the snapshot {size}", head.size));
+    if head.size != c.stored {
+        return Err(format!("the copy has {} bytes, {} were uploaded", head.size, c.stored));
     }
+    let sha256 = c.sha256;
     if head.meta(META_SHA256) != Some(sha256) {
         return Err(format!(
             "the copy's x-amz-meta-{META_SHA256} is {:?}, the snapshot's SHA-256 {sha256}",
             head.meta(META_SHA256).unwrap_or("")
         ));
     }
+    if c.compression == Compression::Gzip {
+        let size = c.size.to_string();
+        for (k, want) in [(gzip::META_COMPRESSION, "gzip"), (gzip::META_SIZE, size.as_str())] {
+            if head.meta(k) != Some(want) {
+                return Err(format!(
+                    "the copy's x-amz-meta-{k} is {:?}, not {want:?}",
+                    head.meta(k).unwrap_or("")
+                ));
+            }
+        }
+    }
     if !full {
         return Ok(());
     }
-    let got = client
-        .get_streamed(key, size, &mut Discard)
-        .map_err(|e| format!("reading the copy back (GET): {e}"))?;
-    if got.size != size || got.sha256 != sha256 {
+    let (got_sha, got_size) = match c.compression {
+        Compression::None => {
+            let got = client
+                .get_streamed(c.key, c.stored, &mut Discard)
+                .map_err(|e| format!("reading the copy back (GET): {e}"))?;
+            (got.sha256, got.size)
+        }
+        Compression::Gzip => {
+            let mut sink = gzip::Gunzip::new(None, c.size).map_err(|e| format!("reading the copy back: {e}"))?;
+            client
+                .get_streamed(c.key, c.stored, &mut sink)
+                .map_err(|e| format!("reading the copy back (GET): {e}"))?;
+            let got = sink
+                .finish()
+                .map_err(|why| format!("the copy read back is refused: {why}"))?;
+            (got.sha256, got.size)
+        }
+    };
+    if got_size != c.size || got_sha != sha256 {
         return Err(format!(
-            "the copy read back has SHA-256 {} ({} bytes), the snapshot {sha256} ({size} bytes)",
-            got.sha256, got.size
+            "the copy read back has SHA-256 {got_sha} ({got_size} bytes), the snapshot {sha256} ({} bytes)",
+            c.size
         ));
     }
     Ok(())

@@ -89,6 +89,7 @@ pub struct JobExport {
     /// The Secret with the S3 keys.
     pub secret: String,
     pub part_size: u64,
+    pub compression: crate::gzip::Compression,
 }
 
 /// The labels every object of one snapshot carries. All values are short ids.
@@ -296,20 +297,24 @@ fn export_container(e: &JobExport, cfg: &EngineConfig) -> Container {
         }),
         ..Default::default()
     };
+    let mut args = vec![
+        "export".to_string(),
+        format!("--file={SNAPSHOT_FILE}"),
+        format!("--endpoint={}", e.target.endpoint),
+        format!("--bucket={}", e.target.bucket),
+        format!("--key={}", e.key),
+        format!("--region={}", e.target.region),
+        format!("--path-style={}", e.target.path_style),
+        format!("--part-size={}", e.part_size),
+    ];
+    if e.compression != crate::gzip::Compression::None {
+        args.push(format!("--compression={}", e.compression.as_str()));
+    }
     Container {
         name: EXPORT_CONTAINER.to_string(),
         image: Some(cfg.export_image.clone()),
         command: Some(vec![ETCDSNAP.to_string()]),
-        args: Some(vec![
-            "export".to_string(),
-            format!("--file={SNAPSHOT_FILE}"),
-            format!("--endpoint={}", e.target.endpoint),
-            format!("--bucket={}", e.target.bucket),
-            format!("--key={}", e.key),
-            format!("--region={}", e.target.region),
-            format!("--path-style={}", e.target.path_style),
-            format!("--part-size={}", e.part_size),
-        ]),
+        args: Some(args),
         env: Some(vec![
             from_secret(crate::export::ENV_ACCESS_KEY, false),
             from_secret(crate::export::ENV_SECRET_KEY, false),
@@ -812,6 +817,7 @@ mod tests {
             key: "etcd/main/s-1.db".into(),
             secret: "s3-keys".into(),
             part_size: 16 << 20,
+            compression: crate::gzip::Compression::Gzip,
         });
         for j in [job(&p, &cfg(), "uid-1"), verify_job(&p, &cfg(), "uid-1")] {
             let v = serde_json::to_value(&j).unwrap();
@@ -824,6 +830,7 @@ mod tests {
             assert_eq!(c["command"][0], ETCDSNAP);
             assert_eq!(c["image"], cfg().export_image);
             assert!(c["args"].as_array().unwrap().contains(&"--key=etcd/main/s-1.db".into()));
+            assert!(c["args"].as_array().unwrap().contains(&"--compression=gzip".into()));
             assert_eq!(c["env"][0]["valueFrom"]["secretKeyRef"]["name"], "s3-keys");
             assert_eq!(c["env"][2]["valueFrom"]["secretKeyRef"]["optional"], true);
             assert!(c["env"].as_array().unwrap().iter().all(|e| e.get("value").is_none()));

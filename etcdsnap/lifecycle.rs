@@ -242,9 +242,15 @@ impl Engine {
                 None => None,
                 Some(e) => match self.container_log(&rec, &name, job::EXPORT_CONTAINER) {
                     Ok(Some(text)) => match crate::export::parse_result(&text) {
-                        Ok(x) if x.key == e.key => Some(x),
+                        Ok(x) if x.key == e.key && x.compression == e.compression => Some(x),
                         Ok(x) => {
-                            let why = format!("the export reports key {:?}, the record {:?}", x.key, e.key);
+                            let why = format!(
+                                "the export reports key {:?} ({}), the record {:?} ({})",
+                                x.key,
+                                x.compression.as_str(),
+                                e.key,
+                                e.compression.as_str()
+                            );
                             return self.fail(&rec, FailureKind::Unverified, why);
                         }
                         Err(why) => return self.fail(&rec, FailureKind::Unverified, why),
@@ -359,6 +365,7 @@ impl Engine {
                 if let (Some(e), Some(x)) = (r.export.as_mut(), exported.as_ref()) {
                     e.sha256 = Some(x.sha256.clone());
                     e.size = Some(x.size);
+                    e.stored_size = x.stored_size;
                     e.parts = Some(x.parts);
                     e.check = Some(x.check.as_str().to_string());
                 }

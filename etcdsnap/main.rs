@@ -22,6 +22,7 @@ mod export;
 mod group_controller;
 mod groups;
 mod grpc;
+mod gzip;
 mod identity;
 mod ids;
 mod job;

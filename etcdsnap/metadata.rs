@@ -173,7 +173,14 @@ pub struct ExportRecord {
     pub part_size: u64,
     /// Keep the copy when the snapshot is deleted.
     pub retain: bool,
-    /// Hex SHA-256 of the snapshot file, equal to that of the copy (checked as `check` says).
+    /// How the copy is stored (records of older drivers: as the file is).
+    #[serde(default)]
+    pub compression: crate::gzip::Compression,
+    /// Bytes of the object in S3 (with gzip, compressed; `size` is the snapshot's).
+    #[serde(default)]
+    pub stored_size: Option<u64>,
+    /// Hex SHA-256 of the snapshot file, equal to that of the copy (checked as `check` says;
+    /// with gzip, of the copy decompressed).
     #[serde(default)]
     pub sha256: Option<String>,
     #[serde(default)]

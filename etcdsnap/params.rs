@@ -14,6 +14,7 @@
 //! | `exportPrefix` | a key prefix (default empty) | both | objects are `<prefix><namespace>/<cluster>/<snapshot id>.db` |
 //! | `exportPartSize` | bytes or `16Mi` (5Mi to 5Gi, default 16Mi) | both | multipart part size (grown to keep within 10000 parts) |
 //! | `exportRetention` | `delete` (default), `retain` | both | whether deleting the snapshot deletes the copy |
+//! | `exportCompression` | `none` (default), `gzip` | both | `gzip`: the copy is `<...>.db.gz`, gzipped while it is uploaded (see `gzip`) |
 //! | `groupConsistency` | `strict` (default), `per-volume` | group | `strict` refuses a group of more than one volume: each volume is its own etcd snapshot Job, with no common point in time; `per-volume` accepts that, one point in time per volume |
 //!
 //! Keys under `csi.storage.k8s.io/` are the sidecar's own (`--extra-create-metadata`, secret
@@ -38,7 +39,8 @@ pub const EXPORT_PATH_STYLE: &str = "exportPathStyle";
 pub const EXPORT_PREFIX: &str = "exportPrefix";
 pub const EXPORT_PART_SIZE: &str = "exportPartSize";
 pub const EXPORT_RETENTION: &str = "exportRetention";
-const EXPORT_KEYS: [&str; 8] = [
+pub const EXPORT_COMPRESSION: &str = "exportCompression";
+const EXPORT_KEYS: [&str; 9] = [
     EXPORT_BUCKET,
     EXPORT_ENDPOINT,
     EXPORT_SECRET,
@@ -47,6 +49,7 @@ const EXPORT_KEYS: [&str; 8] = [
     EXPORT_PREFIX,
     EXPORT_PART_SIZE,
     EXPORT_RETENTION,
+    EXPORT_COMPRESSION,
 ];
 /// The multipart part size unless the class says otherwise.
 pub const DEFAULT_PART_SIZE: u64 = 16 << 20;
@@ -84,6 +87,7 @@ pub struct Export {
     pub part_size: u64,
     /// Keep the copy when the snapshot is deleted.
     pub retain: bool,
+    pub compression: crate::gzip::Compression,
 }
 
 /// Which RPC the parameters came with.
@@ -255,6 +259,14 @@ fn export(raw: &HashMap<String, String>, what: &str) -> Result<Option<Export>, S
             ))
         }
     };
+    let compression = get(EXPORT_COMPRESSION).unwrap_or("none");
+    let Some(compression) = crate::gzip::Compression::parse(compression) else {
+        return invalid(format!(
+            "parameter {EXPORT_COMPRESSION} must be {}, got {:?}",
+            crate::gzip::Compression::ALLOWED,
+            crate::status::truncate(compression, 128)
+        ));
+    };
     Ok(Some(Export {
         target: crate::export::Target {
             endpoint: endpoint.to_string(),
@@ -266,6 +278,7 @@ fn export(raw: &HashMap<String, String>, what: &str) -> Result<Option<Export>, S
         secret: secret.to_string(),
         part_size,
         retain,
+        compression,
     }))
 }
 
@@ -389,6 +402,7 @@ mod tests {
         assert_eq!(e.target.region, "us-east-1");
         assert!(e.target.path_style && !e.retain);
         assert_eq!(e.part_size, DEFAULT_PART_SIZE);
+        assert_eq!(e.compression, crate::gzip::Compression::None);
         assert_eq!(p.given.len(), 3);
         let mut more = base.to_vec();
         more.extend([
@@ -396,13 +410,15 @@ mod tests {
             ("exportPartSize", "8Mi"),
             ("exportPrefix", "prod/"),
             ("exportPathStyle", "false"),
+            ("exportCompression", "gzip"),
         ]);
         let e = parse(&map(&more), For::Group, "X").unwrap().export.unwrap();
         assert!(e.retain && !e.target.path_style);
+        assert_eq!(e.compression, crate::gzip::Compression::Gzip);
         assert_eq!((e.part_size, e.prefix.as_str()), (8 << 20, "prod/"));
         assert_eq!(parse(&map(&[]), For::Snapshot, "X").unwrap().export, None);
         type Pairs = &'static [(&'static str, &'static str)];
-        let bad: [(Pairs, &str); 10] = [
+        let bad: [(Pairs, &str); 12] = [
             (&[("exportRetention", "retain")], "exportRetention needs exportBucket"),
             (&[("exportBucket", "b-1")], "needs exportEndpoint"),
             (
@@ -446,6 +462,16 @@ mod tests {
                 "exportPrefix must be",
             ),
             (&[("exportbucket", "b-1")], "unknown parameter \"exportbucket\""),
+            (
+                &[
+                    ("exportBucket", "b-1"),
+                    ("exportEndpoint", "http://x"),
+                    ("exportSecretName", "s"),
+                    ("exportCompression", "zstd"),
+                ],
+                "parameter exportCompression must be \"none\" or \"gzip\", got \"zstd\"",
+            ),
+            (&[("exportCompression", "gzip")], "exportCompression needs exportBucket"),
         ];
         for (pairs, want) in bad {
             let err = parse(&map(pairs), For::Snapshot, "CreateSnapshot").unwrap_err();

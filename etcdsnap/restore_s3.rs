@@ -8,6 +8,10 @@
 //!    given must agree, neither is an error.
 //! 2. GET it to `<output>.partial` (bounded by the size HEAD gave), hashing on the way; a
 //!    mismatch removes the partial file and stops: nothing is restored.
+//!    A gzip copy (`x-amz-meta-compression: gzip`) is decompressed on the way into the partial
+//!    file, never past its `x-amz-meta-size` (the snapshot's size): a stream that would write
+//!    more, is damaged, or decompresses to other bytes than the SHA-256 names is refused the
+//!    same way. The hash checked is the one of the snapshot itself, decompressed.
 //! 3. Rename to `--output`; with `--data-dir`, run `etcdutl snapshot restore` into it (which
 //!    checks etcd's own hash appended to the file too).
 //!
@@ -17,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::export::{self, Target};
+use crate::gzip;
 
 /// The largest object fetched (etcd's own database limit is 8 GiB).
 const MAX_BYTES: u64 = 64 << 30;
@@ -29,6 +34,8 @@ const USAGE: &str = "usage: etcdsnap restore --from-s3 s3://BUCKET/KEY --endpoin
 
 Fetches the S3 copy of a snapshot to FILE and checks its SHA-256 (--sha256, else the copy's
 x-amz-meta-sha256) before anything else; with --data-dir, then runs etcdutl snapshot restore.
+A gzip copy (x-amz-meta-compression: gzip) is decompressed on the way, at most its
+x-amz-meta-size bytes, and the SHA-256 checked is that of the decompressed snapshot.
 Keys from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN).";
 
 #[derive(Debug)]
@@ -202,19 +209,28 @@ fn run(a: &Args) -> Result<String, String> {
     }
     let partial = partial_path(&a.output);
     let _ = std::fs::remove_file(&partial);
-    let fetched = client.get_to_file(&a.key, &partial, head.size);
-    let fetched = match fetched {
+    let fetched = match head.meta(gzip::META_COMPRESSION) {
+        None | Some("none") => client
+            .get_to_file(&a.key, &partial, head.size)
+            .map(|f| (f.sha256, f.size, head.size))
+            .map_err(|e| format!("{url}: {e}")),
+        Some("gzip") => fetch_gzip(&client, &url, &a.key, &head, &partial),
+        Some(other) => Err(format!(
+            "{url} has x-amz-meta-{} {other:?}, which this etcdsnap cannot read; nothing restored",
+            gzip::META_COMPRESSION
+        )),
+    };
+    let (sha256, size, want_size) = match fetched {
         Ok(f) => f,
         Err(e) => {
             let _ = std::fs::remove_file(&partial);
-            return Err(format!("{url}: {e}"));
+            return Err(e);
         }
     };
-    if fetched.sha256 != want || fetched.size != head.size {
+    if sha256 != want || size != want_size {
         let _ = std::fs::remove_file(&partial);
         return Err(format!(
-            "{url} is damaged: its SHA-256 is {} ({} bytes), the snapshot's {want} ({} bytes); nothing restored",
-            fetched.sha256, fetched.size, head.size
+            "{url} is damaged: its SHA-256 is {sha256} ({size} bytes), the snapshot's {want} ({want_size} bytes); nothing restored"
         ));
     }
     std::fs::rename(&partial, &a.output).map_err(|e| format!("renaming to {}: {e}", a.output.display()))?;
@@ -222,6 +238,49 @@ fn run(a: &Args) -> Result<String, String> {
         etcdutl_restore(r, &a.output)?;
     }
     Ok(want)
+}
+
+/// GETs a gzip copy through the bounded decompressor into `partial`: the SHA-256 and size of
+/// what came out, and the size `x-amz-meta-size` records.
+fn fetch_gzip(
+    client: &lifeboat::s3::Client,
+    url: &str,
+    key: &str,
+    head: &lifeboat::s3::object::Head,
+    partial: &Path,
+) -> Result<(String, u64, u64), String> {
+    let size = head
+        .meta(gzip::META_SIZE)
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or(format!(
+            "{url} is gzipped but has no valid x-amz-meta-{} (its size uncompressed); nothing restored",
+            gzip::META_SIZE
+        ))?;
+    if size > MAX_BYTES {
+        return Err(format!(
+            "{url} records {size} bytes uncompressed, more than {MAX_BYTES}"
+        ));
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(partial)
+        .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
+    let mut sink = gzip::Gunzip::new(Some(file), size).map_err(|e| format!("writing {}: {e}", partial.display()))?;
+    let damaged = |why: &str| {
+        format!(
+            "{url} is damaged: {why} (x-amz-meta-{} {size}); nothing restored",
+            gzip::META_SIZE
+        )
+    };
+    if let Err(e) = client.get_streamed(key, head.size, &mut sink) {
+        return Err(match &sink.failure {
+            Some(why) => damaged(why),
+            None => format!("{url}: {e}"),
+        });
+    }
+    let got = sink.finish().map_err(|why| damaged(&why))?;
+    Ok((got.sha256, got.size, size))
 }
 
 fn partial_path(output: &Path) -> PathBuf {

@@ -16,6 +16,7 @@
 //! - [`object`]: PUT, HEAD and DELETE of one object.
 //! - [`checksum`]: `Content-MD5`, and a probe of whether a server verifies it.
 //! - [`multipart`]: uploading a file (one PUT, or a multipart upload in bounded parts).
+//! - [`stream`]: uploading what a reader yields (size unknown in advance), in bounded parts.
 //! - [`download`]: streaming GET into a sink, bounded, with its SHA-256.
 //! - [`credentials`]: keys from the platform (environment, web identity, container).
 
@@ -29,6 +30,7 @@ pub mod multipart;
 pub mod object;
 pub mod proxy;
 pub mod sigv4;
+pub mod stream;
 pub mod trust;
 pub mod xml;
 

@@ -64,7 +64,7 @@ fn read_part(file: &mut File, buf: &mut Vec<u8>, len: u64) -> std::io::Result<()
 }
 
 /// An ETag that is an MD5 must be the one of what was sent.
-fn check_etag(what: &str, got: &str, sent: &[u8; 16]) -> Result<(), Error> {
+pub(super) fn check_etag(what: &str, got: &str, sent: &[u8; 16]) -> Result<(), Error> {
     let want = super::sigv4::hex(sent);
     if checksum::is_md5_etag(got) && !got.eq_ignore_ascii_case(&want) {
         return Err(err(

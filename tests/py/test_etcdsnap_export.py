@@ -108,8 +108,12 @@ def test_copy_is_checked_before_ready_and_follows_the_snapshot(flavor, retention
         assert s3.keys(BUCKET) == ([key] if retention == "retain" else [])
 
 
-@pytest.mark.parametrize("fault", ["refuse-upload", "corrupt-upload", "corrupt-download"])
-def test_refused_or_corrupted_copy_never_reports_ready(fault, tmp_path, driver, kube, etcd_cluster, volume, stubs):
+@pytest.mark.parametrize("fault,compression", [("refuse-upload", "none"), ("corrupt-upload", "none"),
+                                               ("corrupt-download", "none"), ("corrupt-download", "gzip")])
+def test_refused_or_corrupted_copy_never_reports_ready(fault, compression, tmp_path, driver, kube, etcd_cluster, volume,
+                                                       stubs):
+    """gzip, corrupt-download: the read-back of a gzip copy goes through the decompressor, which
+    refuses what the proxy changed (the last byte, the gzip trailer's length)."""
     pb2, _ = stubs
     fill(etcd_cluster)
     # moto: it lists open multipart uploads (rclone serve s3 does not).
@@ -118,8 +122,9 @@ def test_refused_or_corrupted_copy_never_reports_ready(fault, tmp_path, driver, 
         put_keys_secret(kube)
         proxy = FaultProxy(s3.port, fault)
         try:
-            req = pb2.CreateSnapshotRequest(name=f"snap-{fault}", source_volume_id=volume,
-                                            parameters=export_params(proxy.endpoint, exportPartSize="5Mi"))
+            params = export_params(proxy.endpoint, exportPartSize="5Mi", exportCompression=compression)
+            req = pb2.CreateSnapshotRequest(name=f"snap-{fault}-{compression}", source_volume_id=volume,
+                                            parameters=params)
             answers, deadline, failure = [], time.monotonic() + 120, None
             while time.monotonic() < deadline:
                 try:
@@ -136,7 +141,8 @@ def test_refused_or_corrupted_copy_never_reports_ready(fault, tmp_path, driver, 
             code, details = failure
             assert code == grpc.StatusCode.INTERNAL and "container export exited with code 1" in details, details
             if fault == "corrupt-download":
-                assert "read back has SHA-256" in details, details
+                want = {"none": "read back has SHA-256", "gzip": "the copy read back is refused: its gzip stream"}
+                assert want[compression] in details, details
             assert SECRET_KEY not in details and SECRET_KEY not in driver.logs()
             # Nothing that could pass for a copy is left behind, and no upload is left open.
             assert s3.keys(BUCKET) == []
@@ -269,3 +275,150 @@ def test_a_server_that_verifies_content_md5_refuses_a_corrupted_upload(multipart
         assert result["sha256"] == sha256(src)
         body = s3.boto().get_object(Bucket=BUCKET, Key="good.db")["Body"].read()
         assert body == src.read_bytes()
+
+
+def gzip_meta(obj) -> dict:
+    return {k.lower(): v for k, v in obj["Metadata"].items()}
+
+
+@pytest.mark.parametrize("flavor", ["rclone", "moto"])
+def test_gzip_copy_is_compressed_checked_and_restores(flavor, tmp_path, driver, kube, etcd_cluster, volume, stubs,
+                                                      bin_dir):
+    """exportCompression: gzip: the copy `<id>.db.gz` is the snapshot gzipped (gunzip gives the
+    file byte for byte), smaller, with the snapshot's own SHA-256 and size as metadata and no
+    Content-Encoding; on moto (no Content-MD5 check) it was read back decompressed. Deleting the
+    snapshot deletes exactly that key. On rclone, `restore --from-s3` of it gives a working etcd;
+    a damaged copy, and a gzip bomb (more than its x-amz-meta-size once decompressed), are
+    refused with nothing restored and nothing written past the bound."""
+    import gzip
+    import subprocess
+
+    from etcdsnap_driver import free_port
+    from etcd_cluster import restored_keys, scrubbed_env
+
+    pb2, _ = stubs
+    tools = etcd_cluster.tools
+    fill(etcd_cluster)
+    expected = {f"/s3-gzip/k{i}": f"v{i}" for i in range(20)}
+    for k, v in expected.items():
+        etcd_cluster.put(k, v)
+    retention = "retain" if flavor == "rclone" else "delete"
+    with s3_server(flavor, tools, tmp_path / "s3") as s3:
+        s3.make_bucket(BUCKET)
+        put_keys_secret(kube)
+        params = export_params(s3.endpoint, exportCompression="gzip", exportPartSize="5Mi",
+                               exportRetention=retention)
+        content = Sidecar(driver, pb2).create_snapshot(f"snap-gz-{flavor}", volume, params, budget=120)
+        assert content.ready
+        sid = content.snapshot_handle
+        key = f"{NS}/main/{sid}.db.gz"
+        assert s3.keys(BUCKET) == [key]
+        local = kube.pvc_dir(NS, "etcdsnap-" + sid) / "snapshot.db"
+        plain = local.read_bytes()
+        want = hashlib.sha256(plain).hexdigest()
+        obj = s3.boto().get_object(Bucket=BUCKET, Key=key)
+        packed = obj["Body"].read()
+        assert gzip.decompress(packed) == plain and len(packed) < len(plain), (len(packed), len(plain))
+        assert gzip_meta(obj) == {"sha256": want, "compression": "gzip", "size": str(len(plain))}, obj["Metadata"]
+        assert obj["ContentType"] == "application/gzip" and "ContentEncoding" not in obj, obj
+        rec = record(kube, sid)["export"]
+        assert (rec["compression"], rec["size"], rec["stored_size"], rec["sha256"]) == (
+            "gzip", len(plain), len(packed), want), rec
+        assert rec["parts"] == -(-len(packed) // (5 << 20)) >= 2, rec  # streamed multipart, 5 MiB parts
+        assert rec["check"] == {"rclone": "content-md5", "moto": "read-back"}[flavor], rec
+
+        driver.controller.DeleteSnapshot(pb2.DeleteSnapshotRequest(snapshot_id=sid), timeout=30)
+        assert record(kube, sid) is None
+        if flavor == "moto":
+            assert s3.keys(BUCKET) == []
+            return
+        assert s3.keys(BUCKET) == [key]
+
+        env = scrubbed_env({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY})
+        peer, client = free_port(), free_port()
+
+        def restore(name, bound_kib=None):
+            out = tmp_path / name
+            out.mkdir()
+            argv = restore_argv(bin_dir, s3.endpoint, key, out, peer, etcdutl=str(tools / "etcdutl"))
+            if bound_kib:  # a write past the limit kills the process (SIGXFSZ); not preexec_fn:
+                # a fork of this process (grpc threads) must not run Python before exec
+                argv = ["bash", "-c", f'ulimit -f {bound_kib} && exec "$@"', "bash", *argv]
+            run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+            return out, run
+
+        good, run = restore("good")
+        assert run.returncode == 0, run.stderr
+        assert f"SHA-256 {want} checked" in run.stdout and SECRET_KEY not in run.stdout + run.stderr
+        assert (good / "snapshot.db").read_bytes() == plain
+        restored = restored_keys(tools, good / "data", peer, client, "/s3-gzip/", tmp_path / "restored-etcd.log")
+        assert restored == expected
+
+        # One byte of the compressed copy changed, its metadata kept: refused, nothing left.
+        damaged = bytearray(packed)
+        damaged[len(damaged) // 2] ^= 0x01
+        meta = gzip_meta(obj)
+        s3.boto().put_object(Bucket=BUCKET, Key=key, Body=bytes(damaged), Metadata=meta)
+        bad, run = restore("damaged")
+        assert run.returncode == 1, run.stdout + run.stderr
+        assert "is damaged" in run.stderr and "nothing restored" in run.stderr, run.stderr
+        assert list(bad.iterdir()) == []
+
+        # A valid gzip stream of other bytes (the same size) under the snapshot's metadata: only
+        # the SHA-256 of what comes out of the decompressor tells.
+        other = plain[:-1] + bytes([plain[-1] ^ 0x01])
+        s3.boto().put_object(Bucket=BUCKET, Key=key, Body=gzip.compress(other, compresslevel=1), Metadata=meta)
+        forged, run = restore("other")
+        assert run.returncode == 1, run.stdout + run.stderr
+        assert f"is damaged: its SHA-256 is {hashlib.sha256(other).hexdigest()}" in run.stderr, run.stderr
+        assert list(forged.iterdir()) == []
+
+        # A bomb: 64 MiB of zeros (about 64 KiB gzipped) under a copy that records 4096 bytes.
+        # Refused with a clear error, never written past the bound (the file size limit would
+        # kill the process), nothing left.
+        bomb = gzip.compress(bytes(64 << 20), compresslevel=1)
+        s3.boto().put_object(Bucket=BUCKET, Key=key, Body=bomb, Metadata={**meta, "size": "4096"})
+        bombed, run = restore("bomb", bound_kib=1024)
+        assert run.returncode == 1, (run.returncode, run.stderr)
+        assert "decompresses to more than 4096 bytes" in run.stderr and "nothing restored" in run.stderr, run.stderr
+        assert list(bombed.iterdir()) == []
+
+
+def test_unknown_export_compression_is_refused_by_name(driver, kube, volume, stubs):
+    pb2, _ = stubs
+    put_keys_secret(kube)
+    req = pb2.CreateSnapshotRequest(name="snap-zstd", source_volume_id=volume,
+                                    parameters=export_params("http://127.0.0.1:9", exportCompression="zstd"))
+    code, details = code_of(lambda: driver.controller.CreateSnapshot(req, timeout=30))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
+    assert 'exportCompression must be "none" or "gzip", got "zstd"' in details, details
+    assert not [o for o in kube.objects("jobs", NS) if "snap-zstd" in json.dumps(o)]
+
+
+@pytest.mark.parametrize("flavor", ["rclone", "moto"])
+def test_gzip_export_of_an_empty_and_a_small_file_is_one_put(flavor, tmp_path, bin_dir):
+    """`etcdsnap export --compression gzip` where the compressed stream ends within the first
+    part: one PUT (parts 0), for an empty file too; the object gunzips to the file, and the
+    result says both sizes and how it was checked (moto: read back and decompressed)."""
+    import gzip
+    import subprocess
+
+    from etcd_cluster import scrubbed_env, tools_bin
+
+    env = scrubbed_env({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY})
+    with s3_server(flavor, tools_bin(), tmp_path / "s3") as s3:
+        s3.make_bucket(BUCKET)
+        for name, data in [("empty", b""), ("small", b"".join(b"/registry/pods/ns/p%d\n" % i for i in range(50000)))]:
+            src = tmp_path / f"{name}.db"
+            src.write_bytes(data)
+            argv = export_argv(bin_dir, src, s3.endpoint, f"{name}.db.gz", 5 << 20) + ["--compression", "gzip"]
+            run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+            assert run.returncode == 0, run.stderr
+            result = json.loads(run.stdout.strip().splitlines()[-1])["etcdsnapExport"]
+            packed = s3.boto().get_object(Bucket=BUCKET, Key=f"{name}.db.gz")["Body"].read()
+            assert gzip.decompress(packed) == data
+            assert (result["parts"], result["compression"], result["size"], result["stored_size"]) == (
+                0, "gzip", len(data), len(packed)), result
+            assert result["sha256"] == hashlib.sha256(data).hexdigest()
+            assert result["check"] == {"rclone": "content-md5", "moto": "read-back"}[flavor], result
+        assert sorted(s3.keys(BUCKET)) == ["empty.db.gz", "small.db.gz"]
