@@ -48,6 +48,23 @@ use crate::status::{truncate, Code, Status};
 pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(30);
 /// How often a waiting Create looks again, at most.
 pub(crate) const CUT_POLL: Duration = Duration::from_millis(500);
+/// How often it looks in its first [`CUT_POLL_FAST_FOR`]: most etcd snapshots are cut within
+/// a second or two, and a look at a 500 ms pace would add up to 500 ms to each (a look is a
+/// GET of the Job and a list of its Pods: 20 more in those 2 s than at the slow pace).
+pub(crate) const CUT_POLL_FAST: Duration = Duration::from_millis(100);
+pub(crate) const CUT_POLL_FAST_FOR: Duration = Duration::from_secs(2);
+
+/// How long a Create that has waited `waited` for the cut sleeps before it looks again:
+/// [`CUT_POLL_FAST`] at first, then [`CUT_POLL`], never longer than `POLL_INTERVAL` or what is
+/// left of `CREATE_WAIT`.
+pub(crate) fn cut_poll(cfg: &EngineConfig, waited: Duration) -> Duration {
+    let pace = if waited < CUT_POLL_FAST_FOR {
+        CUT_POLL_FAST
+    } else {
+        CUT_POLL
+    };
+    pace.min(cfg.poll_interval).min(cfg.create_wait.saturating_sub(waited))
+}
 /// Entries of one ListSnapshots answer at most, whatever max_entries asks.
 pub const MAX_LIST_ENTRIES: usize = 500;
 
@@ -300,7 +317,6 @@ impl Engine {
     /// is not held while waiting, so other RPCs and the monitor go on meanwhile.
     fn await_cut(&self, sids: &[String], what: &str) -> Result<Vec<SnapshotRecord>, Status> {
         let started = Instant::now();
-        let poll = self.cfg.poll_interval.min(CUT_POLL);
         loop {
             let mut recs = Vec::with_capacity(sids.len());
             for sid in sids {
@@ -321,7 +337,7 @@ impl Engine {
                 let pending = recs.iter().find(|r| !is_cut(r)).unwrap_or(&recs[0]);
                 return Err(not_cut_yet(what, pending, waited));
             }
-            std::thread::sleep(poll.min(self.cfg.create_wait - waited));
+            std::thread::sleep(cut_poll(&self.cfg, waited));
         }
     }
 

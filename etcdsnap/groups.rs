@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use crate::engine::{
-    check_same_parameters, check_snapshot_ids, is_cut, not_cut_yet, same_volumes, view, Engine, GroupView, CUT_POLL,
+    check_same_parameters, check_snapshot_ids, cut_poll, is_cut, not_cut_yet, same_volumes, view, Engine, GroupView,
     LOCK_WAIT,
 };
 use crate::ids;
@@ -28,7 +28,6 @@ impl Engine {
             }
         }
         let started = Instant::now();
-        let poll = self.cfg.poll_interval.min(CUT_POLL);
         loop {
             let (view, cut) = {
                 let _guard = self.locks.lock(&gid, LOCK_WAIT)?;
@@ -45,7 +44,7 @@ impl Engine {
                 if waited >= self.cfg.create_wait {
                     return Err(not_cut_yet(&what, &pending, waited));
                 }
-                std::thread::sleep(poll.min(self.cfg.create_wait - waited));
+                std::thread::sleep(cut_poll(&self.cfg, waited));
                 continue;
             }
             return Ok(view);
