@@ -4,7 +4,8 @@
 # serde_json, one thread per connection, an answer of the same size as the hook's). Both
 # servers get the same load client and body, in alternating rounds; each measure is printed
 # for both with the ratio hook/floor: server CPU per request, latency (p50/p99) and throughput
-# at concurrency 1 and 32 (closed loop), open-loop p99 at RATES, peak RSS and threads.
+# at concurrency 1 and 32 (closed loop), open-loop p99 at RATES (also with 64 slow clients and
+# with 4 connections of large requests alongside), peak RSS and threads.
 # Release build, no gRPC.
 #
 #   bash bench/hook.sh            # REQUESTS=3000 per connection at c=1, 500 per connection at c=32
@@ -110,6 +111,27 @@ slow=$!
 sleep 1
 ARGS=(32 "$((REQ32 / 5))"); RATE=2000 round "open 2000/s c=32, 64 slow clients" "$load"
 kill "$slow" 2>/dev/null || true
+# And with large requests alongside: 4 connections sending, back to back, a Pod with 50,000
+# annotations (about 1.3 MB, the kind of request that once took seconds and hundreds of MiB),
+# to the same server as the round's load.
+python3 - "$work/body.json" "$work/large.json" <<'PY'
+import json, sys
+review = json.load(open(sys.argv[1]))
+review["request"]["object"]["metadata"]["annotations"].update({f"example.com/k{i}": "v" for i in range(50000)})
+json.dump(review, open(sys.argv[2], "w"))
+PY
+# with_large LOAD ADDR CA BODY ARGS...: runs the load while 4 connections send large requests.
+with_large() {
+  "$1" "$2" "$work/ca.crt" "$work/large.json" 4 100000 >/dev/null 2>&1 &
+  local big=$!
+  sleep 0.5
+  "$@"
+  kill "$big" 2>/dev/null; wait "$big" 2>/dev/null || true
+}
+echo "large request: $(wc -c <"$work/large.json") bytes"
+ARGS=(32 "$((REQ32 / 5))"); RATE=2000 round "open 2000/s c=32, 4 connections of large requests" with_large "$load"
+# The most each server held so far (VmHWM): the slow and large rounds included.
+echo "{\"peak_rss_kb_so_far\":{\"hook\":$(awk '/VmHWM/ {print $2}' /proc/$pid/status),\"floor\":$(awk '/VmHWM/ {print $2}' /proc/$fpid/status)}}"
 # Where the hook's extra CPU goes, by counters (perf is often unavailable): the system calls each
 # server makes per request in a closed c=1 round (strace -c -f attached to it; strace slows both
 # alike, so only the counts matter), futex calls being the thread hand-offs.

@@ -10,6 +10,14 @@
 //! Routes (path only; the API server appends `?timeout=10s`): `POST /mutate`. Every request
 //! arrives complete and carries its deadline (see `framing`): one found past it when a worker
 //! takes it up, or once its answer is ready, gets 504, as the API server has given up on it.
+//!
+//! Requests with a body of [`LARGE_REQUEST`] or more (a Pod is a few KiB; a crafted one can be
+//! megabytes and cost tens of milliseconds) are answered in a lane of their own, one at a time
+//! ([`LARGE_LANE`] threads): the workers hand them over and go on, so however many large
+//! requests arrive, ordinary ones never wait behind them, and what large requests cost in
+//! memory at once is bounded by the lane, not by the number of connections. The ones waiting
+//! for the lane are bounded by the front end's connection cap and buffer budget, and their
+//! deadline still applies when the lane takes them up.
 
 use std::io::{ErrorKind, Read};
 use std::os::unix::fs::DirBuilderExt;
@@ -26,9 +34,11 @@ use crate::annotations::KEYS;
 use crate::framing::{self, DEADLINE_HEADER};
 use crate::metrics;
 
-/// A request body this large leaves enough freed memory behind to be worth giving back
-/// (`alloc::trim_later`); a typical Pod is a few KiB.
-const LARGE_REQUEST: usize = 64 * 1024;
+/// A request body this large is answered in the large lane, and leaves enough freed memory
+/// behind to be worth giving back (`alloc::trim_later`); a typical Pod is a few KiB.
+pub const LARGE_REQUEST: usize = 64 * 1024;
+/// Threads answering large requests.
+pub const LARGE_LANE: usize = 1;
 
 /// What the request handlers share.
 pub struct App {
@@ -69,12 +79,26 @@ impl Backend {
             dir,
             current: RwLock::new(current),
         });
+        let (large, queued) = std::sync::mpsc::channel::<Request>();
+        let queued = Arc::new(std::sync::Mutex::new(queued));
+        for i in 0..LARGE_LANE {
+            let (queued, app) = (Arc::clone(&queued), Arc::clone(&app));
+            std::thread::Builder::new()
+                .name(format!("http-large-{i}"))
+                .spawn(move || loop {
+                    let next = queued.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    match next {
+                        Ok(request) => handle(request, &app),
+                        Err(_) => return,
+                    }
+                })
+                .map_err(|e| format!("cannot start a request thread: {e}"))?;
+        }
         for i in 0..workers.max(1) {
-            let backend = Arc::clone(&backend);
-            let app = Arc::clone(&app);
+            let (backend, app, large) = (Arc::clone(&backend), Arc::clone(&app), large.clone());
             std::thread::Builder::new()
                 .name(format!("http-{i}"))
-                .spawn(move || backend.work(app))
+                .spawn(move || backend.work(app, &large))
                 .map_err(|e| format!("cannot start a request thread: {e}"))?;
         }
         Ok(backend)
@@ -117,7 +141,9 @@ impl Backend {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 
-    fn work(&self, app: Arc<App>) {
+    /// A worker: takes requests from the current server, answers ordinary ones and hands
+    /// large ones to the large lane.
+    fn work(&self, app: Arc<App>, large: &std::sync::mpsc::Sender<Request>) {
         loop {
             let (server, generation, dead) = {
                 let c = self.current.read().unwrap_or_else(|e| e.into_inner());
@@ -134,6 +160,11 @@ impl Backend {
                 Duration::from_secs(1)
             };
             match server.recv_timeout(wait) {
+                Ok(Some(request)) if request.body_length().is_some_and(|n| n >= LARGE_REQUEST) => {
+                    if let Err(back) = large.send(request) {
+                        handle(back.0, &app);
+                    }
+                }
                 Ok(Some(request)) => handle(request, &app),
                 Ok(None) => {}
                 Err(e) => {

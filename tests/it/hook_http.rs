@@ -733,7 +733,7 @@ fn many_large_requests_held_incomplete_stay_within_a_memory_budget() {
 fn a_request_whose_deadline_passed_while_queued_gets_504() {
     let setup = Setup::new(Alg::EcdsaP256);
     let hook = start(&setup, &[("WORKERS", "1")]);
-    // Keep the only worker busy: requests with 100,000 annotations each (about 2.4 MB).
+    // Keep the large lane busy: requests with 100,000 annotations each (about 2.4 MB).
     let mut pod = deployment_pod(annotations(&[("inject", "true")]));
     for i in 0..100_000 {
         pod["metadata"]["annotations"][format!("example.com/k{i}")] = json!("v");
@@ -750,16 +750,63 @@ fn a_request_whose_deadline_passed_while_queued_gets_504() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    // The API server gave this one 1 ms: by the time the worker gets to it, it is past.
-    let body = pod_review("late").to_string();
+    // A large request (100 KB, sent within the timeout) that the API server gave 100 ms: by
+    // the time the large lane gets to it, behind the four, it is past.
+    let mut pod = deployment_pod(annotations(&[("inject", "true")]));
+    for i in 0..4_000 {
+        pod["metadata"]["annotations"][format!("example.com/k{i}")] = json!("v");
+    }
+    let late = review("late", "ns", "CREATE", pod, false).to_string();
     let reply = hook
         .client()
-        .post("/mutate?timeout=1ms", "application/json", body.as_bytes());
+        .post("/mutate?timeout=100ms", "application/json", late.as_bytes());
     assert_eq!(reply.status, 504, "{}", reply.text());
     for b in busy {
         assert_eq!(b.join().unwrap(), Ok(200));
     }
     assert!(hook.metric("hook_errors_total{kind=\"deadline\"}") >= 1.0);
+}
+
+#[test]
+fn ordinary_requests_do_not_wait_behind_large_ones() {
+    // Three requests of 2.4 MB arrive first, then a Pod of a few KiB, with one worker: the
+    // large ones go to their own lane, so the small one is answered before they are.
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[("WORKERS", "1")]);
+    let mut pod = deployment_pod(annotations(&[("inject", "true")]));
+    for i in 0..100_000 {
+        pod["metadata"]["annotations"][format!("example.com/k{i}")] = json!("v");
+    }
+    let heavy = std::sync::Arc::new(review("heavy", "ns", "CREATE", pod, false).to_string());
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let large: Vec<_> = (0..3)
+        .map(|_| {
+            let (addr, config, heavy) = (hook.addr, client_config(&hook.ca_pem), heavy.clone());
+            let answered = answered.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::try_connect(addr, &config)?;
+                let status = c
+                    .try_post("/mutate?timeout=30s", "application/json", heavy.as_bytes())?
+                    .status;
+                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok::<u16, String>(status)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let body = pod_review("small").to_string();
+    let reply = hook
+        .client()
+        .post("/mutate?timeout=30s", "application/json", body.as_bytes());
+    let large_before = answered.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(
+        large_before < 3,
+        "the small request was answered after all {large_before} large ones"
+    );
+    for l in large {
+        assert_eq!(l.join().unwrap(), Ok(200));
+    }
 }
 
 /// glibc malloc's arenas besides the main heap in process `pid`: each is an anonymous mapping
