@@ -100,11 +100,24 @@ impl Client {
         } else {
             self.multipart_file(&file, path, key, size, part, headers, sign_body)
         };
+        let parts = if size <= part { 0 } else { size.div_ceil(part) as u32 };
+        self.uploaded(key, probe, part, result.map(|etag| (etag, size, parts)))
+    }
+
+    /// What an upload of `key` after `probe` gave: the [`Uploaded`] for `(etag, size, parts)`,
+    /// or the error, after deleting the probe's object where the probe wrote `key` itself.
+    pub(super) fn uploaded(
+        &self,
+        key: &str,
+        probe: Probe,
+        part_size: u64,
+        result: Result<(String, u64, u32), Error>,
+    ) -> Result<Uploaded, Error> {
         match result {
-            Ok(etag) => Ok(Uploaded {
+            Ok((etag, size, parts)) => Ok(Uploaded {
                 size,
-                parts: if size <= part { 0 } else { size.div_ceil(part) as u32 },
-                part_size: part,
+                parts,
+                part_size,
                 etag,
                 md5_verified: probe == Probe::Verified,
             }),
@@ -156,17 +169,7 @@ impl Client {
         let upload_id = self.create_multipart(key, headers)?;
         let result = self
             .upload_parts(file, path, key, &upload_id, size, part, sign_body)
-            .and_then(|(etags, md5s)| {
-                let etag = self.complete_multipart(key, &upload_id, &etags)?;
-                let want = checksum::multipart_etag(&md5s);
-                if etag.contains('-') && !etag.eq_ignore_ascii_case(&want) {
-                    return Err(err(
-                        ErrorKind::Other,
-                        format!("CompleteMultipartUpload {key}: the server's ETag is {etag}, the parts' {want}"),
-                    ));
-                }
-                Ok(etag)
-            });
+            .and_then(|(etags, md5s)| self.complete_checked(key, &upload_id, &etags, &md5s));
         if result.is_err() {
             if let Err(a) = self.abort_multipart(key, &upload_id) {
                 log::warn!(key = key, error = a.detail.as_str(); "aborting the multipart upload failed");
@@ -233,6 +236,26 @@ impl Client {
             return Err(e);
         }
         Ok(done.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().unzip())
+    }
+
+    /// CompleteMultipartUpload with the parts' ETags: the object's ETag, which must be the
+    /// digest of the parts' MD5s (`md5(part MD5s)-N`) where the server gives one of that form.
+    pub(super) fn complete_checked(
+        &self,
+        key: &str,
+        upload_id: &str,
+        etags: &[String],
+        md5s: &[[u8; 16]],
+    ) -> Result<String, Error> {
+        let etag = self.complete_multipart(key, upload_id, etags)?;
+        let want = checksum::multipart_etag(md5s);
+        if etag.contains('-') && !etag.eq_ignore_ascii_case(&want) {
+            return Err(err(
+                ErrorKind::Other,
+                format!("CompleteMultipartUpload {key}: the server's ETag is {etag}, the parts' {want}"),
+            ));
+        }
+        Ok(etag)
     }
 
     /// CreateMultipartUpload: the upload id.

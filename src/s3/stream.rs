@@ -91,23 +91,8 @@ impl Client {
                 Some(second) => self.multipart_stream(&mut parts, key, headers, [first, second], sign_body),
             }
         })();
-        match result {
-            Ok((etag, count)) => Ok(Uploaded {
-                size: parts.total,
-                parts: count,
-                part_size: part,
-                etag,
-                md5_verified: probe == Probe::Verified,
-            }),
-            Err(e) => {
-                if probe == Probe::Ignored {
-                    if let Err(d) = self.delete_object(key) {
-                        log::warn!(key = key, error = d.detail.as_str(); "deleting the probe failed");
-                    }
-                }
-                Err(e)
-            }
-        }
+        let total = parts.total;
+        self.uploaded(key, probe, part, result.map(|(etag, count)| (etag, total, count)))
     }
 
     /// One PUT of `body` with its `Content-MD5`: the ETag.
@@ -135,14 +120,7 @@ impl Client {
         let result = self
             .stream_parts(parts, key, &upload_id, first, sign_body)
             .and_then(|(etags, md5s)| {
-                let etag = self.complete_multipart(key, &upload_id, &etags)?;
-                let want = checksum::multipart_etag(&md5s);
-                if etag.contains('-') && !etag.eq_ignore_ascii_case(&want) {
-                    return Err(err(
-                        ErrorKind::Other,
-                        format!("CompleteMultipartUpload {key}: the server's ETag is {etag}, the parts' {want}"),
-                    ));
-                }
+                let etag = self.complete_checked(key, &upload_id, &etags, &md5s)?;
                 Ok((etag, etags.len() as u32))
             });
         if result.is_err() {

@@ -729,16 +729,21 @@ fn many_large_requests_held_incomplete_stay_within_a_memory_budget() {
     assert!(hook.metric("hook_errors_total{kind=\"timeout\"}") >= 1.0);
 }
 
+/// A Pod CREATE asking for injection, with `extra` more annotations (about 24 bytes each).
+fn large_review(uid: &str, extra: usize) -> String {
+    let mut pod = deployment_pod(annotations(&[("inject", "true")]));
+    for i in 0..extra {
+        pod["metadata"]["annotations"][format!("example.com/k{i}")] = json!("v");
+    }
+    review(uid, "ns", "CREATE", pod, false).to_string()
+}
+
 #[test]
 fn a_request_whose_deadline_passed_while_queued_gets_504() {
     let setup = Setup::new(Alg::EcdsaP256);
     let hook = start(&setup, &[("WORKERS", "1")]);
     // Keep the large lane busy: requests with 100,000 annotations each (about 2.4 MB).
-    let mut pod = deployment_pod(annotations(&[("inject", "true")]));
-    for i in 0..100_000 {
-        pod["metadata"]["annotations"][format!("example.com/k{i}")] = json!("v");
-    }
-    let heavy = std::sync::Arc::new(review("heavy", "ns", "CREATE", pod, false).to_string());
+    let heavy = std::sync::Arc::new(large_review("heavy", 100_000));
     let busy: Vec<_> = (0..4)
         .map(|_| {
             let (addr, config, heavy) = (hook.addr, client_config(&hook.ca_pem), heavy.clone());
@@ -752,11 +757,7 @@ fn a_request_whose_deadline_passed_while_queued_gets_504() {
     std::thread::sleep(Duration::from_millis(300));
     // A large request (100 KB, sent within the timeout) that the API server gave 100 ms: by
     // the time the large lane gets to it, behind the four, it is past.
-    let mut pod = deployment_pod(annotations(&[("inject", "true")]));
-    for i in 0..4_000 {
-        pod["metadata"]["annotations"][format!("example.com/k{i}")] = json!("v");
-    }
-    let late = review("late", "ns", "CREATE", pod, false).to_string();
+    let late = large_review("late", 4_000);
     let reply = hook
         .client()
         .post("/mutate?timeout=100ms", "application/json", late.as_bytes());
@@ -773,11 +774,7 @@ fn ordinary_requests_do_not_wait_behind_large_ones() {
     // large ones go to their own lane, so the small one is answered before they are.
     let setup = Setup::new(Alg::EcdsaP256);
     let hook = start(&setup, &[("WORKERS", "1")]);
-    let mut pod = deployment_pod(annotations(&[("inject", "true")]));
-    for i in 0..100_000 {
-        pod["metadata"]["annotations"][format!("example.com/k{i}")] = json!("v");
-    }
-    let heavy = std::sync::Arc::new(review("heavy", "ns", "CREATE", pod, false).to_string());
+    let heavy = std::sync::Arc::new(large_review("heavy", 100_000));
     let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let large: Vec<_> = (0..3)
         .map(|_| {
@@ -809,23 +806,28 @@ fn ordinary_requests_do_not_wait_behind_large_ones() {
     }
 }
 
-/// glibc malloc's arenas besides the main heap in process `pid`: each is an anonymous mapping
-/// of 64 MiB (HEAP_MAX_SIZE on 64-bit), aligned to its size, read-write for the part in use
-/// and inaccessible for the rest (thread stacks are the other way round: guard page first).
+/// The mappings of process `pid` from `/proc/PID/maps`: start, end, permissions, anonymous.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn malloc_arenas(pid: u32) -> usize {
-    const HEAP_MAX: u64 = 64 << 20;
+fn mappings(pid: u32) -> Vec<(u64, u64, String, bool)> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    let rows: Vec<(u64, u64, String, bool)> = maps
-        .lines()
+    maps.lines()
         .map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let (start, end) = fields[0].split_once('-').unwrap();
             let hex = |s: &str| u64::from_str_radix(s, 16).unwrap();
             (hex(start), hex(end), fields[1].to_string(), fields.len() < 6)
         })
-        .collect();
-    rows.windows(2)
+        .collect()
+}
+
+/// glibc malloc's arenas besides the main heap in process `pid`: each is an anonymous mapping
+/// of 64 MiB (HEAP_MAX_SIZE on 64-bit), aligned to its size, read-write for the part in use
+/// and inaccessible for the rest (thread stacks are the other way round: guard page first).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn malloc_arenas(pid: u32) -> usize {
+    const HEAP_MAX: u64 = 64 << 20;
+    mappings(pid)
+        .windows(2)
         .filter(|w| {
             let ((start, end, perms, anon), (next_start, next_end, next_perms, next_anon)) = (&w[0], &w[1]);
             *anon
@@ -859,17 +861,8 @@ fn malloc_keeps_to_two_arenas_however_many_threads_serve() {
 /// stacks of 64 KiB and more count.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn thread_stacks(pid: u32) -> usize {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    let rows: Vec<(u64, u64, String, bool)> = maps
-        .lines()
-        .map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (start, end) = fields[0].split_once('-').unwrap();
-            let hex = |s: &str| u64::from_str_radix(s, 16).unwrap();
-            (hex(start), hex(end), fields[1].to_string(), fields.len() < 6)
-        })
-        .collect();
-    rows.windows(2)
+    mappings(pid)
+        .windows(2)
         .filter(|w| {
             let ((start, end, perms, anon), (next_start, next_end, next_perms, next_anon)) = (&w[0], &w[1]);
             *anon
@@ -949,11 +942,7 @@ fn memory_of_large_requests_is_given_back_once_they_are_answered() {
     let hook = start(&setup, &[]);
     let pid = hook.proc.pid();
     let idle = anonymous_kib(pid);
-    let mut pod = deployment_pod(annotations(&[("inject", "true")]));
-    for i in 0..20_000 {
-        pod["metadata"]["annotations"][format!("example.com/k{i}")] = json!("v");
-    }
-    let heavy = std::sync::Arc::new(review("heavy", "ns", "CREATE", pod, false).to_string());
+    let heavy = std::sync::Arc::new(large_review("heavy", 20_000));
     let clients: Vec<_> = (0..4)
         .map(|_| {
             let (addr, config, heavy) = (hook.addr, client_config(&hook.ca_pem), heavy.clone());
