@@ -19,7 +19,8 @@
 //!   environment can set this (`GLIBC_TUNABLES`, read as the C library starts), so serving
 //!   re-executes the binary once with it added ([`with_tunables`]);
 //! - free memory inside the arenas returned to the system after a connection ended or a large
-//!   request was answered ([`trim_if_asked`], at most once a second), where the thresholds above only return the top of an arena.
+//!   request was answered ([`trim_if_asked`], at most once a second), where the thresholds
+//!   above only return the top of an arena.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -13,7 +13,7 @@
 //!
 //! Requests with a body of [`LARGE_REQUEST`] or more (a Pod is a few KiB; a crafted one can be
 //! megabytes and cost tens of milliseconds) are answered in a lane of their own, one at a time
-//! ([`LARGE_LANE`] threads): the workers hand them over and go on, so however many large
+//! (one thread): the workers hand them over and go on, so however many large
 //! requests arrive, ordinary ones never wait behind them, and what large requests cost in
 //! memory at once is bounded by the lane, not by the number of connections. The ones waiting
 //! for the lane are bounded by the front end's connection cap and buffer budget, and their
@@ -37,8 +37,12 @@ use crate::metrics;
 /// A request body this large is answered in the large lane, and leaves enough freed memory
 /// behind to be worth giving back (`alloc::trim_later`); a typical Pod is a few KiB.
 pub const LARGE_REQUEST: usize = 64 * 1024;
-/// Threads answering large requests.
-pub const LARGE_LANE: usize = 1;
+
+/// Whether `request` is a large one (see [`LARGE_REQUEST`]); the front end always sends a
+/// `Content-Length`.
+fn is_large(request: &Request) -> bool {
+    request.body_length().is_some_and(|n| n >= LARGE_REQUEST)
+}
 
 /// What the request handlers share.
 pub struct App {
@@ -80,20 +84,15 @@ impl Backend {
             current: RwLock::new(current),
         });
         let (large, queued) = std::sync::mpsc::channel::<Request>();
-        let queued = Arc::new(std::sync::Mutex::new(queued));
-        for i in 0..LARGE_LANE {
-            let (queued, app) = (Arc::clone(&queued), Arc::clone(&app));
-            std::thread::Builder::new()
-                .name(format!("http-large-{i}"))
-                .spawn(move || loop {
-                    let next = queued.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                    match next {
-                        Ok(request) => handle(request, &app),
-                        Err(_) => return,
-                    }
-                })
-                .map_err(|e| format!("cannot start a request thread: {e}"))?;
-        }
+        let lane_app = Arc::clone(&app);
+        std::thread::Builder::new()
+            .name("http-large".into())
+            .spawn(move || {
+                for request in queued {
+                    handle(request, &lane_app);
+                }
+            })
+            .map_err(|e| format!("cannot start a request thread: {e}"))?;
         for i in 0..workers.max(1) {
             let (backend, app, large) = (Arc::clone(&backend), Arc::clone(&app), large.clone());
             std::thread::Builder::new()
@@ -160,7 +159,7 @@ impl Backend {
                 Duration::from_secs(1)
             };
             match server.recv_timeout(wait) {
-                Ok(Some(request)) if request.body_length().is_some_and(|n| n >= LARGE_REQUEST) => {
+                Ok(Some(request)) if is_large(&request) => {
                     if let Err(back) = large.send(request) {
                         handle(back.0, &app);
                     }
@@ -250,7 +249,7 @@ fn handle(mut request: Request, app: &App) {
     };
     let code = response.status_code().0;
     app.metrics.inc(&metrics::REQUESTS, [&code.to_string()]);
-    let large = request.body_length().is_some_and(|n| n >= LARGE_REQUEST);
+    let large = is_large(&request);
     if let Err(e) = request.respond(response) {
         app.metrics.inc(&metrics::ERRORS, ["respond"]);
         log::debug!(error:% = e; "client went away before the response was sent");
