@@ -22,7 +22,6 @@
 //! 3 reads the copy back through a bounded decompressor and compares the SHA-256 of what comes
 //! out, where the server does not prove it verifies `Content-MD5`.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -31,7 +30,6 @@ use lifeboat::s3::multipart::Uploaded;
 use lifeboat::s3::trust::Trust;
 use lifeboat::s3::{Client, Credentials, Location};
 use lifeboat::secret::Secret;
-use ring::digest;
 use serde::{Deserialize, Serialize};
 
 use crate::gzip::{self, Compression};
@@ -156,19 +154,11 @@ pub fn parse_result(log: &str) -> Result<Exported, String> {
 
 /// The hex SHA-256 and size of a file, read once.
 pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut f = std::fs::File::open(path)?;
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        ctx.update(&buf[..n]);
-    }
-    Ok((lifeboat::s3::sigv4::hex(ctx.finish().as_ref()), total))
+    // Read 1 MiB at a time, as the export's other passes over the file do.
+    let file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    let mut hashing = gzip::Hashing::new(file);
+    std::io::copy(&mut hashing, &mut std::io::sink())?;
+    Ok((hashing.sha256(), hashing.total))
 }
 
 /// The keys from the environment (the Job sets them from the Secret).
