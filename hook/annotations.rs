@@ -10,6 +10,8 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use crate::replica::Raw;
+pub use crate::replica::{Kind, Target};
 pub use crate::values::*;
 
 /// The prefix of every annotation when no VARIANT is set.
@@ -41,6 +43,9 @@ pub const KEYS: &[&str] = &[
     "snapshot-interval",
     "retention",
     "validation-interval",
+    "type",
+    "account",
+    "host-key",
 ];
 
 /// The marker annotation (after `<prefix>/`) put on every Pod the hook injected.
@@ -53,11 +58,16 @@ pub struct Defaults {
     pub image: String,
     /// The image of the hook itself, which writes the Litestream config (`hook write-config`).
     pub hook_image: String,
-    pub bucket: String,
-    pub secret: String,
-    pub storage: String,
+    /// The default replica target: its type, and the values of its annotations that Pods of
+    /// that type inherit (a Pod of another type gives its own).
+    pub kind: Kind,
+    pub bucket: Option<String>,
     pub endpoint: Option<String>,
     pub region: Option<String>,
+    pub account: Option<String>,
+    pub host_key: Option<String>,
+    pub secret: String,
+    pub storage: String,
     /// Whether the replicate sidecar is a native sidecar (init container, `restartPolicy: Always`).
     pub native_sidecar: bool,
     /// Requests and limits of each injected container.
@@ -111,11 +121,14 @@ impl Default for Defaults {
             image: "litestream/litestream:0.5.17".into(),
             // No sensible default: `main` requires HOOK_IMAGE.
             hook_image: String::new(),
-            bucket: "litestream".into(),
-            secret: "litestream-hook-secret".into(),
-            storage: "1Gi".into(),
+            kind: Kind::S3,
+            bucket: Some("litestream".into()),
             endpoint: None,
             region: None,
+            account: None,
+            host_key: None,
+            secret: "litestream-hook-secret".into(),
+            storage: "1Gi".into(),
             native_sidecar: true,
             resources: Resources::builtin(),
             tuning: Default::default(),
@@ -129,12 +142,12 @@ pub struct Settings {
     /// The emptyDir `sizeLimit` of the database volume (a Kubernetes quantity).
     pub storage: String,
     pub image: String,
-    pub bucket: String,
+    /// Where the replicas go (the `type` and its annotations).
+    pub target: Target,
+    /// The Secret with the target's credentials (`Kind::env_keys`, or the SSH key).
     pub secret: String,
     /// Absolute paths of the SQLite databases, at least one, no duplicates.
     pub paths: Vec<String>,
-    pub endpoint: Option<String>,
-    pub region: Option<String>,
     /// Leading folders of every replica path in the bucket.
     pub prefix: Option<String>,
     /// Overrides the owner-derived name in replica paths.
@@ -208,13 +221,11 @@ pub fn parse(
 
     let storage = reader.or("storage", &defaults.storage, check_quantity)?;
     let image = reader.or("image", &defaults.image, check_image)?;
-    let bucket = reader.or("bucket", &defaults.bucket, check_bucket)?;
+    let target = target(&reader, defaults)?;
     let secret = reader.or("secret", &defaults.secret, check_dns_subdomain)?;
     let paths_raw = reader.or("path", "/mnt/litestream.db", |_| Ok(()))?;
     let paths = parse_paths(&paths_raw).map_err(|m| reader.deny("path", &m))?;
     let replica_paths = replica_paths(&reader, &paths)?;
-    let endpoint = reader.optional("endpoint", defaults.endpoint.as_deref(), check_endpoint)?;
-    let region = reader.optional("region", defaults.region.as_deref(), check_region)?;
     let prefix_value = reader.optional("prefix", None, check_replica_segments)?;
     let name = reader.optional("name", None, check_replica_segments)?;
     let tuning = tuning(&reader, &defaults.tuning)?;
@@ -241,11 +252,9 @@ pub fn parse(
     Ok(Some(Settings {
         storage,
         image,
-        bucket,
+        target,
         secret,
         paths,
-        endpoint,
-        region,
         prefix: prefix_value,
         name,
         replica_paths,
@@ -253,6 +262,51 @@ pub fn parse(
         native_sidecar,
         resources,
     }))
+}
+
+/// The replica target: `type` (or the default type), then that type's annotations, each
+/// falling back to the cluster default only when the type is the default type.
+fn target(reader: &Reader<'_>, defaults: &Defaults) -> Result<Target, Denial> {
+    let kind = match reader.get("type")? {
+        None | Some("") => defaults.kind,
+        Some(v) => Kind::parse(v).map_err(|m| reader.deny("type", &format!("{m}, got {}", quote(v))))?,
+    };
+    let inherit = kind == defaults.kind;
+    let value = |key: &str, default: &Option<String>| -> Result<Option<String>, Denial> {
+        Ok(match reader.get(key)? {
+            Some("") => None,
+            Some(v) => Some(v.to_string()),
+            None if inherit => default.clone(),
+            None => None,
+        })
+    };
+    let bucket = value("bucket", &defaults.bucket)?;
+    let endpoint = value("endpoint", &defaults.endpoint)?;
+    let region = value("region", &defaults.region)?;
+    let account = value("account", &defaults.account)?;
+    let host_key = value("host-key", &defaults.host_key)?;
+    let raw = Raw {
+        kind,
+        bucket: bucket.as_deref(),
+        endpoint: endpoint.as_deref(),
+        region: region.as_deref(),
+        account: account.as_deref(),
+        host_key: host_key.as_deref(),
+    };
+    crate::replica::check(&raw).map_err(|(key, message)| {
+        let given = match key {
+            "bucket" => raw.bucket,
+            "endpoint" => raw.endpoint,
+            "region" => raw.region,
+            "account" => raw.account,
+            _ => raw.host_key,
+        };
+        let message = match given {
+            Some(v) => format!("{message}, got {}", quote(v)),
+            None => message,
+        };
+        reader.deny(key, &message)
+    })
 }
 
 /// The Litestream settings of `litestream_settings::SETTINGS`, each its annotation or its default.
@@ -447,10 +501,16 @@ mod tests {
     fn defaults_apply_when_only_inject_is_set() {
         let s = parse_pairs(&[("inject", "true")]).unwrap().unwrap();
         assert_eq!(s.storage, "1Gi");
-        assert_eq!(s.bucket, "litestream");
+        assert_eq!(
+            s.target,
+            Target::S3 {
+                bucket: "litestream".into(),
+                endpoint: None,
+                region: None
+            }
+        );
         assert_eq!(s.secret, "litestream-hook-secret");
         assert_eq!(s.paths, ["/mnt/litestream.db"]);
-        assert_eq!(s.endpoint, None);
         assert!(s.native_sidecar);
     }
 
@@ -491,6 +551,49 @@ mod tests {
             assert_eq!(err.annotation, format!("{BASE_PREFIX}/{key}"), "{key}={value:?}: {err}");
             assert!(err.to_string().contains(&format!("{BASE_PREFIX}/{key}")), "{err}");
         }
+    }
+
+    #[test]
+    fn a_pod_of_another_type_than_the_default_inherits_none_of_its_values() {
+        const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDZOX30WY177glSjMKCtb9Bumn1CQNjV3u9PhVkxpSpw";
+        let defaults = Defaults {
+            endpoint: Some("https://s3.example.com".into()),
+            region: Some("eu-west-1".into()),
+            ..Defaults::default()
+        };
+        let a = annotations(&[
+            ("inject", "true"),
+            ("type", "sftp"),
+            ("endpoint", "sftp://backup@h:2022"),
+            ("host-key", KEY),
+        ]);
+        let s = parse(Some(&a), BASE_PREFIX, &defaults).unwrap().unwrap();
+        assert_eq!(s.target.kind(), Kind::Sftp);
+        // Azure: the default bucket and endpoint (S3's) are not taken over.
+        let a = annotations(&[("inject", "true"), ("type", "abs"), ("account", "acct")]);
+        let err = parse(Some(&a), BASE_PREFIX, &defaults).unwrap_err();
+        assert_eq!(err.annotation, format!("{BASE_PREFIX}/bucket"), "{err}");
+        assert!(err.message.contains("required for type abs"), "{err}");
+        // A Pod of the default type inherits them.
+        let sftp_defaults = Defaults {
+            kind: Kind::Sftp,
+            bucket: None,
+            endpoint: Some("sftp://backup@h".into()),
+            host_key: Some(KEY.into()),
+            ..Defaults::default()
+        };
+        let s = parse_pairs_with(&[("inject", "true")], &sftp_defaults)
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.target.fields("n/a/x.db")["host"], "h:22");
+        let err = parse_pairs_with(&[("inject", "true"), ("type", "gs")], &sftp_defaults).unwrap_err();
+        assert_eq!(err.annotation, format!("{BASE_PREFIX}/type"), "{err}");
+        let err = parse_pairs_with(&[("inject", "true"), ("region", "eu")], &sftp_defaults).unwrap_err();
+        assert!(err.message.contains("not used by type sftp"), "{err}");
+    }
+
+    fn parse_pairs_with(pairs: &[(&str, &str)], defaults: &Defaults) -> Result<Option<Settings>, Denial> {
+        parse(Some(&annotations(pairs)), BASE_PREFIX, defaults)
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub fn read_injection(mut env: Env) -> (Env, Option<String>, Defaults) {
         env.parse_with(var, default.to_string(), |v| check(v).map(|_| v.to_string()))
     };
     let image = checked(&mut env, "LITESTREAM_IMAGE", &builtin.image, annotations::check_image);
-    let bucket = checked(&mut env, "DEFAULT_BUCKET", &builtin.bucket, annotations::check_bucket);
+    let kind = env.parse_or("DEFAULT_TYPE", builtin.kind.name(), annotations::Kind::parse);
     let secret = checked(
         &mut env,
         "DEFAULT_SECRET",
@@ -55,12 +55,16 @@ pub fn read_injection(mut env: Env) -> (Env, Option<String>, Defaults) {
         &builtin.storage,
         annotations::check_quantity,
     );
-    let endpoint = env.parse_with("DEFAULT_ENDPOINT", None, |v| {
-        annotations::check_endpoint(v).map(|_| Some(v.to_string()))
-    });
-    let region = env.parse_with("DEFAULT_REGION", None, |v| {
-        annotations::check_region(v).map(|_| Some(v.to_string()))
-    });
+    // The default target's values; checked together below, by the rule of its type.
+    let bucket = env.string_or("DEFAULT_BUCKET", builtin.bucket.as_deref().unwrap_or_default());
+    let bucket = (kind != annotations::Kind::Sftp || env.is_set("DEFAULT_BUCKET")).then_some(bucket);
+    let [endpoint, region, account, host_key] = [
+        "DEFAULT_ENDPOINT",
+        "DEFAULT_REGION",
+        "DEFAULT_ACCOUNT",
+        "DEFAULT_HOST_KEY",
+    ]
+    .map(|var| env.optional(var));
     let native_sidecar = env.bool("NATIVE_SIDECAR", true);
     // Requests and limits of injected containers; `none` leaves one out.
     let quantity = |env: &mut Env, var: &str, default: Option<String>, check: fn(&str) -> Result<f64, String>| {
@@ -105,14 +109,34 @@ pub fn read_injection(mut env: Env) -> (Env, Option<String>, Defaults) {
         tuning,
         image,
         hook_image,
+        kind,
         bucket,
-        secret,
-        storage,
         endpoint,
         region,
+        account,
+        host_key,
+        secret,
+        storage,
         native_sidecar,
         resources,
     };
+    // A value the default type would refuse is a problem; one it needs but lacks is not
+    // (Pods then give it).
+    let d = &defaults;
+    let raw = crate::replica::Raw {
+        kind,
+        bucket: d.bucket.as_deref(),
+        endpoint: d.endpoint.as_deref(),
+        region: d.region.as_deref(),
+        account: d.account.as_deref(),
+        host_key: d.host_key.as_deref(),
+    };
+    if let Err((key, message)) = crate::replica::check(&raw) {
+        let var = format!("DEFAULT_{}", key.to_uppercase().replace('-', "_"));
+        if env.is_set(&var) {
+            env.problem(&var, format!("{message} (DEFAULT_TYPE is {})", kind.name()));
+        }
+    }
     (env, variant, defaults)
 }
 

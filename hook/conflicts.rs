@@ -57,7 +57,7 @@ pub fn check_conflicts(
     let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
     for volume in volumes.map_or(&[][..], |v| &v.items) {
         let name = volume.name.as_deref().unwrap_or("");
-        if name == names.data_volume || name == names.config_volume {
+        if name == names.data_volume || name == names.config_volume || name == names.ssh_volume {
             return Err(whole(format!(
                 "the Pod already has a volume named {name:?}, which this hook adds"
             )));

@@ -19,15 +19,16 @@
 //! (user, security context, resources) and what is worth a warning is in `run`.
 
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, SecretKeySelector, Volume, VolumeMount,
+    Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath, SecretKeySelector, SecretVolumeSource, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::{json, Value};
 
-use crate::annotations::{dir_name, Denial, Settings, MARKER};
+use crate::annotations::{dir_name, Denial, Kind, Settings, MARKER};
 use crate::litestream_config::{self, CONFIG_ENV};
 use crate::pod::{Metadata, Pod, Spec};
-use crate::{conflicts, run};
+use crate::{conflicts, replica, run};
 
 /// Where the config volume is mounted in the injected containers.
 pub const CONFIG_DIR: &str = "/etc/litestream-hook";
@@ -38,6 +39,8 @@ pub const CONFIG_FILE: &str = "/etc/litestream-hook/litestream.yml";
 pub struct Names {
     pub data_volume: String,
     pub config_volume: String,
+    /// The SSH key from the Secret (SFTP replicas only).
+    pub ssh_volume: String,
     pub config_container: String,
     pub restore_prefix: String,
     pub replicate_container: String,
@@ -52,6 +55,7 @@ impl Names {
         Names {
             data_volume: format!("{base}-data"),
             config_volume: format!("{base}-config"),
+            ssh_volume: format!("{base}-ssh"),
             config_container: format!("{base}-config"),
             restore_prefix: format!("{base}-restore-"),
             replicate_container: format!("{base}-replicate"),
@@ -301,24 +305,39 @@ fn containers(
     };
     let mut litestream_mounts = data_mounts.clone();
     litestream_mounts.push(config_mount.clone());
-    let credentials = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"].map(|key| EnvVar {
-        name: key.into(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: settings.secret.clone(),
-                key: key.into(),
-                optional: None,
+    if settings.target.kind() == Kind::Sftp {
+        // Inside the config folder: mounted after it, and no database can be there.
+        litestream_mounts.push(VolumeMount {
+            name: names.ssh_volume.clone(),
+            mount_path: replica::SSH_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    let credentials: Vec<EnvVar> = settings
+        .target
+        .kind()
+        .env_keys()
+        .iter()
+        .map(|&key| EnvVar {
+            name: key.into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: settings.secret.clone(),
+                    key: key.into(),
+                    optional: None,
+                }),
+                ..EnvVarSource::default()
             }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    });
+            ..EnvVar::default()
+        })
+        .collect();
     let litestream = |name: String, args: &[&str]| Container {
         name,
         image: Some(settings.image.clone()),
         image_pull_policy: Some("IfNotPresent".into()),
         args: Some(args.iter().map(|a| escape_expansion(a)).collect()),
-        env: Some(credentials.to_vec()),
+        env: (!credentials.is_empty()).then(|| credentials.clone()),
         volume_mounts: Some(litestream_mounts.clone()),
         security_context: Some(security.clone()),
         resources: Some(resources.clone()),
@@ -409,9 +428,12 @@ fn operations(
             }),
             ..Volume::default()
         },
-    ]
-    .map(to_value);
-    append(&mut ops, spec.volumes.is_some(), "/spec/volumes", volumes.to_vec());
+    ];
+    let mut volumes: Vec<Value> = volumes.into_iter().map(to_value).collect();
+    if settings.target.kind() == Kind::Sftp {
+        volumes.push(to_value(ssh_volume(&names.ssh_volume, &settings.secret)));
+    }
+    append(&mut ops, spec.volumes.is_some(), "/spec/volumes", volumes);
     let data_mounts: Vec<Value> = built.data_mounts.into_iter().map(to_value).collect();
     for (field, list) in [
         ("containers", pod.containers()),
@@ -441,6 +463,25 @@ fn operations(
         built.sidecars.into_iter().map(to_value).collect(),
     );
     ops
+}
+
+/// The Secret's SSH key as a file. Mode 0444: Secret files belong to root (and the Pod's
+/// fsGroup, if any), and the Litestream containers run as a non-root user; only they mount it.
+fn ssh_volume(name: &str, secret: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            items: Some(vec![KeyToPath {
+                key: replica::SSH_KEY.into(),
+                path: replica::SSH_KEY_FILE.into(),
+                mode: None,
+            }]),
+            default_mode: Some(0o444),
+            optional: None,
+        }),
+        ..Volume::default()
+    }
 }
 
 fn to_value<T: serde::Serialize>(v: T) -> Value {
@@ -480,11 +521,13 @@ mod tests {
         Settings {
             storage: d.storage,
             image: d.image,
-            bucket: d.bucket,
+            target: crate::replica::Target::S3 {
+                bucket: d.bucket.unwrap(),
+                endpoint: None,
+                region: None,
+            },
             secret: d.secret,
             paths: paths.iter().map(|p| p.to_string()).collect(),
-            endpoint: None,
-            region: None,
             prefix: None,
             name: None,
             replica_paths: Vec::new(),

@@ -19,33 +19,15 @@ use crate::replica_paths;
 /// The environment variable carrying the config into the `write-config` init container.
 pub const CONFIG_ENV: &str = "LIFEBOAT_LITESTREAM_CONFIG";
 
-/// Region used with a custom endpoint when none is given (S3-compatible servers ignore it).
-const ENDPOINT_REGION: &str = "us-east-1";
-
-/// The Litestream config (`dbs` with one S3 replica each) for `settings`; `replicas` are the
-/// replica paths in the bucket, one per database in `settings.paths` order
-/// (`replica_paths::resolve`).
+/// The Litestream config (`dbs` with one replica each, of `settings.target`); `replicas` are
+/// the replica paths, one per database in `settings.paths` order (`replica_paths::resolve`).
 pub fn build(settings: &Settings, replicas: &[String]) -> Value {
     let dbs: Vec<Value> = settings
         .paths
         .iter()
         .zip(replicas)
         .map(|(path, replica_path)| {
-            let mut replica = Map::new();
-            replica.insert("type".into(), json!("s3"));
-            replica.insert("bucket".into(), json!(settings.bucket));
-            replica.insert("path".into(), json!(replica_path));
-            if let Some(endpoint) = &settings.endpoint {
-                replica.insert("endpoint".into(), json!(endpoint));
-                replica.insert("force-path-style".into(), json!(true));
-            }
-            let region = settings
-                .region
-                .as_deref()
-                .or(settings.endpoint.as_ref().map(|_| ENDPOINT_REGION));
-            if let Some(region) = region {
-                replica.insert("region".into(), json!(region));
-            }
+            let mut replica = settings.target.fields(replica_path);
             crate::litestream_settings::apply_replica(&settings.tuning, &mut replica);
             json!({ "path": path, "replica": replica })
         })
@@ -96,11 +78,13 @@ mod tests {
         Settings {
             storage: "1Gi".into(),
             image: "litestream/litestream:0.5.17".into(),
-            bucket: "b".into(),
+            target: crate::replica::Target::S3 {
+                bucket: "b".into(),
+                endpoint: Some("http://s3:9000".into()),
+                region: None,
+            },
             secret: "s".into(),
             paths: vec!["/a/x.db".into(), "/b/y.db".into()],
-            endpoint: Some("http://s3:9000".into()),
-            region: None,
             prefix: None,
             name: None,
             replica_paths: Vec::new(),
@@ -135,7 +119,11 @@ mod tests {
         assert!(write("[]", &file).unwrap_err().contains("dbs"));
         let hostile = "x\"\n$(id)`id`${AWS_SECRET_ACCESS_KEY}";
         let mut s = settings();
-        s.bucket = hostile.into();
+        s.target = crate::replica::Target::S3 {
+            bucket: hostile.into(),
+            endpoint: None,
+            region: None,
+        };
         let raw = build(&s, &replica_paths::resolve(&s, "n/a").unwrap()).to_string();
         write(&raw, &file).unwrap();
         let back: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();

@@ -25,6 +25,7 @@ mod metrics;
 mod offline;
 mod pod;
 mod proxy;
+mod replica;
 mod replica_paths;
 mod run;
 mod tls;
