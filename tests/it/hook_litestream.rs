@@ -15,235 +15,20 @@
 
 use crate::support;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::hook_common::pod_runner::{PodRunner, APP, COUNT};
 use crate::hook_common::*;
 use crate::support::pki::Alg;
 use crate::support::s3::{Flavor, S3Server};
-use crate::support::{tool, wait_for, Proc};
+use crate::support::{tool, wait_for};
 use serde_json::{json, Value};
 
 const ACCESS_KEY: &str = "AKIDHOOKTEST";
 const SECRET_KEY: &str = "hook-test-secret-9f8e7d";
-
-/// Runs a patched Pod's containers as local processes, one mount namespace each.
-struct PodRunner {
-    pod: Value,
-    /// Volume name → folder on this machine (the node's emptyDir).
-    volumes: HashMap<String, PathBuf>,
-    /// (secret name, key) → value.
-    secrets: HashMap<(String, String), String>,
-    /// Where container roots and specs go.
-    dir: PathBuf,
-    /// Containers started so far (names their roots).
-    runs: std::cell::Cell<usize>,
-}
-
-impl PodRunner {
-    fn new(pod: Value, root: &Path, secret: &str) -> PodRunner {
-        let mut volumes = HashMap::new();
-        for v in pod["spec"]["volumes"].as_array().unwrap() {
-            let name = v["name"].as_str().unwrap().to_string();
-            if v.get("emptyDir").is_some() {
-                volumes.insert(name.clone(), root.join(format!("volume-{name}")));
-            }
-        }
-        let secrets = HashMap::from([
-            (
-                (secret.to_string(), "AWS_ACCESS_KEY_ID".to_string()),
-                ACCESS_KEY.to_string(),
-            ),
-            (
-                (secret.to_string(), "AWS_SECRET_ACCESS_KEY".to_string()),
-                SECRET_KEY.to_string(),
-            ),
-        ]);
-        let dir = root.join("containers");
-        std::fs::create_dir_all(&dir).unwrap();
-        PodRunner {
-            pod,
-            volumes,
-            secrets,
-            dir,
-            runs: Default::default(),
-        }
-    }
-
-    /// Fresh, empty emptyDir volumes (a new Pod on a new node).
-    fn empty_volumes(&self) {
-        for dir in self.volumes.values() {
-            let _ = std::fs::remove_dir_all(dir);
-            std::fs::create_dir_all(dir).unwrap();
-        }
-    }
-
-    /// The process for container `c` running `program` with `argv`: the container helper in a
-    /// new mount namespace, given the container's mounts, env (secretKeyRef from the fake
-    /// Secret, `$(VAR)` expanded as the kubelet does) and read-only root.
-    fn container(&self, c: &Value, program: &Path, argv: Vec<String>, env: Vec<(String, String)>) -> Command {
-        let mut mounts = Vec::new();
-        for m in c["volumeMounts"].as_array().into_iter().flatten() {
-            let Some(volume) = self.volumes.get(m["name"].as_str().unwrap()) else {
-                continue; // the service-account token: not needed here
-            };
-            let source = match m["subPath"].as_str() {
-                Some(sub) => volume.join(sub),
-                None => volume.clone(),
-            };
-            std::fs::create_dir_all(&source).unwrap(); // as the kubelet does for a subPath
-            mounts.push(json!({"source": source, "target": m["mountPath"], "readOnly": m["readOnly"] == true}));
-        }
-        let n = self.runs.get();
-        self.runs.set(n + 1);
-        let name = c["name"].as_str().unwrap();
-        let program = program.canonicalize().unwrap();
-        let mut env_map: serde_json::Map<String, Value> = serde_json::Map::new();
-        env_map.insert("PATH".into(), json!("/usr/local/bin:/usr/bin:/bin"));
-        env_map.insert("HOME".into(), json!("/root"));
-        for (k, v) in env {
-            env_map.insert(k, json!(v));
-        }
-        let spec = json!({
-            "root": self.dir.join(format!("{n}-{name}")),
-            "host_paths": [program.parent().unwrap()],
-            "mounts": mounts,
-            "workdir": "/",
-            "readOnlyRoot": c["securityContext"]["readOnlyRootFilesystem"] == true,
-            "program": program,
-            "argv": argv,
-            "env": env_map,
-        });
-        let spec_file = self.dir.join(format!("{n}-{name}.json"));
-        std::fs::write(&spec_file, spec.to_string()).unwrap();
-        let mut cmd = Command::new("unshare");
-        cmd.env_clear()
-            .args(["--mount", "--propagation", "private", "/usr/bin/python3", "-I"])
-            .arg(support::root().join("tests/py/process_container.py"))
-            .arg(&spec_file)
-            .current_dir("/");
-        cmd
-    }
-
-    /// An injected container: image → program, args and env as the kubelet passes them.
-    fn command(&self, c: &Value) -> Command {
-        let image = c["image"].as_str().unwrap();
-        let (program, name): (PathBuf, &str) = if image == HOOK_IMAGE {
-            (PathBuf::from(env!("CARGO_BIN_EXE_hook")), "hook")
-        } else {
-            assert!(
-                image.starts_with("litestream/litestream:0.5."),
-                "unexpected image {image}"
-            );
-            (tool("litestream"), "litestream")
-        };
-        // Env values first (each may refer to the ones before it), then args, both through
-        // the kubelet's $(VAR) expansion.
-        let mut env: Vec<(String, String)> = Vec::new();
-        for e in c["env"].as_array().into_iter().flatten() {
-            let name = e["name"].as_str().unwrap();
-            let value = match e.get("value") {
-                Some(v) => {
-                    let defined = env.clone();
-                    kube_expand(v.as_str().unwrap(), &|n| {
-                        defined.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())
-                    })
-                }
-                None => {
-                    let r = &e["valueFrom"]["secretKeyRef"];
-                    let key = (
-                        r["name"].as_str().unwrap().to_string(),
-                        r["key"].as_str().unwrap().to_string(),
-                    );
-                    self.secrets
-                        .get(&key)
-                        .unwrap_or_else(|| panic!("no secret {key:?}"))
-                        .clone()
-                }
-            };
-            env.push((name.to_string(), value));
-        }
-        let mut argv = vec![name.to_string()];
-        for arg in c["args"].as_array().unwrap() {
-            argv.push(kube_expand(arg.as_str().unwrap(), &|n| {
-                env.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())
-            }));
-        }
-        self.container(c, &program, argv, env)
-    }
-
-    /// The app container (the Pod's first) running python `code` with `args`, to its end; its stdout.
-    fn app(&self, code: &str, args: &[&str]) -> String {
-        let c = &self.pod["spec"]["containers"][0];
-        let mut argv = vec!["python3".to_string(), "-c".into(), code.into()];
-        argv.extend(args.iter().map(|a| a.to_string()));
-        let out = self
-            .container(c, Path::new("/usr/bin/python3"), argv, Vec::new())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "app failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    }
-
-    /// The sidecar's log file (appended).
-    fn log(&self) -> std::fs::File {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("sidecar.log"))
-            .unwrap()
-    }
-
-    /// Runs the init containers in order; returns the sidecar (native or not), started.
-    fn start(&self) -> Option<Proc> {
-        let mut sidecar = None;
-        for c in self.pod["spec"]["initContainers"].as_array().unwrap() {
-            let name = c["name"].as_str().unwrap();
-            let mut cmd = self.command(c);
-            if c["restartPolicy"] == "Always" {
-                cmd.stdout(self.log()).stderr(self.log());
-                sidecar = Some(Proc::spawn(name, cmd));
-                continue;
-            }
-            let out = cmd.output().unwrap_or_else(|e| panic!("{name}: {e}"));
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(out.status.success(), "init container {name} failed: {stderr}");
-            assert!(!stderr.contains(SECRET_KEY), "{name} logged the secret");
-        }
-        for c in self.pod["spec"]["containers"].as_array().unwrap() {
-            if c["name"].as_str().unwrap().contains("litestream-hook") {
-                let mut cmd = self.command(c);
-                cmd.stdout(self.log()).stderr(self.log());
-                sidecar = Some(Proc::spawn("replicate", cmd));
-            }
-        }
-        sidecar
-    }
-}
-
-const APP: &str = r#"
-import os, sqlite3, sys
-db, start, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-os.makedirs(os.path.dirname(db), exist_ok=True)
-c = sqlite3.connect(db)
-c.execute("pragma journal_mode=wal")
-c.execute("create table if not exists t (id integer primary key, v text)")
-c.executemany("insert into t (id, v) values (?, ?)", [(i, "row %d" % i) for i in range(start, start + n)])
-c.commit()
-print(c.execute("select count(*), coalesce(sum(id), 0) from t").fetchone())
-"#;
-
-const COUNT: &str = r#"
-import sqlite3, sys
-c = sqlite3.connect("file:%s?mode=ro" % sys.argv[1], uri=True)
-print(c.execute("select count(*), coalesce(sum(id), 0) from t").fetchone())
-"#;
+const S3_SECRET: [(&str, &str); 2] = [("AWS_ACCESS_KEY_ID", ACCESS_KEY), ("AWS_SECRET_ACCESS_KEY", SECRET_KEY)];
 
 /// Restores `db` from S3 into a scratch file and counts its rows; None until it is complete.
 fn replicated_rows(runner: &PodRunner, config: &Path, db: &str, scratch: &Path) -> Option<String> {
@@ -311,7 +96,7 @@ fn injected_pod_replicates_and_restores_after_a_restart() {
     let pod = round_trip_pod(&s3);
     let response = hook.review(&review("e2e-1", "shop", "CREATE", pod.clone(), false));
     let patched = apply(&pod, &response);
-    let runner = PodRunner::new(patched.clone(), root.path(), "s3-creds");
+    let runner = PodRunner::new(patched.clone(), root.path(), "s3-creds", &S3_SECRET);
     runner.empty_volumes();
 
     // First start: nothing to restore; restore must succeed without creating the databases.
@@ -389,7 +174,7 @@ fn a_database_not_mounted_into_the_app_is_not_backed_up() {
     let before = app_mounts.len();
     app_mounts.retain(|m| m["name"] != "litestream-hook-data");
     assert_eq!(before - app_mounts.len(), 2, "the hook mounted both database folders");
-    let runner = PodRunner::new(patched, root.path(), "s3-creds");
+    let runner = PodRunner::new(patched, root.path(), "s3-creds", &S3_SECRET);
     runner.empty_volumes();
     let sidecar = runner.start().expect("the replicate sidecar");
     assert_eq!(runner.app(APP, &[DB_A, "0", "100"]), "(100, 4950)");

@@ -11,6 +11,7 @@ mod hook_admission;
 mod hook_cli;
 mod hook_http;
 mod hook_litestream;
+mod hook_replicas;
 mod hook_shutdown;
 mod hook_tls;
 mod log_panics;

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+pub mod pod_runner;
+
 use crate::support::pki::{Alg, Ca, Files};
 use crate::support::{free_port, scrub, temp_dir, tools_bin, wait_for, Proc};
 
