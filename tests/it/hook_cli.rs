@@ -68,6 +68,48 @@ fn a_secret_name_with_a_label_over_63_bytes_is_refused() {
 }
 
 #[test]
+fn the_default_target_is_checked_by_the_rule_of_its_type() {
+    let error_of = |env: &[(&str, &str)]| {
+        let mut cmd = hook();
+        cmd.envs(env.iter().copied());
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(2)); // TLS files and HOOK_IMAGE are missing anyway
+        last_log(&out.stderr)["error"].as_str().unwrap().to_string()
+    };
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDZOX30WY177glSjMKCtb9Bumn1CQNjV3u9PhVkxpSpw";
+    // Values the default type refuses stop the start, named.
+    for (env, var, says) in [
+        (vec![("DEFAULT_TYPE", "gs")], "DEFAULT_TYPE", "\"s3\""),
+        (
+            vec![("DEFAULT_TYPE", "sftp"), ("DEFAULT_REGION", "eu")],
+            "DEFAULT_REGION",
+            "not used by type sftp",
+        ),
+        (
+            vec![("DEFAULT_TYPE", "sftp"), ("DEFAULT_HOST_KEY", "ssh-ed25519 nope")],
+            "DEFAULT_HOST_KEY",
+            "host key",
+        ),
+        (
+            vec![("DEFAULT_TYPE", "abs"), ("DEFAULT_BUCKET", "a.b")],
+            "DEFAULT_BUCKET",
+            "container",
+        ),
+        (vec![("DEFAULT_ENDPOINT", "sftp://u@h")], "DEFAULT_ENDPOINT", "http"),
+    ] {
+        let error = error_of(&env);
+        assert!(
+            error.contains(&format!("{var}: ")) && error.contains(says),
+            "{env:?}: {error}"
+        );
+    }
+    // What a type needs but the defaults lack is asked of each Pod instead; the builtin S3
+    // bucket is no default of an SFTP target.
+    let error = error_of(&[("DEFAULT_TYPE", "sftp"), ("DEFAULT_HOST_KEY", key)]);
+    assert!(!error.contains("DEFAULT_"), "{error}");
+}
+
+#[test]
 fn unreadable_certificates_stop_start_up_naming_the_file() {
     let dir = support::temp_dir("hook-cli");
     let cert = support::write_file(dir.path(), "tls.crt", "not a certificate");
