@@ -77,10 +77,50 @@ struct Conn {
 }
 
 impl Conn {
+    fn new(tcp: TcpStream) -> Conn {
+        Conn {
+            tcp,
+            last_in: AtomicU64::new(0),
+            last_out: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+            watched: AtomicU64::new(0),
+            kicks: AtomicU64::new(0),
+            forwarded: AtomicU64::new(0),
+            state: std::sync::atomic::AtomicU8::new(WAITING_ON_CLIENT),
+            since: AtomicU64::new(framing::to_micros(Instant::now())),
+        }
+    }
+
     fn set_state(&self, state: u8) {
         self.since.store(framing::to_micros(Instant::now()), Ordering::SeqCst);
         self.state.store(state, Ordering::SeqCst);
     }
+
+    /// Whether nothing is under way for the drain: the last bytes were a response, and no
+    /// bytes from the client wait unread on the socket. Bytes that arrived before the drain
+    /// looked belong to a request the client already sent (its pump thread may not have run
+    /// yet on a loaded machine): that request is answered, not cut off.
+    fn idle(&self) -> bool {
+        self.last_out.load(Ordering::SeqCst) >= self.last_in.load(Ordering::SeqCst) && !unread_bytes(&self.tcp)
+    }
+}
+
+/// Whether bytes wait to be read on `tcp`, without reading them and without blocking.
+fn unread_bytes(tcp: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: recv writes at most 1 byte into `byte`, which lives across the call. MSG_PEEK
+    // consumes nothing and MSG_DONTWAIT makes this one call non-blocking without changing the
+    // descriptor's flags, which its pump thread shares.
+    let n = unsafe {
+        libc::recv(
+            tcp.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n > 0
 }
 
 /// Kicks per connection: a client that sends half a request and stops must not make the
@@ -244,7 +284,7 @@ impl Front {
             }
             let late = Instant::now() >= deadline;
             for conn in open {
-                let idle = conn.last_out.load(Ordering::SeqCst) >= conn.last_in.load(Ordering::SeqCst);
+                let idle = conn.idle();
                 if late {
                     let _ = conn.tcp.shutdown(Direction::Both);
                 } else if idle && !conn.closing.swap(true, Ordering::SeqCst) {
@@ -303,17 +343,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, stop: &AtomicBool) 
             return;
         }
         let id = shared.conns.ids.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::new(Conn {
-            tcp: handle,
-            last_in: AtomicU64::new(0),
-            last_out: AtomicU64::new(0),
-            closing: AtomicBool::new(false),
-            watched: AtomicU64::new(0),
-            kicks: AtomicU64::new(0),
-            forwarded: AtomicU64::new(0),
-            state: std::sync::atomic::AtomicU8::new(WAITING_ON_CLIENT),
-            since: AtomicU64::new(framing::to_micros(Instant::now())),
-        });
+        let conn = Arc::new(Conn::new(handle));
         shared
             .conns
             .map
@@ -396,5 +426,37 @@ fn watchdog(shared: &Shared) {
             shared.metrics.inc(&metrics::BACKEND_KICKS, []);
             drop(UnixStream::connect(shared.backend.socket_path()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    #[test]
+    fn a_connection_with_bytes_still_unread_is_not_idle() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let conn = Conn::new(server.try_clone().unwrap());
+        assert!(conn.idle(), "nothing sent yet");
+        // The client sent the start of a request; no pump has read it yet.
+        client.write_all(b"POST /mutate HTTP/1.1\r\n").unwrap();
+        let start = Instant::now();
+        while !unread_bytes(&server) && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!conn.idle(), "bytes the client sent before the drain looked");
+        // Once read (and answered), the connection is idle again.
+        let mut buf = [0u8; 64];
+        let n = server.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"POST /mutate HTTP/1.1\r\n");
+        assert!(conn.idle());
+        conn.last_in.store(2, Ordering::SeqCst);
+        assert!(!conn.idle(), "a request read and not answered");
+        conn.last_out.store(3, Ordering::SeqCst);
+        assert!(conn.idle());
     }
 }
