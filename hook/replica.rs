@@ -293,7 +293,7 @@ const HOST_KEY_TYPES: &[&str] = &[
 /// it: `<algorithm> <base64> [comment]`; returns `<algorithm> <base64>`. The base64 must decode
 /// to a key blob of the same algorithm, as Go checks when it parses it.
 fn host_key(s: &str) -> Result<String, String> {
-    const WHY: &str = "must be the server's public host key, `<algorithm> <base64>` as `ssh-keyscan -t ed25519 HOST` prints it after the host (such as ssh-ed25519 AAAAC3Nz...)";
+    const WHY: &str = "must be the server's public host key, `<algorithm> <base64>` as `ssh-keyscan HOST` prints it after the host (such as ecdsa-sha2-nistp256 AAAAE2Vj...), of the type Go's client asks for first: ECDSA, then RSA, then ed25519";
     if s.len() > 8192 || !yaml_printable(s) {
         return Err(WHY.into());
     }
