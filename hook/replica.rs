@@ -262,7 +262,11 @@ fn sftp_endpoint(url: &str) -> Result<(String, String, Option<String>), String> 
         return Err("must have a user name of letters, digits, '.', '_' and '-' (at most 64)".into());
     }
     // The host and port: reuse the endpoint rule by checking the same authority as an http URL.
-    check_endpoint(&format!("http://{host_port}")).map_err(|m| m.replace("http://", "sftp://"))?;
+    // Its reasons end with S3 examples; an SFTP user gets the SFTP form instead.
+    check_endpoint(&format!("http://{host_port}")).map_err(|m| match m.split_once(", such as ") {
+        Some((reason, _)) => format!("{reason}, {FORM}"),
+        None => m,
+    })?;
     let address = if host_port.ends_with(']') || !host_port.contains(':') {
         format!("{host_port}:22")
     } else {
@@ -447,6 +451,19 @@ mod tests {
             (Some("sftp://u@h/a/../b"), Some(ED25519), "endpoint", "folder"),
             (Some("sftp://u@h?x=1"), Some(ED25519), "endpoint", "query"),
             (Some("sftp://-oProxy@h"), Some(ED25519), "endpoint", "user name"),
+            // The example shown is an SFTP URL, not the S3 endpoint rule's https:// one.
+            (
+                Some("sftp://u@/x"),
+                Some(ED25519),
+                "endpoint",
+                "host, such as sftp://backup@",
+            ),
+            (
+                Some("sftp://u@[::1/x"),
+                Some(ED25519),
+                "endpoint",
+                "host, such as sftp://backup@",
+            ),
             (Some("sftp://u@h"), None, "host-key", "required"),
             (
                 Some("sftp://u@h"),
