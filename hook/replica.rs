@@ -282,15 +282,15 @@ fn sftp_endpoint(url: &str) -> Result<(String, String, Option<String>), String> 
     Ok((user.into(), address, root))
 }
 
-/// The SSH key algorithms Go's `x/crypto/ssh` (Litestream's client) parses as host keys.
+/// The host key algorithms Go's `x/crypto/ssh` client (Litestream's) asks servers for. The
+/// `sk-` (security key) types parse, but no server can present one to it; `ssh-dss` is long
+/// gone from OpenSSH.
 const HOST_KEY_TYPES: &[&str] = &[
     "ssh-ed25519",
     "ecdsa-sha2-nistp256",
     "ecdsa-sha2-nistp384",
     "ecdsa-sha2-nistp521",
     "ssh-rsa",
-    "sk-ssh-ed25519@openssh.com",
-    "sk-ecdsa-sha2-nistp256@openssh.com",
 ];
 
 /// A public host key as `ssh-keyscan`, `known_hosts` (without the host) or a `.pub` file has
@@ -343,7 +343,6 @@ fn key_blob_ok(algorithm: &str, blob: &[u8]) -> bool {
         }
         Some(match algorithm {
             "ssh-ed25519" => string()?.len() == 32,
-            "sk-ssh-ed25519@openssh.com" => string()?.len() == 32 && string().is_some(),
             "ssh-rsa" => {
                 // Go: the exponent odd, from 3 to 24 bits; the modulus a positive number.
                 let (e, n) = (string()?, string()?);
@@ -354,13 +353,8 @@ fn key_blob_ok(algorithm: &str, blob: &[u8]) -> bool {
             }
             _ => {
                 let curve = string()?;
-                let expected = algorithm
-                    .trim_end_matches("@openssh.com")
-                    .rsplit('-')
-                    .next()
-                    .unwrap_or_default();
-                let fine = curve == expected.as_bytes() && ecdsa_point(curve, string()?);
-                fine && (!algorithm.starts_with("sk-") || string().is_some())
+                let expected = algorithm.rsplit('-').next().unwrap_or_default();
+                curve == expected.as_bytes() && ecdsa_point(curve, string()?)
             }
         })
     })();
@@ -541,6 +535,15 @@ mod tests {
         wide.extend_from_slice(&[0, 0, 0, 4, 1, 0, 0, 1]);
         wide.extend_from_slice(&rsa[18..]);
         assert!(host_key(&format!("ssh-rsa {}", b64(&wide))).is_err());
+        // A well-formed security-key (sk-) key: Go's client never asks a server for one, so it
+        // could never match.
+        let mut sk = Vec::new();
+        for field in [&b"sk-ssh-ed25519@openssh.com"[..], &[9; 32], b"ssh:"] {
+            sk.extend_from_slice(&(field.len() as u32).to_be_bytes());
+            sk.extend_from_slice(field);
+        }
+        let m = host_key(&format!("sk-ssh-ed25519@openssh.com {}", b64(&sk))).unwrap_err();
+        assert!(m.contains("the algorithm must be one of"), "{m}");
     }
 
     #[test]
