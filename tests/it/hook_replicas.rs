@@ -20,11 +20,12 @@ use crate::support::{self, free_port, tool, wait_for, wait_for_port, Proc};
 
 const DB: &str = "/var/lib/app/main.db";
 
-/// An ed25519 key pair made by `ssh-keygen` in `dir`: (private key file, public key line).
-fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+/// A key pair of type `alg` (`ed25519`, `ecdsa`, `rsa`) made by `ssh-keygen` in `dir`:
+/// (private key file, public key line).
+fn keygen(dir: &Path, name: &str, alg: &str) -> (PathBuf, String) {
     let file = dir.join(name);
     let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .args(["-q", "-t", alg, "-N", "", "-C", name, "-f"])
         .arg(&file)
         .output()
         .expect("ssh-keygen (openssh-client)");
@@ -33,17 +34,18 @@ fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
     (file, public.trim().to_string())
 }
 
-/// `rclone serve sftp` over `root` on 127.0.0.1:`port`, with `host_key` and one authorized
+/// `rclone serve sftp` over `root` on 127.0.0.1:`port`, with `host_keys` and one authorized
 /// client key.
-fn serve_sftp(root: &Path, port: u16, host_key: &Path, authorized: &Path, log: &Path) -> Proc {
+fn serve_sftp(root: &Path, port: u16, host_keys: &[&Path], authorized: &Path, log: &Path) -> Proc {
     std::fs::create_dir_all(root).unwrap();
     let mut cmd = Command::new(tool("rclone"));
     support::scrub(&mut cmd);
     cmd.args(["serve", "sftp", "--config", "/dev/null", "--user", "backup", "--addr"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--key")
-        .arg(host_key)
-        .arg("--authorized-keys")
+        .arg(format!("127.0.0.1:{port}"));
+    for key in host_keys {
+        cmd.arg("--key").arg(key);
+    }
+    cmd.arg("--authorized-keys")
         .arg(authorized)
         .arg(root)
         .stdout(Stdio::null())
@@ -80,14 +82,24 @@ fn replicated_rows(config: &Path, key: &Path, scratch: &Path) -> Option<String> 
 fn sftp_replica_round_trip_and_a_server_with_another_host_key_is_refused() {
     let dir = support::temp_dir("sftp");
     let d = dir.path();
-    let (host_key, host_pub) = keygen(d, "host");
-    let (client_key, client_pub) = keygen(d, "client");
-    let (impostor_key, _) = keygen(d, "impostor");
+    // The host keys of a stock OpenSSH server; Go's client asks for the ECDSA one, which is
+    // the one the docs say to give (its ed25519 key would fail with "host key mismatch").
+    let (host_ecdsa, host_pub) = keygen(d, "host-ecdsa", "ecdsa");
+    let (host_ed25519, _) = keygen(d, "host-ed25519", "ed25519");
+    let (host_rsa, _) = keygen(d, "host-rsa", "rsa");
+    let (client_key, client_pub) = keygen(d, "client", "ed25519");
+    let (impostor_key, _) = keygen(d, "impostor", "ecdsa");
     let authorized = d.join("authorized_keys");
     std::fs::write(&authorized, format!("{client_pub}\n")).unwrap();
     let port = free_port();
     let served = d.join("served");
-    let server = serve_sftp(&served, port, &host_key, &authorized, &d.join("sftp.log"));
+    let server = serve_sftp(
+        &served,
+        port,
+        &[&host_ed25519, &host_ecdsa, &host_rsa],
+        &authorized,
+        &d.join("sftp.log"),
+    );
 
     let setup = Setup::new(Alg::EcdsaP256);
     let hook = start(&setup, &[]);
@@ -135,7 +147,7 @@ fn sftp_replica_round_trip_and_a_server_with_another_host_key_is_refused() {
 
     // Someone else answers at the address (same files, another host key): the restore refuses
     // it, so the Pod stays in Init instead of starting on an empty or foreign database.
-    let impostor = serve_sftp(&served, port, &impostor_key, &authorized, &d.join("impostor.log"));
+    let impostor = serve_sftp(&served, port, &[&impostor_key], &authorized, &d.join("impostor.log"));
     runner.empty_volumes();
     let Err((failed, stderr)) = runner.try_start() else {
         panic!("the Pod started against a server with another host key");
