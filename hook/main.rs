@@ -17,6 +17,7 @@ mod config;
 mod conflicts;
 mod fds;
 mod framing;
+mod host_key;
 mod http;
 mod inject;
 mod litestream_config;
