@@ -383,3 +383,82 @@ def test_colliding_replica_paths_are_denied_through_the_real_chain(kube_plane, k
         assert err.value.status == 400, err.value.body
         assert f"{PREFIX}/replica-path" in err.value.body["message"], (value, err.value.body)
         assert not admin.exists(ns_path(kube_ns, "pods", "bad"))
+
+
+def keygen(folder: Path, name: str, kind: str) -> tuple[Path, str]:
+    """A key pair made by ssh-keygen: (private key file, public key line)."""
+    key = folder / name
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", name, "-f", str(key)], check=True, timeout=30)
+    return key, key.with_suffix(".pub").read_text().strip()
+
+
+@pytest.fixture
+def sftp(tmp_path, tools_bin):
+    """`rclone serve sftp` over a folder, with an ECDSA host key and one authorized client key."""
+    keys = tmp_path / "ssh"
+    keys.mkdir()
+    host_key, host_pub = keygen(keys, "host", "ecdsa")
+    client_key, client_pub = keygen(keys, "client", "ed25519")
+    (keys / "authorized_keys").write_text(client_pub + "\n")
+    root = tmp_path / "sftp"
+    root.mkdir()
+    [port] = free_ports(1)
+    proc = subprocess.Popen([str(tools_bin / "rclone"), "serve", "sftp", "--config", "/dev/null", "--user", "backup",
+                             "--addr", f"127.0.0.1:{port}", "--key", str(host_key), "--authorized-keys",
+                             str(keys / "authorized_keys"), str(root)],
+                            env=scrubbed_env({}), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        import socket
+
+        def listening():
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+        wait_for(lambda: proc.poll() is None and listening(), 30, "rclone serve sftp")
+        yield {"endpoint": f"sftp://backup@127.0.0.1:{port}/pods", "host_key": host_pub, "root": root,
+               "client_key": client_key}
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def test_an_sftp_replica_round_trip_through_the_real_api_and_node(
+        kube_plane, kube_node, kube_ns, webhook, sftp, tools_bin, bin_dir, tmp_path):
+    """`type: sftp` through the real chain: the apiserver admits and stores the patched Pod with
+    its Secret volume; the node runs every container as the Pod's non-root user (1000), so the
+    SSH key file must be readable to it; the rows come back after the Pod is recreated."""
+    admin = kube_plane.admin
+    prepare_node(admin, kube_node, kube_ns, tools_bin, bin_dir)
+    admin.create(ns_path(kube_ns, "secrets"), {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ssh"},
+        "stringData": {"SSH_PRIVATE_KEY": sftp["client_key"].read_text()}})
+
+    def app(name):
+        p = round_trip_pod(name, {"endpoint": sftp["endpoint"]}, type="sftp", secret="ssh",
+                           **{"host-key": sftp["host_key"]})
+        del p["metadata"]["annotations"][f"{PREFIX}/bucket"]
+        return p
+
+    stored = admin.create(ns_path(kube_ns, "pods"), app("db"))
+    assert stored["metadata"]["annotations"][f"{PREFIX}/injected"] == "true"
+    [ssh] = [v for v in stored["spec"]["volumes"] if v["name"] == "litestream-hook-ssh"]
+    assert ssh["secret"]["secretName"] == "ssh", ssh
+    first = app_log(admin, kube_ns, "db")
+    assert "main.db before (0, 0) now (100, 4950)" in first and "c.db before (0, 0) now (7, 21)" in first, first
+    pod = admin.get(ns_path(kube_ns, "pods", "db"))
+    served = sftp["root"] / "pods" / kube_ns / "db"
+    wait_for(lambda: all(any((served / f / "ltx").rglob("*.ltx")) for f in ("main.db", "c.db")), 90,
+             "both databases on the SFTP server", interval=0.5)
+
+    admin.delete(ns_path(kube_ns, "pods", "db"))
+    wait_for(lambda: not admin.exists(ns_path(kube_ns, "pods", "db")), 60, "pod db to be gone", interval=0.3)
+    admin.create(ns_path(kube_ns, "pods"), app("db"))
+    again = app_log(admin, kube_ns, "db")
+    assert "main.db before (100, 4950)" in again and "c.db before (7, 21)" in again, again
+    pod = admin.get(ns_path(kube_ns, "pods", "db"))
+    inits = {s["name"]: s for s in pod["status"]["initContainerStatuses"]}
+    assert all(s["state"]["terminated"]["exitCode"] == 0 for s in inits.values()), inits
+    private = sftp["client_key"].read_text()
+    for log in (kube_node.dir / "pods").rglob("log"):
+        text = log.read_text(errors="replace")
+        assert not any(line in text for line in private.splitlines() if len(line) > 16), log
