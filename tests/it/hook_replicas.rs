@@ -55,18 +55,15 @@ fn serve_sftp(root: &Path, port: u16, host_keys: &[&Path], authorized: &Path, lo
     p
 }
 
-/// Restores `DB` through `config` (the Pod's, its key path pointed at `key`) into a scratch
-/// file and counts its rows; None until the replica has them.
-fn replicated_rows(config: &Path, key: &Path, scratch: &Path) -> Option<String> {
-    let mut c: Value = serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
-    c["dbs"][0]["replica"]["key-path"] = json!(key);
-    let checker = scratch.with_extension("yml");
-    std::fs::write(&checker, c.to_string()).unwrap();
+/// Restores `DB` through the litestream `config` with `env` into a scratch file and counts its
+/// rows; None until the replica has them.
+fn restored_rows(config: &Path, env: &[(&str, &str)], scratch: &Path) -> Option<String> {
     let _ = std::fs::remove_file(scratch);
     let out = Command::new(tool("litestream"))
         .env_clear()
+        .envs(env.iter().copied())
         .args(["restore", "-no-expand-env", "-config"])
-        .arg(&checker)
+        .arg(config)
         .arg("-o")
         .arg(scratch)
         .arg(DB)
@@ -76,6 +73,44 @@ fn replicated_rows(config: &Path, key: &Path, scratch: &Path) -> Option<String> 
         return None;
     }
     Some(run_python(COUNT, &[path_str(scratch)]).trim().to_string())
+}
+
+/// The hook's patch of a Deployment's Pod with `annotations` (besides inject, path and a
+/// 200ms sync interval), admitted.
+fn patched_pod(hook: &Hook, annotations: &[(&str, &str)]) -> Value {
+    let mut a = json!({
+        format!("{PREFIX}/inject"): "true",
+        format!("{PREFIX}/path"): DB,
+        format!("{PREFIX}/sync-interval"): "200ms",
+    });
+    for (k, v) in annotations {
+        a[format!("{PREFIX}/{k}")] = json!(v);
+    }
+    let pod = deployment_pod(a);
+    let response = hook.review(&review("replica-1", "shop", "CREATE", pod.clone(), false));
+    assert_eq!(response["response"]["allowed"], true, "{response}");
+    apply(&pod, &response)
+}
+
+/// The round trip on `runner`'s Pod: the app writes 100 rows, `rows` (the replica's, read from
+/// outside the Pod) shows them; a new Pod with empty volumes gets them back before the app
+/// starts, and 10 more reach the replica.
+fn round_trip(runner: &PodRunner, what: &str, rows: &dyn Fn() -> Option<String>) {
+    runner.empty_volumes();
+    let sidecar = runner.start().expect("the replicate sidecar");
+    assert_eq!(runner.app(APP, &[DB, "0", "100"]), "(100, 4950)");
+    wait_for(&format!("the rows in {what}"), Duration::from_secs(60), || {
+        (rows()? == "(100, 4950)").then_some(())
+    });
+    drop(sidecar);
+    runner.empty_volumes();
+    let sidecar = runner.start().expect("the replicate sidecar");
+    assert_eq!(runner.app(COUNT, &[DB]), "(100, 4950)");
+    assert_eq!(runner.app(APP, &[DB, "100", "10"]), "(110, 5995)");
+    wait_for(&format!("the new rows in {what}"), Duration::from_secs(60), || {
+        (rows()? == "(110, 5995)").then_some(())
+    });
+    drop(sidecar);
 }
 
 #[test]
@@ -103,18 +138,16 @@ fn sftp_replica_round_trip_and_a_server_with_another_host_key_is_refused() {
 
     let setup = Setup::new(Alg::EcdsaP256);
     let hook = start(&setup, &[]);
-    let pod = deployment_pod(json!({
-        format!("{PREFIX}/inject"): "true",
-        format!("{PREFIX}/type"): "sftp",
-        format!("{PREFIX}/path"): DB,
-        format!("{PREFIX}/endpoint"): format!("sftp://backup@127.0.0.1:{port}/pods"),
-        format!("{PREFIX}/host-key"): host_pub,
-        format!("{PREFIX}/secret"): "sftp-creds",
-        format!("{PREFIX}/sync-interval"): "200ms",
-    }));
-    let response = hook.review(&review("sftp-1", "shop", "CREATE", pod.clone(), false));
-    assert_eq!(response["response"]["allowed"], true, "{response}");
-    let patched = apply(&pod, &response);
+    let endpoint = format!("sftp://backup@127.0.0.1:{port}/pods");
+    let patched = patched_pod(
+        &hook,
+        &[
+            ("type", "sftp"),
+            ("endpoint", &endpoint),
+            ("host-key", &host_pub),
+            ("secret", "sftp-creds"),
+        ],
+    );
     let private = std::fs::read_to_string(&client_key).unwrap();
     let runner = PodRunner::new(
         patched.clone(),
@@ -122,27 +155,18 @@ fn sftp_replica_round_trip_and_a_server_with_another_host_key_is_refused() {
         "sftp-creds",
         &[("SSH_PRIVATE_KEY", private.as_str())],
     );
-    runner.empty_volumes();
-    let sidecar = runner.start().expect("the replicate sidecar");
-    assert_eq!(runner.app(APP, &[DB, "0", "100"]), "(100, 4950)");
+    // Read from outside the Pod with the Pod's config, its key path pointed at the key here.
     let config = runner.volumes["litestream-hook-config"].join("litestream.yml");
-    let scratch = d.join("scratch.db");
-    wait_for("the rows on the SFTP server", Duration::from_secs(60), || {
-        (replicated_rows(&config, &client_key, &scratch)? == "(100, 4950)").then_some(())
-    });
+    let (scratch, checker) = (d.join("scratch.db"), d.join("checker.yml"));
+    let rows = || {
+        let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&config).ok()?).ok()?;
+        c["dbs"][0]["replica"]["key-path"] = json!(client_key);
+        std::fs::write(&checker, c.to_string()).unwrap();
+        restored_rows(&checker, &[], &scratch)
+    };
+    round_trip(&runner, "the SFTP server", &rows);
     // Under the endpoint's folder, at the Pod's replica path.
     assert!(served.join("pods/shop/web/main.db/ltx").is_dir());
-    drop(sidecar);
-
-    // A new Pod on another node: the rows come back from the server, and replication goes on.
-    runner.empty_volumes();
-    let sidecar = runner.start().expect("the replicate sidecar");
-    assert_eq!(runner.app(COUNT, &[DB]), "(100, 4950)");
-    assert_eq!(runner.app(APP, &[DB, "100", "10"]), "(110, 5995)");
-    wait_for("the new rows on the SFTP server", Duration::from_secs(60), || {
-        (replicated_rows(&config, &client_key, &scratch)? == "(110, 5995)").then_some(())
-    });
-    drop(sidecar);
     drop(server);
 
     // Someone else answers at the address (same files, another host key): the restore refuses
@@ -210,26 +234,6 @@ if op == "list":
         print(name.text)
 "#;
 
-/// Restores `DB` through the Pod's `config` with the account `key` into a scratch file and
-/// counts its rows; None until the replica has them.
-fn abs_rows(config: &Path, key: &str, scratch: &Path) -> Option<String> {
-    let _ = std::fs::remove_file(scratch);
-    let out = Command::new(tool("litestream"))
-        .env_clear()
-        .env("LITESTREAM_AZURE_ACCOUNT_KEY", key)
-        .args(["restore", "-no-expand-env", "-config"])
-        .arg(config)
-        .arg("-o")
-        .arg(scratch)
-        .arg(DB)
-        .output()
-        .ok()?;
-    if !out.status.success() || !scratch.exists() {
-        return None;
-    }
-    Some(run_python(COUNT, &[path_str(scratch)]).trim().to_string())
-}
-
 #[test]
 fn abs_replica_round_trip_and_a_wrong_account_key_stops_the_pod_in_init() {
     let dir = support::temp_dir("abs");
@@ -241,47 +245,29 @@ fn abs_replica_round_trip_and_a_wrong_account_key_stops_the_pod_in_init() {
 
     let setup = Setup::new(Alg::EcdsaP256);
     let hook = start(&setup, &[]);
-    let pod = deployment_pod(json!({
-        format!("{PREFIX}/inject"): "true",
-        format!("{PREFIX}/type"): "abs",
-        format!("{PREFIX}/account"): AZURITE_ACCOUNT,
-        format!("{PREFIX}/bucket"): "pods",
-        format!("{PREFIX}/endpoint"): endpoint,
-        format!("{PREFIX}/path"): DB,
-        format!("{PREFIX}/secret"): "abs-creds",
-        format!("{PREFIX}/sync-interval"): "200ms",
-    }));
-    let response = hook.review(&review("abs-1", "shop", "CREATE", pod.clone(), false));
-    assert_eq!(response["response"]["allowed"], true, "{response}");
-    let patched = apply(&pod, &response);
+    let patched = patched_pod(
+        &hook,
+        &[
+            ("type", "abs"),
+            ("account", AZURITE_ACCOUNT),
+            ("bucket", "pods"),
+            ("endpoint", &endpoint),
+            ("secret", "abs-creds"),
+        ],
+    );
     let runner = PodRunner::new(
         patched.clone(),
         &d.join("pod"),
         "abs-creds",
         &[("LITESTREAM_AZURE_ACCOUNT_KEY", AZURITE_KEY)],
     );
-    runner.empty_volumes();
-    let sidecar = runner.start().expect("the replicate sidecar");
-    assert_eq!(runner.app(APP, &[DB, "0", "100"]), "(100, 4950)");
     let config = runner.volumes["litestream-hook-config"].join("litestream.yml");
     let scratch = d.join("scratch.db");
-    wait_for("the rows in the container", Duration::from_secs(60), || {
-        (abs_rows(&config, AZURITE_KEY, &scratch)? == "(100, 4950)").then_some(())
-    });
+    let rows = || restored_rows(&config, &[("LITESTREAM_AZURE_ACCOUNT_KEY", AZURITE_KEY)], &scratch);
+    round_trip(&runner, "the container", &rows);
     let blobs = run_python(BLOB_CALL, &[&endpoint, AZURITE_ACCOUNT, AZURITE_KEY, "pods", "list"]);
     assert!(blobs.lines().count() > 0, "{blobs}");
     assert!(blobs.lines().all(|b| b.starts_with("shop/web/main.db/")), "{blobs}");
-    drop(sidecar);
-
-    // A new Pod on another node: the rows come back, and replication goes on.
-    runner.empty_volumes();
-    let sidecar = runner.start().expect("the replicate sidecar");
-    assert_eq!(runner.app(COUNT, &[DB]), "(100, 4950)");
-    assert_eq!(runner.app(APP, &[DB, "100", "10"]), "(110, 5995)");
-    wait_for("the new rows in the container", Duration::from_secs(60), || {
-        (abs_rows(&config, AZURITE_KEY, &scratch)? == "(110, 5995)").then_some(())
-    });
-    drop(sidecar);
 
     // The Secret holds a wrong (well-formed) key: the restore fails, the Pod stays in Init.
     let wrong = lifeboat::base64::encode(&[7u8; 64]);

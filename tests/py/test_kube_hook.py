@@ -282,6 +282,19 @@ def bucket_keys(s3):
     return sorted(str(p.relative_to(s3["root"] / "pods")) for p in (s3["root"] / "pods").rglob("*") if p.is_file())
 
 
+def recreate_and_find_the_rows(admin, kube_ns, pod):
+    """Deletes Pod `db` (the kubelet stops and removes it) and creates `pod` in its place: empty
+    volumes, so the restore init containers, each exiting 0, bring the rows back before the app."""
+    admin.delete(ns_path(kube_ns, "pods", "db"))
+    wait_for(lambda: not admin.exists(ns_path(kube_ns, "pods", "db")), 60, "pod db to be gone", interval=0.3)
+    admin.create(ns_path(kube_ns, "pods"), pod)
+    again = app_log(admin, kube_ns, "db")
+    assert "main.db before (100, 4950)" in again and "c.db before (7, 21)" in again, again
+    stored = admin.get(ns_path(kube_ns, "pods", "db"))
+    inits = {s["name"]: s for s in stored["status"]["initContainerStatuses"]}
+    assert all(s["state"]["terminated"]["exitCode"] == 0 for s in inits.values()), inits
+
+
 def test_the_injected_pod_replicates_and_restores_through_the_real_api_and_node(
         kube_plane, kube_node, kube_ns, webhook, s3, tools_bin, bin_dir, tmp_path):
     admin = kube_plane.admin
@@ -304,16 +317,7 @@ def test_the_injected_pod_replicates_and_restores_through_the_real_api_and_node(
     keys = bucket_keys(s3)
     assert keys and all(k.startswith(f"{kube_ns}/db/") for k in keys), keys
 
-    # The Pod is deleted (the kubelet stops it and removes it) and created again: empty volumes,
-    # the restore init containers bring the rows back before the app starts.
-    admin.delete(ns_path(kube_ns, "pods", "db"))
-    wait_for(lambda: not admin.exists(ns_path(kube_ns, "pods", "db")), 60, "pod db to be gone", interval=0.3)
-    admin.create(ns_path(kube_ns, "pods"), app("db"))
-    again = app_log(admin, kube_ns, "db")
-    assert "main.db before (100, 4950)" in again and "c.db before (7, 21)" in again, again
-    pod = admin.get(ns_path(kube_ns, "pods", "db"))
-    inits = {s["name"]: s for s in pod["status"]["initContainerStatuses"]}
-    assert all(s["state"]["terminated"]["exitCode"] == 0 for s in inits.values()), inits
+    recreate_and_find_the_rows(admin, kube_ns, app("db"))
     # No secret in any log the node kept.
     for log in (kube_node.dir / "pods").rglob("log"):
         assert SECRET_KEY not in log.read_text(errors="replace"), log
@@ -445,19 +449,11 @@ def test_an_sftp_replica_round_trip_through_the_real_api_and_node(
     assert ssh["secret"]["secretName"] == "ssh", ssh
     first = app_log(admin, kube_ns, "db")
     assert "main.db before (0, 0) now (100, 4950)" in first and "c.db before (0, 0) now (7, 21)" in first, first
-    pod = admin.get(ns_path(kube_ns, "pods", "db"))
     served = sftp["root"] / "pods" / kube_ns / "db"
     wait_for(lambda: all(any((served / f / "ltx").rglob("*.ltx")) for f in ("main.db", "c.db")), 90,
              "both databases on the SFTP server", interval=0.5)
 
-    admin.delete(ns_path(kube_ns, "pods", "db"))
-    wait_for(lambda: not admin.exists(ns_path(kube_ns, "pods", "db")), 60, "pod db to be gone", interval=0.3)
-    admin.create(ns_path(kube_ns, "pods"), app("db"))
-    again = app_log(admin, kube_ns, "db")
-    assert "main.db before (100, 4950)" in again and "c.db before (7, 21)" in again, again
-    pod = admin.get(ns_path(kube_ns, "pods", "db"))
-    inits = {s["name"]: s for s in pod["status"]["initContainerStatuses"]}
-    assert all(s["state"]["terminated"]["exitCode"] == 0 for s in inits.values()), inits
+    recreate_and_find_the_rows(admin, kube_ns, app("db"))
     private = sftp["client_key"].read_text()
     for log in (kube_node.dir / "pods").rglob("log"):
         text = log.read_text(errors="replace")
