@@ -50,6 +50,7 @@ impl Outcome {
 }
 
 /// The HTTP answer to one admission request.
+#[derive(Clone)]
 pub struct Answer {
     pub status: u16,
     pub body: String,

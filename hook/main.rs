@@ -26,11 +26,16 @@ mod metrics;
 mod offline;
 mod pod;
 mod proxy;
+mod region;
 mod replica;
 mod replica_paths;
 mod run;
 mod tls;
 mod values;
+
+/// glibc malloc, except while the large lane reviews a request (`region`).
+#[global_allocator]
+static ALLOCATOR: region::Allocator = region::Allocator;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -120,6 +125,9 @@ fn serve(config: Config) -> Result<(), String> {
     let refused = alloc::tune();
     if !refused.is_empty() {
         log::warn!(settings:? = refused; "the C library refused some malloc settings; memory use may be higher");
+    }
+    if let Err(e) = region::init() {
+        log::warn!(error = e.as_str(); "large requests are parsed in the shared malloc arenas; memory use may be higher");
     }
     let shutdown = Shutdown::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let metrics = Registry::new();
