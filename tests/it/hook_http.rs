@@ -968,3 +968,98 @@ fn memory_of_large_requests_is_given_back_once_they_are_answered() {
     });
     drop(open);
 }
+
+/// Each mapping of process `pid` as `/proc/PID/smaps` has it: (size KiB, permissions, name, Rss KiB).
+fn smaps(pid: u32) -> Vec<(u64, String, String, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut out: Vec<(u64, String, String, u64)> = Vec::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if let Some((start, end)) = fields[0].split_once('-').filter(|_| fields.len() >= 5) {
+            if let (Ok(a), Ok(b)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) {
+                let name = fields.get(5).unwrap_or(&"").to_string();
+                out.push(((b - a) / 1024, fields[1].to_string(), name, 0));
+                continue;
+            }
+        }
+        if let (Some(last), Some(rss)) = (out.last_mut(), line.strip_prefix("Rss:")) {
+            last.3 = rss.trim().trim_end_matches("kB").trim().parse().unwrap();
+        }
+    }
+    out
+}
+
+#[test]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn large_requests_are_reviewed_in_a_region_given_back_whole() {
+    // The lane reviews a large request in a region of its own (256 MiB of address space), so
+    // its many small pieces never enter malloc's shared arenas, where the memory other threads
+    // allocate meanwhile would pin their pages (docs/hook.md, "Memory"). Once answered, the
+    // region holds nothing resident and the rest of the hook's memory has not grown by them.
+    const REGION_KIB: u64 = 256 * 1024;
+    let setup = Setup::new(Alg::EcdsaP256);
+    let hook = start(&setup, &[]);
+    let pid = hook.proc.pid();
+    let region = |pid| {
+        let found: Vec<u64> = smaps(pid)
+            .into_iter()
+            .filter(|(size, perms, name, _)| *size == REGION_KIB && perms == "rw-p" && name.is_empty())
+            .map(|m| m.3)
+            .collect();
+        assert_eq!(found.len(), 1, "one region mapping of 256 MiB: {found:?}");
+        found[0]
+    };
+    let small = review(
+        "small",
+        "ns",
+        "CREATE",
+        deployment_pod(annotations(&[("inject", "true")])),
+        false,
+    )
+    .to_string();
+    // `n` keep-alive connections, each having sent one ordinary request.
+    let open = |n: usize| -> Vec<Client> {
+        (0..n)
+            .map(|_| {
+                let mut c = hook.client();
+                assert_eq!(c.post("/mutate", "application/json", small.as_bytes()).status, 200);
+                c
+            })
+            .collect()
+    };
+    // What 32 open connections cost, without large requests.
+    let warm = open(32);
+    std::thread::sleep(Duration::from_millis(1500)); // a trim (at most one a second)
+    let with_32 = anonymous_kib(pid) - region(pid);
+    drop(warm);
+    // Again, but the 32 connections open while four large requests are reviewed: their state
+    // is allocated while the reviews' pieces would fill the arenas.
+    let heavy = std::sync::Arc::new(large_review("heavy", 20_000));
+    let senders: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, config, heavy) = (hook.addr, client_config(&hook.ca_pem), heavy.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::try_connect(addr, &config)?;
+                for _ in 0..3 {
+                    let status = c
+                        .try_post("/mutate?timeout=30s", "application/json", heavy.as_bytes())?
+                        .status;
+                    assert_eq!(status, 200);
+                }
+                Ok::<_, String>(())
+            })
+        })
+        .collect();
+    let conns = open(32);
+    for s in senders {
+        s.join().unwrap().expect("answered");
+    }
+    assert!(region(pid) <= 16, "{} KiB of the region still resident", region(pid));
+    // Outside the region: within 1 MiB of the same 32 connections without large requests.
+    wait_for(
+        "the hook's memory back near 32 connections' own",
+        Duration::from_secs(10),
+        || (anonymous_kib(pid) - region(pid) <= with_32 + 1024).then_some(()),
+    );
+    drop(conns);
+}
