@@ -192,8 +192,12 @@ fn release_locked() -> bool {
         // SAFETY: [base, base + len) lies inside the region, and no block in it is live (LIVE
         // is 0 and only the thread holding USER could hand out a new one), so no reference
         // into these pages exists; they read as zero afterwards.
-        unsafe {
-            libc::madvise(base as *mut libc::c_void, len.min(REGION), libc::MADV_DONTNEED);
+        let dropped = unsafe { libc::madvise(base as *mut libc::c_void, len.min(REGION), libc::MADV_DONTNEED) };
+        if dropped != 0 {
+            // Refused (locked pages: mlock, mlockall): `alloc_zeroed` relies on the memory
+            // handed out again being zero, so zero it by hand.
+            // SAFETY: as above; [base, base + used) lies inside the region.
+            unsafe { std::ptr::write_bytes(base as *mut u8, 0, used) };
         }
         NEXT.store(0, Ordering::Relaxed);
     }
@@ -203,6 +207,13 @@ fn release_locked() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The region is one for the process: its tests take turns.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
     /// Bytes of the region handed out since it was last released, and blocks alive in it.
     fn usage() -> (usize, usize) {
@@ -222,6 +233,7 @@ mod tests {
 
     #[test]
     fn the_lane_allocates_in_the_region_and_gives_it_back_whole() {
+        let _serial = serial();
         init().unwrap();
         // 20 MiB in small pieces, as a large review's parse makes them.
         let (count, kept) = with_region(|| {
@@ -250,5 +262,31 @@ mod tests {
         let zeroed = with_region(|| vec![0u64; 100].into_iter().sum::<u64>());
         assert_eq!(zeroed, 0);
         assert!(release());
+    }
+
+    #[test]
+    fn memory_handed_out_again_is_zero_even_when_the_pages_cannot_be_dropped() {
+        let _serial = serial();
+        init().unwrap();
+        // Locked pages (mlock, or mlockall by the operator's setup) refuse MADV_DONTNEED: the
+        // bytes written before the release must still read as zero when handed out again.
+        let dirty = with_region(|| {
+            let v = vec![0xffu8; 4000];
+            assert!(in_region(v.as_ptr() as *mut u8));
+            v.as_ptr() as usize
+        });
+        let base = BASE.load(Ordering::Acquire);
+        // SAFETY: the region's first page, mapped and readable.
+        assert_eq!(unsafe { libc::mlock(base as *const libc::c_void, 4096) }, 0);
+        assert!(release());
+        let zeroed = with_region(|| {
+            let v = vec![0u8; 4000];
+            (v.as_ptr() as usize, v.iter().all(|&b| b == 0))
+        });
+        // SAFETY: as above.
+        unsafe { libc::munlock(base as *const libc::c_void, 4096) };
+        assert!(release());
+        assert_eq!(zeroed.0, dirty, "the same bytes are handed out again");
+        assert!(zeroed.1, "alloc_zeroed gave non-zero memory");
     }
 }
