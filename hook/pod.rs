@@ -11,7 +11,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 
-use serde::de::{Deserialize, Deserializer, IgnoredAny, SeqAccess, Visitor};
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize as DeriveDeserialize;
 use serde_json::{Map, Value};
 
@@ -78,7 +78,9 @@ pub struct Metadata {
     pub name: Option<String>,
     pub generate_name: Option<String>,
     pub namespace: Option<String>,
+    #[serde(default, deserialize_with = "scalar_map")]
     pub annotations: Option<Map<String, Value>>,
+    #[serde(default, deserialize_with = "scalar_map")]
     pub labels: Option<Map<String, Value>>,
     pub owner_references: Option<Bounded<OwnerReference, MAX_OWNERS>>,
 }
@@ -140,8 +142,83 @@ pub struct SecurityContext {
 
 #[derive(Clone, Debug, Default, DeriveDeserialize)]
 pub struct Resources {
+    #[serde(default, deserialize_with = "scalar_map")]
     pub requests: Option<Map<String, Value>>,
+    #[serde(default, deserialize_with = "scalar_map")]
     pub limits: Option<Map<String, Value>>,
+}
+
+/// A JSON object whose values are kept only when they are scalars (strings, numbers, booleans,
+/// null): a list or object value (which no annotation, label or quantity is) is skipped
+/// without being stored and kept as `null`, so it can still be refused by name. Parsed into a
+/// tree, a crafted value such as `[{"a":0},...]` costs some 80 times its size.
+fn scalar_map<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Map<String, Value>>, D::Error> {
+    struct Scalar(Value);
+    impl<'de> Deserialize<'de> for Scalar {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Scalar;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a JSON value")
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+                    Ok(Scalar(Value::String(v.to_string())))
+                }
+                fn visit_string<E>(self, v: String) -> Result<Scalar, E> {
+                    Ok(Scalar(Value::String(v)))
+                }
+                fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
+                    Ok(Scalar(Value::Bool(v)))
+                }
+                fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+                    Ok(Scalar(Value::from(v)))
+                }
+                fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+                    Ok(Scalar(Value::from(v)))
+                }
+                fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+                    Ok(Scalar(Value::from(v)))
+                }
+                fn visit_unit<E>(self) -> Result<Scalar, E> {
+                    Ok(Scalar(Value::Null))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+                    while seq.next_element::<IgnoredAny>()?.is_some() {}
+                    Ok(Scalar(Value::Null))
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+                    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                    Ok(Scalar(Value::Null))
+                }
+            }
+            deserializer.deserialize_any(V)
+        }
+    }
+    struct Entries;
+    impl<'de> Visitor<'de> for Entries {
+        type Value = Option<Map<String, Value>>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_map(Entries)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Map::new();
+            while let Some((key, Scalar(value))) = map.next_entry::<String, Scalar>()? {
+                out.insert(key, value);
+            }
+            Ok(Some(out))
+        }
+    }
+    deserializer.deserialize_option(Entries)
 }
 
 impl Pod {
@@ -202,5 +279,40 @@ mod tests {
         assert_eq!((list.items.len(), list.total), (MAX_CONTAINERS, 1000));
         assert!(list.truncated());
         assert_eq!(pod.containers()[127].name(), "c127");
+    }
+
+    #[test]
+    fn annotation_labels_and_quantities_keep_scalars_and_skip_trees() {
+        let tree: Vec<Value> = (0..10_000).map(|i| serde_json::json!({"a": i})).collect();
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "annotations": {"x/inject": "true", "x/path": tree, "x/n": 5, "x/b": false, "x/z": null},
+                "labels": {"app": "web", "deep": {"k": [1, 2]}},
+            },
+            "spec": {"containers": [{"name": "c", "resources": {"limits": {"cpu": 1, "memory": "1Gi", "x": [1]}}}]}
+        }))
+        .unwrap();
+        let a = pod.annotations().unwrap();
+        assert_eq!(a["x/inject"], "true");
+        assert_eq!(a["x/path"], Value::Null, "a list value is skipped, not stored");
+        assert_eq!(
+            (a["x/n"].clone(), a["x/b"].clone(), a["x/z"].clone()),
+            (5.into(), false.into(), Value::Null)
+        );
+        let labels = pod.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+        assert_eq!(
+            (labels["app"].clone(), labels["deep"].clone()),
+            ("web".into(), Value::Null)
+        );
+        let limits = pod.containers()[0].resources.as_ref().unwrap().limits.as_ref().unwrap();
+        assert_eq!(
+            (limits["cpu"].clone(), limits["memory"].clone()),
+            (1.into(), "1Gi".into())
+        );
+        assert_eq!(limits["x"], Value::Null);
+        let none: Pod = serde_json::from_value(serde_json::json!({"metadata": {"annotations": null}})).unwrap();
+        assert!(none.annotations().is_none());
+        let absent: Pod = serde_json::from_value(serde_json::json!({"metadata": {}})).unwrap();
+        assert!(absent.annotations().is_none());
     }
 }
