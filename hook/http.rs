@@ -311,14 +311,9 @@ fn mutate(request: &mut Request, app: &App) -> Response<std::io::Cursor<Vec<u8>>
         app.metrics.inc(&metrics::ERRORS, ["too_large"]);
         return text(413, format!("request body larger than {} bytes\n", app.max_body));
     }
-    let answer = if body.len() >= LARGE_REQUEST {
-        // Its many small pieces in the lane's region, given back whole (`region`); the answer
-        // is copied out first.
-        let inside = crate::region::with_region(|| admission::review(&body, &app.admission));
-        let answer = inside.clone();
-        drop(inside);
-        crate::region::release();
-        answer
+    let answer = if is_large(request) {
+        // Its many small pieces in the lane's region, given back whole (`region`).
+        crate::region::run(|| admission::review(&body, &app.admission))
     } else {
         admission::review(&body, &app.admission)
     };

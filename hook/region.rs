@@ -71,29 +71,35 @@ fn bump(layout: Layout) -> *mut u8 {
     start as *mut u8
 }
 
+/// A region block for this thread's `layout` when it is inside [`with_region`] and the block
+/// is small and fits; else null (malloc serves).
+fn from_region(layout: Layout) -> *mut u8 {
+    if layout.size() < SMALL && inside() {
+        bump(layout)
+    } else {
+        std::ptr::null_mut()
+    }
+}
+
 // SAFETY: every block comes either from `System` (and goes back to it) or from the region,
 // told apart by address; region blocks are handed out once each (the bump only moves forward)
 // and their memory is returned to the system only while no block is live (`release`).
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout.size() < SMALL && inside() {
-            let p = bump(layout);
-            if !p.is_null() {
-                return p;
-            }
+        let p = from_region(layout);
+        if !p.is_null() {
+            return p;
         }
         // SAFETY: the caller's contract (a non-zero-size layout) is passed on unchanged.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if layout.size() < SMALL && inside() {
-            let p = bump(layout);
-            if !p.is_null() {
-                // Region memory was never handed out since it was mapped or released
-                // (MADV_DONTNEED gives zero pages), so it is zero already.
-                return p;
-            }
+        // Region memory was never handed out since it was mapped or released (MADV_DONTNEED
+        // gives zero pages, or `release` zeroes it), so it is zero already.
+        let p = from_region(layout);
+        if !p.is_null() {
+            return p;
         }
         // SAFETY: as in `alloc`.
         unsafe { System.alloc_zeroed(layout) }
@@ -157,9 +163,20 @@ pub fn init() -> Result<(), String> {
     Ok(())
 }
 
+/// Runs `f` with this thread's small allocations taken from the region, and returns a copy of
+/// its result made outside the region; the region is then given back (if nothing else made in
+/// it is alive).
+pub fn run<R: Clone>(f: impl FnOnce() -> R) -> R {
+    let inside = with_region(f);
+    let out = inside.clone();
+    drop(inside);
+    release();
+    out
+}
+
 /// Runs `f` with this thread's small allocations taken from the region. What `f` returns may
-/// live in the region: copy it out, drop it, then call [`release`].
-pub fn with_region<R>(f: impl FnOnce() -> R) -> R {
+/// live in the region: copy it out, drop it, then call [`release`] (as [`run`] does).
+fn with_region<R>(f: impl FnOnce() -> R) -> R {
     struct Leave;
     impl Drop for Leave {
         fn drop(&mut self) {
@@ -175,7 +192,7 @@ pub fn with_region<R>(f: impl FnOnce() -> R) -> R {
 
 /// Gives the region's touched pages back to the system if no block in it is alive; returns
 /// whether it did (false: something allocated in it is still in use, or it is off).
-pub fn release() -> bool {
+fn release() -> bool {
     let _user = USER.lock().unwrap_or_else(|e| e.into_inner());
     release_locked()
 }
@@ -262,6 +279,11 @@ mod tests {
         let zeroed = with_region(|| vec![0u64; 100].into_iter().sum::<u64>());
         assert_eq!(zeroed, 0);
         assert!(release());
+        // `run`: the result is a copy made outside, and the region is given back after it.
+        let copy = run(|| vec![7u8; 100]);
+        assert!(!in_region(copy.as_ptr() as *mut u8));
+        assert_eq!((copy.len(), copy[99]), (100, 7));
+        assert_eq!(usage(), (0, 0));
     }
 
     #[test]
