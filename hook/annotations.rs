@@ -115,6 +115,20 @@ impl Resources {
     }
 }
 
+impl Defaults {
+    /// The default target's values, as the type's check takes them.
+    pub fn target(&self) -> Raw<'_> {
+        Raw {
+            kind: self.kind,
+            bucket: self.bucket.as_deref(),
+            endpoint: self.endpoint.as_deref(),
+            region: self.region.as_deref(),
+            account: self.account.as_deref(),
+            host_key: self.host_key.as_deref(),
+        }
+    }
+}
+
 impl Default for Defaults {
     fn default() -> Defaults {
         Defaults {
@@ -294,14 +308,7 @@ fn target(reader: &Reader<'_>, defaults: &Defaults) -> Result<Target, Denial> {
         host_key: host_key.as_deref(),
     };
     crate::replica::check(&raw).map_err(|(key, message)| {
-        let given = match key {
-            "bucket" => raw.bucket,
-            "endpoint" => raw.endpoint,
-            "region" => raw.region,
-            "account" => raw.account,
-            _ => raw.host_key,
-        };
-        let message = match given {
+        let message = match raw.value(key) {
             Some(v) => format!("{message}, got {}", quote(v)),
             None => message,
         };

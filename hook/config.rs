@@ -122,16 +122,7 @@ pub fn read_injection(mut env: Env) -> (Env, Option<String>, Defaults) {
     };
     // A value the default type would refuse is a problem; one it needs but lacks is not
     // (Pods then give it).
-    let d = &defaults;
-    let raw = crate::replica::Raw {
-        kind,
-        bucket: d.bucket.as_deref(),
-        endpoint: d.endpoint.as_deref(),
-        region: d.region.as_deref(),
-        account: d.account.as_deref(),
-        host_key: d.host_key.as_deref(),
-    };
-    if let Err((key, message)) = crate::replica::check(&raw) {
+    if let Err((key, message)) = crate::replica::check(&defaults.target()) {
         let var = format!("DEFAULT_{}", key.to_uppercase().replace('-', "_"));
         if env.is_set(&var) {
             env.problem(&var, format!("{message} (DEFAULT_TYPE is {})", kind.name()));

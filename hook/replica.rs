@@ -158,24 +158,35 @@ pub struct Raw<'a> {
     pub host_key: Option<&'a str>,
 }
 
+impl<'a> Raw<'a> {
+    /// Each value by its annotation key (after the prefix).
+    pub fn fields(&self) -> [(&'static str, Option<&'a str>); 5] {
+        [
+            ("bucket", self.bucket),
+            ("endpoint", self.endpoint),
+            ("region", self.region),
+            ("account", self.account),
+            ("host-key", self.host_key),
+        ]
+    }
+
+    /// The value of annotation `key`.
+    pub fn value(&self, key: &str) -> Option<&'a str> {
+        self.fields().into_iter().find(|(k, _)| *k == key).and_then(|(_, v)| v)
+    }
+}
+
 /// Checks `raw` into a [`Target`]; an error names the annotation key (after the prefix). The
 /// values given are checked before any missing one is asked for, so a wrong value is always
 /// reported as such.
 pub fn check(raw: &Raw<'_>) -> Result<Target, (&'static str, String)> {
     let kind = raw.kind.name();
-    let fields: [(&'static str, Option<&str>); 5] = [
-        ("bucket", raw.bucket),
-        ("endpoint", raw.endpoint),
-        ("region", raw.region),
-        ("account", raw.account),
-        ("host-key", raw.host_key),
-    ];
     let used: &[&str] = match raw.kind {
         Kind::S3 => &["bucket", "endpoint", "region"],
         Kind::Sftp => &["endpoint", "host-key"],
         Kind::Abs => &["bucket", "endpoint", "account"],
     };
-    for (key, value) in fields {
+    for (key, value) in raw.fields() {
         if value.is_some() && !used.contains(&key) {
             return Err((key, format!("is not used by type {kind} replicas")));
         }
