@@ -18,6 +18,13 @@
 //!   its thread ends (a `mmap`/`munmap` per connection, which keep-alive makes rare). Only the
 //!   environment can set this (`GLIBC_TUNABLES`, read as the C library starts), so serving
 //!   re-executes the binary once with it added ([`with_tunables`]);
+//! - a per-thread cache of freed blocks only for blocks of at most 64 bytes (also
+//!   [`TUNABLES`]; glibc caches up to 7 blocks of each size up to 1032 bytes in every thread):
+//!   each of the hook's threads frees pieces of requests and answers of every size and then
+//!   waits, holding them where no other thread can use them. Measured with `bench/hook.sh`
+//!   (1,000,000 requests at 32 connections after the other rounds): peak RSS 11,012 KiB with
+//!   glibc's cache, 7,392 KiB with this one, CPU per request unchanged within the machine's
+//!   noise;
 //! - free memory inside the arenas returned to the system after a connection ended or a large
 //!   request was answered ([`trim_if_asked`], at most once a second), where the thresholds
 //!   above only return the top of an arena.
@@ -32,7 +39,7 @@ pub const MMAP_THRESHOLD: i32 = 128 * 1024;
 pub const TRIM_THRESHOLD: i32 = 128 * 1024;
 
 /// The glibc tunables serving needs (see the module doc), in `GLIBC_TUNABLES` syntax.
-pub const TUNABLES: &str = "glibc.pthread.stack_cache_size=0";
+pub const TUNABLES: &str = "glibc.pthread.stack_cache_size=0:glibc.malloc.tcache_max=64";
 const TUNABLES_ENV: &str = "GLIBC_TUNABLES";
 
 /// The `GLIBC_TUNABLES` value with [`TUNABLES`] added to `current`, or `None` when nothing needs
@@ -149,9 +156,17 @@ mod tests {
         assert_eq!(tunables_to_add(Some("")).as_deref(), Some(TUNABLES));
         assert_eq!(
             tunables_to_add(Some("glibc.malloc.check=0")).as_deref(),
-            Some("glibc.malloc.check=0:glibc.pthread.stack_cache_size=0")
+            Some("glibc.malloc.check=0:glibc.pthread.stack_cache_size=0:glibc.malloc.tcache_max=64")
         );
         assert_eq!(tunables_to_add(Some(TUNABLES)), None);
-        assert_eq!(tunables_to_add(Some("glibc.pthread.stack_cache_size=1048576")), None);
+        // Only what the operator left unset is added.
+        assert_eq!(
+            tunables_to_add(Some("glibc.pthread.stack_cache_size=1048576")).as_deref(),
+            Some("glibc.pthread.stack_cache_size=1048576:glibc.malloc.tcache_max=64")
+        );
+        assert_eq!(
+            tunables_to_add(Some("glibc.malloc.tcache_max=1032:glibc.pthread.stack_cache_size=0")),
+            None
+        );
     }
 }

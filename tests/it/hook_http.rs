@@ -1063,3 +1063,55 @@ fn large_requests_are_reviewed_in_a_region_given_back_whole() {
     );
     drop(conns);
 }
+
+/// Anonymous memory the hook holds with 32 keep-alive connections open, each having sent 100
+/// reviews (all 32 at once), over what it held before they opened; in KiB.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn memory_of_32_busy_connections(hook: &Hook) -> u64 {
+    let pid = hook.proc.pid();
+    let idle = anonymous_kib(pid);
+    let body = std::sync::Arc::new(pod_review("cache").to_string());
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(32));
+    let threads: Vec<_> = (0..32)
+        .map(|_| {
+            let (addr, config, body, barrier) = (hook.addr, client_config(&hook.ca_pem), body.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut client = Client::try_connect(addr, &config)?;
+                barrier.wait();
+                for _ in 0..100 {
+                    let reply = client.try_post("/mutate", "application/json", body.as_bytes())?;
+                    if reply.status != 200 {
+                        return Err(format!("status {}", reply.status));
+                    }
+                }
+                Ok::<_, String>(client)
+            })
+        })
+        .collect();
+    let open: Vec<Client> = threads
+        .into_iter()
+        .map(|t| t.join().unwrap().expect("served"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500)); // a trim (at most one a second)
+    let held = anonymous_kib(pid).saturating_sub(idle);
+    drop(open);
+    held
+}
+
+#[test]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn threads_do_not_each_keep_a_cache_of_freed_blocks() {
+    // glibc caches up to 7 freed blocks of every size up to 1032 bytes in each thread; the
+    // hook's threads (two per connection) each free pieces of requests and answers, then wait,
+    // holding them. The hook caches only blocks of at most 64 bytes. Side by side with a hook
+    // given glibc's default (an operator's GLIBC_TUNABLES value, which the hook keeps), after
+    // the same load. Measured (debug build): about 3.2 MiB against 4.5 MiB.
+    let setup = Setup::new(Alg::EcdsaP256);
+    let shipped = memory_of_32_busy_connections(&start(&setup, &[]));
+    let glibc_default =
+        memory_of_32_busy_connections(&start(&setup, &[("GLIBC_TUNABLES", "glibc.malloc.tcache_max=1032")]));
+    assert!(
+        shipped * 100 <= glibc_default * 85,
+        "32 busy connections hold {shipped} KiB, {glibc_default} KiB with glibc's per-thread cache"
+    );
+}
