@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Benchmarks hook on loopback over TLS with keep-alive against a floor run side by side:
 # examples/hook_floor.rs, the least a webhook built from the same crates does (rustls 0.23,
-# serde_json, one thread per connection, an answer of the same size as the hook's). Both
-# servers get the same load client and body, in alternating rounds; each measure is printed
-# for both with the ratio hook/floor: server CPU per request, latency (p50/p99) and throughput
+# serde_json, one thread per connection, an answer of the same size as the hook's), and the
+# same floor in tiny_http's arrangement (`--tiny-http`: TLS in front, tiny_http on a Unix
+# socket, 4 workers; no limits, checks or logs). All three servers get the same load client
+# and body, in turn; each measure is printed for all three with the ratios hook/floor,
+# hook/tiny_http floor (the hook's own work) and tiny_http floor/floor (tiny_http's cost):
+# server CPU per request, latency (p50/p99) and throughput
 # at concurrency 1 and 32 (closed loop), open-loop p99 at RATES (also with 64 slow clients and
 # with 4 connections of large requests alongside), peak RSS and threads.
 # Release build, no gRPC.
@@ -36,8 +39,8 @@ load=$out/examples/hook_load
 floor=$out/examples/hook_floor
 
 work=$(mktemp -d)
-pid=; fpid=
-trap 'kill "$pid" "$fpid" 2>/dev/null || true; rm -rf "$work"' EXIT
+pid=; fpid=; tpid=
+trap 'kill "$pid" "$fpid" "$tpid" 2>/dev/null || true; rm -rf "$work"' EXIT
 openssl ecparam -name prime256v1 -genkey -noout -out "$work/ca.key" 2>/dev/null
 openssl req -x509 -new -key "$work/ca.key" -subj /CN=bench-ca -days 1 -out "$work/ca.crt" 2>/dev/null
 openssl ecparam -name prime256v1 -genkey -noout -out "$work/tls.key" 2>/dev/null   # SEC1, as cert-manager writes
@@ -51,7 +54,7 @@ cat >"$work/body.json" <<'JSON'
 JSON
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-port=$(free_port); mport=$(free_port); fport=$(free_port)
+port=$(free_port); mport=$(free_port); fport=$(free_port); tport=$(free_port)
 start_ns=$(date +%s%N)
 LISTEN_ADDR=127.0.0.1:$port METRICS_ADDR=127.0.0.1:$mport TLS_CERT_FILE=$work/tls.crt TLS_KEY_FILE=$work/tls.key \
   HOOK_IMAGE=registry.example/lifeboat:bench SOCKET_DIR=$work LOG_LEVEL=warn "$bin" 2>"$work/hook.log" &
@@ -61,34 +64,44 @@ SAVE_RESPONSE=$work/answer.json "$load" "127.0.0.1:$port" "$work/ca.crt" "$work/
 "$floor" "127.0.0.1:$fport" "$work/tls.crt" "$work/tls.key" "$work/answer.json" &
 fpid=$!
 "$load" "127.0.0.1:$fport" "$work/ca.crt" "$work/body.json" 1 0 "$(date +%s%N)" >/dev/null
-echo "answer: $(wc -c <"$work/answer.json") bytes from both"
-echo "{\"idle_rss_kb\":{\"hook\":$(awk '/VmRSS/ {print $2}' /proc/$pid/status),\"floor\":$(awk '/VmRSS/ {print $2}' /proc/$fpid/status)}}"
+"$floor" --tiny-http "127.0.0.1:$tport" "$work/tls.crt" "$work/tls.key" "$work/answer.json" &
+tpid=$!
+"$load" "127.0.0.1:$tport" "$work/ca.crt" "$work/body.json" 1 0 "$(date +%s%N)" >/dev/null
+echo "answer: $(wc -c <"$work/answer.json") bytes from all three"
+rss_of() { awk "/$1/ {print \$2}" "/proc/$2/status"; }
+echo "{\"idle_rss_kb\":{\"hook\":$(rss_of VmRSS $pid),\"floor\":$(rss_of VmRSS $fpid),\"tiny_http_floor\":$(rss_of VmRSS $tpid)}}"
 
 # CPU ticks (user + system, all threads, dead ones included) of a process.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
-# One round: the same load on the hook, then on the floor; prints both lines, the server CPU
-# per request of each, and the ratios of p50, p99, throughput and CPU.
+# One round: the same load on the hook, the floor and the tiny_http floor in turn; prints the
+# three lines, the server CPU per request of each, and the ratios of p50, p99, throughput and CPU.
 round() {
   local label=$1; shift
   local out=() cpu=()
-  for target in "$pid:$port" "$fpid:$fport"; do
+  for target in "$pid:$port" "$fpid:$fport" "$tpid:$tport"; do
     local p=${target%%:*} prt=${target##*:} t0 t1 line
     t0=$(ticks "$p")
     line=$("$@" "127.0.0.1:$prt" "$work/ca.crt" "$work/body.json" "${ARGS[@]}")
     t1=$(ticks "$p")
     out+=("$line"); cpu+=("$((t1 - t0))")
   done
-  python3 - "$label" "$hz" "${out[0]}" "${out[1]}" "${cpu[0]}" "${cpu[1]}" <<'PY'
+  python3 - "$label" "$hz" "${out[@]}" "${cpu[@]}" <<'PY'
 import json, sys
-label, hz, a, b, ca, cb = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
-us = lambda ticks, r: ticks * 1e6 / hz / max(r["requests"], 1)
+label, hz = sys.argv[1], int(sys.argv[2])
+lines, ticks = [json.loads(l) for l in sys.argv[3:6]], [int(t) for t in sys.argv[6:9]]
+us = [t * 1e6 / hz / max(r["requests"], 1) for t, r in zip(ticks, lines)]
 ratio = lambda x, y: round(x / y, 2) if y else None
-print(json.dumps({"round": label,
-    "hook": {k: a[k] for k in ("p50_ms", "p99_ms", "req_per_s", "errors")} | {"cpu_us_per_req": round(us(ca, a))},
-    "floor": {k: b[k] for k in ("p50_ms", "p99_ms", "req_per_s", "errors")} | {"cpu_us_per_req": round(us(cb, b))},
-    "ratio_hook_to_floor": {"p50": ratio(a["p50_ms"], b["p50_ms"]), "p99": ratio(a["p99_ms"], b["p99_ms"]),
-        "req_per_s": ratio(a["req_per_s"], b["req_per_s"]), "cpu_per_req": ratio(us(ca, a), us(cb, b))}}))
+def ratios(i, j):
+    a, b = lines[i], lines[j]
+    return {"p50": ratio(a["p50_ms"], b["p50_ms"]), "p99": ratio(a["p99_ms"], b["p99_ms"]),
+            "req_per_s": ratio(a["req_per_s"], b["req_per_s"]), "cpu_per_req": ratio(us[i], us[j])}
+names = ("hook", "floor", "tiny_http_floor")
+print(json.dumps({"round": label}
+    | {n: {k: r[k] for k in ("p50_ms", "p99_ms", "req_per_s", "errors")} | {"cpu_us_per_req": round(u)}
+       for n, r, u in zip(names, lines, us)}
+    | {"ratio_hook_to_floor": ratios(0, 1), "ratio_hook_to_tiny_http_floor": ratios(0, 2),
+       "ratio_tiny_http_floor_to_floor": ratios(2, 1)}))
 PY
 }
 ARGS=(1 "$REQ1"); round "closed c=1" "$load"
@@ -99,7 +112,7 @@ for rate in ${RATES:-1000 2000}; do
   ARGS=(32 "$((REQ32 / 5))"); RATE=$rate round "open $rate/s c=32" "$load"
 done
 # And once more with slow clients holding connections alongside (64 trickling a ClientHello).
-python3 - "$port" "$fport" <<'PY' &
+python3 - "$port" "$fport" "$tport" <<'PY' &
 import socket, sys, time
 socks = []
 for port in map(int, sys.argv[1:]):
@@ -131,12 +144,12 @@ with_large() {
 echo "large request: $(wc -c <"$work/large.json") bytes"
 ARGS=(32 "$((REQ32 / 5))"); RATE=2000 round "open 2000/s c=32, 4 connections of large requests" with_large "$load"
 # The most each server held so far (VmHWM): the slow and large rounds included.
-echo "{\"peak_rss_kb_so_far\":{\"hook\":$(awk '/VmHWM/ {print $2}' /proc/$pid/status),\"floor\":$(awk '/VmHWM/ {print $2}' /proc/$fpid/status)}}"
+echo "{\"peak_rss_kb_so_far\":{\"hook\":$(rss_of VmHWM $pid),\"floor\":$(rss_of VmHWM $fpid),\"tiny_http_floor\":$(rss_of VmHWM $tpid)}}"
 # Where the hook's extra CPU goes, by counters (perf is often unavailable): the system calls each
 # server makes per request in a closed c=1 round (strace -c -f attached to it; strace slows both
 # alike, so only the counts matter), futex calls being the thread hand-offs.
 if command -v strace >/dev/null && [[ ${COUNTERS:-1} == 1 ]]; then
-  for target in "hook:$pid:$port" "floor:$fpid:$fport"; do
+  for target in "hook:$pid:$port" "floor:$fpid:$fport" "tiny_http_floor:$tpid:$tport"; do
     IFS=: read -r name p prt <<<"$target"
     strace -c -f -q -p "$p" -o "$work/strace-$name" &
     spid=$!
@@ -165,7 +178,7 @@ fi
 # its 32 connections were open; "after" is once they have closed.
 if [[ ${RSS_REQUESTS:-100000} -gt 0 ]]; then
   per=$(( (${RSS_REQUESTS:-100000} + 31) / 32 ))
-  for target in "hook:$pid:$port" "floor:$fpid:$fport"; do
+  for target in "hook:$pid:$port" "floor:$fpid:$fport" "tiny_http_floor:$tpid:$tport"; do
     IFS=: read -r name p prt <<<"$target"
     echo 5 >"/proc/$p/clear_refs"
     line=$("$load" "127.0.0.1:$prt" "$work/ca.crt" "$work/body.json" 32 "$per")
@@ -180,13 +193,16 @@ kb = {name: (int(peak), int(after)) for name, peak, after in rows}
 print(json.dumps({"memory": f"{32 * int(sys.argv[3])} requests over 32 connections",
     "hook": {"peak_rss_kb": kb["hook"][0], "rss_after_kb": kb["hook"][1], "errors": loads[0]["errors"]},
     "floor": {"peak_rss_kb": kb["floor"][0], "rss_after_kb": kb["floor"][1], "errors": loads[1]["errors"]},
-    "ratio_hook_to_floor": {"peak_rss": round(kb["hook"][0] / kb["floor"][0], 2)}}))
+    "tiny_http_floor": {"peak_rss_kb": kb["tiny_http_floor"][0], "rss_after_kb": kb["tiny_http_floor"][1],
+        "errors": loads[2]["errors"]},
+    "ratio_hook_to_floor": {"peak_rss": round(kb["hook"][0] / kb["floor"][0], 2)},
+    "ratio_hook_to_tiny_http_floor": {"peak_rss": round(kb["hook"][0] / kb["tiny_http_floor"][0], 2)}}))
 PY
 fi
 echo "load average: $(cut -d" " -f1-3 /proc/loadavg)"
-for p in "$pid" "$fpid"; do
+for p in "$pid" "$fpid" "$tpid"; do
   echo "{\"pid\":$p,\"peak_rss_kb\":$(awk '/VmHWM/ {print $2}' /proc/$p/status),\"threads_now\":$(awk '/Threads/ {print $2}' /proc/$p/status)}"
 done
-kill "$fpid"
+kill "$fpid" "$tpid"
 kill -TERM "$pid"
 wait "$pid" && echo "exit after SIGTERM: 0"
