@@ -130,6 +130,15 @@ struct Response<'a> {
     warnings: Vec<String>,
 }
 
+/// The AdmissionReview that carries a [`Response`], written straight to JSON.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    response: Response<'a>,
+}
+
 impl<'a> Response<'a> {
     fn allow(uid: &'a str) -> Response<'a> {
         Response {
@@ -162,12 +171,12 @@ pub fn review(body: &[u8], config: &Config) -> Answer {
     };
     let respond = |response: Response<'_>, outcome: Outcome, detail: String, annotation: &str| Answer {
         status: 200,
-        body: json!({
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "response": response,
+        body: serde_json::to_string(&Envelope {
+            api_version: "admission.k8s.io/v1",
+            kind: "AdmissionReview",
+            response,
         })
-        .to_string(),
+        .expect("a response always serialises"),
         outcome,
         detail,
         uid: uid.clone(),

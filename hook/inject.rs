@@ -23,6 +23,7 @@ use k8s_openapi::api::core::v1::{
     VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::annotations::{dir_name, Denial, Kind, Settings, MARKER};
@@ -151,15 +152,17 @@ pub fn mounts(paths: &[String]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// One JSON Patch operation; the hook only ever adds.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+/// One JSON Patch operation; the hook only ever adds. The value is kept as the JSON text it
+/// serialises to (written straight from the Kubernetes types, with no tree in between: the
+/// patch is most of the work of a review).
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Op {
     op: &'static str,
     pub path: String,
-    pub value: Value,
+    pub value: Box<RawValue>,
 }
 
-fn add(path: &str, value: Value) -> Op {
+fn add(path: &str, value: Box<RawValue>) -> Op {
     Op {
         op: "add",
         path: path.to_string(),
@@ -191,10 +194,10 @@ pub fn top_up(pod: &Pod, settings: &Settings, ctx: &Context<'_>) -> Result<Optio
         name == names.config_container || name == names.replicate_container || name.starts_with(&names.restore_prefix)
     };
     let mounts = mounts(&settings.paths);
-    let data_mounts: Vec<Value> = mounts
+    let data_mounts: Vec<Box<RawValue>> = mounts
         .iter()
         .map(|(dir, sub)| {
-            to_value(VolumeMount {
+            to_json(&VolumeMount {
                 name: names.data_volume.clone(),
                 mount_path: dir.clone(),
                 sub_path: Some(sub.clone()),
@@ -407,9 +410,9 @@ fn operations(
     match &meta.annotations {
         Some(_) => ops.push(add(
             &format!("/metadata/annotations/{}", escape(&marker)),
-            json!("true"),
+            to_json(&"true"),
         )),
-        None => ops.push(add("/metadata/annotations", json!({ marker: "true" }))),
+        None => ops.push(add("/metadata/annotations", to_json(&json!({ marker: "true" })))),
     }
     let volumes = [
         Volume {
@@ -429,12 +432,12 @@ fn operations(
             ..Volume::default()
         },
     ];
-    let mut volumes: Vec<Value> = volumes.into_iter().map(to_value).collect();
+    let mut volumes: Vec<Box<RawValue>> = volumes.iter().map(to_json).collect();
     if settings.target.kind() == Kind::Sftp {
-        volumes.push(to_value(ssh_volume(&names.ssh_volume, &settings.secret)));
+        volumes.push(to_json(&ssh_volume(&names.ssh_volume, &settings.secret)));
     }
     append(&mut ops, spec.volumes.is_some(), "/spec/volumes", volumes);
-    let data_mounts: Vec<Value> = built.data_mounts.into_iter().map(to_value).collect();
+    let data_mounts: Vec<Box<RawValue>> = built.data_mounts.iter().map(to_json).collect();
     for (field, list) in [
         ("containers", pod.containers()),
         ("initContainers", pod.init_containers()),
@@ -448,19 +451,19 @@ fn operations(
             );
         }
     }
-    let inits: Vec<Value> = built.inits.into_iter().map(to_value).collect();
+    let inits: Vec<Box<RawValue>> = built.inits.iter().map(to_json).collect();
     if spec.init_containers.is_some() {
         for (i, c) in inits.into_iter().enumerate() {
             ops.push(add(&format!("/spec/initContainers/{i}"), c));
         }
     } else {
-        ops.push(add("/spec/initContainers", Value::Array(inits)));
+        ops.push(add("/spec/initContainers", array(&inits)));
     }
     append(
         &mut ops,
         true,
         "/spec/containers",
-        built.sidecars.into_iter().map(to_value).collect(),
+        built.sidecars.iter().map(to_json).collect(),
     );
     ops
 }
@@ -484,13 +487,28 @@ fn ssh_volume(name: &str, secret: &str) -> Volume {
     }
 }
 
-fn to_value<T: serde::Serialize>(v: T) -> Value {
-    serde_json::to_value(v).expect("Kubernetes types always serialise")
+/// `v` as JSON text.
+fn to_json<T: serde::Serialize>(v: &T) -> Box<RawValue> {
+    serde_json::value::to_raw_value(v).expect("Kubernetes types always serialise")
+}
+
+/// A JSON array of `items`.
+fn array(items: &[Box<RawValue>]) -> Box<RawValue> {
+    let mut text = String::with_capacity(2 + items.iter().map(|i| i.get().len() + 1).sum::<usize>());
+    text.push('[');
+    for (n, item) in items.iter().enumerate() {
+        if n > 0 {
+            text.push(',');
+        }
+        text.push_str(item.get());
+    }
+    text.push(']');
+    RawValue::from_string(text).expect("values joined by commas are an array")
 }
 
 /// Adds `items` to the array at `at`: appended one by one when it `exists`, created whole
 /// when it does not.
-fn append(ops: &mut Vec<Op>, exists: bool, at: &str, items: Vec<Value>) {
+fn append(ops: &mut Vec<Op>, exists: bool, at: &str, items: Vec<Box<RawValue>>) {
     if items.is_empty() {
         return;
     }
@@ -499,7 +517,7 @@ fn append(ops: &mut Vec<Op>, exists: bool, at: &str, items: Vec<Value>) {
             ops.push(add(&format!("{at}/-"), item));
         }
     } else {
-        ops.push(add(at, Value::Array(items)));
+        ops.push(add(at, array(&items)));
     }
 }
 

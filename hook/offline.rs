@@ -169,7 +169,8 @@ fn inject_object(object: &mut Value, namespace: Option<&str>, config: &admission
                 log::warn!(kind = kind.as_str(), name = name.as_str(); "{warning}");
             }
             for op in injection.ops {
-                add(template, &op.path, op.value).map_err(|e| format!("{kind} {name}: {e}"))?;
+                let value = serde_json::from_str(op.value.get()).expect("the patch's values are JSON");
+                add(template, &op.path, value).map_err(|e| format!("{kind} {name}: {e}"))?;
             }
             Ok(())
         }
