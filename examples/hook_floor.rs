@@ -83,7 +83,7 @@ fn relay(tcp: TcpStream, config: Arc<rustls::ServerConfig>, socket: &Path) -> st
     let mut unix = UnixStream::connect(socket)?;
     let mut plain = [0u8; 8 * 1024];
     let mut out = Vec::new();
-    let (mut sent, mut answered) = (false, false);
+    let (mut sent, mut answered, mut kicks) = (false, false, 0);
     loop {
         let mut fds = [&tcp.as_raw_fd(), &unix.as_raw_fd()].map(|&fd| libc::pollfd {
             fd,
@@ -92,13 +92,15 @@ fn relay(tcp: TcpStream, config: Arc<rustls::ServerConfig>, socket: &Path) -> st
         });
         // tiny_http 0.12's thread pool can leave a new connection queued with no thread (a
         // lost wake-up, see hook/proxy's watchdog): as the hook does, a connection whose
-        // first request has no answer after 20 ms connects once more, empty, which wakes one.
-        let wait = if sent && !answered { 20 } else { -1 };
+        // first request has no answer after 20 ms connects once more, empty, which wakes one
+        // (at most 5 times, as the hook).
+        let wait = if sent && !answered && kicks < 5 { 20 } else { -1 };
         // SAFETY: two valid pollfds for descriptors open during the call.
         match unsafe { libc::poll(fds.as_mut_ptr(), 2, wait) } {
             n if n < 0 => continue, // EINTR
             0 => {
                 drop(UnixStream::connect(socket));
+                kicks += 1;
                 continue;
             }
             _ => {}
