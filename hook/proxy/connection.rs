@@ -111,13 +111,25 @@ pub(super) fn answer(
         reject.message.len(),
         reject.message
     );
-    tls.writer()
-        .write_all(response.as_bytes())
-        .map_err(|e| format!("TLS: {e}"))?;
-    while tls.wants_write() {
-        tls.write_tls(tcp).map_err(|e| format!("writing to the client: {e}"))?;
+    send(tls, tcp, response.as_bytes())
+}
+
+/// Encrypts `data` and writes it to the client, however large: rustls takes at most its
+/// buffer limit (64 KiB) of plaintext at a time, so each piece is written out before the next.
+pub(super) fn send(tls: &mut ServerConnection, tcp: &mut impl Write, mut data: &[u8]) -> Result<(), String> {
+    loop {
+        let taken = tls.writer().write(data).map_err(|e| format!("TLS: {e}"))?;
+        data = &data[taken..];
+        if taken == 0 && !data.is_empty() && !tls.wants_write() {
+            return Err("TLS: the connection takes no more data".into());
+        }
+        while tls.wants_write() {
+            tls.write_tls(tcp).map_err(|e| format!("writing to the client: {e}"))?;
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
     }
-    Ok(())
 }
 
 /// Bytes and time [`linger`] spends at most on a refused client's unread body.
@@ -141,5 +153,85 @@ fn linger(tcp: &mut TcpStream, discard: u64) {
             Ok(0) | Err(_) => return,
             Ok(n) => left = left.saturating_sub(n as u64),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::send;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use std::io::Read;
+    use std::sync::Arc;
+
+    /// A server and a client connection that completed their handshake in memory.
+    fn pair() -> (rustls::ServerConnection, rustls::ClientConnection) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = CertificateDer::from(cert.der().to_vec());
+        let server = rustls::ServerConfig::builder_with_provider(lifeboat::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![der.clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(lifeboat::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut s = rustls::ServerConnection::new(Arc::new(server)).unwrap();
+        let mut c = rustls::ClientConnection::new(Arc::new(client), "localhost".try_into().unwrap()).unwrap();
+        for _ in 0..10 {
+            if !s.is_handshaking() && !c.is_handshaking() {
+                break;
+            }
+            let mut wire = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut wire).unwrap();
+            }
+            s.read_tls(&mut wire.as_slice()).unwrap();
+            s.process_new_packets().unwrap();
+            let mut wire = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut wire).unwrap();
+            }
+            c.read_tls(&mut wire.as_slice()).unwrap();
+            c.process_new_packets().unwrap();
+        }
+        assert!(!s.is_handshaking() && !c.is_handshaking());
+        (s, c)
+    }
+
+    #[test]
+    fn answers_larger_than_the_tls_buffer_are_sent_whole() {
+        // rustls takes at most 64 KiB of plaintext before its records are written out: a
+        // single write_all of a larger answer fails half-way and the connection is dropped.
+        let (mut server, mut client) = pair();
+        let answer: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut wire = Vec::new();
+        send(&mut server, &mut wire, &answer).expect("sent");
+        let mut input = wire.as_slice();
+        let mut got = Vec::new();
+        while !input.is_empty() {
+            client.read_tls(&mut input).unwrap();
+            client.process_new_packets().unwrap();
+            let mut chunk = vec![0; 64 * 1024];
+            while let Ok(n) = client.reader().read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&chunk[..n]);
+            }
+        }
+        assert_eq!(got.len(), answer.len());
+        assert!(got == answer);
     }
 }

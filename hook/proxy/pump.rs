@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use rustls::ServerConnection;
 
-use super::connection::answer;
+use super::connection::{answer, send};
 use super::{Conn, Held, Shared, IDLE, IN_FLIGHT, WAITING_ON_CLIENT};
 use crate::framing::{Framer, Step};
 
@@ -103,11 +103,8 @@ pub(super) fn pump(
                     }
                 }
             }
-            tls.writer().write_all(&pending).map_err(|e| format!("TLS: {e}"))?;
+            send(tls, tcp, &pending)?;
             pending.clear();
-            while tls.wants_write() {
-                tls.write_tls(tcp).map_err(|e| format!("writing to the client: {e}"))?;
-            }
             conn.last_out.store(conns.event(), Ordering::SeqCst);
             conn.set_state(if framer.partial() { WAITING_ON_CLIENT } else { IDLE });
             if !open {
@@ -187,11 +184,7 @@ fn forward_requests(
                 conn.set_state(IN_FLIGHT);
                 unix.write_all(&request).map_err(|e| format!("HTTP layer: {e}"))?;
             }
-            Step::Continue => {
-                tls.writer()
-                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    .map_err(|e| format!("TLS: {e}"))?;
-            }
+            Step::Continue => send(tls, tcp, b"HTTP/1.1 100 Continue\r\n\r\n")?,
             Step::Reject(reject) => {
                 answer(tls, tcp, &reject, shared)?;
                 return Ok(Flow::Answered(reject.discard));
