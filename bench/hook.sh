@@ -64,7 +64,7 @@ SAVE_RESPONSE=$work/answer.json "$load" "127.0.0.1:$port" "$work/ca.crt" "$work/
 "$floor" "127.0.0.1:$fport" "$work/tls.crt" "$work/tls.key" "$work/answer.json" &
 fpid=$!
 "$load" "127.0.0.1:$fport" "$work/ca.crt" "$work/body.json" 1 0 "$(date +%s%N)" >/dev/null
-"$floor" --tiny-http "127.0.0.1:$tport" "$work/tls.crt" "$work/tls.key" "$work/answer.json" &
+TMPDIR=$work "$floor" --tiny-http "127.0.0.1:$tport" "$work/tls.crt" "$work/tls.key" "$work/answer.json" &
 tpid=$!
 "$load" "127.0.0.1:$tport" "$work/ca.crt" "$work/body.json" 1 0 "$(date +%s%N)" >/dev/null
 echo "answer: $(wc -c <"$work/answer.json") bytes from all three"

@@ -1,6 +1,6 @@
 //! The allocator's settings for serving (glibc malloc; other C libraries keep their defaults).
 //!
-//! The hook runs about 2 threads per connection plus its workers (80 at 32 connections), and
+//! The hook runs about 2 threads per connection plus its workers (about 70 at 32 connections), and
 //! a request's memory is allocated on one thread and freed on another. glibc's defaults give
 //! up to 8 arenas per core, each keeping its own free memory and fragments, and raise the
 //! mmap threshold after a large block is freed, so that later large blocks (request bodies up
@@ -18,8 +18,9 @@
 //!   its thread ends (a `mmap`/`munmap` per connection, which keep-alive makes rare). Only the
 //!   environment can set this (`GLIBC_TUNABLES`, read as the C library starts), so serving
 //!   re-executes the binary once with it added ([`with_tunables`]);
-//! - a per-thread cache of freed blocks only for blocks of at most 64 bytes (also
-//!   [`TUNABLES`]; glibc caches up to 7 blocks of each size up to 1032 bytes in every thread):
+//! - a per-thread cache of freed blocks only for small blocks (`tcache_max=64`: requests of up
+//!   to 72 bytes; also [`TUNABLES`]). glibc's default (2.36, where this was measured) caches up to 7
+//!   blocks of each size up to 1032 bytes in every thread:
 //!   each of the hook's threads frees pieces of requests and answers of every size and then
 //!   waits, holding them where no other thread can use them. Measured with `bench/hook.sh`
 //!   (1,000,000 requests at 32 connections after the other rounds): peak RSS 11,012 KiB with

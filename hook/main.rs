@@ -66,7 +66,7 @@ fn main() {
     }
     // Serving: before any thread starts, so once more with the C library's tunables (`alloc`).
     if let Err(e) = alloc::with_tunables() {
-        log::warn!(error = e.as_str(); "serving with the C library's default thread stack cache; memory use may be higher");
+        log::warn!(error = e.as_str(); "serving with the C library's default thread stack cache and per-thread cache of freed blocks; memory use may be higher");
     }
     let config = match read_config(Env::from_process(), level) {
         Ok(c) => c,

@@ -1092,7 +1092,7 @@ fn memory_of_32_busy_connections(hook: &Hook) -> u64 {
         .into_iter()
         .map(|t| t.join().unwrap().expect("served"))
         .collect();
-    std::thread::sleep(Duration::from_millis(1500)); // a trim (at most one a second)
+    std::thread::sleep(Duration::from_millis(1500)); // every thread back to waiting
     let held = anonymous_kib(pid).saturating_sub(idle);
     drop(open);
     held

@@ -75,7 +75,7 @@ pub fn start_with(setup: &Setup, env: &[(&str, &str)], wrapper: Option<&[&str]>)
         None => Command::new(bin),
     };
     scrub(&mut cmd);
-    for var in ["VARIANT", "NATIVE_SIDECAR", "LOG_LEVEL", "HOOK_IMAGE"] {
+    for var in ["VARIANT", "NATIVE_SIDECAR", "LOG_LEVEL", "HOOK_IMAGE", "GLIBC_TUNABLES"] {
         cmd.env_remove(var);
     }
     cmd.env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
