@@ -389,6 +389,12 @@ fn a_request_sent_together_with_the_handshake_is_answered() {
 /// 32 connections opened at once (a barrier), each sending five reviews on keep-alive; every
 /// one must get a 200.
 fn burst_of_32_connections(hook: &Hook, body: &std::sync::Arc<String>) {
+    drop(connections_32_at_once(hook, body, 5));
+}
+
+/// 32 connections opened at once (a barrier), each sending `reviews` reviews on keep-alive;
+/// every one must get a 200. Returns them still open.
+fn connections_32_at_once(hook: &Hook, body: &std::sync::Arc<String>, reviews: usize) -> Vec<Client> {
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(32));
     let threads: Vec<_> = (0..32)
         .map(|_| {
@@ -396,19 +402,20 @@ fn burst_of_32_connections(hook: &Hook, body: &std::sync::Arc<String>) {
             std::thread::spawn(move || {
                 barrier.wait();
                 let mut client = Client::try_connect(addr, &config)?;
-                for _ in 0..5 {
+                for _ in 0..reviews {
                     let reply = client.try_post("/mutate", "application/json", body.as_bytes())?;
                     if reply.status != 200 {
                         return Err(format!("status {}", reply.status));
                     }
                 }
-                Ok::<(), String>(())
+                Ok::<_, String>(client)
             })
         })
         .collect();
-    for t in threads {
-        t.join().unwrap().expect("every connection is served");
-    }
+    threads
+        .into_iter()
+        .map(|t| t.join().unwrap().expect("every connection is served"))
+        .collect()
 }
 
 #[test]
@@ -1070,28 +1077,7 @@ fn large_requests_are_reviewed_in_a_region_given_back_whole() {
 fn memory_of_32_busy_connections(hook: &Hook) -> u64 {
     let pid = hook.proc.pid();
     let idle = anonymous_kib(pid);
-    let body = std::sync::Arc::new(pod_review("cache").to_string());
-    let barrier = std::sync::Arc::new(std::sync::Barrier::new(32));
-    let threads: Vec<_> = (0..32)
-        .map(|_| {
-            let (addr, config, body, barrier) = (hook.addr, client_config(&hook.ca_pem), body.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                let mut client = Client::try_connect(addr, &config)?;
-                barrier.wait();
-                for _ in 0..100 {
-                    let reply = client.try_post("/mutate", "application/json", body.as_bytes())?;
-                    if reply.status != 200 {
-                        return Err(format!("status {}", reply.status));
-                    }
-                }
-                Ok::<_, String>(client)
-            })
-        })
-        .collect();
-    let open: Vec<Client> = threads
-        .into_iter()
-        .map(|t| t.join().unwrap().expect("served"))
-        .collect();
+    let open = connections_32_at_once(hook, &std::sync::Arc::new(pod_review("cache").to_string()), 100);
     std::thread::sleep(Duration::from_millis(1500)); // every thread back to waiting
     let held = anonymous_kib(pid).saturating_sub(idle);
     drop(open);
